@@ -1,0 +1,249 @@
+"""From a FeatureStore to a Report: pass 1 accumulates ClassStats, the metrics are computed from them, pass 2
+counts NC4 and the accuracies against the final class means (``../shared/metrics-spec.md``).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from . import __version__
+from .errors import InputError
+from .metrics import collapse, subspace
+from .metrics.predictions import NearestCenter, PredictionTally, classifier_predict
+from .report import Report
+from .stats import GiB, ClassStats, check_memory
+from .store import FeatureStore, open_store
+
+DEFAULTS = {"eps2": 0.5, "rank_tol": 1e-6, "subspace_dim": None, "classes": None, "memory_budget": 2 * GiB}
+SPECTRUM_KEEP = 64
+
+
+def auto_chunk_rows(dim: int) -> int:
+    """Rows per chunk so that one float64 chunk is about 64 MiB: large enough that BLAS runs at full speed and the
+    per-chunk Chan merge (C x d x d) is negligible, small enough to keep memory flat."""
+    return max(256, (64 << 20) // (8 * max(dim, 1)))
+
+
+def analyze_features(features, labels, W=None, b=None, *, logits=None, class_names=None, **settings) -> Report:
+    """Analyze in-memory features (numpy arrays or torch tensors): ``features`` (N, d), ``labels`` (N,).
+
+    ``W`` (C, d) and ``b`` (C,) are the final linear classifier (NC2-W, NC3, NC4 and acc_model need it; stored
+    ``logits`` give acc_model without it). Settings as in :func:`analyze_store`.
+    """
+    store = FeatureStore.from_arrays(features, labels, logits=logits, W=W, b=b, class_names=class_names)
+    return analyze_store(store, **settings)
+
+
+def analyze_file(path, **settings) -> Report:
+    """Analyze a feature file (nc-probe/safetensors, ``.npz`` or ``.pt``); settings as in :func:`analyze_store`."""
+    return analyze_store(open_store(path), **settings)
+
+
+def analyze_store(store: FeatureStore, *, eps2: float = 0.5, rank_tol: float = 1e-6, subspace_dim: int | None = None,
+                  classes=None, memory_budget: int = 2 * GiB, chunk_rows: int | None = None, device="cpu",
+                  layer: str | None = None, inputs: dict | None = None) -> Report:
+    """Compute every metric of the spec for ``store``.
+
+    Parameters
+    ----------
+    eps2: MCR^2 distortion eps^2 (default 0.5).
+    rank_tol: relative eigenvalue threshold of ``rank_numerical``.
+    subspace_dim: fix the principal-angle basis size k of every class (default: its ``rank_energy95``).
+    classes: class ids whose subspace metrics are computed (default: all, if they fit in ``memory_budget`` bytes).
+    chunk_rows: rows per read; results do not depend on it beyond float rounding.
+    device: where the statistics are accumulated ("cpu", "cuda", ...).
+    """
+    _check_settings(eps2, rank_tol, subspace_dim, store)
+    timings = {}
+    t_start = t = time.perf_counter()
+    labels = store.labels()
+    num_classes = _num_classes(store, labels)
+    tracked, budget_warning = check_memory(num_classes, store.dim, classes, memory_budget)
+    stats = ClassStats(num_classes, store.dim, subspace_classes=tracked, device=device)
+    rows = chunk_rows or auto_chunk_rows(store.dim)
+    with ThreadPoolExecutor(1) as pool:
+        digest = pool.submit(store.sha256)
+        for chunk in store.iter_chunks(rows):
+            stats.update(torch.from_numpy(np.asarray(chunk.features)), torch.from_numpy(chunk.labels))
+        stats.all_reduce()
+        timings["pass1_stats"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        count = stats.count.cpu().numpy()
+        ids = np.flatnonzero(count)
+        if len(ids) < 2:
+            raise InputError(f"only {len(ids)} class has samples; the metrics compare classes", path=store.source,
+                             fix="pass features of at least 2 classes")
+        means = stats.mean.cpu().numpy()[ids]
+        M = collapse.centered_means(means)
+        n = count[ids]
+        variances = stats.m2.cpu().numpy()[ids] / n
+        W = None if store.W is None else np.asarray(store.W, dtype=np.float64)
+        metrics = {"nc1": collapse.nc1(stats.scatter.cpu().numpy(), int(n.sum()), M),
+                   "nc1_cdnv": collapse.nc1_cdnv(M, variances)}
+        metrics.update({f"nc2_{k}_M": v for k, v in collapse.nc2(M.T).items()})
+        if W is not None:
+            metrics.update({f"nc2_{k}_W": v for k, v in collapse.nc2(W[ids]).items()})
+            metrics["nc3"] = collapse.nc3(W[ids], M)
+        else:
+            metrics.update({f"nc2_{k}_W": None for k in ("equinorm", "equiangle", "maxangle", "etf")})
+            metrics["nc3"] = None
+        timings["collapse_metrics"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        tally = _second_pass(store, stats, ids, W, rows, device)
+        timings["pass2_nc4"] = time.perf_counter() - t
+        metrics["nc4"] = tally.disagree.sum().item() / n.sum() if tally.has_model else None
+        metrics["acc_model"] = tally.model_correct.sum().item() / n.sum() if tally.has_model else None
+        metrics["acc_ncc"] = tally.ncc_correct.sum().item() / n.sum()
+
+        t = time.perf_counter()
+        sub_metrics, sub_class, angles, sub_warnings = _subspace_metrics(stats, count, eps2, rank_tol, subspace_dim)
+        metrics.update(sub_metrics)
+        timings["subspace_metrics"] = time.perf_counter() - t
+        sha = digest.result()
+    timings["total"] = time.perf_counter() - t_start
+
+    warnings = [w for w in [budget_warning] if w] + sub_warnings
+    zero = stats.zero_norm.cpu().numpy()
+    if zero.sum():
+        warnings.append(f"{int(zero.sum())} feature vectors are exactly zero; they stay zero after normalization")
+    empty = [int(c) for c in np.flatnonzero(count == 0)]
+    if empty:
+        warnings.append(f"{len(empty)} classes have no samples and are left out: {_short(empty)}")
+    per_class = {
+        "class_ids": ids.tolist(),
+        "n": n.tolist(),
+        "acc_model": (tally.model_correct[ids].numpy() / n).tolist() if tally.has_model else None,
+        "acc_ncc": (tally.ncc_correct[ids].numpy() / n).tolist(),
+        "within_class_variance": variances.tolist(),
+        "mean_norm": np.linalg.norm(M, axis=0).tolist(),
+        "zero_features": zero[ids].tolist(),
+        **sub_class,
+    }
+    report_inputs = {
+        "source": store.source,
+        "sha256": sha,
+        "num_samples": int(n.sum()),
+        "num_classes": len(ids),
+        "num_labels": num_classes,
+        "dim": store.dim,
+        "layer": layer or store.metadata.get("layer"),
+        "has_classifier": W is not None,
+        "has_logits": store.has_logits,
+        "class_names": [store.class_names[i] for i in ids] if store.class_names else [str(i) for i in ids],
+        "class_ids": ids.tolist(),
+        "empty_classes": empty,
+        "zero_features": int(zero.sum()),
+        "metadata": store.metadata,
+        "nc_probe_version": __version__,
+        **(inputs or {}),
+    }
+    settings = {"eps2": eps2, "rank_tol": rank_tol, "subspace_dim": subspace_dim, "memory_budget": memory_budget,
+                "subspace_classes": None if tracked is None else list(tracked), "chunk_rows": rows,
+                "device": str(device)}
+    return Report(inputs=report_inputs, settings=settings, metrics=metrics, per_class=per_class, angles=angles,
+                  timings=timings, warnings=warnings)
+
+
+def _check_settings(eps2, rank_tol, subspace_dim, store):
+    if not eps2 > 0:
+        raise InputError(f"--eps2 must be positive, got {eps2}", fix="use e.g. --eps2 0.5")
+    if not 0 < rank_tol < 1:
+        raise InputError(f"--rank-tol must lie in (0, 1), got {rank_tol}", fix="use e.g. --rank-tol 1e-6")
+    if subspace_dim is not None and not 1 <= subspace_dim <= store.dim:
+        raise InputError(f"--subspace-dim {subspace_dim} is outside 1..d={store.dim}",
+                         fix=f"pick k between 1 and {store.dim}")
+
+
+def _num_classes(store: FeatureStore, labels: np.ndarray) -> int:
+    top = int(labels.max()) + 1
+    if store.W is not None and store.W.shape[0] < top:
+        raise InputError(f"the classifier W has {store.W.shape[0]} rows but the labels go up to {top - 1}",
+                         path=store.source, fix="pass the W of the model that was trained on these labels")
+    if store.class_names is not None and len(store.class_names) < top:
+        raise InputError(f"{len(store.class_names)} class names but the labels go up to {top - 1}",
+                         path=store.source, fix="give one name per class")
+    sizes = [top] + ([store.W.shape[0]] if store.W is not None else [])
+    if store.has_logits:
+        sizes.append(store.read("logits", 0, 1).shape[1])
+        if sizes[-1] < top:
+            raise InputError(f"logits have {sizes[-1]} columns but the labels go up to {top - 1}",
+                             path=store.source, fix="store the logits of all classes")
+    return max(sizes)
+
+
+def _second_pass(store, stats, ids, W, rows, device) -> PredictionTally:
+    dev = stats.device
+    ncc = NearestCenter(stats.mean[torch.as_tensor(ids, device=dev)], torch.as_tensor(ids, device=dev))
+    Wt = None if W is None else torch.as_tensor(W, device=dev)
+    bt = None if store.b is None else torch.as_tensor(store.b, dtype=torch.float64, device=dev)
+    tally = PredictionTally(stats.num_classes)
+    for start in range(0, store.num_samples, rows):
+        stop = min(start + rows, store.num_samples)
+        h = torch.from_numpy(np.asarray(store.read("features", start, stop))).to(dev, torch.float64)
+        logits = store.read("logits", start, stop) if store.has_logits and W is None else None
+        y = torch.from_numpy(store.labels_chunk(start, stop))
+        tally.add(y, ncc.predict(h), classifier_predict(h, Wt, bt, logits))
+    return tally.all_reduce()
+
+
+def _subspace_metrics(stats: ClassStats, count, eps2, rank_tol, subspace_dim):
+    """Ranks, coding rates and principal angles of the tracked classes that have samples."""
+    d = stats.dim
+    N = int(count.sum())
+    warnings = []
+    out = {"coding_rate_max": subspace.coding_rate_max(d, eps2)}
+    lam_total = np.linalg.eigvalsh(stats.second_moment_total().cpu().numpy() / N)
+    out["coding_rate"] = subspace.coding_rate(np.maximum(lam_total, 0), d, eps2)
+    tracked = [c for c in stats.subspace_classes if count[c] > 0]
+    per = {k: [] for k in ("rank_energy95", "rank_energy99", "rank_effective", "rank_numerical",
+                           "coding_rate_class", "basis_dim", "spectrum")}
+    bases = []
+    for slot, c in enumerate(stats.subspace_classes):
+        if count[c] == 0:
+            continue
+        lam, vec = subspace.spectrum(stats.zz[slot].cpu().numpy() / count[c])
+        r95 = subspace.energy_rank(lam, 0.95)
+        k = subspace_dim or max(r95, 1)
+        per["rank_energy95"].append(r95)
+        per["rank_energy99"].append(subspace.energy_rank(lam, 0.99))
+        per["rank_effective"].append(subspace.effective_rank(lam))
+        per["rank_numerical"].append(subspace.numerical_rank(lam, rank_tol))
+        per["coding_rate_class"].append(subspace.coding_rate(lam, d, eps2))
+        per["basis_dim"].append(k)
+        top = lam[:SPECTRUM_KEEP]
+        per["spectrum"].append((top / lam.sum() if lam.sum() > 0 else top).tolist())
+        bases.append(np.ascontiguousarray(vec[:, :k]))
+    small = [c for c in tracked if count[c] < 5 * d]
+    if small:
+        warnings.append(f"{len(small)} classes have fewer than 5*d={5 * d} samples, so their subspace estimates are "
+                        f"rank-limited: {_short(small)}")
+    complete = stats.all_tracked or set(tracked) == set(np.flatnonzero(count).tolist())
+    if complete and tracked:
+        rc = float(np.dot(count[tracked] / N, per["coding_rate_class"]))
+        out["coding_rate_within"], out["rate_reduction"] = rc, out["coding_rate"] - rc
+    else:
+        out["coding_rate_within"] = out["rate_reduction"] = None
+        if tracked:
+            warnings.append("coding_rate_within and rate_reduction need every class; they are left out because "
+                            "subspace statistics were kept for only some classes")
+    if len(bases) >= 2:
+        angle, affinity = subspace.angle_matrices(bases)
+        iu = np.triu_indices(len(bases), 1)
+        out["angle_min_mean"], out["angle_min_min"] = float(angle[iu].mean()), float(angle[iu].min())
+        angles = {"class_ids": tracked, "angle_min": angle.tolist(), "subspace_affinity": affinity.tolist()}
+    else:
+        out["angle_min_mean"] = out["angle_min_min"] = None
+        angles = {"class_ids": tracked, "angle_min": None, "subspace_affinity": None}
+    per_class = {"subspace_class_ids": tracked, **per}
+    return out, per_class, angles, warnings
+
+
+def _short(items: list, limit: int = 10) -> str:
+    text = ", ".join(str(i) for i in items[:limit])
+    return text + (f", ... ({len(items)} in all)" if len(items) > limit else "")

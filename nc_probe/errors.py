@@ -1,0 +1,22 @@
+"""Errors a user can act on.
+
+Every problem with the user's input raises :class:`InputError`; the CLI prints its message as one line and exits
+with code 2. The message names the file (when there is one) and says what to do.
+"""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Bad input: the message is complete, one line, and says how to fix it."""
+
+    def __init__(self, message: str, *, path: object | None = None, fix: str | None = None):
+        parts = []
+        if path is not None:
+            parts.append(f"{path}:")
+        parts.append(message.rstrip("."))
+        text = " ".join(parts) + "."
+        if fix:
+            text += " " + fix.rstrip(".") + "."
+        super().__init__(text)
+        self.path = path

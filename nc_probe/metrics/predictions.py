@@ -1,0 +1,76 @@
+"""NC4 and the accuracies (``../shared/metrics-spec.md``): a second pass over the features with the final means.
+
+``nc4`` is the fraction of samples where the classifier's ``argmax_c (W h + b)_c`` differs from the
+nearest-class-center rule ``argmin_c ||h - mu_c||`` (ties: lowest index). Counts are integers, so partial tallies
+from batches or ranks add up exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+F64 = torch.float64
+
+
+@dataclass
+class PredictionTally:
+    """Per-class integer counts: samples, classifier correct, NCC correct, classifier != NCC."""
+
+    num_classes: int
+    n: torch.Tensor = field(init=False)
+    model_correct: torch.Tensor = field(init=False)
+    ncc_correct: torch.Tensor = field(init=False)
+    disagree: torch.Tensor = field(init=False)
+    has_model: bool = False
+
+    def __post_init__(self):
+        for name in ("n", "model_correct", "ncc_correct", "disagree"):
+            setattr(self, name, torch.zeros(self.num_classes, dtype=torch.long))
+
+    def add(self, y: torch.Tensor, ncc_pred: torch.Tensor, model_pred: torch.Tensor | None) -> None:
+        y = y.cpu()
+        ncc_pred = ncc_pred.cpu()
+        ones = torch.ones_like(y)
+        self.n.index_add_(0, y, ones)
+        self.ncc_correct.index_add_(0, y, (ncc_pred == y).long())
+        if model_pred is not None:
+            model_pred = model_pred.cpu()
+            self.has_model = True
+            self.model_correct.index_add_(0, y, (model_pred == y).long())
+            self.disagree.index_add_(0, y, (model_pred != ncc_pred).long())
+
+    def all_reduce(self, group=None) -> "PredictionTally":
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            for t in (self.n, self.model_correct, self.ncc_correct, self.disagree):
+                dist.all_reduce(t, group=group)
+        return self
+
+
+class NearestCenter:
+    """The nearest-class-center rule over the classes that have samples, mapped back to label ids."""
+
+    def __init__(self, means: torch.Tensor, class_ids: torch.Tensor):
+        self.means = means.to(F64)
+        self.sq = self.means.square().sum(1)
+        self.ids = class_ids
+
+    def predict(self, h: torch.Tensor) -> torch.Tensor:
+        # ||h - mu||^2 = ||h||^2 - 2 h.mu + ||mu||^2; the first term is the same for every class.
+        dist = self.sq[None, :] - 2 * (h @ self.means.T)
+        return self.ids[torch.argmin(dist, dim=1)]
+
+
+def classifier_predict(h: torch.Tensor, W: torch.Tensor | None, b: torch.Tensor | None, logits) -> torch.Tensor | None:
+    """``argmax_c (W h + b)_c`` when W is known, else the argmax of stored logits, else None."""
+    if W is not None:
+        out = h @ W.T
+        if b is not None:
+            out = out + b
+        return torch.argmax(out, dim=1)
+    if logits is not None:
+        return torch.argmax(torch.as_tensor(logits), dim=1)
+    return None

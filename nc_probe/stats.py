@@ -1,0 +1,251 @@
+"""Streaming, mergeable float64 class statistics (``../shared/metrics-spec.md``, notation section).
+
+:class:`ClassStats` holds everything the metric contract needs from the features, in memory independent of N:
+
+- ``count[c]`` and class means ``mean[c]`` (float64);
+- the pooled within-class scatter ``scatter = sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T`` and its per-class traces
+  ``m2[c] = sum_{y_i=c} ||h_i - mu_c||^2``, both accumulated about running means and combined with the pairwise
+  update of Chan, Golub & LeVeque (1979), so ``nc1`` stays accurate when the means are far larger than the spread;
+- per-class uncentered second moments of unit-normalized features ``zz[c] = sum_{y_i=c} z_i z_i^T`` for the classes
+  whose subspace metrics are wanted (all by default), and ``zz_total`` when only some classes are tracked.
+
+``update`` adds a batch, ``merge`` adds another ``ClassStats`` (any split and any merge order give the same
+result to float tolerance), ``all_reduce`` combines the statistics of all ``torch.distributed`` ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import InputError
+
+GiB = 1024**3
+F64 = torch.float64
+
+
+def gram(x: torch.Tensor) -> torch.Tensor:
+    """``x^T x`` in float64. On CPU numpy's matmul recognises ``a.T @ a`` and calls BLAS syrk (half the flops)."""
+    if x.device.type == "cpu":
+        a = x.numpy()
+        return torch.from_numpy(a.T @ a)
+    return x.T @ x
+
+
+def subspace_bytes(num_tracked: int, dim: int) -> int:
+    """Memory held by the per-class ``d x d`` second-moment matrices."""
+    return num_tracked * dim * dim * 8
+
+
+@dataclass
+class _Moments:
+    """Counts, means and scatter of one batch or one rank, the operands of a Chan merge."""
+
+    count: torch.Tensor  # (C,) int64
+    mean: torch.Tensor  # (C, d)
+    m2: torch.Tensor  # (C,)
+    scatter: torch.Tensor  # (d, d)
+
+
+class ClassStats:
+    """Float64 sufficient statistics of labelled features; see the module docstring.
+
+    Parameters
+    ----------
+    num_classes, dim:
+        ``C`` and ``d``.
+    subspace_classes:
+        Class indices whose ``d x d`` unit-feature second moments are kept (default: all). ``[]`` keeps none.
+    device:
+        Where the statistics live; batches are moved there and cast to float64.
+    """
+
+    def __init__(self, num_classes: int, dim: int, *, subspace_classes=None, device="cpu"):
+        self.num_classes = int(num_classes)
+        self.dim = int(dim)
+        self.device = torch.device(device)
+        if subspace_classes is None:
+            tracked = list(range(self.num_classes))
+        else:
+            tracked = sorted({int(c) for c in subspace_classes})
+            bad = [c for c in tracked if not 0 <= c < self.num_classes]
+            if bad:
+                raise InputError(
+                    f"--classes names {bad[:5]} but the labels only go from 0 to {self.num_classes - 1}",
+                    fix="pick class indices in that range",
+                )
+        self.subspace_classes = tracked
+        self._slot = torch.full((self.num_classes,), -1, dtype=torch.long, device=self.device)
+        if tracked:
+            self._slot[torch.tensor(tracked, device=self.device)] = torch.arange(len(tracked), device=self.device)
+        C, d = self.num_classes, self.dim
+        kw = dict(dtype=F64, device=self.device)
+        self.count = torch.zeros(C, dtype=torch.long, device=self.device)
+        self.mean = torch.zeros(C, d, **kw)
+        self.m2 = torch.zeros(C, **kw)
+        self.scatter = torch.zeros(d, d, **kw)
+        self.zero_norm = torch.zeros(C, dtype=torch.long, device=self.device)
+        self.zz = torch.zeros(len(tracked), d, d, **kw)
+        self.all_tracked = len(tracked) == C
+        self.zz_total = None if self.all_tracked else torch.zeros(d, d, **kw)
+
+    # ------------------------------------------------------------------ accumulation
+    def update(self, features, labels) -> "ClassStats":
+        """Add one batch: ``features`` (n, d), ``labels`` (n,) integers in ``[0, C)``. Returns self."""
+        h = torch.as_tensor(features).to(self.device, F64).reshape(len(features), -1)
+        y = torch.as_tensor(labels).to(self.device, torch.long).reshape(-1)
+        if h.shape[1] != self.dim or h.shape[0] != y.shape[0]:
+            raise InputError(
+                f"batch of shape {tuple(h.shape)} with {y.shape[0]} labels does not fit statistics of dimension "
+                f"{self.dim}",
+                fix="pass features (n, d) and n labels",
+            )
+        if h.shape[0] == 0:
+            return self
+        y, order = torch.sort(y, stable=True)
+        h = h[order]
+        classes, counts = torch.unique_consecutive(y, return_counts=True)
+        bcount = torch.zeros(self.num_classes, dtype=torch.long, device=self.device)
+        bcount[classes] = counts
+        bmean = torch.zeros(self.num_classes, self.dim, dtype=F64, device=self.device)
+        bmean.index_add_(0, y, h)
+        bmean[classes] /= counts.to(F64)[:, None]
+        centered = h - bmean[y]
+        bm2 = torch.zeros(self.num_classes, dtype=F64, device=self.device).index_add_(0, y, centered.square().sum(1))
+        self._merge_moments(_Moments(bcount, bmean, bm2, gram(centered)))
+        del centered
+
+        norms = torch.linalg.vector_norm(h, dim=1)
+        zero = norms == 0
+        if bool(zero.any()):
+            self.zero_norm.index_add_(0, y[zero], torch.ones_like(y[zero]))
+        z = h / torch.where(zero, torch.ones_like(norms), norms)[:, None]
+        del h
+        if self.zz_total is not None:
+            self.zz_total += gram(z)
+        starts = torch.cumsum(counts, 0) - counts
+        for c, s, n in zip(classes.tolist(), starts.tolist(), counts.tolist()):
+            slot = int(self._slot[c])
+            if slot >= 0:
+                self.zz[slot] += gram(z[s : s + n])
+        return self
+
+    def merge(self, other: "ClassStats") -> "ClassStats":
+        """Add the statistics of ``other`` (same C, d and tracked classes) into self. Returns self."""
+        if (other.num_classes, other.dim, other.subspace_classes) != (
+            self.num_classes,
+            self.dim,
+            self.subspace_classes,
+        ):
+            raise ValueError("can only merge ClassStats with the same classes, dimension and tracked classes")
+        o = lambda t: None if t is None else t.to(self.device)  # noqa: E731
+        self._merge_moments(_Moments(o(other.count), o(other.mean), o(other.m2), o(other.scatter)))
+        self.zero_norm += o(other.zero_norm)
+        self.zz += o(other.zz)
+        if self.zz_total is not None:
+            self.zz_total += o(other.zz_total)
+        return self
+
+    def _merge_moments(self, b: _Moments) -> None:
+        # Chan et al.: M2_ab = M2_a + M2_b + n_a n_b / (n_a + n_b) * delta delta^T, delta = mean_b - mean_a.
+        n_a = self.count.to(F64)
+        n_b = b.count.to(F64)
+        n = n_a + n_b
+        safe = torch.where(n > 0, n, torch.ones_like(n))
+        delta = b.mean - self.mean
+        weight = n_a * n_b / safe
+        wdelta = delta * weight.sqrt()[:, None]
+        self.scatter += b.scatter + gram(wdelta)
+        self.m2 += b.m2 + weight * delta.square().sum(1)
+        self.mean += delta * (n_b / safe)[:, None]
+        self.count += b.count
+
+    def all_reduce(self, group=None) -> "ClassStats":
+        """Combine the statistics of every rank of ``torch.distributed`` in place (a no-op when not initialised).
+
+        Means and scatters are not sums, so each rank first re-centres its scatter on the global class means
+        (exact, no loss of accuracy near collapse), then everything is summed.
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
+            return self
+        n_local = self.count.to(F64)
+        total = self.count.clone()
+        dist.all_reduce(total, group=group)
+        n_total = total.to(F64)
+        sums = self.mean * n_local[:, None]
+        dist.all_reduce(sums, group=group)
+        g_mean = sums / torch.where(n_total > 0, n_total, torch.ones_like(n_total))[:, None]
+        delta = self.mean - g_mean
+        has = n_local > 0
+        delta[~has] = 0
+        self.scatter += gram(delta * n_local.sqrt()[:, None])
+        self.m2 += n_local * delta.square().sum(1)
+        for t in (self.scatter, self.m2, self.zero_norm, self.zz) + (
+            () if self.zz_total is None else (self.zz_total,)
+        ):
+            dist.all_reduce(t, group=group)
+        self.count, self.mean = total, g_mean
+        return self
+
+    # ------------------------------------------------------------------ views used by the metrics
+    @property
+    def total(self) -> int:
+        return int(self.count.sum())
+
+    def second_moment_total(self) -> torch.Tensor:
+        """``sum_i z_i z_i^T`` over all samples."""
+        return self.zz.sum(0) if self.zz_total is None else self.zz_total
+
+    def state_dict(self) -> dict:
+        """Plain tensors, e.g. to save with ``torch.save`` or send between processes."""
+        return {
+            "num_classes": self.num_classes,
+            "dim": self.dim,
+            "subspace_classes": list(self.subspace_classes),
+            "count": self.count,
+            "mean": self.mean,
+            "m2": self.m2,
+            "scatter": self.scatter,
+            "zero_norm": self.zero_norm,
+            "zz": self.zz,
+            "zz_total": self.zz_total,
+        }
+
+    def to_numpy(self) -> dict:
+        return {k: (v.cpu().numpy() if isinstance(v, torch.Tensor) else v) for k, v in self.state_dict().items()}
+
+
+def check_memory(num_classes: int, dim: int, subspace_classes, budget: int) -> tuple[list[int] | None, str | None]:
+    """Decide which classes get ``d x d`` statistics under ``budget`` bytes.
+
+    Returns ``(subspace_classes, warning)``: the user's pick when given (an error if it alone exceeds the budget),
+    else all classes when they fit, else none together with a warning that says how to get them.
+    """
+    if subspace_classes is not None:
+        need = subspace_bytes(len(subspace_classes), dim)
+        if need > budget:
+            raise InputError(
+                f"subspace statistics for {len(subspace_classes)} classes of dimension {dim} need "
+                f"{need / GiB:.2f} GiB, over the memory budget of {budget / GiB:.2f} GiB",
+                fix="pick fewer classes with --classes or raise --memory-budget",
+            )
+        return list(subspace_classes), None
+    need = subspace_bytes(num_classes, dim)
+    if need <= budget:
+        return None, None
+    fit = max(0, int(budget // subspace_bytes(1, dim)))
+    return [], (
+        f"subspace metrics skipped: {num_classes} classes x {dim}x{dim} float64 matrices need {need / GiB:.2f} GiB, "
+        f"over the memory budget of {budget / GiB:.2f} GiB; pick up to {fit} classes with --classes "
+        f"(e.g. --classes 0-{max(fit - 1, 0)}) or raise --memory-budget"
+    )
+
+
+def as_numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)

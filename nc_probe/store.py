@@ -1,0 +1,402 @@
+"""FeatureStore: features, labels, optional logits, classifier W/b, class names and metadata.
+
+On disk it is a safetensors file (tensors ``features`` (N, d), ``labels`` (N,), optional ``logits`` (N, C),
+``W`` (C, d), ``b`` (C,); class names and metadata as JSON in the header), so any safetensors reader opens it and
+nothing is ever unpickled. nc-probe writes it streaming and reads it in row chunks with plain file reads (no
+memory map), so memory stays flat however large N is.
+
+``open_store`` also reads plain ``.npz`` and ``.pt`` files (``torch.load(weights_only=True)``) whose arrays are named
+``H``/``features``, ``y``/``labels``, and optionally ``logits``, ``W``, ``b``, ``class_names``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import InputError
+
+FORMAT = "nc-probe-features"
+FORMAT_VERSION = "1"
+ALIASES = {"H": "features", "features": "features", "y": "labels", "labels": "labels", "logits": "logits",
+           "W": "W", "b": "b", "class_names": "class_names"}
+ROW_ARRAYS = ("features", "labels", "logits")
+_ST_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+              "U8": "u1", "BOOL": "?"}
+_ST_NAMES = {np.dtype(v).str: k for k, v in _ST_DTYPES.items()}
+
+
+@dataclass
+class Chunk:
+    features: np.ndarray
+    labels: np.ndarray
+    logits: np.ndarray | None
+    start: int
+
+
+@dataclass
+class FeatureStore:
+    """Labelled features readable in row chunks. Build with :func:`open_store` or :meth:`from_arrays`."""
+
+    source: str
+    num_samples: int
+    dim: int
+    W: np.ndarray | None = None
+    b: np.ndarray | None = None
+    class_names: list[str] | None = None
+    metadata: dict = field(default_factory=dict)
+    has_logits: bool = False
+    _arrays: dict | None = field(default=None, repr=False)
+    _file: "_SafetensorsFile | None" = field(default=None, repr=False)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_arrays(cls, features, labels, *, logits=None, W=None, b=None, class_names=None, metadata=None,
+                    source="<arrays>") -> "FeatureStore":
+        arrays = {"features": _to_numpy(features), "labels": _to_numpy(labels)}
+        if logits is not None:
+            arrays["logits"] = _to_numpy(logits)
+        store = cls(source=source, num_samples=0, dim=0, _arrays=arrays,
+                    W=None if W is None else _to_numpy(W), b=None if b is None else _to_numpy(b),
+                    class_names=None if class_names is None else [str(c) for c in class_names],
+                    metadata=dict(metadata or {}), has_logits=logits is not None)
+        store._validate_shapes({k: v.shape for k, v in arrays.items()})
+        return store
+
+    def _validate_shapes(self, shapes: dict) -> None:
+        src = self.source
+        feats, labels = shapes["features"], shapes["labels"]
+        if len(feats) != 2:
+            raise InputError(f"features have shape {tuple(feats)}, expected (N, d)", path=src,
+                             fix="flatten each sample's features into one row")
+        if len(labels) != 1 or labels[0] != feats[0]:
+            raise InputError(f"{feats[0]} feature rows but labels of shape {tuple(labels)}", path=src,
+                             fix="store exactly one integer label per feature row")
+        if feats[0] == 0:
+            raise InputError("no samples", path=src, fix="store at least one feature row per class")
+        self.num_samples, self.dim = int(feats[0]), int(feats[1])
+        if "logits" in shapes and (len(shapes["logits"]) != 2 or shapes["logits"][0] != feats[0]):
+            raise InputError(f"logits of shape {tuple(shapes['logits'])} do not match {feats[0]} samples", path=src,
+                             fix="store logits as (N, C) or leave them out")
+        if self.W is not None:
+            if self.W.ndim != 2 or self.W.shape[1] != self.dim:
+                raise InputError(f"W has shape {self.W.shape} but the features have d={self.dim}", path=src,
+                                 fix="store the final linear layer's weight as (C, d)")
+            if self.b is not None and self.b.shape != (self.W.shape[0],):
+                raise InputError(f"b has shape {self.b.shape} but W has {self.W.shape[0]} rows", path=src,
+                                 fix="store the bias as (C,) or leave it out")
+        elif self.b is not None:
+            raise InputError("b is given without W", path=src, fix="store W too, or leave b out")
+
+    # ------------------------------------------------------------------ reading
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        stop = self.num_samples if stop is None else stop
+        if self._arrays is not None:
+            return self._arrays[name][start:stop]
+        return self._file.read_rows(name, start, stop)
+
+    def labels(self) -> np.ndarray:
+        """All labels as int64, checked to be non-negative integers."""
+        raw = self.read("labels")
+        if raw.dtype.kind == "f":
+            if not np.all(np.isfinite(raw)) or np.any(raw != np.round(raw)):
+                raise InputError("labels are not whole numbers", path=self.source,
+                                 fix="store class indices 0..C-1 as integers")
+        elif raw.dtype.kind not in "iub":
+            raise InputError(f"labels have dtype {raw.dtype}", path=self.source,
+                             fix="store class indices 0..C-1 as integers")
+        y = raw.astype(np.int64)
+        if y.size and y.min() < 0:
+            raise InputError(f"negative label {int(y.min())}", path=self.source,
+                             fix="store class indices 0..C-1")
+        return y
+
+    def iter_chunks(self, rows: int) -> Iterator[Chunk]:
+        for start in range(0, self.num_samples, rows):
+            stop = min(start + rows, self.num_samples)
+            feats = self.read("features", start, stop)
+            if not np.all(np.isfinite(feats)):
+                bad = start + int(np.argwhere(~np.isfinite(feats))[0][0])
+                raise InputError(f"features contain NaN or Inf (first at row {bad})", path=self.source,
+                                 fix="check the model for overflow (try --amp off) or drop those samples")
+            yield Chunk(feats, self.labels_chunk(start, stop), self.read("logits", start, stop)
+                        if self.has_logits else None, start)
+
+    def labels_chunk(self, start: int, stop: int) -> np.ndarray:
+        return self.read("labels", start, stop).astype(np.int64)
+
+    def sha256(self) -> str | None:
+        """sha256 of the file (None for in-memory arrays)."""
+        if self._arrays is not None and self._file is None and not os.path.isfile(self.source):
+            return None
+        h = hashlib.sha256()
+        with open(self.source, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                h.update(block)
+        return h.hexdigest()
+
+
+def _to_numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+        if str(x.dtype) == "torch.bfloat16":
+            x = x.float()
+        return x.numpy()
+    return np.asarray(x)
+
+
+# ---------------------------------------------------------------------- safetensors
+class _SafetensorsFile:
+    """Minimal reader of the safetensors layout: u64 header length, JSON header, raw little-endian data."""
+
+    def __init__(self, path: str):
+        self.path = path
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise InputError("file is empty or truncated (no safetensors header)", path=path,
+                                 fix="write it again with nc-probe --save-features or nc_probe.write_store")
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8 or n > 100 * 1024**2:
+                raise InputError("safetensors header is larger than the file: the file is truncated or not "
+                                 "safetensors", path=path, fix="write it again")
+            try:
+                header = json.loads(f.read(n))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise InputError("safetensors header is not valid JSON: the file is corrupt", path=path,
+                                 fix="write it again") from None
+        self.data_start = 8 + n
+        self.alias: dict[str, str] = {}
+        self.metadata = header.pop("__metadata__", None) or {}
+        self.tensors = {}
+        for name, info in header.items():
+            try:
+                dtype = np.dtype(_ST_DTYPES[info["dtype"]]) if info["dtype"] != "BF16" else "BF16"
+                shape = tuple(int(s) for s in info["shape"])
+                begin, end = (int(o) for o in info["data_offsets"])
+            except (KeyError, TypeError, ValueError):
+                raise InputError(f"tensor {name!r} has an unsupported dtype or a malformed entry", path=path,
+                                 fix="store float32/float64 features and integer labels") from None
+            if self.data_start + end > size:
+                raise InputError(f"the file is truncated: tensor {name!r} ends past its end", path=path,
+                                 fix="write it again")
+            self.tensors[name] = (dtype, shape, begin, end)
+
+    def shape(self, name: str) -> tuple:
+        return self.tensors[name][1]
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        dtype, shape, begin, _ = self.tensors[self.alias.get(name, name)]
+        row_items = int(np.prod(shape[1:], dtype=np.int64))
+        itemsize = 2 if dtype == "BF16" else dtype.itemsize
+        count = (stop - start) * row_items
+        buf = bytearray(count * itemsize)
+        with open(self.path, "rb") as f:
+            f.seek(self.data_start + begin + start * row_items * itemsize)
+            got = f.readinto(buf)
+        if got != len(buf):
+            raise InputError(f"the file is truncated inside tensor {name!r}", path=self.path, fix="write it again")
+        if dtype == "BF16":
+            raw = np.frombuffer(buf, dtype="<u2").astype(np.uint32) << 16
+            return raw.view(np.float32).reshape((stop - start,) + shape[1:])
+        return np.frombuffer(buf, dtype=dtype).reshape((stop - start,) + shape[1:])
+
+
+def _open_safetensors(path: str) -> FeatureStore:
+    st = _SafetensorsFile(path)
+    names = _canonical_names(list(st.tensors), path)
+    meta = st.metadata
+    small = {k: st.read_rows(n, 0, st.shape(n)[0]) for n, k in names.items() if k in ("W", "b")}
+    class_names = json.loads(meta["class_names"]) if "class_names" in meta else None
+    store = FeatureStore(source=path, num_samples=0, dim=0, W=small.get("W"), b=small.get("b"),
+                         class_names=class_names, metadata=json.loads(meta.get("metadata", "{}")),
+                         has_logits="logits" in names.values())
+    st.alias = {k: n for n, k in names.items()}
+    store._file = st
+    store._validate_shapes({k: st.shape(n) for n, k in names.items()})
+    return store
+
+
+def _canonical_names(names: list[str], path: str) -> dict[str, str]:
+    """Map the file's array names to ours; unknown names and missing features/labels are errors."""
+    unknown = [n for n in names if n not in ALIASES]
+    if unknown:
+        raise InputError(f"unknown array name(s) {unknown}", path=path,
+                         fix="name the arrays H or features, y or labels, and optionally logits, W, b, class_names")
+    mapped = {n: ALIASES[n] for n in names}
+    for need, spellings in (("features", "H or features"), ("labels", "y or labels")):
+        hits = [n for n, k in mapped.items() if k == need]
+        if not hits:
+            raise InputError(f"no {need} array (found {sorted(names)})", path=path,
+                             fix=f"name the {need} array {spellings}")
+        if len(hits) > 1:
+            raise InputError(f"both {hits[0]!r} and {hits[1]!r} given", path=path, fix=f"keep one {need} array")
+    return mapped
+
+
+def _store_from_dict(arrays: dict, path: str) -> FeatureStore:
+    names = _canonical_names(list(arrays), path)
+    data = {k: arrays[n] for n, k in names.items()}
+    class_names = data.pop("class_names", None)
+    if class_names is not None:
+        class_names = [str(c) for c in _to_numpy(class_names).tolist()] if not isinstance(class_names, list) \
+            else [str(c) for c in class_names]
+    try:
+        return FeatureStore.from_arrays(data["features"], data["labels"], logits=data.get("logits"),
+                                        W=data.get("W"), b=data.get("b"), class_names=class_names, source=path)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"arrays could not be read ({e})", path=path, fix="store plain numeric arrays") from None
+
+
+def open_store(path) -> FeatureStore:
+    """Open a feature file: nc-probe/safetensors, ``.npz`` or ``.pt`` (weights_only). Errors are InputError."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise InputError("no such file", path=path, fix="check the path")
+    if os.path.isdir(path):
+        raise InputError("is a folder, not a feature file", path=path, fix="pass a .safetensors, .npz or .pt file")
+    if os.path.getsize(path) == 0:
+        raise InputError("file is empty", path=path, fix="write the features again")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic[:2] == b"PK":
+        if path.endswith(".npz"):
+            return _open_npz(path)
+        return _open_torch(path)
+    if path.endswith((".npz", ".pt", ".pth")):
+        raise InputError("file is truncated or not a zip archive", path=path, fix="write it again")
+    return _open_safetensors(path)
+
+
+def _open_npz(path: str) -> FeatureStore:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        reason = "holds pickled objects" if "pickle" in str(e) else "is truncated or corrupt"
+        raise InputError(f"the .npz archive {reason}", path=path, fix="save plain numeric arrays with np.savez") \
+            from None
+    return _store_from_dict(arrays, path)
+
+
+def _open_torch(path: str) -> FeatureStore:
+    import pickle
+
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise InputError("holds Python objects that weights_only loading refuses", path=path,
+                         fix="save a dict of tensors, e.g. torch.save({'H': H, 'y': y}, path)") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError):
+        raise InputError("is truncated or not a torch.save file", path=path, fix="save it again") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"holds a {type(obj).__name__}, not a dict of arrays", path=path,
+                         fix="save a dict of tensors, e.g. torch.save({'H': H, 'y': y}, path)")
+    return _store_from_dict(obj, path)
+
+
+# ---------------------------------------------------------------------- writing
+class StoreWriter:
+    """Streams rows into a FeatureStore file; the file appears (atomically) only on :meth:`close`.
+
+    >>> w = StoreWriter("feats.safetensors"); w.append(H, y); w.close(W=W, b=b)
+    """
+
+    def __init__(self, path, *, class_names=None, metadata=None):
+        self.path = Path(path)
+        self.class_names = class_names
+        self.metadata = dict(metadata or {})
+        self.dir = Path(tempfile.mkdtemp(prefix=".ncprobe-", dir=self.path.parent.resolve()))
+        self.parts: dict[str, object] = {}
+        self.info: dict[str, tuple] = {}
+        self.rows_written: dict[str, int] = {}
+
+    def append(self, features, labels, logits=None) -> None:
+        rows = {"features": features, "labels": labels}
+        if logits is not None:
+            rows["logits"] = logits
+        for name, arr in rows.items():
+            a = np.ascontiguousarray(_to_numpy(arr))
+            if name == "labels":
+                a = a.astype("<i8")
+            elif a.dtype not in (np.float32, np.float64):
+                a = a.astype("<f4")
+            dt, tail = self.info.get(name, (a.dtype, a.shape[1:]))
+            if (a.dtype, a.shape[1:]) != (dt, tail):
+                raise ValueError(f"{name}: rows of {a.dtype}{a.shape[1:]} after {dt}{tail}")
+            self.info[name] = (dt, tail)
+            f = self.parts.get(name)
+            if f is None:
+                f = self.parts[name] = open(self.dir / name, "wb")
+            f.write(a.tobytes())
+            self.rows_written[name] = self.rows_written.get(name, 0) + len(a)
+
+    def close(self, *, W=None, b=None) -> Path:
+        for f in self.parts.values():
+            f.close()
+        small = {k: np.ascontiguousarray(_to_numpy(v), dtype="<f8") for k, v in (("W", W), ("b", b)) if v is not None}
+        header, order, offset = {}, [], 0
+        for name in [n for n in ROW_ARRAYS if n in self.parts] + list(small):
+            if name in small:
+                dt, shape, nbytes = small[name].dtype, small[name].shape, small[name].nbytes
+            else:
+                dt, tail = self.info[name]
+                shape = (self.rows_written[name],) + tuple(tail)
+                nbytes = os.path.getsize(self.dir / name)
+            header[name] = {"dtype": _ST_NAMES[np.dtype(dt).str], "shape": list(shape),
+                            "data_offsets": [offset, offset + nbytes]}
+            order.append(name)
+            offset += nbytes
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "metadata": json.dumps(self.metadata)}
+        if self.class_names is not None:
+            meta["class_names"] = json.dumps([str(c) for c in self.class_names])
+        header["__metadata__"] = meta
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)
+        tmp = self.dir / "store.tmp"
+        with open(tmp, "wb") as out:
+            out.write(struct.pack("<Q", len(blob)))
+            out.write(blob)
+            for name in order:
+                if name in small:
+                    out.write(small[name].tobytes())
+                else:
+                    with open(self.dir / name, "rb") as src:
+                        while block := src.read(1 << 24):
+                            out.write(block)
+        os.replace(tmp, self.path)
+        self.abort()
+        return self.path
+
+    def abort(self) -> None:
+        """Drop everything written so far (also called by close once the file is in place)."""
+        import shutil
+
+        for f in self.parts.values():
+            f.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def write_store(path, features, labels, *, logits=None, W=None, b=None, class_names=None, metadata=None) -> Path:
+    """Write a FeatureStore file from in-memory arrays (atomically: a temp file, then a rename)."""
+    w = StoreWriter(path, class_names=class_names, metadata=metadata)
+    try:
+        w.append(features, labels, logits)
+        return w.close(W=W, b=b)
+    except BaseException:
+        w.abort()
+        raise
