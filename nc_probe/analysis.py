@@ -45,7 +45,7 @@ def analyze_file(path, **settings) -> Report:
 
 def analyze_store(store: FeatureStore, *, eps2: float = 0.5, rank_tol: float = 1e-6, subspace_dim: int | None = None,
                   classes=None, memory_budget: int = 2 * GiB, chunk_rows: int | None = None, device="cpu",
-                  layer: str | None = None, inputs: dict | None = None) -> Report:
+                  layer: str | None = None, inputs: dict | None = None, stats: ClassStats | None = None) -> Report:
     """Compute every metric of the spec for ``store``.
 
     Parameters
@@ -56,20 +56,30 @@ def analyze_store(store: FeatureStore, *, eps2: float = 0.5, rank_tol: float = 1
     classes: class ids whose subspace metrics are computed (default: all, if they fit in ``memory_budget`` bytes).
     chunk_rows: rows per read; results do not depend on it beyond float rounding.
     device: where the statistics are accumulated ("cpu", "cuda", ...).
+    stats: statistics already accumulated over exactly this store's rows (e.g. during extraction); pass 1 is then
+        skipped and the statistics are used as they are (their tracked classes decide the subspace metrics).
     """
     _check_settings(eps2, rank_tol, subspace_dim, store)
     timings = {}
     t_start = t = time.perf_counter()
     labels = store.labels()
     num_classes = _num_classes(store, labels)
-    tracked, budget_warning = check_memory(num_classes, store.dim, classes, memory_budget)
-    stats = ClassStats(num_classes, store.dim, subspace_classes=tracked, device=device)
     rows = chunk_rows or auto_chunk_rows(store.dim)
+    budget_warning = None
+    if stats is None:
+        tracked, budget_warning = check_memory(num_classes, store.dim, classes, memory_budget)
+        stats = ClassStats(num_classes, store.dim, subspace_classes=tracked, device=device)
+    elif (stats.num_classes, stats.dim) != (num_classes, store.dim):
+        raise ValueError(f"stats of C={stats.num_classes}, d={stats.dim} do not fit the store (C={num_classes}, "
+                         f"d={store.dim})")
+    else:
+        tracked = None if stats.all_tracked else stats.subspace_classes
     with ThreadPoolExecutor(1) as pool:
         digest = pool.submit(store.sha256)
-        for chunk in store.iter_chunks(rows):
-            stats.update(torch.from_numpy(np.asarray(chunk.features)), torch.from_numpy(chunk.labels))
-        stats.all_reduce()
+        if stats.total == 0:
+            for chunk in store.iter_chunks(rows):
+                stats.update(torch.from_numpy(np.asarray(chunk.features)), torch.from_numpy(chunk.labels))
+            stats.all_reduce()
         timings["pass1_stats"] = time.perf_counter() - t
 
         t = time.perf_counter()

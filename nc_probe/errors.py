@@ -17,6 +17,7 @@ class InputError(ValueError):
         parts.append(message.rstrip("."))
         text = " ".join(parts) + "."
         if fix:
-            text += " " + fix.rstrip(".") + "."
+            fix = fix.rstrip(".")
+            text += " " + fix[:1].upper() + fix[1:] + "."
         super().__init__(text)
         self.path = path

@@ -1,0 +1,77 @@
+"""The ``nc-probe`` command line: a thin shell over the Python API (each command calls one public function).
+
+Errors in the user's input print one line and exit with code 2; a rule broken in ``gate`` exits 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import typer
+from rich.console import Console
+
+from . import __version__
+from .errors import InputError
+
+app = typer.Typer(
+    name="nc-probe",
+    help="Measure the geometry of what a classifier learned: neural collapse NC1-NC4, class subspace ranks, "
+    "MCR^2 coding rates and principal angles of its penultimate features.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True, highlight=False)
+
+
+def user_errors(fn):
+    """Turn InputError (and a few OS errors on output paths) into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except InputError as e:
+            err_console.print(f"[bold red]error:[/] {e}", markup=True, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except (PermissionError, IsADirectoryError, NotADirectoryError) as e:
+            err_console.print(f"[bold red]error:[/] {e.filename}: {e.strerror}. Choose a writable path.",
+                              soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"nc-probe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+):
+    """nc-probe: neural collapse and subspace geometry of classifier features."""
+
+
+def _register():
+    from .commands import analyze, inspect
+
+    for module in (analyze, inspect):
+        module.register(app, user_errors)
+
+
+_register()
+
+
+def main():
+    app(prog_name="nc-probe")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

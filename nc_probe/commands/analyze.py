@@ -1,0 +1,141 @@
+"""``nc-probe analyze [INPUT]``: analyze a checkpoint, a feature file or a report, print and write the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typing_extensions import Annotated
+
+from ..errors import InputError
+from ..metrics import METRIC_DOCS
+from .options import parse_bytes, parse_classes
+
+METRICS_HELP = "Metrics (see shared/metrics-spec.md):\n\n" + "\n\n".join(
+    f"[bold]{k}[/]: {v}" for k, v in METRIC_DOCS.items())
+
+MODEL = "Checkpoint: model"
+DATA = "Checkpoint: data and inference"
+METRICS = "Metric settings"
+OUTPUT = "Output"
+
+
+def settings_from_options(eps2, rank_tol, subspace_dim, classes, memory_budget) -> dict:
+    return {"eps2": eps2, "rank_tol": rank_tol, "subspace_dim": subspace_dim, "classes": parse_classes(classes),
+            "memory_budget": parse_bytes(memory_budget)}
+
+
+def checkpoint_options(**opts) -> dict:
+    arch_kwargs = opts.pop("arch_kwargs")
+    if arch_kwargs:
+        try:
+            opts["arch_kwargs"] = json.loads(arch_kwargs)
+        except json.JSONDecodeError as e:
+            raise InputError(f"--arch-kwargs is not JSON ({e.msg})", fix="""write e.g. '{"num_classes": 10}'""") \
+                from None
+    for key in ("mean", "std"):
+        if opts.get(key):
+            try:
+                opts[key] = [float(v) for v in opts[key].split(",")]
+            except ValueError:
+                raise InputError(f"--{key} {opts[key]!r} is not a comma-separated list of numbers",
+                                 fix=f"write e.g. --{key} 0.5,0.5,0.5") from None
+    opts["data_classes"] = parse_classes(opts.get("data_classes"), "--data-classes")
+    return {k: v for k, v in opts.items() if v is not None}
+
+
+def analyze(
+    input: Annotated[Optional[Path], typer.Argument(
+        help="Checkpoint (.pt/.pth/.ckpt/.safetensors/.pt2), feature file (.safetensors/.npz/.pt with "
+             "features+labels) or report JSON. Default: the bundled sample checkpoint.",
+        show_default=False)] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the report JSON here.",
+                                                      rich_help_panel=OUTPUT)] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="Write report.json, metrics.csv, per_class.csv and angles.csv into this folder.",
+        rich_help_panel=OUTPUT)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.",
+                                        rich_help_panel=OUTPUT)] = False,
+    eps2: Annotated[float, typer.Option("--eps2", help="MCR^2 distortion eps^2 of the coding rates.",
+                                        rich_help_panel=METRICS)] = 0.5,
+    subspace_dim: Annotated[Optional[int], typer.Option(
+        "--subspace-dim", help="Fix the basis size k of every class subspace for the principal angles "
+                               "(default: the class's rank_energy95).", rich_help_panel=METRICS)] = None,
+    rank_tol: Annotated[float, typer.Option("--rank-tol", help="Relative eigenvalue cut-off of rank_numerical.",
+                                            rich_help_panel=METRICS)] = 1e-6,
+    classes: Annotated[Optional[str], typer.Option(
+        "--classes", help="Class ids whose subspace metrics are computed, e.g. 0,3,5-9 (default: all that fit "
+                          "the memory budget).", rich_help_panel=METRICS)] = None,
+    memory_budget: Annotated[str, typer.Option(
+        "--memory-budget", help="Memory for the per-class d x d statistics, e.g. 2GiB.",
+        rich_help_panel=METRICS)] = "2GiB",
+    arch: Annotated[Optional[str], typer.Option(
+        "--arch", help="Architecture for a state_dict: torchvision:NAME, timm:NAME or package.module:factory "
+                       "(default: from the checkpoint's metadata).", rich_help_panel=MODEL)] = None,
+    arch_kwargs: Annotated[Optional[str], typer.Option(
+        "--arch-kwargs", help="""JSON keyword arguments of the factory, e.g. '{"num_classes": 10}'.""",
+        rich_help_panel=MODEL)] = None,
+    strip_prefix: Annotated[Optional[str], typer.Option(
+        "--strip-prefix", help="Remove this prefix from state_dict keys (module. and _orig_mod. always are).",
+        rich_help_panel=MODEL)] = None,
+    trust_checkpoint: Annotated[bool, typer.Option(
+        "--trust-checkpoint", help="Allow unpickling arbitrary code (a fully pickled nn.Module). Only for files "
+                                   "you trust.", rich_help_panel=MODEL)] = False,
+    layer: Annotated[Optional[str], typer.Option(
+        "--layer", help="Module whose output is tapped (default: the input of the final nn.Linear).",
+        rich_help_panel=MODEL)] = None,
+    data: Annotated[Optional[str], typer.Option(
+        "--data", help="Data: sample:digits, arrays.npz/.pt (x, y), an image folder, torchvision:CLASS:ROOT or "
+                       "package.module:function (default: from the checkpoint's metadata).",
+        rich_help_panel=DATA)] = None,
+    split: Annotated[Optional[str], typer.Option("--split", help="Dataset split, e.g. train or test.",
+                                                 rich_help_panel=DATA)] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Use at most N samples.",
+                                                 rich_help_panel=DATA)] = None,
+    data_classes: Annotated[Optional[str], typer.Option(
+        "--data-classes", help="Only samples of these classes, e.g. 0-4.", rich_help_panel=DATA)] = None,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Resize images of a folder to this.",
+                                                      rich_help_panel=DATA)] = None,
+    mean: Annotated[Optional[str], typer.Option("--mean", help="Per-channel normalisation mean, e.g. 0.5,0.5,0.5.",
+                                                rich_help_panel=DATA)] = None,
+    std: Annotated[Optional[str], typer.Option("--std", help="Per-channel normalisation std.",
+                                               rich_help_panel=DATA)] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.", rich_help_panel=DATA)] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch size.",
+                                            rich_help_panel=DATA)] = 256,
+    workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.",
+                                         rich_help_panel=DATA)] = 0,
+    amp: Annotated[str, typer.Option("--amp", help="Autocast: bf16, fp16 or off.", rich_help_panel=DATA)] = "off",
+    save_features: Annotated[Optional[Path], typer.Option(
+        "--save-features", help="Keep the extracted features here, so later runs need no model.",
+        rich_help_panel=DATA)] = None,
+):
+    """Analyze a checkpoint, feature file or report and print the metrics."""
+    from ..inputs import SAMPLE_CHECKPOINT, report_for
+    from ..render.tables import write_tables
+    from ..render.terminal import render_report
+
+    if input is None:
+        if not SAMPLE_CHECKPOINT.exists():
+            raise InputError("no INPUT given and the bundled sample checkpoint is missing", path=SAMPLE_CHECKPOINT,
+                             fix="pass a checkpoint, feature file or report JSON")
+        input = SAMPLE_CHECKPOINT
+    settings = settings_from_options(eps2, rank_tol, subspace_dim, classes, memory_budget)
+    ckpt = checkpoint_options(
+        arch=arch, arch_kwargs=arch_kwargs, strip_prefix=strip_prefix, trust_checkpoint=trust_checkpoint or None,
+        layer=layer, data=data, split=split, limit=limit, data_classes=data_classes, image_size=image_size,
+        mean=mean, std=std, device=device, batch_size=batch_size, workers=workers, amp=amp,
+        save_features=save_features, progress=not quiet or None)
+    report = report_for(input, checkpoint_options=ckpt, **settings)
+    if json_path is not None:
+        report.save(json_path)
+    if out is not None:
+        write_tables(report, out)
+    if not quiet:
+        render_report(report)
+
+
+def register(app: typer.Typer, user_errors) -> None:
+    app.command("analyze", epilog=METRICS_HELP)(user_errors(analyze))

@@ -1,0 +1,85 @@
+"""Rich terminal rendering of a Report: a header, the metric summary and (for few classes) a per-class table."""
+
+from __future__ import annotations
+
+import math
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from ..metrics import METRIC_DOCS
+from ..report import Report
+from .tables import per_class_frame
+
+MAX_CLASS_ROWS = 20
+
+
+def fmt(value, digits: int = 4) -> str:
+    """Numbers as a person reads them: ints plain, small/large floats in scientific notation, absent as '-'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, bool) or isinstance(value, int):
+        return str(value)
+    v = float(value)
+    if v == 0:
+        return "0"
+    if abs(v) < 1e-3 or abs(v) >= 1e5:
+        return f"{v:.{digits - 1}e}"
+    return f"{v:.{digits}g}" if abs(v) < 1 else f"{v:.{digits}f}".rstrip("0").rstrip(".")
+
+
+def header(report: Report) -> Text:
+    i, s = report.inputs, report.settings
+    text = Text()
+    text.append("nc-probe ", style="bold")
+    text.append(f"{i.get('source')}\n")
+    text.append(f"N={i.get('num_samples')}  C={i.get('num_classes')}  d={i.get('dim')}  "
+                f"eps^2={s.get('eps2')}  layer={i.get('layer') or '-'}", style="dim")
+    return text
+
+
+def summary_table(report: Report) -> Table:
+    table = Table(title="Metrics", title_justify="left", show_lines=False)
+    table.add_column("metric", style="cyan", no_wrap=True)
+    table.add_column("value", justify="right")
+    table.add_column("meaning", style="dim")
+    for key, value in report.metrics.items():
+        table.add_row(key, fmt(value), METRIC_DOCS.get(key, ""))
+    return table
+
+
+def class_table(report: Report, limit: int = MAX_CLASS_ROWS) -> Table | None:
+    df = per_class_frame(report)
+    if len(df) > limit:
+        return None
+    cols = [c for c in ("class_name", "n", "acc_model", "acc_ncc", "rank_energy95", "rank_effective",
+                        "coding_rate_class") if c in df.columns]
+    table = Table(title="Per class", title_justify="left")
+    for c in cols:
+        table.add_column(c, justify="left" if c == "class_name" else "right")
+    for _, row in df[cols].iterrows():
+        table.add_row(*[str(row[c]) if c == "class_name" else fmt(_py(row[c])) for c in cols])
+    return table
+
+
+def _py(v):
+    if v is None:
+        return None
+    try:
+        if isinstance(v, float) or hasattr(v, "dtype") and v.dtype.kind == "f":
+            return float(v)
+        return int(v)
+    except (TypeError, ValueError):
+        return v
+
+
+def render_report(report: Report, console: Console | None = None) -> None:
+    console = console or Console()
+    parts = [header(report), summary_table(report)]
+    ct = class_table(report)
+    if ct is not None:
+        parts.append(ct)
+    for w in report.warnings:
+        parts.append(Text(f"warning: {w}", style="yellow"))
+    console.print(Group(*parts))
