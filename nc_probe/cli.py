@@ -35,7 +35,9 @@ def user_errors(fn):
         except InputError as e:
             err_console.print(f"[bold red]error:[/] {e}", markup=True, soft_wrap=True)
             raise typer.Exit(2) from None
-        except (PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        except OSError as e:
+            if e.filename is None:
+                raise
             err_console.print(f"[bold red]error:[/] {e.filename}: {e.strerror}. Choose a writable path.",
                               soft_wrap=True)
             raise typer.Exit(2) from None

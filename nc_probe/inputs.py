@@ -28,19 +28,22 @@ def input_kind(path) -> str:
     if p.is_dir():
         raise InputError("is a folder", path=p, fix="pass a checkpoint, a feature file or a report JSON")
     if suffix in (".safetensors", ".ncf", ".st"):
-        return "features" if _has_feature_names(_safetensors_names(p)) else "checkpoint"
+        names = _safetensors_names(p)
+        # An unreadable header goes to the store reader, whose error says precisely what is wrong.
+        return "features" if names is None or _has_feature_names(names) else "checkpoint"
     if suffix in (".pt", ".pth"):
         return "features" if _torch_feature_dict(p) else "checkpoint"
     return "checkpoint"
 
 
-def _safetensors_names(p: Path) -> set[str]:
+def _safetensors_names(p: Path) -> set[str] | None:
     try:
         with open(p, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
-            return set(json.loads(f.read(min(n, 100 << 20))))
+            header = json.loads(f.read(min(n, 100 << 20)))
     except (struct.error, UnicodeDecodeError, json.JSONDecodeError, MemoryError):
-        return set()  # the store reader gives the precise error
+        return None
+    return set(header) if isinstance(header, dict) else None
 
 
 def _has_feature_names(names) -> bool:

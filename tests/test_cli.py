@@ -1,0 +1,159 @@
+"""The analyze command as a user runs it: outputs, exit codes, one-line errors, no half-written files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import nc_probe
+from nc_probe.cli import app
+
+runner = CliRunner()
+
+
+def _data(seed=0, n=400, d=12, C=4):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, C, n)
+    means = rng.normal(size=(C, d)) * 3
+    H = means[y] + rng.normal(size=(n, d))
+    return H, y, means, np.zeros(C)
+
+
+@pytest.fixture
+def feature_npz(tmp_path):
+    H, y, W, b = _data()
+    path = tmp_path / "feats.npz"
+    np.savez(path, H=H, y=y, W=W, b=b)
+    return path
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_analyze_writes_json_and_tables_matching_the_api(feature_npz, tmp_path):
+    out = tmp_path / "out"
+    result = run("analyze", feature_npz, "--json", tmp_path / "r.json", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "nc1" in result.output and "rate_reduction" in result.output
+    report = nc_probe.Report.load(tmp_path / "r.json")
+    H, y, W, b = _data()
+    direct = nc_probe.analyze_features(H, y, W, b)
+    for key, value in direct.metrics.items():
+        assert report.metrics[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
+    assert sorted(p.name for p in out.iterdir()) == ["angles.csv", "metrics.csv", "per_class.csv", "report.json"]
+    per_class = pd.read_csv(out / "per_class.csv")
+    assert list(per_class["n"]) == list(np.bincount(y))
+    assert per_class["rank_energy95"].tolist() == direct.per_class["rank_energy95"]
+    angles = pd.read_csv(out / "angles.csv")
+    assert len(angles) == 4 * 3 // 2
+    assert angles["angle_min"].tolist() == pytest.approx(
+        [direct.angles["angle_min"][i][j] for i in range(4) for j in range(i + 1, 4)])
+    assert json.loads((out / "report.json").read_text())["schema_version"] == report.schema_version
+
+
+def test_report_json_round_trips_and_reanalyzes(feature_npz, tmp_path):
+    assert run("analyze", feature_npz, "-q", "--json", tmp_path / "a.json").exit_code == 0
+    first = nc_probe.Report.load(tmp_path / "a.json")
+    assert nc_probe.Report.from_json(first.to_json()) == first
+    result = run("analyze", tmp_path / "a.json", "-q", "--json", tmp_path / "b.json")
+    assert result.exit_code == 0
+    assert nc_probe.Report.load(tmp_path / "b.json") == first
+
+
+def test_settings_reach_the_report(feature_npz, tmp_path):
+    result = run("analyze", feature_npz, "-q", "--json", tmp_path / "r.json", "--eps2", "0.25",
+                 "--subspace-dim", "2", "--classes", "0-2")
+    assert result.exit_code == 0, result.output
+    r = nc_probe.Report.load(tmp_path / "r.json")
+    assert r.settings["eps2"] == 0.25 and r.settings["subspace_dim"] == 2
+    assert r.per_class["subspace_class_ids"] == [0, 1, 2]
+    assert r.per_class["basis_dim"] == [2, 2, 2]
+    assert r.metrics["rate_reduction"] is None  # needs every class
+
+
+def test_version():
+    result = run("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"nc-probe {nc_probe.__version__}"
+
+
+def test_help_explains_every_metric():
+    result = runner.invoke(app, ["analyze", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for key in nc_probe.metrics.METRIC_DOCS:
+        assert key in result.output, key
+
+
+def _bad_inputs(tmp_path):
+    H, y, W, b = _data()
+    cases = {}
+    np.savez(p := tmp_path / "mismatch.npz", H=H, y=y[:-3]); cases[p] = "labels"
+    np.savez(p := tmp_path / "oneclass.npz", H=H, y=np.zeros(len(y), int)); cases[p] = "at least 2 classes"
+    Hn = H.copy(); Hn[5, 2] = np.nan
+    np.savez(p := tmp_path / "nan.npz", H=Hn, y=y); cases[p] = "NaN"
+    np.savez(p := tmp_path / "inf.npz", H=Hn * 0 + np.inf, y=y); cases[p] = "NaN or Inf"
+    np.savez(p := tmp_path / "wshape.npz", H=H, y=y, W=W[:, :5]); cases[p] = "W has shape"
+    np.savez(p := tmp_path / "wrows.npz", H=H, y=y, W=W[:2]); cases[p] = "W has 2 rows"
+    np.savez(p := tmp_path / "unknown.npz", feats=H, y=y); cases[p] = "unknown array name"
+    (p := tmp_path / "empty.safetensors").write_bytes(b""); cases[p] = "empty"
+    good = nc_probe.write_store(tmp_path / "good.safetensors", H, y, W=W, b=b)
+    (p := tmp_path / "truncated.safetensors").write_bytes(good.read_bytes()[:-100]); cases[p] = "truncated"
+    (p := tmp_path / "garbage.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all"); \
+        cases[p] = "not valid JSON"
+    (p := tmp_path / "truncated.npz").write_bytes((tmp_path / "mismatch.npz").read_bytes()[:50]); cases[p] = "npz"
+    return cases
+
+
+def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path):
+    for path, words in _bad_inputs(tmp_path).items():
+        out = tmp_path / f"{path.stem}-out"
+        result = run("analyze", path, "--json", tmp_path / f"{path.stem}.json", "--out", out)
+        assert result.exit_code == 2, (path, result.output)
+        message = result.output.strip()
+        assert len(message.splitlines()) == 1, message
+        assert message.startswith("error:") and path.name in message and words in message, message
+        assert "Traceback" not in message
+        assert not (tmp_path / f"{path.stem}.json").exists() and not out.exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--classes", "3-1"], "runs backwards"),
+    (["--classes", "0,9"], "--classes names [9]"),
+    (["--memory-budget", "lots"], "is not a size"),
+    (["--eps2", "0"], "--eps2 must be positive"),
+    (["--subspace-dim", "99"], "outside 1..d=12"),
+])
+def test_bad_options_exit_2(feature_npz, args, words):
+    result = run("analyze", feature_npz, *args)
+    assert result.exit_code == 2 and words in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_memory_budget_skips_subspace_metrics_with_advice(feature_npz, tmp_path):
+    result = run("analyze", feature_npz, "--memory-budget", "1KiB", "--json", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    assert "subspace metrics skipped" in result.output and "--classes" in result.output
+    r = nc_probe.Report.load(tmp_path / "r.json")
+    assert r.metrics["rate_reduction"] is None and r.per_class["rank_energy95"] == []
+    assert r.metrics["nc1"] is not None and r.metrics["coding_rate"] is not None
+
+
+def test_real_process_exit_code_and_no_traceback(tmp_path):
+    path = tmp_path / "missing.npz"
+    proc = subprocess.run([sys.executable, "-m", "nc_probe", "analyze", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: {path}: no such file. Check the path."]
+    assert proc.stdout == ""
+
+
+def test_unwritable_output_is_a_user_error(feature_npz, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = run("analyze", feature_npz, "-q", "--json", blocker / "r.json")
+    assert result.exit_code == 2 and "writable" in result.output
