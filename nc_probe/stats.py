@@ -94,7 +94,8 @@ class ClassStats:
     # ------------------------------------------------------------------ accumulation
     def update(self, features, labels) -> "ClassStats":
         """Add one batch: ``features`` (n, d), ``labels`` (n,) integers in ``[0, C)``. Returns self."""
-        h = torch.as_tensor(features).to(self.device, F64).reshape(len(features), -1)
+        h = torch.as_tensor(features).to(self.device, F64)
+        h = h.reshape(len(h), -1 if h.numel() else self.dim)  # an empty batch has no -1 to infer
         y = torch.as_tensor(labels).to(self.device, torch.long).reshape(-1)
         if h.shape[1] != self.dim or h.shape[0] != y.shape[0]:
             raise InputError(

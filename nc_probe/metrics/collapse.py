@@ -37,12 +37,18 @@ def nc1_cdnv(M: np.ndarray, variances: np.ndarray) -> float:
     """Mean over pairs c<c' of ``(V_c + V_c') / (2 ||mu_c - mu_c'||^2)`` (Galanti et al. 2022).
 
     Distances come from the centered means ``M`` (d x C): centering removes a common offset before the Gram
-    expansion, so it does not cancel catastrophically when the means sit far from the origin.
+    expansion, so it does not cancel catastrophically when the means sit far from the origin. Pairs of means that
+    nearly coincide (distance^2 under 1e-3 of their squared norms) would still cancel, so they are recomputed as
+    direct differences.
     """
     G = M.T @ M
     sq = np.diag(G)
     iu = np.triu_indices(len(sq), 1)
     dist2 = np.maximum(sq[iu[0]] + sq[iu[1]] - 2 * G[iu], 0)
+    close = np.flatnonzero(dist2 < 1e-3 * (sq[iu[0]] + sq[iu[1]]))
+    for a in np.unique(iu[0][close]):
+        pairs = close[iu[0][close] == a]
+        dist2[pairs] = np.square(M[:, iu[1][pairs]] - M[:, [a]]).sum(0)
     with np.errstate(divide="ignore"):
         ratio = (variances[iu[0]] + variances[iu[1]]) / (2 * dist2)
     return float(np.mean(ratio))

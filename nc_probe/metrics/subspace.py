@@ -26,7 +26,15 @@ def energy_rank(lam: np.ndarray, fraction: float) -> int:
 
 
 def effective_rank(lam: np.ndarray) -> float:
-    """Roy & Vetterli: ``exp(entropy(p))`` with ``p_j = sigma_j / sum sigma``, ``sigma_j = sqrt(lambda_j)``."""
+    """Roy & Vetterli: ``exp(entropy(p))`` with ``p_j = sigma_j / sum sigma``, ``sigma_j = sqrt(lambda_j)``.
+
+    Eigenvalues at rounding level (``<= len(lam) * eps64 * lambda_max``, the ``matrix_rank`` cutoff) count as 0:
+    the square root would turn eigh's ~1e-17 noise on a rank-deficient ``S_c`` into ~3e-9 singular values that,
+    over hundreds of null directions, shift the entropy by 1e-6 relative or more (e.g. collapsed classes).
+    """
+    lam = np.asarray(lam, dtype=np.float64)
+    if lam.size:
+        lam = np.where(lam > lam.size * np.finfo(np.float64).eps * lam.max(), lam, 0.0)
     sigma = np.sqrt(lam)
     total = sigma.sum()
     if total <= 0:
