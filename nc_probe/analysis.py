@@ -20,6 +20,7 @@ from .store import FeatureStore, open_store
 
 DEFAULTS = {"eps2": 0.5, "rank_tol": 1e-6, "subspace_dim": None, "classes": None, "memory_budget": 2 * GiB}
 SPECTRUM_KEEP = 64
+PCA_POINTS = 2000  # rows of the deterministic subsample whose 2-D PCA projection the report keeps (for plots)
 
 
 def auto_chunk_rows(dim: int) -> int:
@@ -105,7 +106,8 @@ def analyze_store(store: FeatureStore, *, eps2: float = 0.5, rank_tol: float = 1
         timings["collapse_metrics"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        tally = _second_pass(store, stats, ids, W, rows, device)
+        pca = _PCASample(stats, ids, store.num_samples)
+        tally = _second_pass(store, stats, ids, W, rows, device, pca)
         timings["pass2_nc4"] = time.perf_counter() - t
         metrics["nc4"] = tally.disagree.sum().item() / n.sum() if tally.has_model else None
         metrics["acc_model"] = tally.model_correct.sum().item() / n.sum() if tally.has_model else None
@@ -132,6 +134,8 @@ def analyze_store(store: FeatureStore, *, eps2: float = 0.5, rank_tol: float = 1
         "acc_ncc": (tally.ncc_correct[ids].numpy() / n).tolist(),
         "within_class_variance": variances.tolist(),
         "mean_norm": np.linalg.norm(M, axis=0).tolist(),
+        "mean_cosine": _mean_cosine(M).tolist(),
+        "pca2d": pca.result(),
         "zero_features": zero[ids].tolist(),
         **sub_class,
     }
@@ -187,7 +191,7 @@ def _num_classes(store: FeatureStore, labels: np.ndarray) -> int:
     return max(sizes)
 
 
-def _second_pass(store, stats, ids, W, rows, device) -> PredictionTally:
+def _second_pass(store, stats, ids, W, rows, device, pca=None) -> PredictionTally:
     dev = stats.device
     ncc = NearestCenter(stats.mean[torch.as_tensor(ids, device=dev)], torch.as_tensor(ids, device=dev))
     Wt = None if W is None else torch.as_tensor(W, device=dev)
@@ -199,7 +203,58 @@ def _second_pass(store, stats, ids, W, rows, device) -> PredictionTally:
         logits = store.read("logits", start, stop) if store.has_logits and W is None else None
         y = torch.from_numpy(store.labels_chunk(start, stop))
         tally.add(y, ncc.predict(h), classifier_predict(h, Wt, bt, logits))
+        if pca is not None:
+            pca.add(start, h, y)
     return tally.all_reduce()
+
+
+def _mean_cosine(M: np.ndarray) -> np.ndarray:
+    """C x C cosines of the centered class means (columns of ``M``); the simplex ETF has -1/(C-1) off the diagonal."""
+    norms = np.linalg.norm(M, axis=0)
+    unit = M / np.where(norms > 0, norms, 1)
+    return unit.T @ unit
+
+
+class _PCASample:
+    """The 2-D PCA of the features, kept for a deterministic subsample of at most ``PCA_POINTS`` rows.
+
+    The axes are the top-2 eigenvectors of the total covariance of all rows (from the float64 statistics:
+    within-class scatter plus the count-weighted scatter of the class means); pass 2 projects the sampled rows.
+    """
+
+    def __init__(self, stats: ClassStats, ids, num_samples: int, limit: int = PCA_POINTS):
+        dev = stats.device
+        sel = torch.as_tensor(ids, device=dev)
+        n = stats.count[sel].to(torch.float64)
+        means = stats.mean[sel]
+        self.center = (n @ means) / n.sum()
+        dm = means - self.center
+        cov = stats.scatter / n.sum() + (dm.T * (n / n.sum())) @ dm
+        lam, vec = torch.linalg.eigh(cov)
+        lam, vec = lam.flip(0).clamp_min(0), vec.flip(1)[:, :2]
+        vec = vec * torch.where(vec.gather(0, vec.abs().argmax(0, keepdim=True)) < 0, -1.0, 1.0)  # fixed signs
+        if vec.shape[1] < 2:
+            vec = torch.cat([vec, torch.zeros_like(vec)], 1)
+        self.axes = vec
+        total = float(lam.sum())
+        self.ratio = [float(v) / total if total > 0 else 0.0 for v in lam[:2].tolist()]
+        self.ratio += [0.0] * (2 - len(self.ratio))
+        rng = np.random.default_rng(0)
+        self.rows = np.sort(rng.choice(num_samples, size=min(limit, num_samples), replace=False))
+        self.points, self.labels = [], []
+
+    def add(self, start: int, h: torch.Tensor, y: torch.Tensor) -> None:
+        lo, hi = np.searchsorted(self.rows, [start, start + len(h)])
+        if hi > lo:
+            local = torch.as_tensor(self.rows[lo:hi] - start, device=h.device)
+            self.points.append(((h[local] - self.center) @ self.axes).cpu().numpy())
+            self.labels.append(y[local.cpu()].numpy())
+
+    def result(self) -> dict:
+        pts = np.concatenate(self.points) if self.points else np.zeros((0, 2))
+        return {"points": [[float(f"{a:.5g}"), float(f"{b:.5g}")] for a, b in pts],
+                "labels": [int(v) for v in (np.concatenate(self.labels) if self.labels else [])],
+                "explained_variance_ratio": self.ratio, "num_samples": int(len(self.rows)), "seed": 0}
 
 
 def _subspace_metrics(stats: ClassStats, count, eps2, rank_tol, subspace_dim):

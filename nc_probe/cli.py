@@ -10,6 +10,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from . import __version__
 from .errors import InputError
@@ -33,12 +34,12 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except InputError as e:
-            err_console.print(f"[bold red]error:[/] {e}", markup=True, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
             raise typer.Exit(2) from None
         except OSError as e:
             if e.filename is None:
                 raise
-            err_console.print(f"[bold red]error:[/] {e.filename}: {e.strerror}. Choose a writable path.",
+            err_console.print(f"[bold red]error:[/] {escape(str(e.filename))}: {e.strerror}. Choose a writable path.",
                               soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
@@ -62,9 +63,9 @@ def _root(
 
 
 def _register():
-    from .commands import analyze, inspect
+    from .commands import analyze, compare, gate, inspect
 
-    for module in (analyze, inspect):
+    for module in (analyze, inspect, gate, compare):
         module.register(app, user_errors)
 
 

@@ -56,6 +56,13 @@ def analyze(
     out: Annotated[Optional[Path], typer.Option(
         "--out", help="Write report.json, metrics.csv, per_class.csv and angles.csv into this folder.",
         rich_help_panel=OUTPUT)] = None,
+    fmt: Annotated[Optional[str], typer.Option(
+        "--format", help="Tables as csv, parquet (needs pyarrow), markdown or json: into --out DIR, or (text "
+                         "formats, without --out) printed instead of the summary.", rich_help_panel=OUTPUT)] = None,
+    plots: Annotated[Optional[Path], typer.Option("--plots", help="Write the plots (PNG and SVG) into this folder.",
+                                                  rich_help_panel=OUTPUT)] = None,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Write a self-contained HTML report here.",
+                                                 rich_help_panel=OUTPUT)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.",
                                         rich_help_panel=OUTPUT)] = False,
     eps2: Annotated[float, typer.Option("--eps2", help="MCR^2 distortion eps^2 of the coding rates.",
@@ -114,7 +121,7 @@ def analyze(
 ):
     """Analyze a checkpoint, feature file or report and print the metrics."""
     from ..inputs import SAMPLE_CHECKPOINT, report_for
-    from ..render.tables import write_tables
+    from ..render.exports import check_output_options, write_outputs
     from ..render.terminal import render_report
 
     if input is None:
@@ -123,6 +130,7 @@ def analyze(
                              fix="pass a checkpoint, feature file or report JSON")
         input = SAMPLE_CHECKPOINT
     settings = settings_from_options(eps2, rank_tol, subspace_dim, classes, memory_budget)
+    check_output_options(fmt, out)
     ckpt = checkpoint_options(
         arch=arch, arch_kwargs=arch_kwargs, strip_prefix=strip_prefix, trust_checkpoint=trust_checkpoint or None,
         layer=layer, data=data, split=split, limit=limit, data_classes=data_classes, image_size=image_size,
@@ -131,9 +139,10 @@ def analyze(
     report = report_for(input, checkpoint_options=ckpt, **settings)
     if json_path is not None:
         report.save(json_path)
-    if out is not None:
-        write_tables(report, out)
-    if not quiet:
+    text = write_outputs(report, out=out, fmt=fmt, plots=plots, html=html)
+    if text is not None:
+        typer.echo(text, nl=False)
+    elif not quiet:
         render_report(report)
 
 

@@ -14,6 +14,28 @@ from .tables import per_class_frame
 
 MAX_CLASS_ROWS = 20
 
+# What a collapsed (cross-entropy, terminal phase) and an MCR^2-like model show, per the spec's "Expected shapes".
+# "{etf}" is the ETF angle arccos(1/(C-1)) in degrees.
+EXPECTED = {
+    "nc1": ("0", "large"), "nc1_cdnv": ("0", "large"),
+    **{f"nc2_{k}_{m}": ("0", "any") for k in ("equinorm", "equiangle", "maxangle", "etf") for m in "MW"},
+    "nc3": ("0", "any"), "nc4": ("0", "any"), "acc_model": ("high", "high"), "acc_ncc": ("high", "high"),
+    "rank_energy95": ("1", ">>1"), "rank_energy99": ("~1", ">>1"), "rank_effective": ("~1", ">>1"),
+    "rank_numerical": ("any", ">>1"), "coding_rate": ("small", "large"), "coding_rate_class": ("small", "larger"),
+    "coding_rate_within": ("small", "larger"), "rate_reduction": ("small", "large"), "coding_rate_max": ("-", "-"),
+    "angle_min": ("{etf}", "~90"), "subspace_affinity": ("~0", "~0"), "angle_min_mean": ("{etf}", "~90"),
+    "angle_min_min": ("{etf}", "~90"),
+}
+
+
+def expected(key: str, num_classes: int | None = None) -> str:
+    """'collapsed / MCR^2-like' for a metric key, e.g. '0 / large' ('' for keys without an expectation)."""
+    pair = EXPECTED.get(key)
+    if pair is None:
+        return ""
+    etf = f"~{math.degrees(math.acos(1 / (num_classes - 1))):.0f}" if num_classes and num_classes >= 2 else "?"
+    return " / ".join(p.format(etf=etf) for p in pair)
+
 
 def fmt(value, digits: int = 4) -> str:
     """Numbers as a person reads them: ints plain, small/large floats in scientific notation, absent as '-'."""
@@ -43,9 +65,11 @@ def summary_table(report: Report) -> Table:
     table = Table(title="Metrics", title_justify="left", show_lines=False)
     table.add_column("metric", style="cyan", no_wrap=True)
     table.add_column("value", justify="right")
+    table.add_column("collapsed / MCR^2", no_wrap=True)
     table.add_column("meaning", style="dim")
+    C = report.inputs.get("num_classes")
     for key, value in report.metrics.items():
-        table.add_row(key, fmt(value), METRIC_DOCS.get(key, ""))
+        table.add_row(key, fmt(value), expected(key, C), METRIC_DOCS.get(key, ""))
     return table
 
 

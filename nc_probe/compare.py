@@ -1,0 +1,417 @@
+"""Side-by-side comparison of several analyses (``nc-probe compare``), and linear CKA between representations.
+
+:func:`compare_reports` lines up the scalar metrics (and per-class means) of reports of the same class set, with
+the change of each input against the first (the baseline) and whether that change is toward collapse (the direction
+of :data:`nc_probe.metrics.COLLAPSED`). When inputs hold features of the same samples (feature files with identical
+labels, in the same order), it adds linear CKA (Kornblith et al., ICML 2019) between them, computed in one streaming
+pass over row chunks by :func:`cka_matrix`.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .errors import InputError
+from .metrics import COLLAPSED, METRIC_DOCS, SCALAR_KEYS
+from .report import Report, _json_safe, atomic_write_text
+
+# Per-class arrays summarized by their mean over classes in the comparison table.
+CLASS_MEANS = ["rank_energy95", "rank_energy99", "rank_effective", "rank_numerical", "coding_rate_class"]
+CKA_CHUNK_BYTES = 32 << 20
+
+
+# ---------------------------------------------------------------------------------------------- linear CKA
+def _rows(source, start: int, stop: int) -> np.ndarray:
+    if hasattr(source, "read"):  # a FeatureStore
+        return np.asarray(source.read("features", start, stop), dtype=np.float64)
+    return np.asarray(source[start:stop], dtype=np.float64)
+
+
+def _num_rows(source) -> int:
+    return source.num_samples if hasattr(source, "num_samples") else len(source)
+
+
+def cka_matrix(sources: Sequence, *, chunk_rows: int | None = None) -> np.ndarray:
+    """Linear CKA between every pair of representations of the same N samples, in one pass over row chunks.
+
+    ``sources``: arrays (N, d_i) or FeatureStores with the same N (row i of each is the same sample). With centered
+    ``X``, ``Y``: ``CKA = ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F)`` (the feature-space form; equal to the
+    Gram-matrix HSIC form). The centered cross products are accumulated about running means and merged per chunk
+    (Chan et al.), in float64, so memory is ``sum_ij d_i d_j`` and independent of N. A representation without
+    variance gives NaN.
+    """
+    k = len(sources)
+    n_rows = {_num_rows(s) for s in sources}
+    if len(n_rows) != 1:
+        raise InputError(f"CKA needs the same samples in every input, got {sorted(n_rows)} rows",
+                         fix="extract the features of the same data set")
+    N = n_rows.pop()
+    dims = [_rows(s, 0, 1).shape[1] if N else 0 for s in sources]
+    rows = chunk_rows or max(64, CKA_CHUNK_BYTES // (8 * max(sum(dims), 1)))
+    mean = [np.zeros(d) for d in dims]
+    G = {(i, j): np.zeros((dims[i], dims[j])) for i in range(k) for j in range(i, k)}
+    n = 0
+    for start in range(0, N, rows):
+        stop = min(start + rows, N)
+        chunk = [_rows(s, start, stop) for s in sources]
+        if any(not np.all(np.isfinite(c)) for c in chunk):
+            raise InputError(f"features contain NaN or Inf (rows {start}..{stop - 1})",
+                             fix="check the model for overflow or drop those samples")
+        nb = stop - start
+        cm = [c.mean(0) for c in chunk]
+        cc = [c - m for c, m in zip(chunk, cm)]
+        delta = [b - a for a, b in zip(mean, cm)]
+        w = n * nb / (n + nb)
+        for (i, j), g in G.items():
+            g += cc[i].T @ cc[j]
+            if n:
+                g += w * np.outer(delta[i], delta[j])
+        mean = [a + d * (nb / (n + nb)) for a, d in zip(mean, delta)]
+        n += nb
+    out = np.eye(k)
+    norms = [np.linalg.norm(G[i, i]) for i in range(k)]
+    for i in range(k):
+        for j in range(i, k):
+            denom = norms[i] * norms[j]
+            if not denom > 0:
+                value = float("nan")
+            else:
+                value = 1.0 if i == j else min(float(np.square(G[i, j]).sum() / denom), 1.0)
+            out[i, j] = out[j, i] = value
+    return out
+
+
+def linear_cka(X, Y, *, chunk_rows: int | None = None) -> float:
+    """Linear CKA of two representations (N, d_x) and (N, d_y) of the same samples (arrays or FeatureStores).
+
+    1 for identical representations; invariant to orthogonal transforms and isotropic scaling of either input.
+    """
+    return float(cka_matrix([X, Y], chunk_rows=chunk_rows)[0, 1])
+
+
+# ---------------------------------------------------------------------------------------------- comparison
+@dataclass
+class Comparison:
+    """Reports side by side. ``rows``: one dict per metric (``metric``, ``direction``, ``values`` by label,
+    ``deltas`` and ``toward_collapse`` by non-baseline label). ``cka``: ``{"labels", "matrix"}`` (None entries
+    where two inputs do not share samples) or None."""
+
+    reports: dict
+    rows: list
+    cka: dict | None = None
+    warnings: list = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.reports)
+
+    @property
+    def baseline(self) -> str:
+        return self.labels[0]
+
+    def frame(self):
+        """The table as a pandas DataFrame: metric, direction, one column per input, one delta per non-baseline."""
+        import pandas as pd
+
+        data = []
+        for r in self.rows:
+            row = {"metric": r["metric"], "more_collapsed": r["direction"]}
+            row.update({lab: r["values"][lab] for lab in self.labels})
+            row.update({f"delta_{lab}": r["deltas"][lab] for lab in self.labels[1:]})
+            data.append(row)
+        return pd.DataFrame(data)
+
+    def to_dict(self) -> dict:
+        return _json_safe({
+            "labels": self.labels,
+            "baseline": self.baseline,
+            "metrics": self.rows,
+            "cka": self.cka,
+            "warnings": self.warnings,
+            "inputs": {lab: rep.inputs for lab, rep in self.reports.items()},
+            "settings": {lab: rep.settings for lab, rep in self.reports.items()},
+            "reports": {lab: rep.to_dict() for lab, rep in self.reports.items()},
+        })
+
+    def save(self, path) -> Path:
+        import json
+
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2, allow_nan=False))
+
+
+def direction(key: str) -> str | None:
+    """'lower' or 'higher': which way the metric moves as features collapse (None: no direction)."""
+    base = key.split(" ")[0]
+    sign = COLLAPSED.get(base, 0)
+    return {1: "lower", -1: "higher"}.get(sign)
+
+
+def _finite(v) -> float | None:
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _class_mean(report: Report, key: str) -> float | None:
+    vals = [v for v in (report.per_class.get(key) or []) if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def _describe(ids: list) -> str:
+    text = ", ".join(str(i) for i in ids[:8])
+    return text + (f", ... ({len(ids)} in all)" if len(ids) > 8 else "")
+
+
+def check_class_sets(reports: Mapping[str, Report]) -> list[str]:
+    """InputError unless every report covers the same classes; warnings for softer mismatches."""
+    labels = list(reports)
+    base = labels[0]
+    base_ids = list(reports[base].inputs.get("class_ids") or reports[base].per_class.get("class_ids") or [])
+    warnings = []
+    for lab in labels[1:]:
+        rep = reports[lab]
+        ids = list(rep.inputs.get("class_ids") or rep.per_class.get("class_ids") or [])
+        if ids != base_ids:
+            only_a = sorted(set(base_ids) - set(ids))
+            only_b = sorted(set(ids) - set(base_ids))
+            detail = "; ".join(x for x in (f"only in {base}: {_describe(only_a)}" if only_a else "",
+                                             f"only in {lab}: {_describe(only_b)}" if only_b else "") if x)
+            raise InputError(f"{base} and {lab} have different class sets ({len(base_ids)} vs {len(ids)} classes"
+                             f"{'; ' + detail if detail else ''}); their metrics are not comparable",
+                             fix="compare analyses of the same classes (e.g. the same --data-classes)")
+        if rep.inputs.get("class_names") != reports[base].inputs.get("class_names"):
+            warnings.append(f"{base} and {lab} name their classes differently; classes are matched by id")
+        if (rep.per_class.get("subspace_class_ids") or []) != (reports[base].per_class.get("subspace_class_ids")
+                                                                or []):
+            warnings.append(f"{base} and {lab} computed subspace metrics for different classes (--classes); "
+                            "ranks, coding rates and angles are not comparable")
+        for key in ("eps2", "rank_tol", "subspace_dim"):
+            a, b = reports[base].settings.get(key), rep.settings.get(key)
+            if a != b:
+                warnings.append(f"{base} and {lab} use different {key} ({a} vs {b}); metrics that depend on it "
+                                "are not comparable")
+        if rep.inputs.get("dim") != reports[base].inputs.get("dim"):
+            warnings.append(f"{base} has d={reports[base].inputs.get('dim')} and {lab} d={rep.inputs.get('dim')}: "
+                            "coding rates scale with d, read them against coding_rate_max")
+    return warnings
+
+
+def compare_reports(reports: Mapping[str, Report], *, features: Mapping | None = None,
+                    chunk_rows: int | None = None) -> Comparison:
+    """Compare ``reports`` (label -> Report, the first is the baseline); InputError if their class sets differ.
+
+    ``features``: label -> FeatureStore (or path of a feature file) for the inputs whose features are at hand;
+    linear CKA is computed between those that hold the same samples (same N and identical labels in order).
+    """
+    reports = dict(reports)
+    if len(reports) < 2:
+        raise InputError(f"compare needs at least 2 inputs, got {len(reports)}", fix="pass LABEL=PATH LABEL=PATH")
+    warnings = check_class_sets(reports)
+    labels = list(reports)
+    keys = [k for k in SCALAR_KEYS if any(k in r.metrics for r in reports.values())]
+    keys += [k for r in reports.values() for k in r.metrics if k not in keys and k not in METRIC_DOCS]
+    keys = list(dict.fromkeys(keys))
+    rows = []
+    for key in keys + [f"{k} (mean)" for k in CLASS_MEANS]:
+        if key.endswith(" (mean)"):
+            values = {lab: _class_mean(rep, key.split(" ")[0]) for lab, rep in reports.items()}
+        else:
+            values = {lab: _finite(rep.metrics.get(key)) for lab, rep in reports.items()}
+        if all(v is None for v in values.values()):
+            continue
+        d = direction(key)
+        base = values[labels[0]]
+        deltas, toward = {}, {}
+        for lab in labels[1:]:
+            v = values[lab]
+            deltas[lab] = None if v is None or base is None else v - base
+            if deltas[lab] is None or d is None or deltas[lab] == 0:
+                toward[lab] = None
+            else:
+                toward[lab] = (deltas[lab] < 0) == (d == "lower")
+        rows.append({"metric": key, "direction": d, "values": values, "deltas": deltas, "toward_collapse": toward})
+    cka = None
+    if features:
+        cka, cka_warnings = _cka_for(labels, features, chunk_rows)
+        warnings += cka_warnings
+    return Comparison(reports=reports, rows=rows, cka=cka, warnings=warnings)
+
+
+def _cka_for(labels: list[str], features: Mapping, chunk_rows) -> tuple[dict | None, list[str]]:
+    """CKA between the inputs whose features share samples: grouped by (N, labels), one pass per group."""
+    from .store import open_store
+
+    stores = {}
+    for lab in labels:
+        src = features.get(lab)
+        if src is not None:
+            stores[lab] = src if hasattr(src, "read") else open_store(src)
+    missing = [lab for lab in labels if lab not in stores]
+    warnings = [f"no CKA for {', '.join(missing)}: no features at hand (a report JSON holds none)"] if missing else []
+    if len(stores) < 2:
+        return None, warnings
+    groups: list[tuple[np.ndarray, list[str]]] = []
+    for lab, store in stores.items():
+        y = store.labels()
+        for key, members in groups:
+            if len(key) == len(y) and np.array_equal(key, y):
+                members.append(lab)
+                break
+        else:
+            groups.append((y, [lab]))
+    matrix = [[1.0 if a == b and a in stores else None for b in labels] for a in labels]
+    for _, members in groups:
+        if len(members) < 2:
+            continue
+        m = cka_matrix([stores[lab] for lab in members], chunk_rows=chunk_rows)
+        for i, a in enumerate(members):
+            for j, b in enumerate(members):
+                matrix[labels.index(a)][labels.index(b)] = _finite(m[i, j])
+    if all(len(members) < 2 for _, members in groups):
+        warnings.append("no two inputs hold features of the same samples (same N and labels), so there is no CKA")
+        return None, warnings
+    lone = [members[0] for _, members in groups if len(members) == 1]
+    if lone:
+        warnings.append(f"no CKA for {', '.join(lone)}: no other input holds features of the same samples "
+                        "(same N and labels in the same order)")
+    return {"labels": labels, "matrix": matrix}, warnings
+
+
+def parse_specs(specs: Sequence[str]) -> dict[str, Path]:
+    """``LABEL=PATH`` arguments (a bare PATH is labelled by its file stem) -> ordered label -> path."""
+    out: dict[str, Path] = {}
+    for spec in specs:
+        label, sep, path = str(spec).partition("=")
+        if not sep or not label or Path(spec).exists():
+            label, path = Path(spec).stem, spec
+        if not path:
+            raise InputError(f"{spec!r} names no file", fix="write LABEL=PATH, e.g. ce=runs/ce/features.safetensors")
+        if label in out:
+            raise InputError(f"label {label!r} is given twice", fix="give each input its own LABEL=")
+        out[label] = Path(path)
+    return out
+
+
+def compare_inputs(specs: Mapping[str, object] | Sequence[str], *, checkpoint_options: dict | None = None,
+                   cka: bool = True, chunk_rows: int | None = None, **settings) -> Comparison:
+    """Compare checkpoints, feature files and report JSONs (label -> path, or ``LABEL=PATH`` strings).
+
+    Feature files are analyzed with ``settings`` and kept for CKA; checkpoints are run with
+    ``checkpoint_options`` and their features saved to a temporary file (``save_features``) for CKA; report JSONs
+    carry no features and join the table but not the CKA.
+    """
+    from .inputs import input_kind, report_for
+
+    paths = parse_specs(specs) if not isinstance(specs, Mapping) else {k: Path(v) for k, v in specs.items()}
+    if len(paths) < 2:
+        raise InputError(f"compare needs at least 2 inputs, got {len(paths)}", fix="pass LABEL=PATH LABEL=PATH")
+    reports, features = {}, {}
+    with tempfile.TemporaryDirectory(prefix="nc-probe-compare-") as tmp:
+        for i, (label, path) in enumerate(paths.items()):
+            kind = input_kind(path)
+            opts = dict(checkpoint_options or {})
+            temporary = kind == "checkpoint" and cka and not opts.get("save_features")
+            if temporary:
+                opts["save_features"] = Path(tmp) / f"{i}.safetensors"
+            reports[label] = report_for(path, checkpoint_options=opts, **settings)
+            if temporary and reports[label].inputs.get("features_file"):
+                reports[label].inputs["features_file"] = None  # removed when compare returns
+            if cka and kind == "features":
+                features[label] = path
+            elif cka and kind == "checkpoint" and opts.get("save_features") and Path(opts["save_features"]).exists():
+                features[label] = Path(opts["save_features"])
+        return compare_reports(reports, features=features if cka else None, chunk_rows=chunk_rows)
+
+
+# ---------------------------------------------------------------------------------------------- terminal
+ARROW = {"lower": "↓", "higher": "↑"}
+
+
+def delta_text(delta, toward) -> str:
+    """'-0.123 more' (more collapsed than the baseline), '+0.5 less', '+2 ' (no direction), '0', '-'."""
+    if delta is None:
+        return "-"
+    if delta == 0:
+        return "0"
+    text = f"{delta:+.3g}"
+    if toward is not None:
+        text += " more" if toward else " less"
+    return text
+
+
+def comparison_table(comparison: Comparison, labels: list[str] | None = None):
+    """A rich Table: metric, which way is collapsed, each input's value and its change against the baseline
+    (``labels``: the baseline and the inputs to show, default all)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from .render.terminal import fmt
+
+    labels = labels or comparison.labels
+    table = Table(title=f"Comparison (Δ: change against {comparison.baseline})", title_justify="left")
+    table.add_column("metric", style="cyan", min_width=15)
+    table.add_column("NC", justify="center", no_wrap=True, min_width=2)
+    for i, lab in enumerate(labels):
+        table.add_column(lab, justify="right", no_wrap=True, min_width=6)
+        if i:
+            table.add_column(f"Δ {lab}", justify="right", no_wrap=True, min_width=9)
+    for r in comparison.rows:
+        cells = [r["metric"], ARROW.get(r["direction"], "")]
+        for i, lab in enumerate(labels):
+            cells.append(fmt(r["values"][lab]))
+            if i:
+                toward = r["toward_collapse"][lab]
+                style = "magenta" if toward else ("green" if toward is False else "")
+                cells.append(Text(delta_text(r["deltas"][lab], toward), style=style))
+        table.add_row(*cells)
+    return table
+
+
+def cka_table(comparison: Comparison):
+    from rich.table import Table
+
+    from .render.terminal import fmt
+
+    cka = comparison.cka
+    table = Table()
+    table.add_column("")
+    for lab in cka["labels"]:
+        table.add_column(lab, justify="right")
+    for lab, row in zip(cka["labels"], cka["matrix"]):
+        table.add_row(lab, *[fmt(v) for v in row])
+    return table
+
+
+def render_comparison(comparison: Comparison, console=None) -> None:
+    from rich.console import Console, Group
+    from rich.measure import Measurement
+    from rich.text import Text
+
+    console = console or Console()
+    parts = []
+    for lab, rep in comparison.reports.items():
+        i = rep.inputs
+        parts.append(Text(f"{lab}: {i.get('source')}  N={i.get('num_samples')} C={i.get('num_classes')} "
+                          f"d={i.get('dim')}", style="dim"))
+    table = comparison_table(comparison)
+    natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    if len(comparison.labels) > 2 and natural > console.width:
+        # too wide for this terminal: the baseline against one input at a time
+        parts += [comparison_table(comparison, [comparison.baseline, lab]) for lab in comparison.labels[1:]]
+    else:
+        parts.append(table)
+    parts.append(Text(f"NC ↓/↑: lower/higher is more collapsed; more/less: more or less collapsed than "
+                      f"{comparison.baseline}; (mean): mean over classes", style="dim"))
+    if comparison.cka:
+        parts.append(Text("Linear CKA (1 = the same representation up to rotation and scale)", style="italic"))
+        parts.append(cka_table(comparison))
+    for w in comparison.warnings:
+        parts.append(Text(f"warning: {w}", style="yellow"))
+    console.print(Group(*parts))

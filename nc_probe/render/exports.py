@@ -1,0 +1,161 @@
+"""The report's tables (metrics, per class, class pairs) as csv, parquet, markdown or json, for files or stdout.
+
+parquet needs ``pyarrow`` (an optional extra, a clear error without it); markdown uses ``DataFrame.to_markdown``
+when ``tabulate`` is installed and a small built-in writer otherwise, so neither is a dependency.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import InputError
+from ..report import Report, _json_safe, atomic_write_text
+from .tables import angles_frame, metrics_frame, per_class_frame, write_tables
+from .terminal import expected
+
+FORMATS = ("csv", "parquet", "markdown", "json")
+SUFFIX = {"csv": "csv", "parquet": "parquet", "markdown": "md", "json": "json"}
+
+
+def frames(report: Report) -> dict[str, pd.DataFrame]:
+    """``metrics`` (with the 'collapsed / MCR^2' expectation), ``per_class`` and ``angles`` tables."""
+    metrics = metrics_frame(report)
+    C = report.inputs.get("num_classes")
+    metrics.insert(2, "collapsed / MCR^2", [expected(k, C) for k in metrics["metric"]])
+    return {"metrics": metrics, "per_class": per_class_frame(report), "angles": angles_frame(report)}
+
+
+def check_format(fmt: str) -> str:
+    fmt = str(fmt).lower()
+    if fmt == "md":
+        fmt = "markdown"
+    if fmt not in FORMATS:
+        raise InputError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}", fix="pick one of those")
+    if fmt == "parquet" and importlib.util.find_spec("pyarrow") is None:
+        raise InputError("--format parquet needs pyarrow, which is not installed",
+                         fix="install it (pip install pyarrow), or use --format csv")
+    return fmt
+
+
+def frame_text(df: pd.DataFrame, fmt: str) -> str:
+    """One table as text in a text format (csv, markdown, json records)."""
+    if fmt == "csv":
+        return df.to_csv(index=False)
+    if fmt == "markdown":
+        return markdown_table(df) + "\n"
+    if fmt == "json":
+        return json.dumps(_json_safe(df.astype(object).where(df.notna(), None).to_dict(orient="records")),
+                          indent=2, allow_nan=False) + "\n"
+    raise InputError(f"--format {fmt} is not a text format", fix="write it to a folder with --out")
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub markdown table: ``DataFrame.to_markdown`` when tabulate is installed, else written here."""
+    if importlib.util.find_spec("tabulate") is not None:
+        return df.to_markdown(index=False)
+    cols = [str(c) for c in df.columns]
+    rows = [[_md_cell(v) for v in row] for row in df.itertuples(index=False)]
+    right = [pd.api.types.is_numeric_dtype(df[c]) for c in df.columns]
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
+
+    def line(cells):
+        return "| " + " | ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)) + " |"
+
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if r else ("-" * (w + 2)) for w, r in zip(widths, right)) + "|"
+    return "\n".join([line(cols), rule] + [line(r) for r in rows])
+
+
+def _md_cell(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def report_text(report: Report, fmt: str) -> str:
+    """All three tables in one text document (markdown: headed sections; csv: blank-line separated; json: one
+    object of record lists)."""
+    fmt = check_format(fmt)
+    tabs = frames(report)
+    if fmt == "json":
+        return json.dumps({k: json.loads(frame_text(v, "json")) for k, v in tabs.items()}, indent=2) + "\n"
+    if fmt == "markdown":
+        return "\n".join(f"## {name}\n\n{frame_text(df, fmt)}" for name, df in tabs.items())
+    if fmt == "csv":
+        return "\n".join(f"# {name}\n{frame_text(df, fmt)}" for name, df in tabs.items())
+    raise InputError("--format parquet is binary", fix="write it to a folder with --out DIR")
+
+
+def write_exports(report: Report, out_dir, fmt: str = "csv") -> list[Path]:
+    """Write report.json and metrics, per_class and angles tables in ``fmt`` into ``out_dir`` (atomically)."""
+    fmt = check_format(fmt)
+    out = Path(out_dir)
+    written = [report.save(out / "report.json")]
+    for name, df in frames(report).items():
+        path = out / f"{name}.{SUFFIX[fmt]}"
+        if fmt == "parquet":
+            buf = io.BytesIO()
+            df.to_parquet(buf, index=False)
+            written.append(_atomic_write_bytes(path, buf.getvalue()))
+        else:
+            written.append(atomic_write_text(path, frame_text(df, fmt)))
+    return written
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> Path:
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def check_output_options(fmt: str | None, out) -> str | None:
+    """Validate ``--format`` before any work: a known format, pyarrow for parquet, and a folder for parquet."""
+    if fmt is None:
+        return None
+    fmt = check_format(fmt)
+    if fmt == "parquet" and out is None:
+        raise InputError("--format parquet writes files, not text", fix="add --out DIR")
+    return fmt
+
+
+def write_outputs(report: Report, *, out=None, fmt: str | None = None, plots=None, html=None) -> str | None:
+    """The file outputs of ``analyze``: tables into ``out`` (csv unless ``fmt``), plots (PNG and SVG) into
+    ``plots``, an HTML page at ``html``. Returns the tables as text when ``fmt`` is given without ``out`` (for
+    stdout), else None."""
+    fmt = check_output_options(fmt, out)
+    if out is not None:
+        if fmt is None:
+            write_tables(report, out)  # the original --out layout, unchanged
+        else:
+            write_exports(report, out, fmt)
+    if plots is not None or html is not None:
+        from .plots import report_figures, save_figures
+
+        figures = report_figures(report)
+        if plots is not None:
+            save_figures(figures, plots)
+        if html is not None:
+            from .html import write_html
+
+            write_html(report, html, figures)
+    if fmt is not None and out is None:
+        return report_text(report, fmt)
+    return None

@@ -1,0 +1,285 @@
+"""A self-contained HTML page of a Report (or of a Comparison): summary, tables, plots, settings and inputs.
+
+Everything is in the one file: CSS inline, plots as base64 PNG data URIs, no script. A Content-Security-Policy
+meta tag forbids every network fetch, so opening the page never touches the network.
+"""
+
+from __future__ import annotations
+
+import json
+from html import escape
+from pathlib import Path
+
+from ..metrics import METRIC_DOCS
+from ..report import Report, atomic_write_text
+from .terminal import expected, fmt
+
+MAX_TABLE_ROWS = 500  # per-class and pair tables longer than this are cut (the CSV/JSON exports hold them all)
+MAX_PAIR_ROWS = 50
+
+CSS = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 0;
+       color: #1d2330; background: #f6f7f9; }
+main { max-width: 1180px; margin: 0 auto; padding: 24px 28px 48px; }
+h1 { font-size: 24px; margin: 0 0 4px; } h2 { font-size: 18px; margin: 32px 0 10px; border-bottom: 1px solid #d5d9e0;
+     padding-bottom: 4px; }
+.sub { color: #5b6372; margin: 0 0 16px; } code { font-family: ui-monospace, "DejaVu Sans Mono", monospace; }
+table { border-collapse: collapse; background: #fff; box-shadow: 0 1px 2px rgba(0,0,0,.06); margin: 6px 0 10px; }
+th, td { padding: 4px 10px; border-bottom: 1px solid #e6e8ec; text-align: left; vertical-align: top; }
+th { background: #eef1f5; font-weight: 600; position: sticky; top: 0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.meaning { color: #5b6372; max-width: 560px; } td.exp { white-space: nowrap; color: #3a4252; }
+tr:hover td { background: #f8f9fb; }
+.more { color: #a0308f; font-weight: 600; } .less { color: #23803c; font-weight: 600; }
+.warn { background: #fff6dd; border-left: 4px solid #e0a800; padding: 6px 10px; margin: 4px 0; }
+.cards { display: flex; flex-wrap: wrap; gap: 10px; margin: 10px 0 4px; }
+.card { background: #fff; padding: 8px 14px; border-radius: 6px; box-shadow: 0 1px 2px rgba(0,0,0,.08); }
+.card b { display: block; font-size: 20px; } .card span { color: #5b6372; font-size: 12px; }
+figure { background: #fff; margin: 0 14px 18px 0; padding: 10px; vertical-align: top; border-radius: 6px;
+         box-shadow: 0 1px 2px rgba(0,0,0,.08); display: inline-block; max-width: 100%; }
+figure.half { max-width: calc(50% - 38px); } figure img { max-width: 100%; height: auto; display: block; }
+figcaption { color: #5b6372; font-size: 13px; width: 0; min-width: 100%; }  /* never wider than its plot */
+.wide-scroll { overflow-x: auto; max-width: 100%; }
+.scroll { max-height: 520px; overflow: auto; display: inline-block; max-width: 100%; }
+pre { background: #fff; padding: 8px; overflow: auto; max-height: 300px; }
+footer { color: #8a91a0; font-size: 12px; margin-top: 40px; }
+"""
+
+CAPTIONS = {
+    "metrics": "NC metric overview: collapse metrics on a log scale (0 = collapsed), MCR^2 coding rates against the "
+               "rate of isotropic features, and the smallest principal angles against the ETF and orthogonal "
+               "references.",
+    "spectra": "Normalized eigenvalue spectra (lambda_j / sum lambda, log scale) of each class's unit features: a "
+               "collapsed class puts nearly all energy in one direction.",
+    "angle_min": "Smallest principal angle between class subspaces (degrees): 90 = orthogonal (MCR^2-like), "
+                 "arccos(1/(C-1)) for the 1-D subspaces of a collapsed simplex ETF.",
+    "mean_cosine": "Cosines of the centered class means beside the simplex ETF target (-1/(C-1) off the diagonal).",
+    "coding_rate": "MCR^2 coding rate R_c of each class, with the within-class rate Rc and the total rate R.",
+    "pca2d": "2-D PCA of a deterministic subsample of the features, coloured by class (axes: top-2 principal "
+             "components of all features).",
+    "cka": "Linear CKA (Kornblith et al. 2019) between inputs that hold features of the same samples.",
+}
+COMPARE_CAPTIONS = {
+    **CAPTIONS,
+    "metrics": "NC metrics side by side, one colour per input: collapse metrics on a log scale (0 = collapsed), "
+               "MCR^2 coding rates, and the smallest principal angles against the orthogonal and ETF references.",
+    "spectra": "Per-class normalized eigenvalue spectra (log scale): per input, the mean over classes (line) and the "
+               "range over classes (band).",
+    "angle_min": "Smallest principal angle between class subspaces (degrees) of each input, on one colour scale.",
+    "mean_cosine": "Cosines of the centered class means of each input, and the simplex ETF target (-1/(C-1) off "
+                   "the diagonal) last.",
+    "coding_rate": "MCR^2 coding rate R_c of each class, one colour per input.",
+}
+
+
+def _num(v) -> str:
+    return f'<td class="num">{escape(fmt(v))}</td>'
+
+
+def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "\n".join("<tr>" + "".join(r) + "</tr>" for r in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>'
+
+
+def _kv_table(d: dict) -> str:
+    rows = []
+    for k, v in d.items():
+        text = json.dumps(v, default=str) if isinstance(v, (dict, list)) else ("-" if v is None else str(v))
+        if len(text) > 400:
+            text = text[:400] + " ..."
+        rows.append([f"<td><code>{escape(str(k))}</code></td>", f"<td><code>{escape(text)}</code></td>"])
+    return _table(["key", "value"], rows)
+
+
+def _figures_html(figures: dict, captions: dict = CAPTIONS) -> str:
+    from .plots import figure_data_uri
+
+    parts = []
+    for name, fig in figures.items():
+        wide = fig.get_figwidth() > 7.5
+        sup = getattr(fig, "_suptitle", None)
+        title = sup.get_text() if sup is not None else fig.axes[0].get_title().replace("\n", " ")
+        parts.append(f'<figure id="plot-{escape(name)}" class="{"wide" if wide else "half"}">'
+                     f'<img src="{figure_data_uri(fig)}" alt="{escape(title)}">'
+                     f"<figcaption>{escape(captions.get(name, title))}</figcaption></figure>")
+    return "\n".join(parts)
+
+
+def _page(title: str, body: str) -> str:
+    from .. import __version__
+
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="generator" content="nc-probe {escape(__version__)}">
+<title>{escape(title)}</title>
+<style>{CSS}</style>
+</head>
+<body><main>
+{body}
+<footer>nc-probe {escape(__version__)}. Metric definitions: shared/metrics-spec.md. This page is self-contained and
+makes no network requests.</footer>
+</main></body>
+</html>
+"""
+
+
+def summary_rows(report: Report) -> list[list[str]]:
+    C = report.inputs.get("num_classes")
+    return [[f'<td><code>{escape(k)}</code></td>', _num(v), f'<td class="exp">{escape(expected(k, C))}</td>',
+             f'<td class="meaning">{escape(METRIC_DOCS.get(k, ""))}</td>'] for k, v in report.metrics.items()]
+
+
+def _per_class_html(report: Report) -> str:
+    from .tables import per_class_frame
+
+    df = per_class_frame(report)
+    cols = [c for c in ("class_id", "class_name", "n", "acc_model", "acc_ncc", "rank_energy95", "rank_energy99",
+                        "rank_effective", "rank_numerical", "coding_rate_class", "within_class_variance",
+                        "mean_norm") if c in df.columns]
+    rows = []
+    for rec in df[cols].head(MAX_TABLE_ROWS).to_dict(orient="records"):
+        rows.append([f"<td>{escape(str(rec[c]))}</td>" if c == "class_name" else _num(_py(rec[c])) for c in cols])
+    note = (f"<p class=sub>First {MAX_TABLE_ROWS} of {len(df)} classes; the CSV/JSON exports hold all.</p>"
+            if len(df) > MAX_TABLE_ROWS else "")
+    return f'<div class="scroll">{_table(cols, rows)}</div>{note}'
+
+
+def _py(v):
+    try:
+        import math
+
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return None
+        f = float(v)
+        return int(f) if f.is_integer() and not isinstance(v, float) else f
+    except (TypeError, ValueError):
+        return v
+
+
+def _pairs_html(report: Report) -> str:
+    from .tables import angles_frame
+
+    df = angles_frame(report)
+    if df.empty:
+        return "<p class=sub>No principal angles in this report (subspace metrics were skipped).</p>"
+    df = df.sort_values("angle_min").head(MAX_PAIR_ROWS)
+    names = dict(zip(report.inputs.get("class_ids") or [], report.inputs.get("class_names") or []))
+    rows = [[f"<td>{escape(str(names.get(a, a)))}</td>", f"<td>{escape(str(names.get(b, b)))}</td>", _num(ang),
+             _num(aff)] for a, b, ang, aff in df.itertuples(index=False)]
+    return (f"<p class=sub>The {len(df)} closest class pairs (smallest angle first).</p>"
+            + _table(["class a", "class b", "angle_min (deg)", "subspace_affinity"], rows))
+
+
+def _cards(items: list[tuple[str, str]]) -> str:
+    return '<div class="cards">' + "".join(f"<div class=card><b>{escape(v)}</b><span>{escape(k)}</span></div>"
+                                           for k, v in items) + "</div>"
+
+
+def _warnings_html(warnings: list) -> str:
+    if not warnings:
+        return ""
+    return "<h2 id=warnings>Warnings</h2>" + "".join(f'<div class="warn">{escape(str(w))}</div>' for w in warnings)
+
+
+def report_html(report: Report, figures: dict | None = None) -> str:
+    """The page of one report; ``figures`` defaults to :func:`nc_probe.render.plots.report_figures`."""
+    if figures is None:
+        from .plots import report_figures
+
+        figures = report_figures(report)
+    i, m = report.inputs, report.metrics
+    source = str(i.get("source"))
+    cards = _cards([("samples N", str(i.get("num_samples"))), ("classes C", str(i.get("num_classes"))),
+                    ("dimension d", str(i.get("dim"))), ("nc1", fmt(m.get("nc1"))),
+                    ("rate_reduction (nats)", fmt(m.get("rate_reduction"))),
+                    ("angle_min_mean (deg)", fmt(m.get("angle_min_mean"))), ("acc_ncc", fmt(m.get("acc_ncc")))])
+    body = f"""<h1>nc-probe report</h1>
+<p class="sub"><code>{escape(source)}</code> &middot; sha256 <code>{escape(str(i.get('sha256') or '-'))}</code>
+&middot; layer {escape(str(i.get('layer') or '-'))} &middot; eps^2 = {escape(str(report.settings.get('eps2')))}</p>
+{cards}
+{_warnings_html(report.warnings)}
+<h2 id="summary">Metrics</h2>
+<p class="sub">"collapsed / MCR^2": what a collapsed (cross-entropy, terminal phase) and an MCR^2-like model show.</p>
+{_table(["metric", "value", "collapsed / MCR^2", "meaning"], summary_rows(report))}
+<h2 id="plots">Plots</h2>
+{_figures_html(figures)}
+<h2 id="per-class">Per class</h2>
+{_per_class_html(report)}
+<h2 id="pairs">Closest class subspaces</h2>
+{_pairs_html(report)}
+<h2 id="inputs">Inputs</h2>
+{_kv_table(report.inputs)}
+<h2 id="settings">Settings</h2>
+{_kv_table(report.settings)}
+<h2 id="timings">Timings (seconds)</h2>
+{_kv_table({k: round(v, 4) if isinstance(v, float) else v for k, v in report.timings.items()})}
+<p class="sub">Report schema {escape(str(report.schema_version))}.</p>"""
+    return _page(f"nc-probe: {source}", body)
+
+
+def write_html(report: Report, path, figures: dict | None = None) -> Path:
+    """Write :func:`report_html` to ``path`` atomically."""
+    return atomic_write_text(path, report_html(report, figures))
+
+
+# ---------------------------------------------------------------------------------------------- comparison
+def comparison_html(comparison, figures: dict | None = None) -> str:
+    """The page of a :class:`nc_probe.compare.Comparison`: the side-by-side table, CKA, plots, each input."""
+    from ..compare import ARROW, delta_text
+
+    if figures is None:
+        from .plots import comparison_figures
+
+        figures = comparison_figures(comparison)
+    labels = comparison.labels
+    header = ["metric", "collapsed is"] + [h for i, lab in enumerate(labels)
+                                           for h in ([lab] if i == 0 else [lab, f"Δ {lab}"])]
+    rows = []
+    for r in comparison.rows:
+        cells = [f"<td><code>{escape(r['metric'])}</code></td>",
+                 f"<td>{escape(ARROW.get(r['direction'], ''))} {escape(r['direction'] or '-')}</td>"]
+        for i, lab in enumerate(labels):
+            cells.append(_num(r["values"][lab]))
+            if i:
+                toward = r["toward_collapse"][lab]
+                cls = {True: "more", False: "less"}.get(toward, "")
+                cells.append(f'<td class="num {cls}">{escape(delta_text(r["deltas"][lab], toward))}</td>')
+        rows.append(cells)
+    cka = ""
+    if comparison.cka:
+        c = comparison.cka
+        cka = ("<h2 id=cka>Linear CKA</h2><p class=sub>1 = the same representation up to rotation and isotropic "
+               "scale; '-' where two inputs do not hold features of the same samples.</p>"
+               + _table([""] + c["labels"], [[f"<td>{escape(a)}</td>"] + [_num(v) for v in row]
+                                             for a, row in zip(c["labels"], c["matrix"])]))
+    inputs = []
+    for lab, rep in comparison.reports.items():
+        i = rep.inputs
+        inputs.append([f"<td>{escape(lab)}</td>", f"<td><code>{escape(str(i.get('source')))}</code></td>",
+                       f"<td><code>{escape(str(i.get('sha256') or '-'))}</code></td>", _num(i.get("num_samples")),
+                       _num(i.get("num_classes")), _num(i.get("dim")), _num(rep.settings.get("eps2"))])
+    details = "".join(f"<details><summary>{escape(lab)}: inputs and settings</summary>{_kv_table(rep.inputs)}"
+                      f"{_kv_table(rep.settings)}</details>" for lab, rep in comparison.reports.items())
+    body = f"""<h1>nc-probe comparison</h1>
+<p class="sub">{escape(" vs ".join(labels))} &middot; deltas against <b>{escape(comparison.baseline)}</b></p>
+{_warnings_html(comparison.warnings)}
+<h2 id="summary">Metrics side by side</h2>
+<p class="sub">"collapsed is": which way the metric moves as features collapse. Δ: value minus the baseline's;
+<span class="more">more</span> / <span class="less">less</span>: more or less collapsed than the baseline.</p>
+<div class="wide-scroll">{_table(header, rows)}</div>
+{cka}
+<h2 id="plots">Plots</h2>
+{_figures_html(figures, COMPARE_CAPTIONS)}
+<h2 id="inputs">Inputs</h2>
+{_table(["label", "source", "sha256", "N", "C", "d", "eps^2"], inputs)}
+{details}"""
+    return _page("nc-probe comparison: " + " vs ".join(labels), body)
+
+
+def write_comparison_html(comparison, path, figures: dict | None = None) -> Path:
+    return atomic_write_text(path, comparison_html(comparison, figures))

@@ -1,0 +1,538 @@
+"""matplotlib figures of a Report (and of several, for ``compare``): headless, one ``Figure`` per view.
+
+Every function returns a :class:`matplotlib.figure.Figure` built without pyplot (no global state, no display, the
+Agg canvas), with a title, axis labels and, for colour scales, a colour bar. A figure whose data the report lacks
+(no subspace metrics, an old report without ``pca2d``) is left out of :func:`report_figures`.
+
+Views of one report: ``metrics`` (NC metric overview), ``spectra`` (per-class normalized eigenvalue spectra of the
+unit features, log scale), ``angle_min`` (principal-angle heatmap), ``mean_cosine`` (centered class-mean cosines
+beside the simplex ETF target), ``coding_rate`` (R_c per class), ``pca2d`` (2-D PCA of a feature subsample).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)  # headless; a no-op when pyplot already runs another backend
+
+import numpy as np  # noqa: E402
+from matplotlib import colormaps  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.cm import ScalarMappable  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from ..report import Report  # noqa: E402
+
+COLLAPSE_KEYS = ["nc1", "nc1_cdnv", "nc2_equinorm_M", "nc2_equiangle_M", "nc2_maxangle_M", "nc2_etf_M",
+                 "nc2_equinorm_W", "nc2_equiangle_W", "nc2_maxangle_W", "nc2_etf_W", "nc3", "nc4"]
+RATE_KEYS = ["coding_rate", "coding_rate_within", "rate_reduction"]
+ANGLE_KEYS = ["angle_min_mean", "angle_min_min"]
+LOG_FLOOR = 1e-8  # the lowest floor of a log axis: zeros sit a decade below the smallest positive value, or here
+SPECTRUM_FLOOR = 1e-10  # spectra are drawn down to this energy fraction (below it: float rounding, not geometry)
+TICK_LIMIT = 30  # label at most this many classes on an axis
+LEGEND_LIMIT = 10  # above this many classes a colour bar replaces the legend
+DPI = 100
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _names(report: Report, ids) -> list[str]:
+    all_ids = report.inputs.get("class_ids") or report.per_class.get("class_ids") or []
+    names = report.inputs.get("class_names") or [str(i) for i in all_ids]
+    lookup = dict(zip(all_ids, names))
+    return [str(lookup.get(i, i)) for i in ids]
+
+
+def _class_colors(n: int):
+    """(colours, colormap or None): tab10 (with a legend) for few classes, viridis (with a colour bar) for many."""
+    if n <= LEGEND_LIMIT:
+        return [colormaps["tab10"](i) for i in range(n)], None
+    cmap = colormaps["viridis"]
+    return [cmap(i / max(n - 1, 1)) for i in range(n)], cmap
+
+
+def _class_ticks(ax, names, axis="both"):
+    n = len(names)
+    if n > TICK_LIMIT:
+        return
+    if axis in ("x", "both"):
+        ax.set_xticks(range(n), names, rotation=90 if n > 10 else 0, fontsize=8 if n > 10 else 9)
+    if axis in ("y", "both"):
+        ax.set_yticks(range(n), names, fontsize=8 if n > 10 else 9)
+
+
+def etf_angle(num_classes: int | None) -> float | None:
+    """arccos(1/(C-1)) in degrees: the principal angle between two simplex-ETF class means seen as lines."""
+    if not num_classes or num_classes < 2:
+        return None
+    return math.degrees(math.acos(1 / (num_classes - 1)))
+
+
+def log_floor(values) -> float:
+    """Where values <= 0 sit on a log axis: a decade below the smallest positive value (at least LOG_FLOOR)."""
+    v = np.asarray(values, dtype=float)
+    pos = v[np.isfinite(v) & (v > 0)]
+    return max(10 ** np.floor(np.log10(pos.min()) - 1), LOG_FLOOR) if pos.size else LOG_FLOOR
+
+
+def _value(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
+# ---------------------------------------------------------------------------------------------- one report
+def metric_overview(report: Report) -> Figure:
+    """Three panels: the NC collapse metrics (log scale, 0 = collapsed), MCR^2 coding rates against the isotropic
+    maximum, and the mean/min smallest principal angle against the ETF and orthogonal references."""
+    m = report.metrics
+    fig = _figure(11, 3.8)
+    ax_nc, ax_rate, ax_ang = fig.subplots(1, 3, width_ratios=[1.6, 1, 0.8])
+
+    keys = [k for k in COLLAPSE_KEYS if m.get(k) is not None]
+    vals = np.array([_value(m[k]) for k in keys])
+    floor = log_floor(vals)
+    ax_nc.barh(range(len(keys)), np.clip(vals, floor, None), color="tab:blue", label="value")
+    ax_nc.set_yticks(range(len(keys)), keys, fontsize=8)
+    ax_nc.invert_yaxis()
+    ax_nc.set_xscale("log")
+    ax_nc.set_xlabel("value (log scale; 0 = collapsed)")
+    ax_nc.set_title("Neural collapse NC1-NC4")
+    for i, v in enumerate(vals):
+        ax_nc.annotate(f"{v:.3g}", (max(v, floor), i), xytext=(3, 0), textcoords="offset points",
+                       va="center", fontsize=7)
+    ax_nc.margins(x=0.25)
+
+    rkeys = [k for k in RATE_KEYS if m.get(k) is not None]
+    labels = {"coding_rate": "R", "coding_rate_within": "Rc", "rate_reduction": "dR = R - Rc"}
+    ax_rate.bar(range(len(rkeys)), [_value(m[k]) for k in rkeys], color=["tab:green", "tab:orange", "tab:purple"][
+        :len(rkeys)])
+    ax_rate.set_xticks(range(len(rkeys)), [labels[k] for k in rkeys])
+    _bar_labels(ax_rate)
+    if m.get("coding_rate_max") is not None:
+        ax_rate.axhline(m["coding_rate_max"], color="0.3", ls="--", lw=1, label="R of isotropic features")
+        ax_rate.legend(fontsize=7, loc="upper right")
+    ax_rate.set_ylabel("nats")
+    ax_rate.set_xlabel("MCR^2 coding rate")
+    ax_rate.set_title("Coding rates (eps^2=%s)" % report.settings.get("eps2"))
+
+    akeys = [k for k in ANGLE_KEYS if m.get(k) is not None]
+    ax_ang.bar(range(len(akeys)), [_value(m[k]) for k in akeys], color="tab:cyan")
+    ax_ang.set_xticks(range(len(akeys)), [k.replace("angle_min_", "") for k in akeys])
+    _bar_labels(ax_ang, "{:.1f}")
+    _angle_references(ax_ang, report.inputs.get("num_classes"))
+    ax_ang.set_ylabel("degrees")
+    ax_ang.set_xlabel("smallest principal angle")
+    ax_ang.set_title("Class subspace angles")
+
+    acc = ", ".join(f"{k}={m[k]:.3f}" for k in ("acc_model", "acc_ncc") if m.get(k) is not None)
+    fig.suptitle(f"NC metric overview: {_source(report)}" + (f" ({acc})" if acc else ""), fontsize=11)
+    return fig
+
+
+def _angle_references(ax, num_classes) -> None:
+    """0..100 degrees with reference lines at 90 (orthogonal, MCR^2-like) and the ETF angle (collapsed), named on
+    a secondary axis at the right (so they never cover the bars or their labels)."""
+    ax.set_ylim(0, 100)
+    ax.axhline(90, color="tab:red", ls=":", lw=1)
+    ticks, names = [90], ["orthogonal"]
+    etf = etf_angle(num_classes)
+    if etf is not None:
+        ax.axhline(etf, color="0.3", ls="--", lw=1)
+        ticks, names = [etf, 90], [f"ETF {etf:.0f}", "orthogonal"]
+    ref = ax.secondary_yaxis("right")
+    ref.set_yticks(ticks, names, fontsize=7)
+
+
+def _bar_labels(ax, fmt: str = "{:.3g}") -> None:
+    for container in ax.containers:
+        ax.bar_label(container, labels=[fmt.format(b.get_height()) for b in container], fontsize=7, padding=2)
+
+
+def _source(report: Report) -> str:
+    src = str(report.inputs.get("source") or "report")
+    return src if len(src) <= 50 else "..." + src[-47:]
+
+
+def _spectrum_array(spectra) -> np.ndarray:
+    """Ragged per-class spectra -> (classes, k) float array, NaN where a class has fewer values or a zero."""
+    k = max((len(s) for s in spectra), default=0)
+    out = np.full((len(spectra), k), np.nan)
+    for i, s in enumerate(spectra):
+        out[i, :len(s)] = [np.nan if v is None else v for v in s]
+    out[~(out > SPECTRUM_FLOOR)] = np.nan
+    return out
+
+
+def spectra_plot(report: Report) -> Figure:
+    """Per-class normalized eigenvalue spectra of the unit features (lambda_j / sum lambda = sigma_j^2 / sum
+    sigma^2 of the class's unit-feature matrix), log scale: a collapsed class is one point near 1."""
+    pc = report.per_class
+    ids = pc.get("subspace_class_ids") or []
+    spec = _spectrum_array(pc.get("spectrum") or [])
+    names = _names(report, ids)
+    fig = _figure(6.4, 4.2)
+    ax = fig.subplots()
+    colors, cmap = _class_colors(len(ids))
+    x = np.arange(1, spec.shape[1] + 1)
+    for i, name in enumerate(names):
+        ax.plot(x, spec[i], color=colors[i], lw=1.2, marker="." if spec.shape[1] <= 16 else None,
+                label=name if cmap is None else None)
+    ax.set_yscale("log")
+    ax.set_xlabel("component j (eigenvalues in decreasing order)")
+    ax.set_ylabel("normalized eigenvalue  lambda_j / sum lambda")
+    ax.set_title("Per-class spectra of unit features (log scale)")
+    ax.grid(True, which="major", alpha=0.3)
+    if cmap is None:
+        ax.legend(title="class", fontsize=8, ncols=2 if len(ids) > 5 else 1)
+    else:
+        fig.colorbar(ScalarMappable(Normalize(0, len(ids) - 1), cmap), ax=ax, label="class (position)")
+    return fig
+
+
+def heatmap(ax, matrix, names, *, vmin, vmax, cmap, annotate: bool | None = None, fmt="{:.0f}"):
+    """A class x class matrix on ``ax`` with class ticks; returns the image (for the colour bar)."""
+    mat = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
+    im = ax.imshow(mat, vmin=vmin, vmax=vmax, cmap=cmap, interpolation="nearest")
+    _class_ticks(ax, names)
+    if annotate is None:
+        annotate = len(names) <= 10
+    if annotate:
+        norm = Normalize(vmin, vmax)
+        for i in range(mat.shape[0]):
+            for j in range(mat.shape[1]):
+                if np.isfinite(mat[i, j]):
+                    light = norm(mat[i, j]) < 0.5 if cmap == "viridis" else abs(norm(mat[i, j]) - 0.5) > 0.3
+                    ax.text(j, i, fmt.format(mat[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if light else "black")
+    return im
+
+
+def angle_heatmap(report: Report) -> Figure:
+    """The ``angle_min`` matrix (degrees, 0..90) over ``angles["class_ids"]``."""
+    a = report.angles
+    names = _names(report, a["class_ids"])
+    fig = _figure(6.0, 5.0)
+    ax = fig.subplots()
+    im = heatmap(ax, a["angle_min"], names, vmin=0, vmax=90, cmap="viridis")
+    fig.colorbar(im, ax=ax, label="smallest principal angle (degrees)")
+    ax.set_xlabel("class")
+    ax.set_ylabel("class")
+    etf = etf_angle(report.inputs.get("num_classes"))
+    ax.set_title("Smallest principal angle between class subspaces" + (f"\n(ETF {etf:.0f} deg, orthogonal 90)"
+                                                                        if etf is not None else ""), fontsize=10)
+    return fig
+
+
+def etf_target(num_classes: int) -> np.ndarray:
+    """The simplex ETF's class-mean cosine matrix: 1 on the diagonal, -1/(C-1) elsewhere."""
+    C = num_classes
+    return np.where(np.eye(C, dtype=bool), 1.0, -1.0 / (C - 1))
+
+
+def mean_cosine_plot(report: Report) -> Figure:
+    """Cosines of the centered class means beside the simplex ETF target, one colour scale (-1..1)."""
+    cos = report.per_class["mean_cosine"]
+    ids = report.per_class["class_ids"]
+    names = _names(report, ids)
+    fig = _figure(10, 4.6)
+    ax_m, ax_t = fig.subplots(1, 2)
+    heatmap(ax_m, cos, names, vmin=-1, vmax=1, cmap="RdBu_r", fmt="{:.2f}", annotate=len(ids) <= 8)
+    im = heatmap(ax_t, etf_target(len(ids)), names, vmin=-1, vmax=1, cmap="RdBu_r", fmt="{:.2f}",
+                 annotate=len(ids) <= 8)
+    fig.colorbar(im, ax=[ax_m, ax_t], label="cosine", shrink=0.9)
+    ax_m.set_title("Class-mean cosines (centered means)", fontsize=10)
+    ax_t.set_title(f"Simplex ETF target (off-diagonal -1/(C-1) = {-1 / (len(ids) - 1):.3f})", fontsize=10)
+    for ax in (ax_m, ax_t):
+        ax.set_xlabel("class")
+        ax.set_ylabel("class")
+    etf = report.metrics.get("nc2_etf_M")
+    fig.suptitle("Class-mean Gram matrix vs simplex ETF" + (f" (nc2_etf_M = {etf:.3g})" if etf is not None else ""))
+    return fig
+
+
+def coding_rate_plot(report: Report) -> Figure:
+    """MCR^2 coding rate R_c of each class, with the count-weighted mean Rc and the total rate R."""
+    pc = report.per_class
+    ids = pc["subspace_class_ids"]
+    names = _names(report, ids)
+    vals = [_value(v) for v in pc["coding_rate_class"]]
+    fig = _figure(6.4, 4.0)
+    ax = fig.subplots()
+    colors, _ = _class_colors(len(ids))
+    ax.bar(range(len(ids)), vals, color=colors)
+    m = report.metrics
+    if m.get("coding_rate_within") is not None:
+        ax.axhline(m["coding_rate_within"], color="0.2", ls="--", lw=1, label=f"Rc = {m['coding_rate_within']:.3g}")
+    if m.get("coding_rate") is not None:
+        ax.axhline(m["coding_rate"], color="tab:red", ls=":", lw=1, label=f"R (all classes) = {m['coding_rate']:.3g}")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper right")
+    _class_ticks(ax, names, axis="x")
+    ax.set_xlabel("class")
+    ax.set_ylabel("R_c (nats)")
+    ax.set_ylim(0, max([v for v in vals if np.isfinite(v)] + [m.get("coding_rate") or 0, 1e-9]) * 1.15)
+    ax.set_title(f"MCR^2 coding rate per class (eps^2={report.settings.get('eps2')})")
+    return fig
+
+
+def pca_plot(report: Report) -> Figure:
+    """The stored 2-D PCA projection of a feature subsample, coloured by class."""
+    p = report.per_class["pca2d"]
+    pts = np.asarray(p["points"], dtype=float).reshape(-1, 2)
+    labels = np.asarray(p["labels"], dtype=np.int64)
+    ids = report.per_class["class_ids"]
+    names = _names(report, ids)
+    pos = {c: i for i, c in enumerate(ids)}
+    idx = np.array([pos.get(int(v), 0) for v in labels], dtype=np.int64)
+    colors, cmap = _class_colors(len(ids))
+    fig = _figure(6.4, 5.0)
+    ax = fig.subplots()
+    size = 10 if len(pts) <= 1000 else 5
+    if cmap is None:
+        for i, name in enumerate(names):
+            sel = idx == i
+            ax.scatter(pts[sel, 0], pts[sel, 1], s=size, color=colors[i], label=name, alpha=0.8, linewidths=0)
+        ax.legend(title="class", fontsize=8, markerscale=2, ncols=2 if len(ids) > 5 else 1)
+    else:
+        sc = ax.scatter(pts[:, 0], pts[:, 1], s=size, c=idx, cmap=cmap, vmin=0, vmax=len(ids) - 1, alpha=0.8,
+                        linewidths=0)
+        fig.colorbar(sc, ax=ax, label="class (position)")
+    r = p.get("explained_variance_ratio") or [float("nan")] * 2
+    ax.set_xlabel(f"PC1 ({100 * r[0]:.1f}% of variance)")
+    ax.set_ylabel(f"PC2 ({100 * r[1]:.1f}% of variance)")
+    ax.set_title(f"2-D PCA of features ({len(pts)} of {report.inputs.get('num_samples')} samples)")
+    ax.set_aspect("equal", adjustable="datalim")
+    return fig
+
+
+def report_figures(report: Report) -> dict[str, Figure]:
+    """Every view the report has data for, by name (the file stem of :func:`save_figures`)."""
+    pc, a = report.per_class, report.angles
+    figs = {"metrics": metric_overview(report)}
+    if pc.get("spectrum"):
+        figs["spectra"] = spectra_plot(report)
+    if a and a.get("angle_min") is not None:
+        figs["angle_min"] = angle_heatmap(report)
+    if pc.get("mean_cosine") is not None and len(pc.get("class_ids") or []) >= 2:
+        figs["mean_cosine"] = mean_cosine_plot(report)
+    if pc.get("coding_rate_class"):
+        figs["coding_rate"] = coding_rate_plot(report)
+    if pc.get("pca2d") and pc["pca2d"].get("points"):
+        figs["pca2d"] = pca_plot(report)
+    return figs
+
+
+# ---------------------------------------------------------------------------------------------- several reports
+def _input_colors(n: int):
+    return [colormaps["tab10"](i % 10) for i in range(n)]
+
+
+def compare_metrics(reports: dict[str, Report]) -> Figure:
+    """Grouped bars per metric, one colour per input: collapse metrics (log), coding rates, angles."""
+    labels = list(reports)
+    colors = _input_colors(len(labels))
+    fig = _figure(12, 4.0)
+    ax_nc, ax_rate, ax_ang = fig.subplots(1, 3, width_ratios=[1.8, 1, 0.7])
+    width = 0.8 / len(labels)
+    panels = [(ax_nc, [k for k in COLLAPSE_KEYS if any(r.metrics.get(k) is not None for r in reports.values())]),
+              (ax_rate, [k for k in RATE_KEYS if any(r.metrics.get(k) is not None for r in reports.values())]),
+              (ax_ang, [k for k in ANGLE_KEYS if any(r.metrics.get(k) is not None for r in reports.values())])]
+    floor = log_floor([_value(r.metrics.get(k)) for r in reports.values() for k in panels[0][1]])
+    for ax, keys in panels:
+        for j, (label, rep) in enumerate(reports.items()):
+            vals = np.array([_value(rep.metrics.get(k)) for k in keys])
+            if ax is ax_nc:
+                vals = np.clip(vals, floor, None)
+            ax.bar(np.arange(len(keys)) + (j - (len(labels) - 1) / 2) * width, vals, width, color=colors[j],
+                   label=label)
+        ax.set_xticks(range(len(keys)), keys, rotation=60 if ax is ax_nc else 20, ha="right", fontsize=8)
+    ax_nc.set_yscale("log")
+    ax_nc.set_ylim(bottom=floor)
+    ax_nc.set_ylabel("value (log scale; 0 = collapsed)")
+    ax_nc.set_title("Neural collapse NC1-NC4")
+    ax_rate.set_ylabel("nats")
+    ax_rate.set_title("MCR^2 coding rates")
+    ax_ang.set_ylabel("degrees")
+    _angle_references(ax_ang, next(iter(reports.values())).inputs.get("num_classes"))
+    ax_ang.set_title("Subspace angles")
+    ax_nc.legend(title="input", fontsize=8)
+    fig.suptitle("NC metrics side by side: " + " vs ".join(labels), fontsize=11)
+    return fig
+
+
+def compare_spectra(reports: dict[str, Report]) -> Figure:
+    """Overlaid spectra: per input, the mean over classes of the normalized eigenvalues, shaded min..max band."""
+    fig = _figure(6.4, 4.2)
+    ax = fig.subplots()
+    styles = ["-", "--", ":", "-."]
+    for j, (color, (label, rep)) in enumerate(zip(_input_colors(len(reports)), reports.items())):
+        spec = _spectrum_array(rep.per_class.get("spectrum") or [])
+        if spec.size == 0:
+            continue
+        x = np.arange(1, spec.shape[1] + 1)
+        with warnings.catch_warnings():  # all-NaN columns (classes with short spectra) stay NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean, lo, hi = np.nanmean(spec, 0), np.nanmin(spec, 0), np.nanmax(spec, 0)
+        ax.plot(x, mean, color=color, lw=1.8, ls=styles[j % len(styles)], label=f"{label} (mean over classes)")
+        ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
+    ax.set_yscale("log")
+    ax.set_xlabel("component j (eigenvalues in decreasing order)")
+    ax.set_ylabel("normalized eigenvalue  lambda_j / sum lambda")
+    ax.set_title("Per-class spectra of unit features (band: min..max over classes)", fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    return fig
+
+
+def compare_heatmaps(reports: dict[str, Report], key: str = "angle_min") -> Figure:
+    """``angle_min`` (or ``mean_cosine``, then with the simplex ETF target last) heatmaps side by side on one colour
+    scale; inputs lacking it are blank."""
+    n = len(reports) + (key == "mean_cosine")
+    fig = _figure(4.2 * n + 1.2, 4.4)
+    axes = np.atleast_1d(fig.subplots(1, n))
+    im = None
+    if key == "mean_cosine":
+        first = next(iter(reports.values()))
+        ids = first.per_class.get("class_ids") or []
+        heatmap(axes[-1], etf_target(len(ids)), _names(first, ids), vmin=-1, vmax=1, cmap="RdBu_r", fmt="{:.2f}",
+                annotate=len(ids) <= 6)
+        axes[-1].set_title("simplex ETF target", fontsize=10)
+        axes[-1].set_xlabel("class")
+        axes[-1].set_ylabel("class")
+    for ax, (label, rep) in zip(axes, reports.items()):
+        if key == "angle_min":
+            mat, ids = rep.angles.get("angle_min"), rep.angles.get("class_ids") or []
+            kw = dict(vmin=0, vmax=90, cmap="viridis")
+        else:
+            mat, ids = rep.per_class.get(key), rep.per_class.get("class_ids") or []
+            kw = dict(vmin=-1, vmax=1, cmap="RdBu_r", fmt="{:.2f}")
+        ax.set_title(label, fontsize=10)
+        if mat is None:
+            ax.text(0.5, 0.5, "not in this report", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
+        im = heatmap(ax, mat, _names(rep, ids), annotate=len(ids) <= 6, **kw)
+        ax.set_xlabel("class")
+        ax.set_ylabel("class")
+    if im is not None:
+        fig.colorbar(im, ax=list(axes), shrink=0.9,
+                     label="smallest principal angle (degrees)" if key == "angle_min" else "cosine")
+    fig.suptitle("Smallest principal angle between class subspaces" if key == "angle_min"
+                 else "Class-mean cosines (centered means)", fontsize=11)
+    return fig
+
+
+def compare_coding_rate(reports: dict[str, Report]) -> Figure:
+    """Grouped bars of R_c per class, one colour per input."""
+    labels = list(reports)
+    first = next(iter(reports.values()))
+    ids = first.per_class.get("subspace_class_ids") or []
+    names = _names(first, ids)
+    width = 0.8 / len(labels)
+    fig = _figure(7.5, 4.0)
+    ax = fig.subplots()
+    for j, (color, (label, rep)) in enumerate(zip(_input_colors(len(labels)), reports.items())):
+        lookup = dict(zip(rep.per_class.get("subspace_class_ids") or [], rep.per_class.get("coding_rate_class") or []))
+        vals = [_value(lookup.get(c)) for c in ids]
+        ax.bar(np.arange(len(ids)) + (j - (len(labels) - 1) / 2) * width, vals, width, color=color, label=label)
+    _class_ticks(ax, names, axis="x")
+    ax.set_xlabel("class")
+    ax.set_ylabel("R_c (nats)")
+    ax.set_title("MCR^2 coding rate per class")
+    ax.legend(title="input", fontsize=8)
+    return fig
+
+
+def cka_heatmap(labels: list[str], matrix) -> Figure:
+    """Linear CKA between the inputs' representations (blank where two inputs do not share samples)."""
+    n = len(labels)
+    fig = _figure(1.2 * n + 3.0, 1.0 * n + 2.2)
+    ax = fig.subplots()
+    im = heatmap(ax, matrix, labels, vmin=0, vmax=1, cmap="viridis", fmt="{:.3f}", annotate=True)
+    fig.colorbar(im, ax=ax, label="linear CKA")
+    ax.set_xlabel("input")
+    ax.set_ylabel("input")
+    ax.set_title("Linear CKA between representations", fontsize=10)
+    return fig
+
+
+def comparison_figures(comparison) -> dict[str, Figure]:
+    """The views of a :class:`nc_probe.compare.Comparison`, by name."""
+    reports = comparison.reports
+    figs = {"metrics": compare_metrics(reports)}
+    if any(r.per_class.get("spectrum") for r in reports.values()):
+        figs["spectra"] = compare_spectra(reports)
+    if any(r.angles.get("angle_min") is not None for r in reports.values()):
+        figs["angle_min"] = compare_heatmaps(reports, "angle_min")
+    if any(r.per_class.get("mean_cosine") is not None for r in reports.values()):
+        figs["mean_cosine"] = compare_heatmaps(reports, "mean_cosine")
+    if any(r.per_class.get("coding_rate_class") for r in reports.values()):
+        figs["coding_rate"] = compare_coding_rate(reports)
+    cka = comparison.cka
+    if cka:
+        keep = [i for i, row in enumerate(cka["matrix"]) if any(v is not None for j, v in enumerate(row) if j != i)]
+        if keep:
+            figs["cka"] = cka_heatmap([cka["labels"][i] for i in keep],
+                                      [[cka["matrix"][i][j] for j in keep] for i in keep])
+    return figs
+
+
+# ---------------------------------------------------------------------------------------------- output
+def figure_bytes(fig: Figure, fmt: str = "png") -> bytes:
+    """The figure as PNG or SVG bytes. Rendered once per format and kept on the figure (``--plots`` and ``--html``
+    share the PNG), so change a figure before its first rendering, not after."""
+    cache = fig.__dict__.setdefault("_nc_probe_bytes", {})
+    if fmt not in cache:
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=DPI if fmt == "png" else None, metadata=_metadata(fmt))
+        cache[fmt] = buf.getvalue()
+    return cache[fmt]
+
+
+def _metadata(fmt: str) -> dict | None:
+    # No timestamps or version strings in the files, so the same report gives the same bytes.
+    if fmt == "svg":
+        return {"Date": None, "Creator": None}
+    if fmt == "png":
+        return {"Software": None}
+    return None
+
+
+def figure_data_uri(fig: Figure) -> str:
+    return "data:image/png;base64," + base64.b64encode(figure_bytes(fig, "png")).decode("ascii")
+
+
+def save_figures(figures: dict[str, Figure], out_dir, formats=("png", "svg")) -> list[Path]:
+    """Write each figure as ``NAME.png`` and ``NAME.svg`` (atomically) into ``out_dir``; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, fig in figures.items():
+        for fmt in formats:
+            path = out / f"{name}.{fmt}"
+            tmp = out / f".{name}.{fmt}.tmp"
+            try:
+                tmp.write_bytes(figure_bytes(fig, fmt))
+                tmp.replace(path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            written.append(path)
+    return written
+
+
+def save_plots(report: Report, out_dir, formats=("png", "svg")) -> list[Path]:
+    """:func:`report_figures` of ``report`` written into ``out_dir``."""
+    return save_figures(report_figures(report), out_dir, formats)

@@ -1,0 +1,171 @@
+"""The HTML report (self-contained, every metric key, every plot embedded; checked in headless Chromium when it is
+installed), the terminal summary's expectation column, and the --format exports."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+import nc_probe
+from nc_probe.cli import app
+from nc_probe.errors import InputError
+from nc_probe.render import exports, html, plots
+from nc_probe.render.terminal import render_report
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def feature_file(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    C, d, n = 4, 8, 400
+    centers = 3 * rng.normal(size=(C, d))
+    y = rng.integers(0, C, n)
+    H = centers[y] + 0.5 * rng.normal(size=(n, d))
+    path = tmp_path_factory.mktemp("feats") / "feats.safetensors"
+    nc_probe.write_store(path, H, y, W=centers, class_names=["a|b", "<dog>", "car", "ship"])
+    return path
+
+
+@pytest.fixture(scope="module")
+def report(feature_file):
+    return nc_probe.analyze_file(feature_file)
+
+
+@pytest.fixture(scope="module")
+def page(report):
+    return html.report_html(report)
+
+
+def test_page_holds_every_metric_key_and_plot(report, page):
+    for key in report.metrics:
+        assert f"<code>{key}</code>" in page, key
+    imgs = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    names = set(plots.report_figures(report))
+    assert len(imgs) == len(names) == 6
+    for name in names:
+        assert f'id="plot-{name}"' in page
+    assert all(base64.b64decode(b)[:4] == b"\x89PNG" for b in imgs)
+
+
+def test_page_is_self_contained(report, page):
+    assert "Content-Security-Policy" in page and "default-src 'none'" in page
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing fetched from anywhere
+    assert "<script" not in page
+    assert report.inputs["sha256"] in page and str(report.inputs["source"]) in page
+    for key in report.settings:
+        assert f"<code>{key}</code>" in page
+    # names are escaped, never markup
+    assert "&lt;dog&gt;" in page and "<dog>" not in page
+
+
+def test_analyze_writes_html_and_plots(feature_file, tmp_path):
+    res = CliRunner().invoke(app, ["analyze", str(feature_file), "--html", str(tmp_path / "r.html"),
+                                   "--plots", str(tmp_path / "plots"), "-q"])
+    assert res.exit_code == 0, res.output
+    assert "nc1_cdnv" in (tmp_path / "r.html").read_text()
+    names = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert names == sorted(f"{n}.{ext}" for n in ("metrics", "spectra", "angle_min", "mean_cosine",
+                                                    "coding_rate", "pca2d") for ext in ("png", "svg"))
+
+
+def _chromium(*args, tmp_path):
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+           f"--user-data-dir={tmp_path / 'profile'}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium (apt-get install -y chromium)")
+def test_page_renders_in_headless_chromium(report, page, tmp_path):
+    path = tmp_path / "report.html"
+    path.write_text(page)
+    res = _chromium("--dump-dom", path.as_uri(), tmp_path=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    dom = res.stdout
+    assert "<h1>nc-probe report</h1>" in dom
+    for key in report.metrics:
+        assert f"<code>{key}</code>" in dom, key
+    assert dom.count('src="data:image/png;base64,') == 6
+    shot = tmp_path / "shot.png"
+    res = _chromium("--screenshot=" + str(shot), "--window-size=1200,2400", "--hide-scrollbars", path.as_uri(),
+                    tmp_path=tmp_path)
+    assert res.returncode == 0 and shot.exists(), res.stderr[-2000:]
+    from matplotlib.image import imread
+
+    img = imread(shot)
+    assert img.shape[:2] == (2400, 1200)
+    assert img[..., :3].std() > 0.05  # drawn, not a blank page
+
+
+# ------------------------------------------------------------------------- terminal summary
+def test_summary_has_expectation_column_and_fits_100_columns(report):
+    console = Console(width=100, record=True, color_system=None)
+    render_report(report, console)
+    text = console.export_text()
+    assert "collapsed / MCR^2" in text
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert re.search(r"nc1 .*0 / large", text)
+    assert re.search(r"angle_min_mean .*~71 / ~90", text)  # arccos(1/3) for C=4
+
+
+# ------------------------------------------------------------------------- exports
+@pytest.mark.parametrize("fmt", ["csv", "json", "markdown"])
+def test_text_exports_hold_every_metric(report, fmt, tmp_path):
+    text = exports.report_text(report, fmt)
+    for key in report.metrics:
+        assert key in text
+    written = exports.write_exports(report, tmp_path, fmt)
+    suffix = exports.SUFFIX[fmt]
+    assert sorted(p.name for p in written) == sorted(["report.json", f"metrics.{suffix}", f"per_class.{suffix}",
+                                                      f"angles.{suffix}"])
+    if fmt == "json":
+        rows = json.loads((tmp_path / "metrics.json").read_text())
+        assert {r["metric"]: r["value"] for r in rows}["nc1"] == pytest.approx(report.metrics["nc1"])
+        assert all("nc2_etf_W" != r["metric"] or r["value"] is not None for r in rows)
+
+
+def test_markdown_without_tabulate(report, monkeypatch):
+    real = exports.importlib.util.find_spec
+    monkeypatch.setattr(exports.importlib.util, "find_spec", lambda n: None if n == "tabulate" else real(n))
+    table = exports.markdown_table(exports.frames(report)["per_class"])
+    lines = table.splitlines()
+    assert lines[0].startswith("| class_id") and re.fullmatch(r"\|[-:|]+\|", lines[1])
+    assert len(lines) == 2 + 4 and len({line.count("|") - line.count("\\|") for line in lines}) == 1
+    assert "a\\|b" in table  # a '|' in a class name does not break the table
+
+
+def test_parquet_needs_pyarrow(report, feature_file, tmp_path, monkeypatch):
+    real = exports.importlib.util.find_spec
+    monkeypatch.setattr(exports.importlib.util, "find_spec", lambda n: None if n == "pyarrow" else real(n))
+    with pytest.raises(InputError, match="pyarrow"):
+        exports.write_exports(report, tmp_path, "parquet")
+    res = CliRunner().invoke(app, ["analyze", str(feature_file), "--format", "parquet", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "pyarrow" in res.output
+
+
+def test_parquet_round_trip(report, tmp_path):
+    pytest.importorskip("pyarrow")
+    import pandas as pd
+
+    exports.write_exports(report, tmp_path, "parquet")
+    df = pd.read_parquet(tmp_path / "per_class.parquet")
+    assert df["n"].tolist() == report.per_class["n"]
+
+
+def test_cli_format_prints_tables_and_rejects_unknown(feature_file):
+    runner = CliRunner()
+    res = runner.invoke(app, ["analyze", str(feature_file), "--format", "markdown"])
+    assert res.exit_code == 0 and "## metrics" in res.output and "| nc1 " in res.output
+    res = runner.invoke(app, ["analyze", str(feature_file), "--format", "xml"])
+    assert res.exit_code == 2 and "--format" in res.output
+    res = runner.invoke(app, ["analyze", str(feature_file), "--format", "parquet"])  # binary: needs --out
+    assert res.exit_code == 2
