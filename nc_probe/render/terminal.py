@@ -13,6 +13,9 @@ from ..report import Report
 from .tables import per_class_frame
 
 MAX_CLASS_ROWS = 20
+# Short headers keep the per-class table inside 80 columns; the caption spells them out.
+CLASS_COLUMNS = {"class_name": "class", "n": "n", "acc_model": "acc", "acc_ncc": "acc_ncc", "rank_energy95": "r95",
+                 "rank_energy99": "r99", "rank_effective": "r_eff", "coding_rate_class": "R_c"}
 
 # What a collapsed (cross-entropy, terminal phase) and an MCR^2-like model show, per the spec's "Expected shapes".
 # "{etf}" is the ETF angle arccos(1/(C-1)) in degrees.
@@ -61,15 +64,23 @@ def header(report: Report) -> Text:
     return text
 
 
-def summary_table(report: Report) -> Table:
+MEANING_MIN_WIDTH = 110  # below this the one-line meanings wrap into unreadable cells; --help lists them
+
+
+def summary_table(report: Report, width: int = 200) -> Table:
     table = Table(title="Metrics", title_justify="left", show_lines=False)
     table.add_column("metric", style="cyan", no_wrap=True)
     table.add_column("value", justify="right")
     table.add_column("collapsed / MCR^2", no_wrap=True)
-    table.add_column("meaning", style="dim")
+    meaning = width >= MEANING_MIN_WIDTH
+    if meaning:
+        table.add_column("meaning", style="dim")
+    else:
+        table.caption = "nc-probe analyze --help explains each metric"
     C = report.inputs.get("num_classes")
     for key, value in report.metrics.items():
-        table.add_row(key, fmt(value), expected(key, C), METRIC_DOCS.get(key, ""))
+        row = [key, fmt(value), expected(key, C)]
+        table.add_row(*row, *([METRIC_DOCS.get(key, "")] if meaning else []))
     return table
 
 
@@ -77,11 +88,11 @@ def class_table(report: Report, limit: int = MAX_CLASS_ROWS) -> Table | None:
     df = per_class_frame(report)
     if len(df) > limit:
         return None
-    cols = [c for c in ("class_name", "n", "acc_model", "acc_ncc", "rank_energy95", "rank_effective",
-                        "coding_rate_class") if c in df.columns]
-    table = Table(title="Per class", title_justify="left")
+    cols = [c for c in CLASS_COLUMNS if c in df.columns and c != "rank_energy99"]
+    table = Table(title="Per class", title_justify="left",
+                  caption="  ".join(f"{CLASS_COLUMNS[c]}={c}" for c in cols if CLASS_COLUMNS[c] not in (c, "class")))
     for c in cols:
-        table.add_column(c, justify="left" if c == "class_name" else "right")
+        table.add_column(CLASS_COLUMNS[c], justify="left" if c == "class_name" else "right")
     for _, row in df[cols].iterrows():
         table.add_row(*[str(row[c]) if c == "class_name" else fmt(_py(row[c])) for c in cols])
     return table
@@ -100,7 +111,7 @@ def _py(v):
 
 def render_report(report: Report, console: Console | None = None) -> None:
     console = console or Console()
-    parts = [header(report), summary_table(report)]
+    parts = [header(report), summary_table(report, console.width)]
     ct = class_table(report)
     if ct is not None:
         parts.append(ct)
