@@ -1,0 +1,664 @@
+"""Data to run a classifier on (step 2 of the pipeline): from a spec string to batches of ``(x, y)``.
+
+Specs understood by :func:`open_data`:
+
+- ``sample:digits``: the 8x8 digits that ship with nc-probe (``nc_probe.samples.digits_dataset(split)``);
+- a ``.npz`` or ``.pt`` file of arrays ``x`` and ``y`` (also ``x_train``/``y_train``, ``x_test``/``y_test``... picked
+  by ``split``); uint8 images are scaled to [0, 1] and NHWC is turned into NCHW;
+- a folder of images with one sub-folder per class (``root/split/`` is used when it exists), resized to
+  ``image_size`` (shorter side, then a centre crop) and normalised with ``mean``/``std``; needs Pillow;
+- ``torchvision:CLASS:ROOT``: a torchvision dataset already on disk (never downloaded);
+- ``package.module:function`` (or ``file.py:function``): a function returning a Dataset or a DataLoader, called
+  with ``split=`` when it takes that argument.
+
+Python callers may also pass a Dataset, a DataLoader or an ``(x, y)`` pair of arrays instead of a string.
+
+``classes`` keeps only samples of some classes (labels keep their ids, so they still index the classifier's rows)
+and ``limit`` keeps N samples, each class getting its share, evenly spaced within the class, in dataset order (so a
+class-sorted dataset still gives every class); when the labels are not known in advance (an iterable dataset or a
+DataLoader), the filter is applied batch by batch and ``limit`` keeps the first N.
+
+This module imports nothing else of nc-probe but its errors: it sits upstream of extraction.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from .errors import InputError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+X_NAMES = ("x", "X", "inputs", "input", "images", "data")
+Y_NAMES = ("y", "Y", "labels", "targets", "label", "target")
+SAFE_DATA_PREFIXES = ("sample:", "torchvision:")
+
+
+@dataclass
+class DataSource:
+    """An opened data spec: what to iterate and what is known about it.
+
+    ``dataset`` is a map-style or iterable Dataset, or ``loader`` a user DataLoader used as it is. ``indices`` (for
+    map-style datasets) are the samples kept after class filtering and limit; ``label_filter`` / ``limit`` are
+    applied batch by batch when the labels were not known in advance. ``num_classes`` and ``class_names`` are the
+    dataset's own (all classes, before filtering) when it declares them.
+    """
+
+    spec: str
+    split: str | None = None
+    dataset: Any = None
+    loader: Any = None
+    class_names: list | None = None
+    num_classes: int | None = None
+    targets: np.ndarray | None = None
+    indices: np.ndarray | None = None
+    label_filter: list | None = None
+    limit: int | None = None
+    notes: list = field(default_factory=list)
+
+    def __len__(self) -> int:
+        if self.indices is not None:
+            return len(self.indices)
+        try:
+            n = len(self.loader.dataset if self.loader is not None else self.dataset)
+        except TypeError:
+            return 0
+        return min(n, self.limit) if self.limit else n
+
+    @property
+    def sized(self) -> bool:
+        """Whether the number of samples is known before iterating."""
+        return self.indices is not None or (self.label_filter is None and len(self) > 0)
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+class ArrayDataset(Dataset):
+    """In-memory ``x`` (N, ...) float32 and ``y`` (N,) int64, fetched a whole batch at a time."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, mean=None, std=None):
+        self.x, self.y = x, y
+        self.targets = y.numpy()
+        self.norm = _norm_tensors(mean, std, x.shape[1] if x.ndim >= 2 else 1, x.ndim)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i):
+        x = self.x[i]
+        if self.norm is not None:
+            x = (x - self.norm[0][0]) / self.norm[1][0]
+        return x, self.y[i]
+
+    def __getitems__(self, indices):
+        # One indexing op per batch instead of one per sample plus a collate of N small tensors.
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        x = self.x[idx]
+        if self.norm is not None:
+            x = (x - self.norm[0]) / self.norm[1]
+        return _Batch(x, self.y[idx])
+
+
+class _Batch(tuple):
+    """A batch already stacked by ``__getitems__``; :func:`collate` passes it through."""
+
+    def __new__(cls, x, y):
+        return super().__new__(cls, (x, y))
+
+
+def collate(items):
+    """Default collate, except for batches that a dataset's ``__getitems__`` stacked itself."""
+    if isinstance(items, _Batch):
+        return tuple(items)
+    return torch.utils.data.default_collate(items)
+
+
+def _norm_tensors(mean, std, channels: int, ndim: int):
+    if mean is None and std is None:
+        return None
+    mean = torch.as_tensor([0.0] if mean is None else list(mean), dtype=torch.float32)
+    std = torch.as_tensor([1.0] if std is None else list(std), dtype=torch.float32)
+    for name, t in (("--mean", mean), ("--std", std)):
+        if len(t) not in (1, channels):
+            raise InputError(f"{name} has {len(t)} values but the inputs have {channels} channels",
+                             fix=f"give 1 or {channels} values")
+    if bool((std == 0).any()):
+        raise InputError("--std contains a zero", fix="give positive standard deviations")
+    shape = (1, -1) + (1,) * max(ndim - 2, 0)
+    return mean.reshape(shape), std.reshape(shape)
+
+
+class ImageFolderDataset(Dataset):
+    """Images in ``root/<class>/...`` (classes sorted by folder name, files sorted by path), decoded with Pillow."""
+
+    def __init__(self, root: Path, *, image_size=None, mean=None, std=None, channels: int = 3):
+        try:
+            import PIL.Image  # noqa: F401
+        except ImportError:
+            raise InputError("reading an image folder needs Pillow, which is not installed", path=root,
+                             fix="pip install pillow, or pass the data as a .npz/.pt of arrays") from None
+        self.root = root
+        self.classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if not self.classes:
+            raise InputError("has no class sub-folders", path=root,
+                             fix="put the images of each class into their own sub-folder (root/cat/1.png, ...)")
+        self.samples = []
+        for idx, name in enumerate(self.classes):
+            files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
+                           and p.is_file())
+            self.samples.extend((str(p), idx) for p in files)
+        if not self.samples:
+            raise InputError(f"holds no images ({', '.join(IMAGE_EXTENSIONS)}) in its class sub-folders", path=root,
+                             fix="check the folder")
+        self.targets = np.asarray([t for _, t in self.samples], dtype=np.int64)
+        self.transform = ImageTransform(image_size, mean, std, channels)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        import PIL.Image
+
+        path, target = self.samples[i]
+        try:
+            with PIL.Image.open(path) as img:
+                x = self.transform(img)
+        except (OSError, ValueError) as e:
+            raise InputError(f"cannot read the image ({e.__class__.__name__})", path=path,
+                             fix="remove or replace the file") from None
+        return x, target
+
+
+class ImageTransform:
+    """PIL image (or tensor) -> float32 (C, H, W): convert to RGB/L, resize the shorter side to ``size`` and crop
+    the centre square, scale to [0, 1], normalise with ``mean``/``std``."""
+
+    def __init__(self, size=None, mean=None, std=None, channels: int = 3):
+        self.size = None if size is None else int(size)
+        self.channels = channels
+        norm = _norm_tensors(mean, std, channels, 4)
+        self.norm = None if norm is None else (norm[0][0], norm[1][0])
+
+    def __call__(self, img) -> torch.Tensor:
+        if isinstance(img, torch.Tensor):
+            x = img.float()
+        else:
+            import PIL.Image
+
+            img = img.convert("L" if self.channels == 1 else "RGB")
+            if self.size is not None:
+                w, h = img.size
+                scale = self.size / min(w, h)
+                nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
+                img = img.resize((nw, nh), PIL.Image.BILINEAR)
+                left, top = (nw - self.size) // 2, (nh - self.size) // 2
+                img = img.crop((left, top, left + self.size, top + self.size))
+            a = np.asarray(img, dtype=np.float32) / np.float32(255.0)
+            x = torch.from_numpy(a[None] if a.ndim == 2 else a.transpose(2, 0, 1).copy())
+        if self.norm is not None:
+            x = (x - self.norm[0]) / self.norm[1]
+        return x
+
+
+# ---------------------------------------------------------------------------------------------- opening
+def is_code_spec(spec) -> bool:
+    """Whether opening ``spec`` imports and calls user code (``package.module:function``)."""
+    return isinstance(spec, str) and not spec.startswith(SAFE_DATA_PREFIXES) and not os.path.exists(spec) \
+        and re.fullmatch(r"[^:]+:[A-Za-z_][\w.]*", spec) is not None
+
+
+def open_data(spec, *, split: str | None = None, limit: int | None = None, classes=None, image_size=None,
+              mean=None, std=None, channels: int = 3, class_names=None) -> DataSource:
+    """Open a data spec (see the module docstring) and apply the class filter and limit.
+
+    ``classes``: class ids or names (a list, or a string like ``"0-4,7"``). ``class_names``: names to use when the
+    data has none of its own (e.g. from the checkpoint). ``channels``: 1 or 3, for images.
+    """
+    if limit is not None and int(limit) < 1:
+        raise InputError(f"--limit must be at least 1, got {limit}", fix="pass a positive number of samples")
+    source = _open(spec, split, image_size, mean, std, channels)
+    if source.class_names is None and class_names is not None:
+        source.class_names = [str(c) for c in class_names]
+    if source.num_classes is None and source.class_names is not None:
+        source.num_classes = len(source.class_names)
+    wanted = parse_class_selection(classes, source.class_names, source.spec)
+    container = source.loader.dataset if source.loader is not None else source.dataset
+    if source.targets is None and source.loader is None and not isinstance(container, IterableDataset):
+        source.targets = _known_targets(container)
+    if source.targets is not None and source.loader is None:
+        idx = np.arange(len(source.targets))
+        if wanted is not None:
+            idx = idx[np.isin(source.targets, wanted)]
+            if len(idx) == 0:
+                raise InputError(f"no samples of --data-classes {_few(wanted)}", path=source.spec,
+                                 fix="pick classes that occur in the data")
+        if limit is not None and limit < len(idx):
+            idx = stratified_subset(idx, source.targets[idx], int(limit))
+        source.indices = idx
+    else:
+        source.label_filter = wanted
+        source.limit = None if limit is None else int(limit)
+    return source
+
+
+def stratified_subset(idx: np.ndarray, labels: np.ndarray, limit: int) -> np.ndarray:
+    """``limit`` of the indices ``idx``, each class getting its share (largest remainders), evenly spaced within
+    the class, returned in dataset order. Deterministic; works for class-sorted, shuffled and periodic labels."""
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    share = limit * counts / counts.sum()
+    quota = np.floor(share).astype(np.int64)
+    rest = limit - int(quota.sum())
+    if rest:
+        quota[np.argsort(-(share - quota), kind="stable")[:rest]] += 1
+    picked = []
+    for k in range(len(classes)):
+        members = idx[inverse == k]
+        q = int(quota[k])
+        if q:
+            picked.append(members[(np.arange(q) * len(members)) // q])
+    return np.sort(np.concatenate(picked))
+
+
+def _open(spec, split, image_size, mean, std, channels) -> DataSource:
+    if isinstance(spec, DataLoader):
+        return DataSource("<DataLoader>", split, loader=spec, **_declared(spec.dataset))
+    if isinstance(spec, Dataset):
+        return DataSource(f"<{type(spec).__name__}>", split, dataset=_fast(spec, mean, std), **_declared(spec))
+    if isinstance(spec, (tuple, list)) and len(spec) == 2:
+        x, y = _as_arrays(spec[0], spec[1], "<arrays>")
+        return DataSource("<arrays>", split, dataset=ArrayDataset(x, y, mean, std))
+    if not isinstance(spec, (str, os.PathLike)):
+        raise InputError(f"cannot use a {type(spec).__name__} as data",
+                         fix="pass a data spec string, a Dataset, a DataLoader or an (x, y) pair")
+    spec = str(spec)
+    if spec.startswith("sample:"):
+        return _open_sample(spec, split, mean, std)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        root = path
+        if split:
+            root = path / split
+            if not root.is_dir():
+                subs = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+                raise InputError(f"has no sub-folder for --split {split} (sub-folders: {_few(subs)})", path=spec,
+                                 fix="leave --split out when the class folders are directly inside, or name an "
+                                     "existing split")
+        ds = ImageFolderDataset(root, image_size=image_size, mean=mean, std=std, channels=channels)
+        return DataSource(spec, split, dataset=ds, class_names=list(ds.classes), num_classes=len(ds.classes),
+                          targets=ds.targets)
+    if path.is_file():
+        return _open_arrays(path, split, mean, std)
+    if spec.startswith("torchvision:"):
+        return _open_torchvision(spec, split, image_size, mean, std, channels)
+    if is_code_spec(spec):
+        return _open_function(spec, split, mean, std)
+    if spec.endswith((".npz", ".pt", ".pth")) or "/" in spec or os.sep in spec:
+        raise InputError("no such file or folder", path=spec, fix="check the --data path")
+    raise InputError(f"--data {spec!r} is not a file, a folder or a known data spec", path=None,
+                     fix="pass sample:digits, arrays.npz, an image folder, torchvision:CLASS:ROOT or "
+                         "package.module:function")
+
+
+def _declared(ds) -> dict:
+    """Class names and count a dataset declares (``classes`` as torchvision datasets have)."""
+    names = getattr(ds, "classes", None)
+    if isinstance(names, (list, tuple)) and names and all(isinstance(c, (str, int)) for c in names):
+        return {"class_names": [str(c) for c in names], "num_classes": len(names)}
+    return {}
+
+
+def _known_targets(ds) -> np.ndarray | None:
+    """Labels of every item, when the dataset exposes them without loading the inputs."""
+    if isinstance(ds, ArrayDataset):
+        return ds.targets
+    if isinstance(ds, torch.utils.data.TensorDataset) and len(ds.tensors) >= 2:
+        cand = ds.tensors[1]
+    else:
+        cand = getattr(ds, "targets", None)
+        if cand is None:
+            cand = getattr(ds, "labels", None)
+    if cand is None:
+        return None
+    try:
+        arr = np.asarray(cand.cpu() if isinstance(cand, torch.Tensor) else cand)
+        n = len(ds)
+    except (TypeError, ValueError):
+        return None
+    if arr.ndim != 1 or len(arr) != n or arr.dtype.kind not in "iu":
+        return None
+    return arr.astype(np.int64)
+
+
+def _fast(ds, mean, std):
+    """A two-tensor TensorDataset becomes an ArrayDataset (batched fetching); anything else is used as it is."""
+    if isinstance(ds, torch.utils.data.TensorDataset) and len(ds.tensors) == 2:
+        x, y = ds.tensors
+        if y.ndim == 1 and not y.is_floating_point():
+            return ArrayDataset(x.float() if x.dtype != torch.float32 else x, y.long(), mean, std)
+    if mean is not None or std is not None:
+        raise InputError("--mean/--std apply to arrays, image folders and torchvision datasets only",
+                         fix="normalise inside your dataset, or leave --mean/--std out")
+    return ds
+
+
+def _open_sample(spec, split, mean, std) -> DataSource:
+    name = spec.split(":", 1)[1]
+    if name != "digits":
+        raise InputError(f"unknown sample data {spec!r}", fix="the samples ship sample:digits")
+    from . import samples
+
+    try:
+        ds = samples.digits_dataset(split or "train")
+    except ValueError as e:
+        raise InputError(f"{spec}: {e}", fix="pass --split train, test or all") from None
+    except FileNotFoundError as e:
+        raise InputError(str(e), fix="reinstall nc-probe") from None
+    return DataSource(spec, split or "train", dataset=_fast(ds, mean, std), **_declared(ds))
+
+
+def _as_arrays(x, y, where):
+    def tensor(a):
+        if isinstance(a, torch.Tensor):
+            return a.detach().cpu()
+        a = np.asarray(a)
+        if a.dtype.kind not in "biuf":
+            raise InputError(f"holds {a.dtype} data, not numbers", path=where, fix="store numeric arrays")
+        return torch.from_numpy(np.ascontiguousarray(a))
+
+    x, y = tensor(x), tensor(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or len(y) != len(x):
+        raise InputError(f"x has {len(x)} rows but y has shape {tuple(y.shape)}", path=where,
+                         fix="store one integer label per row of x")
+    if y.is_floating_point():
+        if not bool(torch.all(y == torch.round(y))):
+            raise InputError("labels y are not whole numbers", path=where, fix="store class indices 0..C-1")
+    y = y.long()
+    if len(y) and int(y.min()) < 0:
+        raise InputError(f"negative label {int(y.min())}", path=where, fix="store class indices 0..C-1")
+    if x.dtype == torch.uint8:
+        x = x.float() / 255.0
+        if x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+            x = x.permute(0, 3, 1, 2).contiguous()
+    elif x.dtype != torch.float32:
+        x = x.float()
+    if len(x) == 0:
+        raise InputError("holds no samples", path=where, fix="store at least one row")
+    return x, y
+
+
+def _open_arrays(path: Path, split, mean, std) -> DataSource:
+    where = str(path)
+    if path.stat().st_size == 0:
+        raise InputError("file is empty", path=where, fix="save the arrays again")
+    if path.suffix == ".npz":
+        import zipfile
+
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            reason = "holds pickled objects" if "pickle" in str(e) else "is truncated or corrupt"
+            raise InputError(f"the .npz archive {reason}", path=where, fix="save plain arrays with np.savez") \
+                from None
+    elif path.suffix in (".pt", ".pth"):
+        import pickle
+        import zipfile
+
+        try:
+            arrays = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise InputError("holds Python objects that weights_only loading refuses", path=where,
+                             fix="save a dict of tensors, e.g. torch.save({'x': x, 'y': y}, path)") from None
+        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+            raise InputError(f"is truncated or not a torch.save file ({type(e).__name__})", path=where,
+                             fix="save it again") from None
+        if not isinstance(arrays, dict):
+            raise InputError(f"holds a {type(arrays).__name__}, not a dict of arrays", path=where,
+                             fix="save a dict, e.g. torch.save({'x': x, 'y': y}, path)")
+    else:
+        raise InputError("is not a data file nc-probe reads", path=where,
+                         fix="pass a .npz/.pt of arrays x and y, an image folder or a data spec")
+    suffix = ""
+    splits = sorted({k.split("_", 1)[1] for k in arrays if k.startswith(("x_", "X_")) and "_" in k})
+    if splits:
+        pick = split or ("train" if "train" in splits else splits[0])
+        if pick not in splits:
+            raise InputError(f"has no split {pick!r} (it has {', '.join(splits)})", path=where,
+                             fix=f"pass --split {splits[0]}")
+        suffix, split = f"_{pick}", pick
+    elif split:
+        raise InputError(f"has one set of arrays and no splits, but --split {split} was given", path=where,
+                         fix="leave --split out, or store x_train/y_train, x_test/y_test")
+    xk = next((k + suffix for k in X_NAMES if k + suffix in arrays), None)
+    yk = next((k + suffix for k in Y_NAMES if k + suffix in arrays), None)
+    if xk is None or yk is None:
+        raise InputError(f"needs arrays x and y (found {', '.join(sorted(map(str, arrays))[:8])})", path=where,
+                         fix="save them as x (inputs) and y (integer labels)")
+    x, y = _as_arrays(arrays[xk], arrays[yk], where)
+    names = arrays.get("class_names", arrays.get("classes"))
+    names = None if names is None else [str(c) for c in np.asarray(names).tolist()]
+    return DataSource(where, split, dataset=ArrayDataset(x, y, mean, std), class_names=names,
+                      num_classes=None if names is None else len(names))
+
+
+def _open_torchvision(spec, split, image_size, mean, std, channels) -> DataSource:
+    parts = spec.split(":", 2)
+    if len(parts) != 3 or not parts[1] or not parts[2]:
+        raise InputError(f"--data {spec!r} needs a root folder", fix="write torchvision:CIFAR10:/path/to/root")
+    _, name, root = parts
+    try:
+        import torchvision.datasets as tvd
+    except ImportError:
+        raise InputError(f"--data {spec} needs torchvision, which is not installed",
+                         fix="pip install torchvision, or pass an image folder or arrays") from None
+    cls = getattr(tvd, name, None)
+    if not isinstance(cls, type):
+        raise InputError(f"torchvision.datasets has no dataset {name!r}", fix="check the class name, e.g. CIFAR10")
+    params = inspect.signature(cls).parameters
+    kwargs = {"root": root, "transform": ImageTransform(image_size, mean, std, channels)}
+    if "download" in params:
+        kwargs["download"] = False
+    if "train" in params:
+        if split not in (None, "train", "test"):
+            raise InputError(f"torchvision {name} has splits train and test, not {split!r}",
+                             fix="pass --split train or --split test")
+        kwargs["train"] = split in (None, "train")
+        split = split or "train"
+    elif "split" in params:
+        split = split or "train"
+        kwargs["split"] = split
+    try:
+        ds = cls(**kwargs)
+    except (RuntimeError, FileNotFoundError, OSError, ValueError) as e:
+        raise InputError(f"torchvision {name} finds no usable data under {root} ({str(e).splitlines()[0][:100]}); "
+                         "nc-probe never downloads", path=root,
+                         fix=f"download it first, e.g. torchvision.datasets.{name}(root, download=True)") from None
+    return DataSource(spec, split, dataset=ds, **_declared(ds))
+
+
+def _open_function(spec, split, mean, std) -> DataSource:
+    fn = _import_object(spec)
+    if not callable(fn):
+        raise InputError(f"--data {spec} is not callable", fix="name a function returning a Dataset or DataLoader")
+    try:
+        takes_split = "split" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        takes_split = False
+    if split is not None and not takes_split:
+        raise InputError(f"--data {spec} takes no split argument but --split {split} was given",
+                         fix="leave --split out, or give the function a split parameter")
+    try:
+        result = fn(split=split) if takes_split and split is not None else fn()
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - user code: report, do not crash
+        raise InputError(f"--data {spec} failed: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}",
+                         fix="check the function") from None
+    if isinstance(result, DataLoader):
+        return DataSource(spec, split, loader=result, **_declared(result.dataset))
+    if isinstance(result, Dataset):
+        return DataSource(spec, split, dataset=_fast(result, mean, std), **_declared(result))
+    raise InputError(f"--data {spec} returned a {type(result).__name__}, not a Dataset or DataLoader",
+                     fix="return a torch.utils.data.Dataset or DataLoader")
+
+
+def _import_object(spec: str):
+    """``package.module:attr`` or ``file.py:attr`` -> the object (as nc_probe.loading does for --arch; kept
+    separate so that data never imports the model loader)."""
+    import importlib
+    import importlib.util
+
+    module_name, _, attr = spec.rpartition(":")
+    try:
+        if module_name.endswith(".py"):
+            file = Path(module_name)
+            if not file.is_file():
+                raise InputError(f"--data {spec}: no such file {file}", fix="check the path")
+            mod_spec = importlib.util.spec_from_file_location(f"nc_probe_user_{file.stem}", file)
+            module = importlib.util.module_from_spec(mod_spec)
+            mod_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise InputError(f"--data {spec}: cannot import {module_name} ({e})",
+                         fix="install it or run where it is importable (e.g. set PYTHONPATH)") from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise InputError(f"--data {spec}: {module_name} has no attribute {attr!r}", fix="check the name after ':'")
+        obj = getattr(obj, part)
+    return obj
+
+
+def parse_class_selection(value, class_names=None, where=None) -> list[int] | None:
+    """``None``, ids, names, or a string ``"0-4,7,cat"`` -> sorted class ids."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out = set()
+    for item in items:
+        if isinstance(item, (int, np.integer)):
+            out.add(int(item))
+            continue
+        text = str(item).strip()
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", text)
+        if m:
+            lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+            out.update(range(lo, hi + 1))
+        elif class_names and text in class_names:
+            out.add(class_names.index(text))
+        else:
+            raise InputError(f"--data-classes: {text!r} is neither a class index nor a class name", path=where,
+                             fix="write e.g. 0-4,7" + (f" or names like {class_names[0]}" if class_names else ""))
+    return sorted(out)
+
+
+# ---------------------------------------------------------------------------------------------- batches
+def iter_batches(source: DataSource, *, batch_size: int = 256, workers: int = 0,
+                 pin_memory: bool = False) -> Iterator[tuple[Any, torch.Tensor]]:
+    """Yield ``(x, y)`` batches in dataset order, with the class filter and limit applied; ``y`` is int64 (n,).
+
+    A user DataLoader is iterated as it is (its own batch size and workers).
+    """
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}", fix="pass e.g. --batch-size 256")
+    if workers < 0:
+        raise InputError(f"--workers must be >= 0, got {workers}", fix="pass 0 to load in the main process")
+    if source.loader is not None:
+        loader = source.loader
+    else:
+        ds = source.dataset
+        kw = dict(batch_size=batch_size, num_workers=workers, pin_memory=pin_memory, collate_fn=collate)
+        if workers > 0:
+            kw["prefetch_factor"] = 4
+        if source.indices is not None:
+            kw["sampler"] = source.indices.tolist()
+        loader = DataLoader(ds, **kw)
+    kept = 0
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except InputError as e:
+            if "\n" in str(e):  # raised in a worker: the message carries the worker's traceback
+                raise _batch_error(e, source) from None
+            raise
+        except Exception as e:  # noqa: BLE001 - turned into one-line user errors
+            raise _batch_error(e, source) from None
+        x, y = split_batch(batch, source.spec)
+        if source.label_filter is not None:
+            mask = torch.isin(y, torch.as_tensor(source.label_filter, dtype=torch.long))
+            if not bool(mask.all()):
+                x, y = index_inputs(x, mask), y[mask]
+        if source.limit is not None and kept + len(y) > source.limit:
+            keep = source.limit - kept
+            x, y = index_inputs(x, slice(0, keep)), y[:keep]
+        if len(y):
+            kept += len(y)
+            yield x, y
+        if source.limit is not None and kept >= source.limit:
+            return
+
+
+def _batch_error(e: Exception, source: DataSource) -> InputError:
+    text = str(e)
+    if "Caught InputError" in text or "InputError:" in text:
+        # An InputError raised in a DataLoader worker comes back with the worker's traceback in its message.
+        last = [ln for ln in text.strip().splitlines() if "InputError" in ln][-1]
+        return InputError(last.split("InputError:", 1)[-1].strip())
+    if "stack expects each tensor to be equal size" in text or "equal size" in text:
+        return InputError("samples have different shapes and cannot form a batch", path=source.spec,
+                          fix="pass --image-size to resize images to one size")
+    first = text.strip().splitlines()[-1][:160] if text.strip() else ""
+    return InputError(f"reading the data failed: {type(e).__name__}: {first}", path=source.spec,
+                      fix="check the data (try --workers 0 to see the error in the main process)")
+
+
+def split_batch(batch, where=None) -> tuple[Any, torch.Tensor]:
+    """``(x, y)`` from a collated batch: a tuple/list ``(x, y, ...)`` or a dict with input and label keys."""
+    if isinstance(batch, dict):
+        xk = next((k for k in (*X_NAMES, "image", "pixel_values", "img") if k in batch), None)
+        yk = next((k for k in Y_NAMES if k in batch), None)
+        if xk is None or yk is None:
+            raise InputError(f"batches are dicts with keys {sorted(batch)[:6]}, without an input and a label key",
+                             path=where, fix="return (x, y) pairs or dicts with keys x/image and y/label")
+        x, y = batch[xk], batch[yk]
+    elif isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        x, y = batch[0], batch[1]
+    else:
+        raise InputError(f"batches are {type(batch).__name__}s, not (x, y) pairs", path=where,
+                         fix="make the dataset return (input, label) pairs")
+    y = torch.as_tensor(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or y.is_floating_point() or y.dtype == torch.bool:
+        raise InputError(f"labels have shape {tuple(y.shape)} and dtype {y.dtype}, not one class index per sample",
+                         path=where, fix="return integer class indices, not one-hot vectors")
+    return x, y.long()
+
+
+def index_inputs(x, index):
+    """Select rows of an input batch: a tensor, a tuple/list of tensors or a dict of tensors."""
+    if isinstance(x, torch.Tensor):
+        return x[index]
+    if isinstance(x, (tuple, list)):
+        return type(x)(index_inputs(v, index) for v in x)
+    if isinstance(x, dict):
+        return {k: index_inputs(v, index) for k, v in x.items()}
+    return x
+
+
+def _few(items, n: int = 5) -> str:
+    items = list(items)
+    return ", ".join(map(str, items[:n])) + (", ..." if len(items) > n else "")
