@@ -7,9 +7,11 @@ __version__ = "0.1.0"
 
 from .analysis import analyze_features, analyze_file, analyze_store  # noqa: E402
 from .errors import InputError  # noqa: E402
+from .pipeline import analyze_checkpoint, extract_features, inspect_checkpoint  # noqa: E402
 from .report import Report  # noqa: E402
 from .stats import ClassStats  # noqa: E402
 from .store import FeatureStore, StoreWriter, open_store, write_store  # noqa: E402
 
-__all__ = ["ClassStats", "FeatureStore", "InputError", "Report", "StoreWriter", "__version__", "analyze_features",
-           "analyze_file", "analyze_store", "open_store", "write_store"]
+__all__ = ["ClassStats", "FeatureStore", "InputError", "Report", "StoreWriter", "__version__", "analyze_checkpoint",
+           "analyze_features", "analyze_file", "analyze_store", "extract_features", "inspect_checkpoint", "open_store",
+           "write_store"]
