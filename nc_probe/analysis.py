@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from .errors import InputError
 from .metrics import collapse, subspace
 from .metrics.predictions import NearestCenter, PredictionTally, classifier_predict
@@ -20,6 +20,7 @@ from .store import FeatureStore, open_store
 
 DEFAULTS = {"eps2": 0.5, "rank_tol": 1e-6, "subspace_dim": None, "classes": None, "memory_budget": 2 * GiB}
 SPECTRUM_KEEP = 64
+PASS2_BLOCK = 4096  # CPU pass 2: rows cast to float64 and scored at a time (a cache-sized block)
 PCA_POINTS = 2000  # rows of the deterministic subsample whose 2-D PCA projection the report keeps (for plots)
 
 
@@ -63,8 +64,10 @@ def analyze_store(store: FeatureStore, *, eps2: float = 0.5, rank_tol: float = 1
     _check_settings(eps2, rank_tol, subspace_dim, store)
     timings = {}
     t_start = t = time.perf_counter()
+    if distributed.active() and not store.is_shard:
+        store = store.shard(*distributed.row_range(store.num_samples))
     labels = store.labels()
-    num_classes = _num_classes(store, labels)
+    num_classes = distributed.all_reduce_max(_num_classes(store, labels))
     rows = chunk_rows or auto_chunk_rows(store.dim)
     budget_warning = None
     if stats is None:
@@ -80,7 +83,8 @@ def analyze_store(store: FeatureStore, *, eps2: float = 0.5, rank_tol: float = 1
         if stats.total == 0:
             for chunk in store.iter_chunks(rows):
                 stats.update(torch.from_numpy(np.asarray(chunk.features)), torch.from_numpy(chunk.labels))
-            stats.all_reduce()
+                del chunk  # before the next read: one chunk in memory at a time
+        stats.all_reduce()  # under torchrun each rank holds its shard's statistics (given or just accumulated)
         timings["pass1_stats"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -175,7 +179,7 @@ def _check_settings(eps2, rank_tol, subspace_dim, store):
 
 
 def _num_classes(store: FeatureStore, labels: np.ndarray) -> int:
-    top = int(labels.max()) + 1
+    top = int(labels.max()) + 1 if len(labels) else 0  # a torchrun shard may be empty
     if store.W is not None and store.W.shape[0] < top:
         raise InputError(f"the classifier W has {store.W.shape[0]} rows but the labels go up to {top - 1}",
                          path=store.source, fix="pass the W of the model that was trained on these labels")
@@ -193,6 +197,8 @@ def _num_classes(store: FeatureStore, labels: np.ndarray) -> int:
 
 def _second_pass(store, stats, ids, W, rows, device, pca=None) -> PredictionTally:
     dev = stats.device
+    if dev.type == "cpu":
+        return _second_pass_host(store, stats, ids, W, rows, pca)
     ncc = NearestCenter(stats.mean[torch.as_tensor(ids, device=dev)], torch.as_tensor(ids, device=dev))
     Wt = None if W is None else torch.as_tensor(W, device=dev)
     bt = None if store.b is None else torch.as_tensor(store.b, dtype=torch.float64, device=dev)
@@ -206,6 +212,124 @@ def _second_pass(store, stats, ids, W, rows, device, pca=None) -> PredictionTall
         if pca is not None:
             pca.add(start, h, y)
     return tally.all_reduce()
+
+
+def _second_pass_host(store, stats, ids, W, rows, pca=None) -> PredictionTally:
+    """:func:`_second_pass` on the CPU, with the same float64 decisions as ``NearestCenter`` and
+    ``classifier_predict``, ``PASS2_BLOCK`` rows at a time and one matrix product against the class means and the
+    classifier rows together.
+
+    Float32 features are first scored in float32 (about twice the speed), with a rigorous bound on the rounding
+    (``_Float32Screen``); a row whose best class does not win by more than that bound (near-ties, exact ties) is
+    scored again in float64 exactly as before, so every decision is the float64 one.
+    """
+    means = stats.mean[torch.as_tensor(ids)]
+    K = len(ids)
+    sq = means.square().sum(1)
+    cols = (means if W is None else torch.cat([means, torch.as_tensor(W, dtype=torch.float64)])).T
+    bt = None if W is None or store.b is None else torch.as_tensor(store.b, dtype=torch.float64)
+    ids_t = torch.as_tensor(ids)
+    screen = _Float32Screen(cols, sq, K, bt)
+    tally = PredictionTally(stats.num_classes)
+    buf = torch.empty(min(PASS2_BLOCK, store.num_samples), store.dim, dtype=torch.float64)
+
+    def exact(h64):
+        scores = h64 @ cols
+        ncc = torch.argmin(sq - 2 * scores[:, :K], dim=1)
+        model = None if W is None else torch.argmax(scores[:, K:] if bt is None else scores[:, K:] + bt, dim=1)
+        return ncc, model
+
+    for start in range(0, store.num_samples, rows):
+        stop = min(start + rows, store.num_samples)
+        feats = torch.from_numpy(np.asarray(store.read("features", start, stop)))
+        labels = torch.from_numpy(store.labels_chunk(start, stop))
+        logits = store.read("logits", start, stop) if store.has_logits and W is None else None
+        for s in range(0, stop - start, PASS2_BLOCK):
+            e = min(s + PASS2_BLOCK, stop - start)
+            block = feats[s:e]
+            h = None
+            screened = screen(block) if block.dtype == torch.float32 else None
+            if screened is None:
+                h = buf[: e - s]
+                h.copy_(block)
+                ncc, model = exact(h)
+            else:
+                ncc, model, unsure = screened
+                if len(unsure):
+                    ncc[unsure], again = exact(block[unsure].to(torch.float64))
+                    if model is not None:
+                        model[unsure] = again
+            ncc = ids_t[ncc]
+            if W is None:
+                model = None if logits is None else torch.argmax(torch.as_tensor(logits[s:e]), dim=1)
+            y = labels[s:e]
+            tally.add(y, ncc, model)
+            if pca is not None:
+                pca.add(start + s, block if h is None else h, y)  # float32 rows promote exactly
+    return tally.all_reduce()
+
+
+class _Float32Screen:
+    """Nearest class center and classifier argmax of float32 rows, computed in float32 with an error bound.
+
+    For a float32 row ``h`` and a float64 column ``c`` (a class mean or a classifier row), the float32 product of
+    ``h`` with ``c`` rounded to float32 differs from the exact ``h . c`` by at most ``(d+2) u / (1 - (d+2) u)
+    ||h|| ||c||`` (u = 2^-24; the rounding of ``c`` plus a dot product of d terms, in any summation order, with or
+    without FMA; Higham, Accuracy and Stability, 3.1) plus ``d 2^-149`` for underflow. The float64 score of the
+    original computation is within ``(d+2) 2^-53 ||h|| ||c||`` of the exact one, and the final float64 subtraction
+    or addition within ``2^-52`` of the magnitudes involved. A row's decision is taken from the float32 scores only
+    when the runner-up trails the best by more than twice the sum of these bounds (doubled again for safety);
+    then the float64 computation makes the same decision. Other rows are returned as ``unsure``.
+    """
+
+    def __init__(self, cols: torch.Tensor, sq: torch.Tensor, K: int, bias: torch.Tensor | None):
+        self.K = K
+        d = cols.shape[0]
+        u = 2.0**-24
+        self.gamma = 2.0 * ((d + 2) * u / (1 - (d + 2) * u) + (d + 2) * 2.0**-53)
+        self.tiny = 2.0 * d * 2.0**-149
+        self.cols32 = cols.to(torch.float32)
+        norms = torch.linalg.vector_norm(cols, dim=0)
+        self.usable = bool(torch.isfinite(self.cols32).all()) and bool(torch.isfinite(norms).all())
+        self.sq = sq
+        self.mean_norm = float(norms[:K].max()) if K else 0.0
+        self.w_norm = float(norms[K:].max()) if cols.shape[1] > K else 0.0
+        self.sq_max = float(sq.abs().max()) if K else 0.0
+        self.bias = bias
+        self.b_max = 0.0 if bias is None else float(bias.abs().max())
+        self.has_w = cols.shape[1] > K
+
+    def __call__(self, block: torch.Tensor):
+        if not self.usable:
+            return None
+        s32 = block @ self.cols32
+        if not bool(torch.isfinite(s32).all()):
+            return None
+        s = s32.to(torch.float64)
+        hn = torch.linalg.vector_norm(block, dim=1, dtype=torch.float64)
+        eps = 2.0**-52
+        K = self.K
+        # nearest center: D_c = ||mu_c||^2 - 2 h.mu_c, smallest wins
+        dist = self.sq - 2 * s[:, :K]
+        if K >= 2:
+            two = torch.topk(dist, 2, dim=1, largest=False)
+            bound = 2 * (self.gamma * hn * self.mean_norm + self.tiny) + 2 * eps * (self.sq_max + 2 * hn * self.mean_norm)
+            unsure = two.values[:, 1] - two.values[:, 0] <= 2 * bound
+            ncc = two.indices[:, 0].clone()
+        else:
+            unsure = torch.zeros(len(block), dtype=torch.bool)
+            ncc = torch.zeros(len(block), dtype=torch.long)
+        model = None
+        if self.has_w:
+            logit = s[:, K:] if self.bias is None else s[:, K:] + self.bias
+            if logit.shape[1] >= 2:
+                two = torch.topk(logit, 2, dim=1, largest=True)
+                bound = (self.gamma * hn * self.w_norm + self.tiny) + 2 * eps * (self.b_max + hn * self.w_norm)
+                unsure |= two.values[:, 0] - two.values[:, 1] <= 2 * bound
+                model = two.indices[:, 0].clone()
+            else:
+                model = torch.zeros(len(block), dtype=torch.long)
+        return ncc, model, unsure.nonzero().squeeze(1)
 
 
 def _mean_cosine(M: np.ndarray) -> np.ndarray:
@@ -252,9 +376,13 @@ class _PCASample:
 
     def result(self) -> dict:
         pts = np.concatenate(self.points) if self.points else np.zeros((0, 2))
+        labels = np.concatenate(self.labels) if self.labels else np.zeros(0, dtype=np.int64)
+        parts = distributed.gather_objects((pts, labels))  # under torchrun: every rank's sample, in rank order
+        pts = np.concatenate([p for p, _ in parts])
+        labels = np.concatenate([lab for _, lab in parts])
         return {"points": [[float(f"{a:.5g}"), float(f"{b:.5g}")] for a, b in pts],
-                "labels": [int(v) for v in (np.concatenate(self.labels) if self.labels else [])],
-                "explained_variance_ratio": self.ratio, "num_samples": int(len(self.rows)), "seed": 0}
+                "labels": [int(v) for v in labels],
+                "explained_variance_ratio": self.ratio, "num_samples": int(len(pts)), "seed": 0}
 
 
 def _subspace_metrics(stats: ClassStats, count, eps2, rank_tol, subspace_dim):
@@ -269,12 +397,17 @@ def _subspace_metrics(stats: ClassStats, count, eps2, rank_tol, subspace_dim):
     per = {k: [] for k in ("rank_energy95", "rank_energy99", "rank_effective", "rank_numerical",
                            "coding_rate_class", "basis_dim", "spectrum")}
     bases = []
-    for slot, c in enumerate(stats.subspace_classes):
-        if count[c] == 0:
-            continue
-        lam, vec = subspace.spectrum(stats.zz[slot].cpu().numpy() / count[c])
+    zz = stats.zz.cpu().numpy()
+
+    def decompose(item):  # one eigh per class, on parallel_map threads; only the k basis vectors are kept
+        slot, c = item
+        lam, vec = subspace.spectrum(zz[slot] / count[c])
         r95 = subspace.energy_rank(lam, 0.95)
-        k = subspace_dim or max(r95, 1)
+        return lam, r95, np.ascontiguousarray(vec[:, : subspace_dim or max(r95, 1)])
+
+    items = [(slot, c) for slot, c in enumerate(stats.subspace_classes) if count[c] > 0]
+    for lam, r95, basis in subspace.parallel_map(decompose, items):
+        k = basis.shape[1]
         per["rank_energy95"].append(r95)
         per["rank_energy99"].append(subspace.energy_rank(lam, 0.99))
         per["rank_effective"].append(subspace.effective_rank(lam))
@@ -283,7 +416,7 @@ def _subspace_metrics(stats: ClassStats, count, eps2, rank_tol, subspace_dim):
         per["basis_dim"].append(k)
         top = lam[:SPECTRUM_KEEP]
         per["spectrum"].append((top / lam.sum() if lam.sum() > 0 else top).tolist())
-        bases.append(np.ascontiguousarray(vec[:, :k]))
+        bases.append(basis)
     small = [c for c in tracked if count[c] < 5 * d]
     if small:
         warnings.append(f"{len(small)} classes have fewer than 5*d={5 * d} samples, so their subspace estimates are "

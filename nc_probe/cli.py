@@ -5,14 +5,19 @@ Errors in the user's input print one line and exit with code 2; a rule broken in
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from . import __version__
+from . import __version__, distributed
 from .errors import InputError
 
 app = typer.Typer(
@@ -26,12 +31,19 @@ app = typer.Typer(
 err_console = Console(stderr=True, highlight=False)
 
 
+# Options naming files a command writes; under torchrun only rank 0 writes them (see _quiet_worker).
+OUTPUT_OPTIONS = ("json_path", "out", "plots", "html", "junit", "markdown", "output")
+
+
 def user_errors(fn):
-    """Turn InputError (and a few OS errors on output paths) into one line on stderr and exit code 2."""
+    """Turn InputError (and OS errors on paths) into one line on stderr and exit code 2; join torchrun's group."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            if distributed.init_from_env(kwargs.get("device") or "auto") and not distributed.is_main():
+                with _quiet_worker(kwargs) as worker_kwargs:
+                    return fn(*args, **worker_kwargs)
             return fn(*args, **kwargs)
         except InputError as e:
             err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
@@ -47,6 +59,20 @@ def user_errors(fn):
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _quiet_worker(kwargs: dict):
+    """Ranks other than 0 compute the same collectives but print nothing and write their outputs to a scratch
+    folder that is then removed, so every rank runs exactly the same code path."""
+    scratch = Path(tempfile.mkdtemp(prefix="nc-probe-rank"))
+    moved = {k: (scratch / f"{k}-{Path(v).name}" if k in OUTPUT_OPTIONS and v is not None else v)
+             for k, v in kwargs.items()}
+    try:
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            yield moved
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _version(value: bool):

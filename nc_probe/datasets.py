@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from . import distributed
 from .errors import InputError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -573,15 +574,22 @@ def iter_batches(source: DataSource, *, batch_size: int = 256, workers: int = 0,
         raise InputError(f"--batch-size must be at least 1, got {batch_size}", fix="pass e.g. --batch-size 256")
     if workers < 0:
         raise InputError(f"--workers must be >= 0, got {workers}", fix="pass 0 to load in the main process")
+    limit = source.limit
     if source.loader is not None:
+        if distributed.active():
+            raise InputError("a DataLoader cannot be split between torchrun processes", path=source.spec,
+                             fix="return a map-style Dataset instead, or run a single process")
         loader = source.loader
     else:
         ds = source.dataset
         kw = dict(batch_size=batch_size, num_workers=workers, pin_memory=pin_memory, collate_fn=collate)
         if workers > 0:
             kw["prefetch_factor"] = 4
-        if source.indices is not None:
-            kw["sampler"] = source.indices.tolist()
+        indices = source.indices
+        if distributed.active():
+            indices, limit = _shard_indices(source), None
+        if indices is not None:
+            kw["sampler"] = indices.tolist()
         loader = DataLoader(ds, **kw)
     kept = 0
     it = iter(loader)
@@ -601,14 +609,26 @@ def iter_batches(source: DataSource, *, batch_size: int = 256, workers: int = 0,
             mask = torch.isin(y, torch.as_tensor(source.label_filter, dtype=torch.long))
             if not bool(mask.all()):
                 x, y = index_inputs(x, mask), y[mask]
-        if source.limit is not None and kept + len(y) > source.limit:
-            keep = source.limit - kept
+        if limit is not None and kept + len(y) > limit:
+            keep = limit - kept
             x, y = index_inputs(x, slice(0, keep)), y[:keep]
         if len(y):
             kept += len(y)
             yield x, y
-        if source.limit is not None and kept >= source.limit:
+        if limit is not None and kept >= limit:
             return
+
+
+def _shard_indices(source: DataSource) -> np.ndarray:
+    """This torchrun rank's samples: every world_size-th of the kept indices, so each sample is seen once."""
+    ds = source.dataset
+    if isinstance(ds, IterableDataset) or not hasattr(ds, "__len__"):
+        raise InputError("an iterable dataset cannot be split between torchrun processes", path=source.spec,
+                         fix="use a map-style Dataset (with __len__ and __getitem__), or run a single process")
+    idx = source.indices if source.indices is not None else np.arange(len(ds))
+    if source.limit is not None:
+        idx = idx[: source.limit]
+    return idx[distributed.rank()::distributed.world_size()]
 
 
 def _batch_error(e: Exception, source: DataSource) -> InputError:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import distributed
 from .analysis import analyze_store
 from .datasets import is_code_spec, iter_batches, open_data
 from .errors import InputError
@@ -103,6 +104,10 @@ def _run(loaded: LoadedModel, *, data, split, limit, data_classes, image_size, m
          batch_size, workers, amp, save_features, progress, trust_checkpoint, subspace_classes, memory_budget,
          sha_future=None) -> tuple[Extraction, dict]:
     meta = loaded.metadata
+    if save_features is not None and distributed.active():
+        raise InputError("--save-features under torchrun would keep only one process's share of the samples",
+                         path=save_features, fix="extract the features once in a single process")
+    progress = progress and distributed.is_main()
     spec, split = _data_spec(loaded, data, split, trust_checkpoint)
     source = open_data(spec, split=split, limit=limit, classes=data_classes,
                        image_size=image_size if image_size is not None else meta.get("image_size"),
@@ -180,7 +185,9 @@ def analyze_checkpoint(path, *, arch: str | None = None, arch_kwargs: dict | Non
     # The analysis would hash the store's source (the checkpoint, or the features file) again; the checkpoint's
     # digest is already known and is the one the report records.
     ext.store.sha256 = lambda: digest
-    report = analyze_store(ext.store, stats=ext.stats, device=str(stats_device(resolve_device(device))),
+    # Under torchrun the extracted store already is this rank's share of the samples.
+    store = ext.store.shard(0, ext.store.num_samples) if distributed.active() else ext.store
+    report = analyze_store(store, stats=ext.stats, device=str(stats_device(resolve_device(device))),
                            layer=ext.layer, inputs=inputs, **settings)
     report.warnings[:0] = ext.warnings
     report.timings = {"load_model": t_load, "extraction": ext.seconds,

@@ -24,6 +24,8 @@ from .errors import InputError
 
 GiB = 1024**3
 F64 = torch.float64
+GROUP_ROWS = 2048  # CPU update: rows of consecutive classes processed together (a few MiB of float64, in cache)
+STAGE_ROWS = 8192  # CPU update: centered rows per pooled-scatter syrk
 
 
 def gram(x: torch.Tensor) -> torch.Tensor:
@@ -94,6 +96,8 @@ class ClassStats:
     # ------------------------------------------------------------------ accumulation
     def update(self, features, labels) -> "ClassStats":
         """Add one batch: ``features`` (n, d), ``labels`` (n,) integers in ``[0, C)``. Returns self."""
+        if self.device.type == "cpu":
+            return self._update_host(features, labels)
         h = torch.as_tensor(features).to(self.device, F64)
         h = h.reshape(len(h), -1 if h.numel() else self.dim)  # an empty batch has no -1 to infer
         y = torch.as_tensor(labels).to(self.device, torch.long).reshape(-1)
@@ -133,6 +137,96 @@ class ClassStats:
                 self.zz[slot] += gram(z[s : s + n])
         return self
 
+    def _update_host(self, features, labels) -> "ClassStats":
+        """``update`` on the CPU, in numpy: the same statistics, computed class group by class group.
+
+        Rows are sorted by class and taken in groups of consecutive classes of about ``GROUP_ROWS`` rows, so each
+        group is gathered, cast to float64, centered and normalized while it sits in cache (no batch-sized float64
+        copies); the centered rows are staged for one large BLAS syrk per ``STAGE_ROWS`` rows, and each tracked
+        class's unit rows go to one syrk. Same formulas as the torch path, only the summation order differs.
+        """
+        a = _host_rows(features, self.dim)
+        y = _host_labels(labels)
+        if a.shape[1] != self.dim or a.shape[0] != y.shape[0]:
+            raise InputError(
+                f"batch of shape {tuple(a.shape)} with {y.shape[0]} labels does not fit statistics of dimension "
+                f"{self.dim}",
+                fix="pass features (n, d) and n labels",
+            )
+        if a.shape[0] == 0:
+            return self
+        C, d = self.num_classes, self.dim
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= C:
+            raise IndexError(f"label {lo if lo < 0 else hi} is outside 0..{C - 1}")
+        bcount = np.bincount(y, minlength=C)
+        order = np.argsort(y, kind="stable")
+        present = np.flatnonzero(bcount)
+        ends = np.cumsum(bcount[present])
+        starts = ends - bcount[present]
+        bmean = np.zeros((C, d))
+        bm2 = np.zeros(C)
+        bscatter = np.zeros((d, d))
+        zero_norm = np.zeros(C, dtype=np.int64)
+        slots = self._slot.numpy()
+        zz = self.zz.numpy()
+        zz_total = None if self.zz_total is None else self.zz_total.numpy()
+        stage = self._stage_buffer(min(len(a), STAGE_ROWS))
+        fill = 0
+        i = 0
+        while i < len(present):
+            j = i + 1 + int(np.searchsorted(ends[i + 1:], starts[i] + GROUP_ROWS, side="right"))
+            cls, cnt = present[i:j], bcount[present[i:j]]
+            s0, s1 = int(starts[i]), int(ends[j - 1])
+            loc = starts[i:j] - s0
+            m = s1 - s0
+            h = np.asarray(a[order[s0:s1]], dtype=np.float64)
+            if m > len(stage) - fill:
+                if fill:
+                    st = stage[:fill]
+                    bscatter += st.T @ st
+                    fill = 0
+            x = stage[fill : fill + m] if m <= len(stage) else np.empty((m, d))
+            spans = list(zip(cls.tolist(), loc.tolist(), (loc + cnt).tolist()))
+            for c, l0, l1 in spans:  # per class (numpy's add.reduceat is ~10x slower than these row sums)
+                mean = h[l0:l1].sum(0) / (l1 - l0)
+                bmean[c] = mean
+                xc = np.subtract(h[l0:l1], mean, out=x[l0:l1])
+                bm2[c] = np.einsum("ij,ij->", xc, xc)
+            if m <= len(stage):
+                fill += m
+            else:
+                bscatter += x.T @ x
+            del x
+            norms = np.sqrt(np.einsum("ij,ij->i", h, h))
+            zero = norms == 0
+            if zero.any():
+                zero_norm += np.bincount(y[order[s0:s1]][zero], minlength=C)
+                norms[zero] = 1.0
+            h /= norms[:, None]
+            if zz_total is not None:
+                zz_total += h.T @ h
+            for c, l0, l1 in spans:
+                slot = slots[c]
+                if slot >= 0:
+                    z = h[l0:l1]
+                    zz[slot] += z.T @ z
+            i = j
+        if fill:
+            st = stage[:fill]
+            bscatter += st.T @ st
+        self._merge_moments(_Moments(torch.from_numpy(bcount), torch.from_numpy(bmean), torch.from_numpy(bm2),
+                                     torch.from_numpy(bscatter)))
+        self.zero_norm += torch.from_numpy(zero_norm)
+        return self
+
+    def _stage_buffer(self, rows: int) -> np.ndarray:
+        """A reused float64 (rows, d) scratch buffer (kept between batches, so no page faults per batch)."""
+        buf = getattr(self, "_stage", None)
+        if buf is None or len(buf) < rows:
+            buf = self._stage = np.empty((rows, self.dim))
+        return buf[:rows]
+
     def merge(self, other: "ClassStats") -> "ClassStats":
         """Add the statistics of ``other`` (same C, d and tracked classes) into self. Returns self."""
         if (other.num_classes, other.dim, other.subspace_classes) != (
@@ -171,14 +265,14 @@ class ClassStats:
         """
         import torch.distributed as dist
 
+        from . import distributed
+
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
             return self
         n_local = self.count.to(F64)
-        total = self.count.clone()
-        dist.all_reduce(total, group=group)
+        total = distributed.all_reduce_(self.count.clone(), group)
         n_total = total.to(F64)
-        sums = self.mean * n_local[:, None]
-        dist.all_reduce(sums, group=group)
+        sums = distributed.all_reduce_(self.mean * n_local[:, None], group)
         g_mean = sums / torch.where(n_total > 0, n_total, torch.ones_like(n_total))[:, None]
         delta = self.mean - g_mean
         has = n_local > 0
@@ -188,7 +282,7 @@ class ClassStats:
         for t in (self.scatter, self.m2, self.zero_norm, self.zz) + (
             () if self.zz_total is None else (self.zz_total,)
         ):
-            dist.all_reduce(t, group=group)
+            distributed.all_reduce_(t, group)
         self.count, self.mean = total, g_mean
         return self
 
@@ -218,6 +312,26 @@ class ClassStats:
 
     def to_numpy(self) -> dict:
         return {k: (v.cpu().numpy() if isinstance(v, torch.Tensor) else v) for k, v in self.state_dict().items()}
+
+
+def _host_rows(features, dim: int) -> np.ndarray:
+    """Features as a 2-D numpy array (float32 and float64 kept as they are, anything else cast to float64)."""
+    if isinstance(features, torch.Tensor):
+        t = features.detach().cpu()
+        if t.dtype not in (torch.float32, torch.float64):
+            t = t.to(F64)
+        a = t.numpy()
+    else:
+        a = np.asarray(features)
+        if a.dtype not in (np.float32, np.float64):
+            a = a.astype(np.float64)
+    return a.reshape(len(a), -1 if a.size else dim)
+
+
+def _host_labels(labels) -> np.ndarray:
+    if isinstance(labels, torch.Tensor):
+        labels = labels.detach().cpu().numpy()
+    return np.asarray(labels).astype(np.int64, copy=False).reshape(-1)
 
 
 def check_memory(num_classes: int, dim: int, subspace_classes, budget: int) -> tuple[list[int] | None, str | None]:

@@ -11,6 +11,7 @@ memory map), so memory stays flat however large N is.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -57,6 +58,8 @@ class FeatureStore:
     has_logits: bool = False
     _arrays: dict | None = field(default=None, repr=False)
     _file: "_SafetensorsFile | None" = field(default=None, repr=False)
+    _row0: int = field(default=0, repr=False)
+    _shard: bool = field(default=False, repr=False)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -100,9 +103,20 @@ class FeatureStore:
     # ------------------------------------------------------------------ reading
     def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         stop = self.num_samples if stop is None else stop
+        start, stop = start + self._row0, stop + self._row0
         if self._arrays is not None:
             return self._arrays[name][start:stop]
         return self._file.read_rows(name, start, stop)
+
+    @property
+    def is_shard(self) -> bool:
+        return self._shard
+
+    def shard(self, start: int, stop: int) -> "FeatureStore":
+        """The rows ``[start, stop)`` as a store of their own (a torchrun rank's share); W, b, names are shared."""
+        part = dataclasses.replace(self)
+        part._row0, part.num_samples, part._shard = self._row0 + start, stop - start, True
+        return part
 
     def labels(self) -> np.ndarray:
         """All labels as int64, checked to be non-negative integers."""
@@ -125,11 +139,12 @@ class FeatureStore:
             stop = min(start + rows, self.num_samples)
             feats = self.read("features", start, stop)
             if not np.all(np.isfinite(feats)):
-                bad = start + int(np.argwhere(~np.isfinite(feats))[0][0])
+                bad = self._row0 + start + int(np.argwhere(~np.isfinite(feats))[0][0])
                 raise InputError(f"features contain NaN or Inf (first at row {bad})", path=self.source,
                                  fix="check the model for overflow (try --amp off) or drop those samples")
             yield Chunk(feats, self.labels_chunk(start, stop), self.read("logits", start, stop)
                         if self.has_logits else None, start)
+            del feats  # a consumer that drops its chunk keeps one chunk in memory, not two
 
     def labels_chunk(self, start: int, stop: int) -> np.ndarray:
         return self.read("labels", start, stop).astype(np.int64)

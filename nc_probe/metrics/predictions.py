@@ -42,11 +42,11 @@ class PredictionTally:
             self.disagree.index_add_(0, y, (model_pred != ncc_pred).long())
 
     def all_reduce(self, group=None) -> "PredictionTally":
-        import torch.distributed as dist
+        """Sum the counts of every torch.distributed rank (a no-op in a single process)."""
+        from .. import distributed
 
-        if dist.is_available() and dist.is_initialized():
-            for t in (self.n, self.model_correct, self.ncc_correct, self.disagree):
-                dist.all_reduce(t, group=group)
+        for t in (self.n, self.model_correct, self.ncc_correct, self.disagree):
+            distributed.all_reduce_(t, group=group)
         return self
 
 

@@ -6,12 +6,41 @@ between class subspaces (Bjorck & Golub 1973), all from the per-class second mom
 
 from __future__ import annotations
 
+import math
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+import torch
+
+# Principal angles whose cos^2 is above this (angles below ~5.7 degrees) come from the sines; above it arccos of the
+# cosine loses at most a factor 1/sin(2 theta) <= 5 of rounding, i.e. stays within ~1e-14 relative.
+SINE_BRANCH_COS2 = 0.99
 
 
-def spectrum(S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def parallel_map(fn, items, workers: int | None = None) -> list:
+    """``[fn(x) for x in items]`` on ``workers`` threads (default: torch's intra-op thread count).
+
+    Meant for many independent small LAPACK problems (per-class eigh, class pairs): each thread runs single-threaded
+    LAPACK (torch's thread count is set to 1 meanwhile and restored after), which keeps every core busy without the
+    fine-grained synchronisation of a multi-threaded BLAS on small matrices (very slow on a loaded machine).
+    """
+    items = list(items)
+    workers = min(len(items), torch.get_num_threads() if workers is None else int(workers))
+    if workers <= 1:
+        return [fn(x) for x in items]
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(fn, items))
+    finally:
+        torch.set_num_threads(old)
+
+
+def spectrum(S) -> tuple[np.ndarray, np.ndarray]:
     """Eigenvalues (descending, clamped at 0) and matching eigenvectors (columns) of a symmetric PSD matrix."""
-    lam, vec = np.linalg.eigh(S)
+    lam, vec = torch.linalg.eigh(torch.as_tensor(S, dtype=torch.float64))
+    lam, vec = lam.numpy(), vec.numpy()
     return np.maximum(lam[::-1], 0.0), vec[:, ::-1]
 
 
@@ -61,38 +90,63 @@ def coding_rate_max(dim: int, eps2: float) -> float:
 
 
 def smallest_angle(Ua: np.ndarray, Ub: np.ndarray) -> tuple[float, float]:
-    """Smallest principal angle (degrees) and affinity ``||Ua^T Ub||_F^2 / min(ka, kb)`` of two orthonormal bases.
+    """Smallest principal angle (degrees) and affinity ``||Ua^T Ub||_F^2 / min(ka, kb)`` of two orthonormal bases."""
+    return _smallest_angle(Ua, Ub, Ua.T @ Ub)
 
-    Cosines are the singular values of ``Ua^T Ub``; when the largest cosine is above ``sqrt(1/2)`` the angle is
-    taken from the sines instead, the singular values of ``Ub - Ua Ua^T Ub`` with ``Ub`` the smaller basis
-    (Bjorck & Golub; ``scipy.linalg.subspace_angles`` does the same), so near-parallel subspaces keep their digits.
+
+def _smallest_angle(Ua: np.ndarray, Ub: np.ndarray, P: np.ndarray) -> tuple[float, float]:
+    """:func:`smallest_angle` given ``P = Ua^T Ub``.
+
+    Cosines are the singular values of ``P``; the largest, cos theta_1, is the square root of the top eigenvalue of
+    the smaller Gram matrix of ``P`` (or, next to 90 degrees where that loses digits, its top singular value). When
+    ``cos^2 theta_1 > SINE_BRANCH_COS2`` the angle is taken from the sines instead, the singular values of
+    ``Ub - Ua Ua^T Ub`` with ``Ub`` the smaller basis (Bjorck & Golub; ``scipy.linalg.subspace_angles`` does the
+    same), so near-parallel subspaces keep their digits.
     """
-    ka, kb = Ua.shape[1], Ub.shape[1]
+    ka, kb = P.shape
     if ka == 0 or kb == 0:
         return float("nan"), float("nan")
+    Ua, Ub, P = (x if min(x.strides) >= 0 else x.copy() for x in (Ua, Ub, P))  # torch takes no negative strides
     if kb > ka:
-        Ua, Ub, ka, kb = Ub, Ua, kb, ka
-    P = Ua.T @ Ub
-    affinity = float(np.square(P).sum() / kb)
+        Ua, Ub, P, ka, kb = Ub, Ua, P.T, kb, ka
+    affinity = float(np.einsum("ij,ij->", P, P) / kb)
     if ka + kb > Ua.shape[0]:
         # Two subspaces whose dimensions add up to more than d share a direction: the smallest angle is 0.
         return 0.0, min(affinity, 1.0)
-    cos_max = float(np.linalg.norm(P, 2))
-    if cos_max**2 <= 0.5:
-        angle = float(np.arccos(min(cos_max, 1.0)))
+    Pt = torch.from_numpy(P)
+    cos2 = float(torch.linalg.eigvalsh(Pt.T @ Pt)[-1])
+    if cos2 < 0.01:
+        # Near 90 degrees the Gram's rounding (eps in cos^2) would cost digits; the singular value has eps in cos.
+        cos2 = float(torch.linalg.svdvals(Pt)[0]) ** 2
+    if cos2 <= SINE_BRANCH_COS2:
+        angle = math.acos(min(math.sqrt(max(cos2, 0.0)), 1.0))
     else:
-        sines = np.linalg.svd(Ub - Ua @ P, compute_uv=False)
-        angle = float(np.arcsin(min(float(sines[-1]), 1.0)))
-    return float(np.degrees(angle)), min(affinity, 1.0)
+        R = torch.from_numpy(Ub) - torch.from_numpy(Ua) @ Pt
+        angle = math.asin(min(float(torch.linalg.svdvals(R)[-1]), 1.0))
+    return math.degrees(angle), min(affinity, 1.0)
 
 
-def angle_matrices(bases: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """``angle_min`` (degrees, diagonal 0) and ``subspace_affinity`` (diagonal 1) for every pair of bases."""
+def angle_matrices(bases: list[np.ndarray], workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``angle_min`` (degrees, diagonal 0) and ``subspace_affinity`` (diagonal 1) for every pair of bases.
+
+    Row i's products ``U_i^T U_j`` (j > i) come from one matrix product; rows run on :func:`parallel_map` threads.
+    """
     K = len(bases)
     angles = np.zeros((K, K))
     affinity = np.eye(K)
-    for i in range(K):
-        for j in range(i + 1, K):
-            angles[i, j], affinity[i, j] = smallest_angle(bases[i], bases[j])
-            angles[j, i], affinity[j, i] = angles[i, j], affinity[i, j]
+    if K < 2:
+        return angles, affinity
+    bases = [b if min(b.strides) >= 0 else b.copy() for b in bases]
+    offsets = np.cumsum([0] + [b.shape[1] for b in bases])
+    U = torch.from_numpy(np.concatenate(bases, axis=1))
+
+    def row(i: int) -> list[tuple[float, float]]:
+        o = offsets[i + 1]
+        P = (torch.from_numpy(bases[i]).T @ U[:, o:]).numpy()
+        return [_smallest_angle(bases[i], bases[j], P[:, offsets[j] - o : offsets[j + 1] - o]) for j in range(i + 1, K)]
+
+    for i, values in enumerate(parallel_map(row, range(K - 1), workers)):
+        for j, (a, f) in enumerate(values, start=i + 1):
+            angles[i, j] = angles[j, i] = a
+            affinity[i, j] = affinity[j, i] = f
     return angles, affinity

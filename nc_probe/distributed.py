@@ -1,0 +1,98 @@
+"""torch.distributed plumbing: start the process group that ``torchrun`` describes, know who we are, split rows.
+
+nc-probe never pads a shard: rank r of W gets rows ``[r*N//W, (r+1)*N//W)`` (feature files) or the indices
+``r, r+W, r+2W, ...`` (datasets), so every sample counts exactly once. Statistics are combined with
+``ClassStats.all_reduce`` and integer all-reduces, so a K-process run gives the single-process report.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+# A rank that dies makes torchrun stop the others; the timeout only guards runs started by other launchers.
+TIMEOUT = datetime.timedelta(minutes=10)
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_from_env(device: str = "auto") -> bool:
+    """Join the process group that torchrun's environment (WORLD_SIZE > 1) describes; True when distributed.
+
+    NCCL when this rank will compute on a GPU, gloo otherwise. Each rank takes GPU ``LOCAL_RANK``.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return False
+    if dist.is_initialized():
+        return True
+    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda") or str(device).startswith("cuda")
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=TIMEOUT)
+    return True
+
+
+def comm_device() -> torch.device:
+    """Where tensors must live for collectives of the current backend."""
+    if active() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def row_range(n: int) -> tuple[int, int]:
+    """This rank's contiguous block of ``n`` rows."""
+    r, w = rank(), world_size()
+    return r * n // w, (r + 1) * n // w
+
+
+def all_reduce_max(value: int) -> int:
+    if not active():
+        return value
+    t = torch.tensor([value], dtype=torch.long, device=comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def all_reduce_(tensor: torch.Tensor, group=None) -> torch.Tensor:
+    """Sum ``tensor`` over ranks in place (moving it through the backend's device when needed)."""
+    if not active():
+        return tensor
+    dev = comm_device()
+    if tensor.device == dev:
+        dist.all_reduce(tensor, group=group)
+        return tensor
+    moved = tensor.to(dev)
+    dist.all_reduce(moved, group=group)
+    tensor.copy_(moved.to(tensor.device))
+    return tensor
+
+
+def gather_objects(obj) -> list:
+    """Every rank's ``obj``, in rank order (on every rank)."""
+    if not active():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,82 @@
+"""torchrun with gloo on the CPU: two processes give the single-process report, and a failing rank fails the run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nc_probe
+
+REPO = Path(__file__).resolve().parent.parent
+CE = REPO / "sample_checkpoints" / "ce.pt"
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun with gloo")
+
+
+def torchrun(*args, timeout=240):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([*TORCHRUN, "-m", "nc_probe", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO)
+
+
+def assert_same_report(a: nc_probe.Report, b: nc_probe.Report, rel=1e-9):
+    assert a.inputs["num_samples"] == b.inputs["num_samples"]
+    for key, value in a.metrics.items():
+        if value is None:
+            assert b.metrics[key] is None, key
+        else:
+            assert b.metrics[key] == pytest.approx(value, rel=rel, abs=1e-12), key
+    for key in ("n", "rank_energy95", "rank_energy99", "rank_numerical", "coding_rate_class", "acc_model",
+                "acc_ncc", "within_class_variance"):
+        assert np.allclose(a.per_class[key], b.per_class[key], rtol=rel, atol=1e-12), key
+    assert np.allclose(a.angles["angle_min"], b.angles["angle_min"], rtol=1e-7, atol=1e-7)
+
+
+def test_two_processes_match_one_on_the_sample_checkpoint(tmp_path):
+    single = nc_probe.analyze_checkpoint(CE, device="cpu")
+    assert single.inputs["num_samples"] % 2 == 1  # 1347 train samples: the shards are unequal
+    proc = torchrun("analyze", CE, "--device", "cpu", "--json", tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_report(single, nc_probe.Report.load(tmp_path / "r.json"))
+    # rank 0 prints the summary once; the other rank stays quiet
+    assert proc.stdout.count("rate_reduction") == 1
+
+
+def test_two_processes_match_one_on_a_feature_file(tmp_path):
+    rng = np.random.default_rng(3)
+    n, d, C = 1001, 24, 5
+    y = rng.integers(0, C, n)
+    H = rng.normal(size=(C, d))[y] * 4 + rng.normal(size=(n, d))
+    W, b = rng.normal(size=(C, d)), rng.normal(size=C)
+    path = nc_probe.write_store(tmp_path / "f.safetensors", H.astype(np.float32), y, W=W, b=b)
+    single = nc_probe.analyze_file(path)
+    proc = torchrun("analyze", path, "-q", "--json", tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_report(single, nc_probe.Report.load(tmp_path / "r.json"))
+
+
+def test_a_failing_rank_fails_the_run_with_a_clear_message(tmp_path):
+    rng = np.random.default_rng(4)
+    n, d = 400, 8
+    y = np.arange(n) % 4
+    H = rng.normal(size=(n, d))
+    H[300, 2] = np.nan  # only rank 1's block [200, 400) holds the bad row
+    path = nc_probe.write_store(tmp_path / "bad.safetensors", H, y)
+    proc = torchrun("analyze", path, "--json", tmp_path / "r.json", timeout=120)
+    assert proc.returncode != 0
+    assert "NaN or Inf" in proc.stderr and "bad.safetensors" in proc.stderr
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.skipif(shutil.which("true") is None, reason="needs a POSIX shell")
+def test_gate_under_torchrun_exits_like_a_single_process(tmp_path):
+    proc = torchrun("gate", CE, "--device", "cpu", "--rule", "nc1<=0.01", "--rule", "acc_model>=0.99")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = torchrun("gate", CE, "--device", "cpu", "--rule", "nc1<=0.0001")
+    assert proc.returncode != 0
