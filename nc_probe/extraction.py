@@ -23,6 +23,9 @@ This module imports only what is downstream of it: stats, store and errors.
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -477,6 +480,13 @@ class Extraction:
     num_samples: int
     seconds: float
     warnings: list = field(default_factory=list)
+    spill_dir: str | None = None  # a temporary folder holding the store when it outgrew the memory budget
+
+    def cleanup(self) -> None:
+        """Remove the spilled feature file (call once the store is no longer read)."""
+        if self.spill_dir is not None:
+            shutil.rmtree(self.spill_dir, ignore_errors=True)
+            self.spill_dir = None
 
     @property
     def samples_per_s(self) -> float:
@@ -513,6 +523,8 @@ def extract(tap: Tap, batches: Iterable, *, device="cpu", amp: str = "off", decl
     label_bound = None
     has_logits = False
     feeder = _StatsFeeder(sdev)
+    held = 0
+    spill_dir = None
     if save_features is not None:
         writer = StoreWriter(save_features, class_names=class_names)
     t0 = time.perf_counter()
@@ -568,6 +580,16 @@ def extract(tap: Tap, batches: Iterable, *, device="cpu", amp: str = "off", decl
                         feeder.add(stats, feats, y)
                 h = feats.cpu().numpy()
                 yl = y.cpu().numpy().astype(np.int64, copy=False)
+                held += h.nbytes + yl.nbytes + (logits.shape[0] * logits.shape[1] * 4 if has_logits else 0)
+                if writer is None and held > memory_budget:
+                    # Larger than the budget: continue on disk, in a file that lives as long as the analysis.
+                    spill_dir = tempfile.mkdtemp(prefix="nc-probe-features-")
+                    writer = StoreWriter(os.path.join(spill_dir, "features.safetensors"), class_names=class_names)
+                    for parts in zip(feats_parts, label_parts, logit_parts or [None] * len(feats_parts)):
+                        writer.append(*parts)
+                    feats_parts, label_parts, logit_parts = [], [], []
+                    warnings.append(f"the features exceed the memory budget ({memory_budget / 2**30:.2f} GiB); "
+                                    f"they are kept on disk in {spill_dir} during the analysis")
                 if writer is not None:
                     writer.append(h, yl, logits.float().cpu().numpy() if has_logits else None)
                 else:
@@ -597,10 +619,12 @@ def extract(tap: Tap, batches: Iterable, *, device="cpu", amp: str = "off", decl
     except BaseException:
         if writer is not None:
             writer.abort()
+        if spill_dir is not None:
+            shutil.rmtree(spill_dir, ignore_errors=True)
         raise
     sizes = [top + 1] + ([len(tap.W)] if tap.W is not None else []) + ([logits.shape[1]] if has_logits else [])
     return Extraction(store=store, stats=fit_stats(stats, max(sizes)), layer=tap.layer, num_samples=done,
-                      seconds=seconds, warnings=warnings)
+                      seconds=seconds, warnings=warnings, spill_dir=spill_dir)
 
 
 class _StatsFeeder:

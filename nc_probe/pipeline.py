@@ -187,8 +187,11 @@ def analyze_checkpoint(path, *, arch: str | None = None, arch_kwargs: dict | Non
     ext.store.sha256 = lambda: digest
     # Under torchrun the extracted store already is this rank's share of the samples.
     store = ext.store.shard(0, ext.store.num_samples) if distributed.active() else ext.store
-    report = analyze_store(store, stats=ext.stats, device=str(stats_device(resolve_device(device))),
-                           layer=ext.layer, inputs=inputs, **settings)
+    try:
+        report = analyze_store(store, stats=ext.stats, device=str(stats_device(resolve_device(device))),
+                               layer=ext.layer, inputs=inputs, **settings)
+    finally:
+        ext.cleanup()
     report.warnings[:0] = ext.warnings
     report.timings = {"load_model": t_load, "extraction": ext.seconds,
                       "extraction_samples_per_s": ext.samples_per_s, **report.timings}

@@ -1,4 +1,5 @@
-"""torchrun with gloo on the CPU: two processes give the single-process report, and a failing rank fails the run."""
+"""Scale-out: torchrun with gloo on the CPU gives the single-process report, a failing rank fails the run, and
+features larger than the memory budget go to disk without changing the report."""
 
 from __future__ import annotations
 
@@ -80,3 +81,16 @@ def test_gate_under_torchrun_exits_like_a_single_process(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = torchrun("gate", CE, "--device", "cpu", "--rule", "nc1<=0.0001")
     assert proc.returncode != 0
+
+
+def test_features_over_the_memory_budget_go_to_disk_and_give_the_same_report(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    budget = 340_000  # the 10 x 64 x 64 float64 class statistics fit (327,680 B); 1347 x 64 float32 features do not
+    spilled = nc_probe.analyze_checkpoint(CE, device="cpu", memory_budget=budget)
+    held = nc_probe.analyze_checkpoint(CE, device="cpu")
+    assert any("kept on disk" in w for w in spilled.warnings)
+    assert not any("kept on disk" in w for w in held.warnings)
+    assert_same_report(held, spilled, rel=1e-12)
+    assert list(tmp_path.iterdir()) == []  # the spilled file is removed after the analysis
