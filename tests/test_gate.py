@@ -40,6 +40,12 @@ def _npz(path, spread=1.0, classifier=True):
     return path
 
 
+@pytest.fixture(autouse=True)
+def _outside_the_repo(tmp_path, monkeypatch):
+    """gate reads ./pyproject.toml; the repository's own holds the self-test rules, which these tests must not see."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """good.npz (tight classes), worse.npz (the same means, 2.5x the spread), nocls.npz (no W/b), and the reports."""
