@@ -85,13 +85,14 @@ def _json_safe(obj):
     return obj
 
 
-def atomic_write_text(path, text: str) -> Path:
-    """Write via a temp file in the same folder and rename it into place, so no half-written file is left."""
+def atomic_write_text(path, text: str | bytes) -> Path:
+    """Write text (or bytes) via a temp file in the same folder and rename it into place, so no half-written file
+    is left."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)

@@ -103,27 +103,10 @@ def write_exports(report: Report, out_dir, fmt: str = "csv") -> list[Path]:
         if fmt == "parquet":
             buf = io.BytesIO()
             df.to_parquet(buf, index=False)
-            written.append(_atomic_write_bytes(path, buf.getvalue()))
+            written.append(atomic_write_text(path, buf.getvalue()))
         else:
             written.append(atomic_write_text(path, frame_text(df, fmt)))
     return written
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> Path:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def check_output_options(fmt: str | None, out) -> str | None:
