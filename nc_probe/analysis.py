@@ -4,6 +4,7 @@ counts NC4 and the accuracies against the final class means (``../shared/metrics
 
 from __future__ import annotations
 
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,13 +22,17 @@ from .store import FeatureStore, open_store
 DEFAULTS = {"eps2": 0.5, "rank_tol": 1e-6, "subspace_dim": None, "classes": None, "memory_budget": 2 * GiB}
 SPECTRUM_KEEP = 64
 PASS2_BLOCK = 4096  # CPU pass 2: rows cast to float64 and scored at a time (a cache-sized block)
+PASS2_READ_ROWS = 16384  # CPU pass 2: rows per read
 PCA_POINTS = 2000  # rows of the deterministic subsample whose 2-D PCA projection the report keeps (for plots)
 
 
 def auto_chunk_rows(dim: int) -> int:
-    """Rows per chunk so that one float64 chunk is about 64 MiB: large enough that BLAS runs at full speed and the
-    per-chunk Chan merge (C x d x d) is negligible, small enough to keep memory flat."""
-    return max(256, (64 << 20) // (8 * max(dim, 1)))
+    """Rows per chunk so that one float64 chunk would be about 256 MiB (the CPU path never makes one: it holds the
+    chunk as read, 128 MiB of float32, and works on cache-sized blocks of it). Large, so that each class has many
+    rows per chunk for its d x d syrk (at C=100, d=512: ~650 rows instead of ~160, about 1.4x faster), the Chan
+    merge (C x d x d) is negligible, and still flat in N. At most 2^20 rows, so that the per-row int64 label and
+    order arrays stay small when d is small."""
+    return max(256, min(1 << 20, (256 << 20) // (8 * max(dim, 1))))
 
 
 def analyze_features(features, labels, W=None, b=None, *, logits=None, class_names=None, **settings) -> Report:
@@ -68,6 +73,7 @@ def analyze_store(store: FeatureStore, *, eps2: float = 0.5, rank_tol: float = 1
         store = store.shard(*distributed.row_range(store.num_samples))
     labels = store.labels()
     num_classes = distributed.all_reduce_max(_num_classes(store, labels))
+    del labels  # N int64: not kept through the passes (memory flat in N)
     rows = chunk_rows or auto_chunk_rows(store.dim)
     budget_warning = None
     if stats is None:
@@ -81,7 +87,7 @@ def analyze_store(store: FeatureStore, *, eps2: float = 0.5, rank_tol: float = 1
     with ThreadPoolExecutor(1) as pool:
         digest = pool.submit(store.sha256)
         if stats.total == 0:
-            for chunk in store.iter_chunks(rows):
+            for chunk in store.iter_chunks(rows, reuse=True):
                 stats.update(torch.from_numpy(np.asarray(chunk.features)), torch.from_numpy(chunk.labels))
                 del chunk  # before the next read: one chunk in memory at a time
         stats.all_reduce()  # under torchrun each rank holds its shard's statistics (given or just accumulated)
@@ -109,6 +115,9 @@ def analyze_store(store: FeatureStore, *, eps2: float = 0.5, rank_tol: float = 1
             metrics["nc3"] = None
         timings["collapse_metrics"] = time.perf_counter() - t
 
+        # The subspace metrics need only pass 1's statistics: they run on the pool's thread (after the hash) while
+        # pass 2 reads the features again. Each stage's timing is its own; they overlap.
+        subspace_job = pool.submit(_timed, _subspace_metrics, stats, count, eps2, rank_tol, subspace_dim)
         t = time.perf_counter()
         pca = _PCASample(stats, ids, store.num_samples)
         tally = _second_pass(store, stats, ids, W, rows, device, pca)
@@ -117,10 +126,8 @@ def analyze_store(store: FeatureStore, *, eps2: float = 0.5, rank_tol: float = 1
         metrics["acc_model"] = tally.model_correct.sum().item() / n.sum() if tally.has_model else None
         metrics["acc_ncc"] = tally.ncc_correct.sum().item() / n.sum()
 
-        t = time.perf_counter()
-        sub_metrics, sub_class, angles, sub_warnings = _subspace_metrics(stats, count, eps2, rank_tol, subspace_dim)
+        (sub_metrics, sub_class, angles, sub_warnings), timings["subspace_metrics"] = subspace_job.result()
         metrics.update(sub_metrics)
-        timings["subspace_metrics"] = time.perf_counter() - t
         sha = digest.result()
     timings["total"] = time.perf_counter() - t_start
 
@@ -166,6 +173,11 @@ def analyze_store(store: FeatureStore, *, eps2: float = 0.5, rank_tol: float = 1
                 "device": str(device)}
     return Report(inputs=report_inputs, settings=settings, metrics=metrics, per_class=per_class, angles=angles,
                   timings=timings, warnings=warnings)
+
+
+def _timed(fn, *args):
+    t = time.perf_counter()
+    return fn(*args), time.perf_counter() - t
 
 
 def _check_settings(eps2, rank_tol, subspace_dim, store):
@@ -232,6 +244,8 @@ def _second_pass_host(store, stats, ids, W, rows, pca=None) -> PredictionTally:
     screen = _Float32Screen(cols, sq, K, bt)
     tally = PredictionTally(stats.num_classes)
     buf = torch.empty(min(PASS2_BLOCK, store.num_samples), store.dim, dtype=torch.float64)
+    rows = min(rows, PASS2_READ_ROWS)  # pass 2 needs no large chunks: less memory beside the subspace metrics
+    read_buf = store.read_buffer("features", rows)
 
     def exact(h64):
         scores = h64 @ cols
@@ -241,7 +255,7 @@ def _second_pass_host(store, stats, ids, W, rows, pca=None) -> PredictionTally:
 
     for start in range(0, store.num_samples, rows):
         stop = min(start + rows, store.num_samples)
-        feats = torch.from_numpy(np.asarray(store.read("features", start, stop)))
+        feats = torch.from_numpy(np.asarray(store.read("features", start, stop, out=read_buf)))
         labels = torch.from_numpy(store.labels_chunk(start, stop))
         logits = store.read("logits", start, stop) if store.has_logits and W is None else None
         for s in range(0, stop - start, PASS2_BLOCK):
@@ -266,6 +280,7 @@ def _second_pass_host(store, stats, ids, W, rows, pca=None) -> PredictionTally:
             tally.add(y, ncc, model)
             if pca is not None:
                 pca.add(start + s, block if h is None else h, y)  # float32 rows promote exactly
+        del feats, labels, logits, block  # before the next read: one chunk in memory at a time
     return tally.all_reduce()
 
 
@@ -275,7 +290,8 @@ class _Float32Screen:
     For a float32 row ``h`` and a float64 column ``c`` (a class mean or a classifier row), the float32 product of
     ``h`` with ``c`` rounded to float32 differs from the exact ``h . c`` by at most ``(d+2) u / (1 - (d+2) u)
     ||h|| ||c||`` (u = 2^-24; the rounding of ``c`` plus a dot product of d terms, in any summation order, with or
-    without FMA; Higham, Accuracy and Stability, 3.1) plus ``d 2^-149`` for underflow. The float64 score of the
+    without FMA; Higham, Accuracy and Stability, 3.1) plus ``(d + sqrt(d) ||h||) 2^-149`` for underflow (rows whose
+    float32 norm is below 1e-15 are not screened). The float64 score of the
     original computation is within ``(d+2) 2^-53 ||h|| ||c||`` of the exact one, and the final float64 subtraction
     or addition within ``2^-52`` of the magnitudes involved. A row's decision is taken from the float32 scores only
     when the runner-up trails the best by more than twice the sum of these bounds (doubled again for safety);
@@ -287,49 +303,47 @@ class _Float32Screen:
         d = cols.shape[0]
         u = 2.0**-24
         self.gamma = 2.0 * ((d + 2) * u / (1 - (d + 2) * u) + (d + 2) * 2.0**-53)
-        self.tiny = 2.0 * d * 2.0**-149
+        self.tiny = 2.0 * d * 2.0**-149  # underflowing products and sums
+        self.tiny_h = 2.0 * math.sqrt(d) * 2.0**-149  # times ||h||: columns that round to float32 subnormals
         self.cols32 = cols.to(torch.float32)
         norms = torch.linalg.vector_norm(cols, dim=0)
         self.usable = bool(torch.isfinite(self.cols32).all()) and bool(torch.isfinite(norms).all())
-        self.sq = sq
+        self.sq = sq.numpy()
         self.mean_norm = float(norms[:K].max()) if K else 0.0
         self.w_norm = float(norms[K:].max()) if cols.shape[1] > K else 0.0
         self.sq_max = float(sq.abs().max()) if K else 0.0
-        self.bias = bias
+        self.bias = None if bias is None else bias.numpy()
         self.b_max = 0.0 if bias is None else float(bias.abs().max())
         self.has_w = cols.shape[1] > K
 
     def __call__(self, block: torch.Tensor):
         if not self.usable:
             return None
-        s32 = block @ self.cols32
-        if not bool(torch.isfinite(s32).all()):
-            return None
-        s = s32.to(torch.float64)
-        hn = torch.linalg.vector_norm(block, dim=1, dtype=torch.float64)
+        f = block.numpy()
+        hn = np.sqrt(np.einsum("ij,ij->i", f, f).astype(np.float64))
+        if not len(hn) or not hn.max() * max(self.mean_norm, self.w_norm, 1.0) < 1e30:
+            return None  # float32 products could overflow (or a norm did): score this block in float64
+        tiny_rows = hn < 1e-15  # float32 squares may have underflowed: these rows are scored in float64
+        hn *= 1.001  # the float32 sum of squares is within (d u) of the exact one: an upper bound of ||h||
+        s = (block @ self.cols32).numpy().astype(np.float64)
         eps = 2.0**-52
         K = self.K
-        # nearest center: D_c = ||mu_c||^2 - 2 h.mu_c, smallest wins
+        rows = np.arange(len(f))
+        tiny = self.tiny + self.tiny_h * hn
+        # nearest center: D_c = ||mu_c||^2 - 2 h.mu_c, smallest wins; unsure when another D_c is within 2 bounds
         dist = self.sq - 2 * s[:, :K]
-        if K >= 2:
-            two = torch.topk(dist, 2, dim=1, largest=False)
-            bound = 2 * (self.gamma * hn * self.mean_norm + self.tiny) + 2 * eps * (self.sq_max + 2 * hn * self.mean_norm)
-            unsure = two.values[:, 1] - two.values[:, 0] <= 2 * bound
-            ncc = two.indices[:, 0].clone()
-        else:
-            unsure = torch.zeros(len(block), dtype=torch.bool)
-            ncc = torch.zeros(len(block), dtype=torch.long)
+        ncc = dist.argmin(1)
+        bound = 2 * (self.gamma * hn * self.mean_norm + tiny) + 2 * eps * (self.sq_max + 2 * hn * self.mean_norm)
+        unsure = np.count_nonzero(dist <= (dist[rows, ncc] + 2 * bound)[:, None], axis=1) > 1
+        unsure |= tiny_rows
         model = None
         if self.has_w:
             logit = s[:, K:] if self.bias is None else s[:, K:] + self.bias
-            if logit.shape[1] >= 2:
-                two = torch.topk(logit, 2, dim=1, largest=True)
-                bound = (self.gamma * hn * self.w_norm + self.tiny) + 2 * eps * (self.b_max + hn * self.w_norm)
-                unsure |= two.values[:, 0] - two.values[:, 1] <= 2 * bound
-                model = two.indices[:, 0].clone()
-            else:
-                model = torch.zeros(len(block), dtype=torch.long)
-        return ncc, model, unsure.nonzero().squeeze(1)
+            model = logit.argmax(1)
+            bound = (self.gamma * hn * self.w_norm + tiny) + 2 * eps * (self.b_max + hn * self.w_norm)
+            unsure |= np.count_nonzero(logit >= (logit[rows, model] - 2 * bound)[:, None], axis=1) > 1
+            model = torch.from_numpy(model)
+        return torch.from_numpy(ncc), model, torch.from_numpy(np.flatnonzero(unsure))
 
 
 def _mean_cosine(M: np.ndarray) -> np.ndarray:

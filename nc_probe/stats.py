@@ -171,7 +171,7 @@ class ClassStats:
         slots = self._slot.numpy()
         zz = self.zz.numpy()
         zz_total = None if self.zz_total is None else self.zz_total.numpy()
-        stage = self._stage_buffer(min(len(a), STAGE_ROWS))
+        stage = np.empty((min(len(a), STAGE_ROWS), d))
         fill = 0
         i = 0
         while i < len(present):
@@ -219,13 +219,6 @@ class ClassStats:
                                      torch.from_numpy(bscatter)))
         self.zero_norm += torch.from_numpy(zero_norm)
         return self
-
-    def _stage_buffer(self, rows: int) -> np.ndarray:
-        """A reused float64 (rows, d) scratch buffer (kept between batches, so no page faults per batch)."""
-        buf = getattr(self, "_stage", None)
-        if buf is None or len(buf) < rows:
-            buf = self._stage = np.empty((rows, self.dim))
-        return buf[:rows]
 
     def merge(self, other: "ClassStats") -> "ClassStats":
         """Add the statistics of ``other`` (same C, d and tracked classes) into self. Returns self."""

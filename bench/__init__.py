@@ -1,0 +1,1 @@
+"""Benchmarks of nc-probe (run as ``python -m bench.<name>``)."""
