@@ -15,6 +15,7 @@ from . import __version__, distributed
 from .errors import InputError
 from .metrics import collapse, subspace
 from .metrics.predictions import NearestCenter, PredictionTally, classifier_predict
+from . import stats as stats_module
 from .report import Report
 from .stats import GiB, ClassStats, check_memory
 from .store import FeatureStore, open_store
@@ -209,7 +210,7 @@ def _num_classes(store: FeatureStore, labels: np.ndarray) -> int:
 
 def _second_pass(store, stats, ids, W, rows, device, pca=None) -> PredictionTally:
     dev = stats.device
-    if dev.type == "cpu":
+    if dev.type == "cpu" and stats_module.HOST_PATH:
         return _second_pass_host(store, stats, ids, W, rows, pca)
     ncc = NearestCenter(stats.mean[torch.as_tensor(ids, device=dev)], torch.as_tensor(ids, device=dev))
     Wt = None if W is None else torch.as_tensor(W, device=dev)

@@ -23,6 +23,9 @@ import torch
 from .errors import InputError
 
 GiB = 1024**3
+# On the CPU, update() and the analysis's second pass take numpy paths tuned for cache and BLAS; the torch paths
+# serve GPUs. Tests set this to False to run the GPU code paths on the CPU and compare.
+HOST_PATH = True
 F64 = torch.float64
 GROUP_ROWS = 2048  # CPU update: rows of consecutive classes processed together (a few MiB of float64, in cache)
 STAGE_ROWS = 8192  # CPU update: centered rows per pooled-scatter syrk
@@ -96,7 +99,7 @@ class ClassStats:
     # ------------------------------------------------------------------ accumulation
     def update(self, features, labels) -> "ClassStats":
         """Add one batch: ``features`` (n, d), ``labels`` (n,) integers in ``[0, C)``. Returns self."""
-        if self.device.type == "cpu":
+        if self.device.type == "cpu" and HOST_PATH:
             return self._update_host(features, labels)
         h = torch.as_tensor(features).to(self.device, F64)
         h = h.reshape(len(h), -1 if h.numel() else self.dim)  # an empty batch has no -1 to infer
