@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from . import distributed
 from .errors import InputError
+from .store import read_array_file
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 X_NAMES = ("x", "X", "inputs", "input", "images", "data")
@@ -400,31 +401,8 @@ def _open_arrays(path: Path, split, mean, std) -> DataSource:
     where = str(path)
     if path.stat().st_size == 0:
         raise InputError("file is empty", path=where, fix="save the arrays again")
-    if path.suffix == ".npz":
-        import zipfile
-
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-            reason = "holds pickled objects" if "pickle" in str(e) else "is truncated or corrupt"
-            raise InputError(f"the .npz archive {reason}", path=where, fix="save plain arrays with np.savez") \
-                from None
-    elif path.suffix in (".pt", ".pth"):
-        import pickle
-        import zipfile
-
-        try:
-            arrays = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            raise InputError("holds Python objects that weights_only loading refuses", path=where,
-                             fix="save a dict of tensors, e.g. torch.save({'x': x, 'y': y}, path)") from None
-        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-            raise InputError(f"is truncated or not a torch.save file ({type(e).__name__})", path=where,
-                             fix="save it again") from None
-        if not isinstance(arrays, dict):
-            raise InputError(f"holds a {type(arrays).__name__}, not a dict of arrays", path=where,
-                             fix="save a dict, e.g. torch.save({'x': x, 'y': y}, path)")
+    if path.suffix in (".npz", ".pt", ".pth"):
+        arrays = read_array_file(path, example="{'x': x, 'y': y}")
     else:
         raise InputError("is not a data file nc-probe reads", path=where,
                          fix="pass a .npz/.pt of arrays x and y, an image folder or a data spec")

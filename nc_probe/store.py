@@ -319,26 +319,24 @@ def open_store(path) -> FeatureStore:
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic[:2] == b"PK":
-        if path.endswith(".npz"):
-            return _open_npz(path)
-        return _open_torch(path)
+        return _store_from_dict(read_array_file(path), path)
     if path.endswith((".npz", ".pt", ".pth")):
         raise InputError("file is truncated or not a zip archive", path=path, fix="write it again")
     return _open_safetensors(path)
 
 
-def _open_npz(path: str) -> FeatureStore:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        reason = "holds pickled objects" if "pickle" in str(e) else "is truncated or corrupt"
-        raise InputError(f"the .npz archive {reason}", path=path, fix="save plain numeric arrays with np.savez") \
-            from None
-    return _store_from_dict(arrays, path)
-
-
-def _open_torch(path: str) -> FeatureStore:
+def read_array_file(path, example: str = "{'H': H, 'y': y}") -> dict:
+    """The named arrays of a ``.npz`` (no pickles) or ``.pt`` (``torch.load(weights_only=True)``) file, with one-line
+    InputErrors for pickled, truncated or non-dict contents. ``example`` shows the expected dict in the fix."""
+    path = str(path)
+    if path.endswith(".npz"):
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            reason = "holds pickled objects" if "pickle" in str(e) else "is truncated or corrupt"
+            raise InputError(f"the .npz archive {reason}", path=path, fix="save plain numeric arrays with np.savez") \
+                from None
     import pickle
 
     import torch
@@ -347,13 +345,14 @@ def _open_torch(path: str) -> FeatureStore:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise InputError("holds Python objects that weights_only loading refuses", path=path,
-                         fix="save a dict of tensors, e.g. torch.save({'H': H, 'y': y}, path)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError):
-        raise InputError("is truncated or not a torch.save file", path=path, fix="save it again") from None
+                         fix=f"save a dict of tensors, e.g. torch.save({example}, path)") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise InputError(f"is truncated or not a torch.save file ({type(e).__name__})", path=path,
+                         fix="save it again") from None
     if not isinstance(obj, dict):
         raise InputError(f"holds a {type(obj).__name__}, not a dict of arrays", path=path,
-                         fix="save a dict of tensors, e.g. torch.save({'H': H, 'y': y}, path)")
-    return _store_from_dict(obj, path)
+                         fix=f"save a dict of tensors, e.g. torch.save({example}, path)")
+    return obj
 
 
 # ---------------------------------------------------------------------- writing
