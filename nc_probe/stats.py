@@ -104,13 +104,7 @@ class ClassStats:
         h = torch.as_tensor(features).to(self.device, F64)
         h = h.reshape(len(h), -1 if h.numel() else self.dim)  # an empty batch has no -1 to infer
         y = torch.as_tensor(labels).to(self.device, torch.long).reshape(-1)
-        if h.shape[1] != self.dim or h.shape[0] != y.shape[0]:
-            raise InputError(
-                f"batch of shape {tuple(h.shape)} with {y.shape[0]} labels does not fit statistics of dimension "
-                f"{self.dim}",
-                fix="pass features (n, d) and n labels",
-            )
-        if h.shape[0] == 0:
+        if self._empty_batch(h.shape, len(y)):
             return self
         y, order = torch.sort(y, stable=True)
         h = h[order]
@@ -150,13 +144,7 @@ class ClassStats:
         """
         a = _host_rows(features, self.dim)
         y = _host_labels(labels)
-        if a.shape[1] != self.dim or a.shape[0] != y.shape[0]:
-            raise InputError(
-                f"batch of shape {tuple(a.shape)} with {y.shape[0]} labels does not fit statistics of dimension "
-                f"{self.dim}",
-                fix="pass features (n, d) and n labels",
-            )
-        if a.shape[0] == 0:
+        if self._empty_batch(a.shape, len(y)):
             return self
         C, d = self.num_classes, self.dim
         lo, hi = int(y.min()), int(y.max())
@@ -222,6 +210,16 @@ class ClassStats:
                                      torch.from_numpy(bscatter)))
         self.zero_norm += torch.from_numpy(zero_norm)
         return self
+
+    def _empty_batch(self, shape: tuple, num_labels: int) -> bool:
+        """Check a batch's shape against the statistics; True when it has no rows."""
+        if shape[1] != self.dim or shape[0] != num_labels:
+            raise InputError(
+                f"batch of shape {tuple(shape)} with {num_labels} labels does not fit statistics of dimension "
+                f"{self.dim}",
+                fix="pass features (n, d) and n labels",
+            )
+        return shape[0] == 0
 
     def merge(self, other: "ClassStats") -> "ClassStats":
         """Add the statistics of ``other`` (same C, d and tracked classes) into self. Returns self."""
