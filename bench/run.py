@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     m = figures["metrics"] = _module("metrics", *quick)
     rows.append(("full metric suite / float64 X^T X", f"{m['ratio_vs_xtx_file']:.2f}", "<= 3",
                  f"N={m['n']:,} d={m['d']} C={m['C']}, {m['samples_per_s']:,.0f} samples/s"))
-    nv = figures["naive"] = naive_vs_ncprobe(5_000 if args.quick else 20_000)
+    nv = figures["naive"] = naive_vs_ncprobe(20_000 if args.quick else 50_000)
     rows.append(("per-sample-loop NC1-NC4 / nc-probe (all metrics)", f"{nv['speedup']:.0f}x", ">= 20x",
                  f"N={nv['n']:,} d={nv['d']} C={nv['C']}, agree to {nv['max_rel_diff']:.0e}"))
     e = figures["extract"] = _module("extract", *quick)

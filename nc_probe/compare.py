@@ -17,6 +17,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from . import distributed
 from .errors import InputError
 from .metrics import COLLAPSED, METRIC_DOCS, SCALAR_KEYS
 from .report import Report, _json_safe, atomic_write_text
@@ -313,6 +314,8 @@ def compare_inputs(specs: Mapping[str, object] | Sequence[str], *, checkpoint_op
     if len(paths) < 2:
         raise InputError(f"compare needs at least 2 inputs, got {len(paths)}", fix="pass LABEL=PATH LABEL=PATH")
     reports, features = {}, {}
+    if distributed.active():
+        cka = False  # a torchrun rank holds only its share of the features; CKA needs all of them in one place
     with tempfile.TemporaryDirectory(prefix="nc-probe-compare-") as tmp:
         for i, (label, path) in enumerate(paths.items()):
             kind = input_kind(path)

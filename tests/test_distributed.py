@@ -3,6 +3,7 @@ features larger than the memory budget go to disk without changing the report.""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -94,3 +95,13 @@ def test_features_over_the_memory_budget_go_to_disk_and_give_the_same_report(tmp
     assert not any("kept on disk" in w for w in held.warnings)
     assert_same_report(held, spilled, rel=1e-12)
     assert list(tmp_path.iterdir()) == []  # the spilled file is removed after the analysis
+
+
+def test_compare_under_torchrun_matches_the_single_process_reports(tmp_path):
+    mcr2 = REPO / "sample_checkpoints" / "mcr2.pt"
+    proc = torchrun("compare", f"ce={CE}", f"mcr2={mcr2}", "--device", "cpu", "-q", "--json", tmp_path / "c.json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = json.loads((tmp_path / "c.json").read_text())["reports"]
+    for label, path in (("ce", CE), ("mcr2", mcr2)):
+        single = nc_probe.analyze_checkpoint(path, device="cpu")
+        assert_same_report(single, nc_probe.Report.from_dict(reports[label]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Optional
@@ -20,6 +21,29 @@ MODEL = "Checkpoint: model"
 DATA = "Checkpoint: data and inference"
 METRICS = "Metric settings"
 OUTPUT = "Output"
+
+
+SETTINGS_OPTIONS = ("eps2", "rank_tol", "subspace_dim", "classes", "memory_budget")
+CHECKPOINT_OPTIONS = ("arch", "arch_kwargs", "strip_prefix", "trust_checkpoint", "layer", "data", "split", "limit",
+                      "data_classes", "image_size", "mean", "std", "device", "batch_size", "workers", "amp")
+
+
+def with_analysis_options(fn):
+    """Give a command ``fn`` that takes ``**analysis`` the metric-setting and checkpoint options of ``analyze``
+    (the same parameters, help and defaults), so every command analyzes an input exactly as ``analyze`` would."""
+    names = SETTINGS_OPTIONS + CHECKPOINT_OPTIONS
+    own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    shared = [p for p in inspect.signature(analyze, eval_str=True).parameters.values() if p.name in names]
+    fn.__signature__ = inspect.Signature(own + shared)
+    return fn
+
+
+def analysis_arguments(analysis: dict, quiet: bool) -> tuple[dict, dict]:
+    """``(settings, checkpoint_options)`` for :func:`nc_probe.inputs.report_for` from ``**analysis`` options."""
+    settings = settings_from_options(**{k: analysis.get(k) for k in SETTINGS_OPTIONS})
+    ckpt = {k: analysis.get(k) for k in CHECKPOINT_OPTIONS}
+    ckpt["trust_checkpoint"] = ckpt["trust_checkpoint"] or None
+    return settings, checkpoint_options(**ckpt, progress=not quiet or None)
 
 
 def settings_from_options(eps2, rank_tol, subspace_dim, classes, memory_budget) -> dict:

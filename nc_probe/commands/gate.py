@@ -6,7 +6,6 @@ parameters, reused from its signature), so a checkpoint is analyzed exactly as `
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import List, Optional
 
@@ -21,9 +20,6 @@ from ..errors import InputError
 from ..metrics import SCALAR_KEYS
 from . import analyze as _analyze
 
-SETTINGS_OPTIONS = ("eps2", "rank_tol", "subspace_dim", "classes", "memory_budget")
-CHECKPOINT_OPTIONS = ("arch", "arch_kwargs", "strip_prefix", "trust_checkpoint", "layer", "data", "split", "limit",
-                      "data_classes", "image_size", "mean", "std", "device", "batch_size", "workers", "amp")
 OUTPUT = "Output"
 RULES = "Rules"
 
@@ -45,26 +41,14 @@ RULES_HELP = (
 )
 
 
-def _with_analysis_options(fn):
-    """Give ``fn`` (which takes ``**analysis``) the metric-setting and checkpoint options of ``analyze``."""
-    names = SETTINGS_OPTIONS + CHECKPOINT_OPTIONS
-    own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.kind is not p.VAR_KEYWORD]
-    shared = [p for p in inspect.signature(_analyze.analyze, eval_str=True).parameters.values() if p.name in names]
-    fn.__signature__ = inspect.Signature(own + shared)
-    return fn
-
-
 def _report(input: Path, quiet: bool, analysis: dict):
     from ..inputs import report_for
 
-    settings = _analyze.settings_from_options(**{k: analysis.get(k) for k in SETTINGS_OPTIONS})
-    ckpt = {k: analysis.get(k) for k in CHECKPOINT_OPTIONS}
-    ckpt["trust_checkpoint"] = ckpt["trust_checkpoint"] or None
-    ckpt = _analyze.checkpoint_options(**ckpt, progress=not quiet or None)
+    settings, ckpt = _analyze.analysis_arguments(analysis, quiet)
     return report_for(input, checkpoint_options=ckpt, **settings)
 
 
-@_with_analysis_options
+@_analyze.with_analysis_options
 def gate(
     input: Annotated[Path, typer.Argument(
         help="Checkpoint, feature file (.safetensors/.npz/.pt with features+labels) or report JSON.",
@@ -160,7 +144,7 @@ def _table(results, input, with_baseline: bool) -> Table:
     return table
 
 
-@_with_analysis_options
+@_analyze.with_analysis_options
 def baseline(
     input: Annotated[Path, typer.Argument(help="Checkpoint, feature file or report JSON.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the baseline JSON.",
