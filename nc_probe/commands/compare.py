@@ -33,17 +33,12 @@ def compare(
 
     settings, ckpt = analysis_arguments(analysis, quiet)
     comparison = compare_inputs(inputs, checkpoint_options=ckpt, cka=cka, **settings)
-    figures = None
     if plots is not None or html is not None:
-        from ..render.plots import comparison_figures, save_figures
-
-        figures = comparison_figures(comparison)
-        if plots is not None:
-            save_figures(figures, plots)
-    if html is not None:
         from ..render.html import write_comparison_html
+        from ..render.plots import comparison_figures, write_visuals
 
-        write_comparison_html(comparison, html, figures)
+        write_visuals(comparison, plots=plots, html=html, figures_of=comparison_figures,
+                      write_page=write_comparison_html)
     if json_path is not None:
         comparison.save(json_path)
     if not quiet:

@@ -130,15 +130,10 @@ def write_outputs(report: Report, *, out=None, fmt: str | None = None, plots=Non
         else:
             write_exports(report, out, fmt)
     if plots is not None or html is not None:
-        from .plots import report_figures, save_figures
+        from .html import write_html
+        from .plots import report_figures, write_visuals
 
-        figures = report_figures(report)
-        if plots is not None:
-            save_figures(figures, plots)
-        if html is not None:
-            from .html import write_html
-
-            write_html(report, html, figures)
+        write_visuals(report, plots=plots, html=html, figures_of=report_figures, write_page=write_html)
     if fmt is not None and out is None:
         return report_text(report, fmt)
     return None

@@ -514,6 +514,18 @@ def figure_data_uri(fig: Figure) -> str:
     return "data:image/png;base64," + base64.b64encode(figure_bytes(fig, "png")).decode("ascii")
 
 
+def write_visuals(subject, *, plots=None, html=None, figures_of, write_page) -> None:
+    """Render ``figures_of(subject)`` once and write them as PNG+SVG into ``plots`` and/or embedded in the
+    self-contained page ``write_page(subject, html, figures)``; nothing when both paths are None."""
+    if plots is None and html is None:
+        return
+    figures = figures_of(subject)
+    if plots is not None:
+        save_figures(figures, plots)
+    if html is not None:
+        write_page(subject, html, figures)
+
+
 def save_figures(figures: dict[str, Figure], out_dir, formats=("png", "svg")) -> list[Path]:
     """Write each figure as ``NAME.png`` and ``NAME.svg`` (atomically) into ``out_dir``; returns the paths."""
     out = Path(out_dir)
