@@ -12,15 +12,14 @@ import numpy as np
 import torch
 
 from . import __version__, distributed
+from . import stats as stats_module
 from .errors import InputError
 from .metrics import collapse, subspace
-from .metrics.predictions import NearestCenter, PredictionTally, classifier_predict
-from . import stats as stats_module
+from .metrics.predictions import PredictionTally, Predictor, logits_argmax
 from .report import Report
 from .stats import GiB, ClassStats, check_memory
 from .store import FeatureStore, open_store
 
-DEFAULTS = {"eps2": 0.5, "rank_tol": 1e-6, "subspace_dim": None, "classes": None, "memory_budget": 2 * GiB}
 SPECTRUM_KEEP = 64
 PASS2_BLOCK = 4096  # CPU pass 2: rows cast to float64 and scored at a time (a cache-sized block)
 PASS2_READ_ROWS = 16384  # CPU pass 2: rows per read
@@ -121,7 +120,7 @@ def analyze_store(store: FeatureStore, *, eps2: float = 0.5, rank_tol: float = 1
         subspace_job = pool.submit(_timed, _subspace_metrics, stats, count, eps2, rank_tol, subspace_dim)
         t = time.perf_counter()
         pca = _PCASample(stats, ids, store.num_samples)
-        tally = _second_pass(store, stats, ids, W, rows, device, pca)
+        tally = _second_pass(store, stats, ids, W, rows, pca)
         timings["pass2_nc4"] = time.perf_counter() - t
         metrics["nc4"] = tally.disagree.sum().item() / n.sum() if tally.has_model else None
         metrics["acc_model"] = tally.model_correct.sum().item() / n.sum() if tally.has_model else None
@@ -208,51 +207,46 @@ def _num_classes(store: FeatureStore, labels: np.ndarray) -> int:
     return max(sizes)
 
 
-def _second_pass(store, stats, ids, W, rows, device, pca=None) -> PredictionTally:
+def _second_pass(store, stats, ids, W, rows, pca=None) -> PredictionTally:
     dev = stats.device
     if dev.type == "cpu" and stats_module.HOST_PATH:
         return _second_pass_host(store, stats, ids, W, rows, pca)
-    ncc = NearestCenter(stats.mean[torch.as_tensor(ids, device=dev)], torch.as_tensor(ids, device=dev))
-    Wt = None if W is None else torch.as_tensor(W, device=dev)
-    bt = None if store.b is None else torch.as_tensor(store.b, dtype=torch.float64, device=dev)
+    predictor = _predictor(store, stats, ids, W)
     tally = PredictionTally(stats.num_classes)
     for start in range(0, store.num_samples, rows):
         stop = min(start + rows, store.num_samples)
         h = torch.from_numpy(np.asarray(store.read("features", start, stop))).to(dev, torch.float64)
         logits = store.read("logits", start, stop) if store.has_logits and W is None else None
         y = torch.from_numpy(store.labels_chunk(start, stop))
-        tally.add(y, ncc.predict(h), classifier_predict(h, Wt, bt, logits))
+        tally.add(y, *predictor.predict(h, logits))
         if pca is not None:
             pca.add(start, h, y)
     return tally.all_reduce()
 
 
+def _predictor(store, stats, ids, W) -> Predictor:
+    dev = stats.device
+    sel = torch.as_tensor(ids, device=dev)
+    to = dict(dtype=torch.float64, device=dev)
+    return Predictor(stats.mean[sel], sel, None if W is None else torch.as_tensor(W, **to),
+                     None if store.b is None else torch.as_tensor(store.b, **to))
+
+
 def _second_pass_host(store, stats, ids, W, rows, pca=None) -> PredictionTally:
-    """:func:`_second_pass` on the CPU, with the same float64 decisions as ``NearestCenter`` and
-    ``classifier_predict``, ``PASS2_BLOCK`` rows at a time and one matrix product against the class means and the
-    classifier rows together.
+    """:func:`_second_pass` on the CPU, with the same float64 decisions as :class:`Predictor`, ``PASS2_BLOCK`` rows
+    at a time.
 
     Float32 features are first scored in float32 (about twice the speed), with a rigorous bound on the rounding
     (``_Float32Screen``); a row whose best class does not win by more than that bound (near-ties, exact ties) is
     scored again in float64 exactly as before, so every decision is the float64 one.
     """
-    means = stats.mean[torch.as_tensor(ids)]
-    K = len(ids)
-    sq = means.square().sum(1)
-    cols = (means if W is None else torch.cat([means, torch.as_tensor(W, dtype=torch.float64)])).T
-    bt = None if W is None or store.b is None else torch.as_tensor(store.b, dtype=torch.float64)
-    ids_t = torch.as_tensor(ids)
-    screen = _Float32Screen(cols, sq, K, bt)
+    predictor = _predictor(store, stats, ids, W)
+    exact = predictor.positions
+    screen = _Float32Screen(predictor.cols, predictor.sq, predictor.K, predictor.b)
     tally = PredictionTally(stats.num_classes)
     buf = torch.empty(min(PASS2_BLOCK, store.num_samples), store.dim, dtype=torch.float64)
     rows = min(rows, PASS2_READ_ROWS)  # pass 2 needs no large chunks: less memory beside the subspace metrics
     read_buf = store.read_buffer("features", rows)
-
-    def exact(h64):
-        scores = h64 @ cols
-        ncc = torch.argmin(sq - 2 * scores[:, :K], dim=1)
-        model = None if W is None else torch.argmax(scores[:, K:] if bt is None else scores[:, K:] + bt, dim=1)
-        return ncc, model
 
     for start in range(0, store.num_samples, rows):
         stop = min(start + rows, store.num_samples)
@@ -274,9 +268,9 @@ def _second_pass_host(store, stats, ids, W, rows, pca=None) -> PredictionTally:
                     ncc[unsure], again = exact(block[unsure].to(torch.float64))
                     if model is not None:
                         model[unsure] = again
-            ncc = ids_t[ncc]
+            ncc = predictor.ids[ncc]
             if W is None:
-                model = None if logits is None else torch.argmax(torch.as_tensor(logits[s:e]), dim=1)
+                model = logits_argmax(None if logits is None else logits[s:e])
             y = labels[s:e]
             tally.add(y, ncc, model)
             if pca is not None:

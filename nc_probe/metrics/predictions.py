@@ -50,27 +50,36 @@ class PredictionTally:
         return self
 
 
-class NearestCenter:
-    """The nearest-class-center rule over the classes that have samples, mapped back to label ids."""
+class Predictor:
+    """The nearest-class-center rule (over the classes that have samples, mapped back to label ids) and the
+    classifier's ``argmax_c (W h + b)_c``, from one float64 matrix product against the means and W's rows."""
 
-    def __init__(self, means: torch.Tensor, class_ids: torch.Tensor):
+    def __init__(self, means: torch.Tensor, class_ids: torch.Tensor, W: torch.Tensor | None = None,
+                 b: torch.Tensor | None = None):
         self.means = means.to(F64)
+        self.K = len(self.means)
         self.sq = self.means.square().sum(1)
+        self.cols = (self.means if W is None else torch.cat([self.means, W.to(self.means)])).T
+        self.has_classifier = W is not None
+        self.b = None if W is None or b is None else b.to(self.means)
         self.ids = class_ids
 
-    def predict(self, h: torch.Tensor) -> torch.Tensor:
+    def positions(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Nearest-center position among the means (not yet a label id) and classifier class of float64 rows."""
+        scores = h @ self.cols
         # ||h - mu||^2 = ||h||^2 - 2 h.mu + ||mu||^2; the first term is the same for every class.
-        dist = self.sq[None, :] - 2 * (h @ self.means.T)
-        return self.ids[torch.argmin(dist, dim=1)]
+        ncc = torch.argmin(self.sq - 2 * scores[:, : self.K], dim=1)
+        if not self.has_classifier:
+            return ncc, None
+        logits = scores[:, self.K:] if self.b is None else scores[:, self.K:] + self.b
+        return ncc, torch.argmax(logits, dim=1)
+
+    def predict(self, h: torch.Tensor, logits=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(ncc label ids, classifier classes)``; without W the classifier is the argmax of stored ``logits``
+        (None when there are none either)."""
+        ncc, model = self.positions(h)
+        return self.ids[ncc], model if self.has_classifier else logits_argmax(logits)
 
 
-def classifier_predict(h: torch.Tensor, W: torch.Tensor | None, b: torch.Tensor | None, logits) -> torch.Tensor | None:
-    """``argmax_c (W h + b)_c`` when W is known, else the argmax of stored logits, else None."""
-    if W is not None:
-        out = h @ W.T
-        if b is not None:
-            out = out + b
-        return torch.argmax(out, dim=1)
-    if logits is not None:
-        return torch.argmax(torch.as_tensor(logits), dim=1)
-    return None
+def logits_argmax(logits) -> torch.Tensor | None:
+    return None if logits is None else torch.argmax(torch.as_tensor(logits), dim=1)
