@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .store import holds_features
 
 #: Keys under which training scripts nest the state_dict, in the order they are tried.
 NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "network", "state_dict_ema")
@@ -50,8 +51,6 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 SAFE_ARCH_PREFIXES = ("torchvision:", "timm:", "nc_probe.")
 #: Keys a model may lack in an older checkpoint without any effect on inference.
 IGNORABLE_MISSING = ("num_batches_tracked",)
-FEATURE_NAMES = {"features", "H"}
-LABEL_NAMES = {"labels", "y"}
 
 
 @dataclass
@@ -127,7 +126,7 @@ def is_checkpoint(path) -> bool:
         return True
     if kind == "safetensors":
         names = _safetensors_names(path)
-        return names is not None and not (FEATURE_NAMES & names and LABEL_NAMES & names)
+        return names is not None and not holds_features(names)
     if kind == "torch":
         import torch
 
@@ -140,7 +139,7 @@ def is_checkpoint(path) -> bool:
             return True  # pickled objects: a checkpoint, and load_model explains what to do
         except Exception:  # noqa: BLE001 - unreadable: whoever opens it reports why
             return path.endswith((".ckpt", ".pth", ".pt2", ".bin"))
-        return not (isinstance(obj, dict) and FEATURE_NAMES & set(obj) and LABEL_NAMES & set(obj))
+        return not (isinstance(obj, dict) and holds_features(obj))
     return False
 
 
@@ -195,7 +194,7 @@ def load_model(path, *, arch: str | None = None, arch_kwargs: dict | str | None 
     if not isinstance(obj, dict):
         raise InputError(f"holds a {type(obj).__name__}, not a state_dict or a model", path=path,
                          fix="save model.state_dict() (or a dict with it under 'state_dict')")
-    if FEATURE_NAMES & set(obj) and LABEL_NAMES & set(obj):
+    if holds_features(obj):
         raise InputError("is a feature file (features and labels), not a model checkpoint", path=path,
                          fix="analyze it directly, without model options")
     meta = obj.get("nc_probe") if isinstance(obj.get("nc_probe"), dict) else {}
@@ -357,7 +356,7 @@ def _load_safetensors(path: str):
         raise InputError(f"is truncated or not a valid safetensors file ({str(e).splitlines()[0][:120]})",
                          path=path, fix="write it again with safetensors.torch.save_file") from None
     names = set(state)
-    if FEATURE_NAMES & names and LABEL_NAMES & names:
+    if holds_features(names):
         raise InputError("is a feature file (features and labels), not model weights", path=path,
                          fix="analyze it directly, without model options")
     nc = {}

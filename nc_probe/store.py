@@ -274,6 +274,12 @@ def _open_safetensors(path: str) -> FeatureStore:
     return store
 
 
+def holds_features(names) -> bool:
+    """True when the array names include a features and a labels array, in any spelling nc-probe accepts."""
+    kinds = {ALIASES.get(n) for n in names}
+    return "features" in kinds and "labels" in kinds
+
+
 def _canonical_names(names: list[str], path: str) -> dict[str, str]:
     """Map the file's array names to ours; unknown names and missing features/labels are errors."""
     unknown = [n for n in names if n not in ALIASES]
