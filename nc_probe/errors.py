@@ -7,6 +7,9 @@ with code 2. The message names the file (when there is one) and says what to do.
 from __future__ import annotations
 
 
+COMMANDS = ("pip ", "python ", "nc-probe ", "torchrun ", "--")
+
+
 class InputError(ValueError):
     """Bad input: the message is complete, one line, and says how to fix it."""
 
@@ -18,6 +21,8 @@ class InputError(ValueError):
         text = " ".join(parts) + "."
         if fix:
             fix = fix.rstrip(".")
-            text += " " + fix[:1].upper() + fix[1:] + "."
+            if not fix.startswith(COMMANDS):  # a sentence starts upper case; a command is typed as written
+                fix = fix[:1].upper() + fix[1:]
+            text += " " + fix + "."
         super().__init__(text)
         self.path = path

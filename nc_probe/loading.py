@@ -40,15 +40,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import trust as trust_rules
 from .errors import InputError
 from .store import holds_features
+from .pickle_scan import is_pickle, pickle_globals
+from .text import few, first_line
 
 #: Keys under which training scripts nest the state_dict, in the order they are tried.
 NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "network", "state_dict_ema")
 #: Prefixes added by wrappers that are always removed: DistributedDataParallel/DataParallel and torch.compile.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-#: Architectures a checkpoint may name by itself (they import nothing but torchvision, timm or nc-probe).
-SAFE_ARCH_PREFIXES = ("torchvision:", "timm:", "nc_probe.")
 #: Keys a model may lack in an older checkpoint without any effect on inference.
 IGNORABLE_MISSING = ("num_batches_tracked",)
 
@@ -130,6 +131,9 @@ def is_checkpoint(path) -> bool:
     if kind == "torch":
         import torch
 
+        with open(path, "rb") as f:
+            if is_pickle(f.read(2)) and not _is_legacy_torch(path):
+                return True  # a raw pickle: load_model says what it would import, and refuses it
         try:
             try:
                 obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -179,8 +183,10 @@ def load_model(path, *, arch: str | None = None, arch_kwargs: dict | str | None 
     if kind == "export":
         return _load_export(path)
     if kind == "safetensors":
-        state, meta = _load_safetensors(path)
-        return _from_state_dict(state, meta, path, "safetensors", arch, kwargs, strip_prefix, trust_checkpoint, [])
+        state, raw = _load_safetensors(path)
+        meta, dropped = trust_rules.clean_metadata(raw)
+        return _from_state_dict(state, meta, path, "safetensors", arch, kwargs, strip_prefix, trust_checkpoint,
+                                _dropped_note(dropped))
     if kind == "npz":
         raise InputError("is a numpy .npz archive, not a model checkpoint", path=path,
                          fix="analyze it as a feature file (arrays H/features and y/labels) or pass a checkpoint")
@@ -197,8 +203,8 @@ def load_model(path, *, arch: str | None = None, arch_kwargs: dict | str | None 
     if holds_features(obj):
         raise InputError("is a feature file (features and labels), not a model checkpoint", path=path,
                          fix="analyze it directly, without model options")
-    meta = obj.get("nc_probe") if isinstance(obj.get("nc_probe"), dict) else {}
-    meta = dict(meta)
+    meta, dropped = trust_rules.clean_metadata(obj.get("nc_probe"))
+    notes = notes + _dropped_note(dropped)
     if "arch" not in meta and isinstance(obj.get("arch"), str):
         meta["arch"] = obj["arch"] if ":" in obj["arch"] else f"torchvision:{obj['arch']}"
     lightning = any("lightning_version" in str(k) for k in obj) or {"state_dict", "hyper_parameters"} <= set(obj)
@@ -247,35 +253,50 @@ def is_placeholder(obj) -> bool:
     return getattr(obj, "_nc_probe_placeholder", False)
 
 
+#: Globals the weights_only unpickler reads by itself; a placeholder must never stand in for one of them.
+_TORCH_OWN_GLOBALS = ("torch.", "collections.OrderedDict", "__builtin__.set", "builtins.set", "_codecs.encode")
+
+
 def _torch_load(path: str, trust: bool):
-    """``torch.load`` with weights_only (or not, when trusted); returns (object, notes)."""
+    """``torch.load`` with weights_only (or not, when trusted); returns (object, notes).
+
+    Objects weights_only refuses are replaced by inert placeholders when they are plain data the analysis does not
+    need (an ``argparse.Namespace`` of hyper-parameters); a pickled module, or a raw pickle that is not a torch.save
+    file at all, is refused with what it would import.
+    """
     import torch
 
-    def corrupt(e):
-        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        return InputError(f"is truncated or corrupt, torch.load failed ({reason})", path=path,
-                          fix="save or download the checkpoint again")
-
+    with open(path, "rb") as f:
+        head = f.read(2)
+    raw = is_pickle(head) and not _is_legacy_torch(path)
     if trust:
         try:
+            if raw:  # torch.load reads only its own formats; the user trusts this pickle
+                with open(path, "rb") as f:
+                    return pickle.load(f), ["loaded a raw pickle with --trust-checkpoint"]
             return torch.load(path, map_location="cpu", weights_only=False), ["loaded with --trust-checkpoint"]
         except (ModuleNotFoundError, AttributeError) as e:
-            raise InputError(f"the pickled objects need code that cannot be imported ({e})", path=path,
+            raise InputError(f"the pickled objects need code that cannot be imported ({first_line(e)})", path=path,
                              fix="run nc-probe where that code is importable (e.g. add it to PYTHONPATH)") from None
         except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError, ValueError) as e:
-            raise corrupt(e) from None
+            raise _corrupt(path, e) from None
+    if raw:
+        raise _pickled_error(path, pickle_globals(path), raw=True)
     try:
         return torch.load(path, map_location="cpu", weights_only=True), []
     except pickle.UnpicklingError as e:
         refused = e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise corrupt(e) from None
-    try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # noqa: BLE001 - legacy or damaged file: the first error says more
-        names = []
+        raise _corrupt(path, e) from None
+    if is_pickle(head):  # legacy torch.save format: torch cannot list its globals, the opcodes can
+        names = [n for n in pickle_globals(path, limit=50) if not n.startswith(_TORCH_OWN_GLOBALS)]
+    else:
+        try:
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # noqa: BLE001 - a damaged file: the first error says more
+            names = []
     if not names:
-        raise corrupt(refused) from None
+        raise _corrupt(path, refused) from None
     stubs = [(_placeholder_class(n), n) for n in names]
     try:
         with torch.serialization.safe_globals(stubs):
@@ -284,15 +305,40 @@ def _torch_load(path: str, trust: bool):
         raise _pickled_error(path, names) from None
     if is_placeholder(obj):
         raise _pickled_error(path, names)
-    return obj, [f"ignored pickled objects the analysis does not need ({_few(names, 3)})"]
+    return obj, [f"ignored pickled objects the analysis does not need ({few(names, 3)})"]
 
 
-def _pickled_error(path: str, names) -> InputError:
-    module_names = [n.rsplit(".", 1)[-1] for n in names
-                    if "torch.nn.modules" in n or n.rsplit(".", 1)[-1][:1].isupper()]
-    what = f"a pickled Python object ({_few(module_names or list(names), 4)})"
-    return InputError(f"holds {what}; unpickling it runs arbitrary code from the file, so nc-probe refuses by "
-                      "default", path=path,
+def _is_legacy_torch(path: str) -> bool:
+    """Whether a pickle stream is a legacy (non-zip) torch.save file: its first pickle is torch's magic number."""
+    import pickletools
+
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name in ("LONG1", "LONG4", "LONG", "INT"):
+                    return arg == _LEGACY_MAGIC
+                if op.name == "STOP":
+                    return False
+    except Exception:  # noqa: BLE001 - not decodable: not a torch file
+        return False
+    return False
+
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER, the first pickle of a legacy file
+
+
+def _corrupt(path: str, error) -> InputError:
+    return InputError(f"is truncated or corrupt: torch.load failed ({first_line(error, 120)})", path=path,
+                      fix="save or download the checkpoint again")
+
+
+def _pickled_error(path: str, names, raw: bool = False) -> InputError:
+    classes = [n for n in names if "torch.nn.modules" in n or n.rsplit(".", 1)[-1][:1].isupper()]
+    shown = few(classes or list(names), 4)
+    what = "a raw Python pickle (not a torch.save file)" if raw else "a pickled Python object"
+    imports = f" (it imports {shown})" if shown else ""
+    return InputError(f"holds {what} that would run arbitrary code when loaded{imports}; nc-probe refuses it",
+                      path=path,
                       fix="pass --trust-checkpoint only if you trust its source, or re-save it as "
                           "torch.save(model.state_dict(), path) and pass --arch")
 
@@ -353,7 +399,7 @@ def _load_safetensors(path: str):
             for k in f.keys():
                 state[k] = f.get_tensor(k)
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for damaged files
-        raise InputError(f"is truncated or not a valid safetensors file ({str(e).splitlines()[0][:120]})",
+        raise InputError(f"is truncated or not a valid safetensors file ({first_line(e, 120)})",
                          path=path, fix="write it again with safetensors.torch.save_file") from None
     names = set(state)
     if holds_features(names):
@@ -379,7 +425,7 @@ def _load_torchscript(path: str) -> LoadedModel:
             warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated, not its archives
             model = torch.jit.load(path, map_location="cpu", _extra_files=extra)
     except Exception as e:  # noqa: BLE001 - the TorchScript loader raises RuntimeError with long C++ messages
-        raise InputError(f"is a damaged TorchScript archive ({str(e).strip().splitlines()[0][:120]})", path=path,
+        raise InputError(f"is a damaged TorchScript archive ({first_line(e, 120)})", path=path,
                          fix="save it again with torch.jit.save") from None
     meta = {}
     if extra["nc_probe.json"]:
@@ -387,7 +433,12 @@ def _load_torchscript(path: str) -> LoadedModel:
             meta = json.loads(extra["nc_probe.json"])
         except (json.JSONDecodeError, TypeError):
             meta = {}
-    return LoadedModel(model.eval(), "torchscript", path, metadata=meta if isinstance(meta, dict) else {})
+    meta, dropped = trust_rules.clean_metadata(meta)
+    return LoadedModel(model.eval(), "torchscript", path, metadata=meta, notes=_dropped_note(dropped))
+
+
+def _dropped_note(dropped: list[str]) -> list[str]:
+    return [f"ignored metadata of an unexpected type: {', '.join(dropped)}"] if dropped else []
 
 
 def _load_export(path: str) -> LoadedModel:
@@ -396,72 +447,67 @@ def _load_export(path: str) -> LoadedModel:
     try:
         program = torch.export.load(path)
     except Exception as e:  # noqa: BLE001 - many failure types (format version, damaged zip, AOTInductor package)
-        raise InputError(f"is not a loadable torch.export program ({str(e).strip().splitlines()[0][:120]})",
+        raise InputError(f"is not a loadable torch.export program ({first_line(e, 120)})",
                          path=path, fix="save it with torch.export.save (AOTInductor packages are not supported)") \
             from None
     return LoadedModel(program, "export", path)
 
 
 # ---------------------------------------------------------------------------------------------- architectures
-def resolve_arch(user_arch, user_kwargs, meta: dict, path: str, trust: bool) -> tuple[str, dict]:
-    """The architecture string and kwargs: the user's, else the checkpoint's (only from a safe namespace or when
-    trusted, since importing and calling a name read from a file runs code)."""
+@dataclass(frozen=True)
+class ArchChoice:
+    """The architecture to build: its string, keyword arguments, and whether it may run arbitrary code (the user
+    named it, or trusts the file) or must resolve through the allowlist of :mod:`nc_probe.trust`."""
+
+    arch: str
+    kwargs: dict
+    consented: bool
+
+
+def resolve_arch(user_arch, user_kwargs, meta: dict, path: str, trust: bool) -> ArchChoice:
+    """The user's architecture, else the checkpoint's: only an allowlisted one (:mod:`nc_probe.trust`) unless the
+    user trusts the file, since importing and calling a name read from a file runs code."""
     meta_arch = meta.get("arch")
     meta_kwargs = meta.get("arch_kwargs") if isinstance(meta.get("arch_kwargs"), dict) else {}
     if user_arch:
         kwargs = dict(meta_kwargs) if user_arch == meta_arch else {}
         kwargs.update(user_kwargs or {})
-        return user_arch, kwargs
+        return ArchChoice(user_arch, kwargs, consented=True)
     if not meta_arch:
         raise InputError("holds only weights (a state_dict) and no architecture", path=path,
                          fix="pass --arch torchvision:NAME, timm:NAME or package.module:factory "
                              "(with --arch-kwargs '{\"num_classes\": C}' if needed)")
-    if not isinstance(meta_arch, str):
-        raise InputError(f"names its architecture as {meta_arch!r}, not a string", path=path, fix="pass --arch")
-    if not (meta_arch.startswith(SAFE_ARCH_PREFIXES) or trust):
-        raise InputError(f"names its architecture {meta_arch}, which nc-probe would import and call; code named by "
-                         "a file is not run without your consent", path=path,
-                         fix=f"pass --arch {meta_arch} to confirm (or --trust-checkpoint)")
+    if not trust:
+        trust_rules.check_file_arch(meta_arch, meta_kwargs, path=path)
     kwargs = dict(meta_kwargs)
     kwargs.update(user_kwargs or {})
-    return meta_arch, kwargs
+    return ArchChoice(meta_arch, kwargs, consented=trust)
 
 
-def build_model(arch: str, kwargs: dict | None = None, *, path=None):
+def build_model(arch: str, kwargs: dict | None = None, *, path=None, consented: bool = True):
     """Instantiate ``arch`` (``torchvision:NAME``, ``timm:NAME``, ``package.module:factory`` or
-    ``file.py:factory``) with ``kwargs``. Never downloads weights: they come from the checkpoint."""
+    ``file.py:factory``) with ``kwargs``. Never downloads weights: they come from the checkpoint.
+
+    ``consented=False`` (an architecture read from a file): only the allowlist of :mod:`nc_probe.trust` resolves;
+    torchvision and timm names go through their registries, a sample factory through its exact name, and no module
+    is imported by a name from the file.
+    """
     import torch
 
-    kwargs = dict(kwargs or {})
+    kwargs = trust_rules.drop_fetching_kwargs(dict(kwargs or {}))
     if ":" not in arch:
         raise InputError(f"--arch {arch!r} has no ':'", path=path,
                          fix="write torchvision:resnet18, timm:NAME or package.module:factory")
     scheme, _, name = arch.partition(":")
     if scheme in ("torchvision", "timm"):
-        # Pretrained weights would be downloaded, and then replaced by the checkpoint's anyway.
-        for k in ("weights", "pretrained", "pretrained_cfg", "checkpoint_path"):
-            kwargs.pop(k, None)
-    if scheme == "torchvision":
-        try:
-            import torchvision.models as tvm
-        except ImportError:
-            raise InputError(f"--arch {arch} needs torchvision, which is not installed", path=path,
-                             fix="pip install torchvision, or pass --arch package.module:factory") from None
-        factory = lambda **kw: tvm.get_model(name, weights=None, **kw)  # noqa: E731
-        try:
-            tvm.get_model_builder(name)
-        except ValueError:
-            raise InputError(f"torchvision has no model {name!r}", path=path,
-                             fix="see torchvision.models.list_models() for the names") from None
-    elif scheme == "timm":
-        try:
-            import timm
-        except ImportError:
-            raise InputError(f"--arch {arch} needs timm, which is not installed", path=path,
-                             fix="pip install timm, or pass --arch package.module:factory") from None
-        if not timm.is_model(name):
-            raise InputError(f"timm has no model {name!r}", path=path, fix="see timm.list_models() for the names")
-        factory = lambda **kw: timm.create_model(name, pretrained=False, **kw)  # noqa: E731
+        factory = _registry_factory(arch, scheme, name, path)
+    elif not consented:
+        if arch not in trust_rules.SAMPLE_FACTORIES:  # resolve_arch checked this; a second lock on the door
+            raise InputError(f"names its architecture {arch}, which is not allowlisted", path=path,
+                             fix=f"pass --arch {arch} to confirm (or --trust-checkpoint)")
+        from .samples import FACTORIES
+
+        factory = FACTORIES[arch]
     else:
         factory = import_object(arch, what="--arch", path=path)
         if not callable(factory):
@@ -474,12 +520,40 @@ def build_model(arch: str, kwargs: dict | None = None, *, path=None):
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001 - user code: report, do not crash
-        raise InputError(f"--arch {arch} failed: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}",
-                         path=path, fix="check --arch and --arch-kwargs") from None
+        raise InputError(f"--arch {arch} failed: {type(e).__name__}: {first_line(e)}", path=path,
+                         fix="check --arch and --arch-kwargs") from None
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"--arch {arch} returned a {type(model).__name__}, not a torch.nn.Module", path=path,
                          fix="name a factory that builds the model")
     return model
+
+
+def _registry_factory(arch: str, scheme: str, name: str, path):
+    """A factory for ``torchvision:NAME`` / ``timm:NAME`` that looks NAME up in the library's model registry (never
+    an attribute walk or an import by name), with pretrained weights off."""
+    if trust_rules.registry_arch(arch) is None:
+        raise InputError(f"--arch {arch}: {name!r} is not a {scheme} model name", path=path,
+                         fix=f"see {scheme}'s list of models for the names")
+    if scheme == "torchvision":
+        try:
+            import torchvision.models as tvm
+        except ImportError:
+            raise InputError(f"--arch {arch} needs torchvision, which is not installed", path=path,
+                             fix="pip install torchvision, or pass --arch package.module:factory") from None
+        try:
+            tvm.get_model_builder(name)
+        except (ValueError, KeyError):
+            raise InputError(f"torchvision has no model {name!r}", path=path,
+                             fix="see torchvision.models.list_models() for the names") from None
+        return lambda **kw: tvm.get_model(name, weights=None, **kw)
+    try:
+        import timm
+    except ImportError:
+        raise InputError(f"--arch {arch} needs timm, which is not installed", path=path,
+                         fix="pip install timm, or pass --arch package.module:factory") from None
+    if not timm.is_model(name):
+        raise InputError(f"timm has no model {name!r}", path=path, fix="see timm.list_models() for the names")
+    return lambda **kw: timm.create_model(name, pretrained=False, **kw)
 
 
 def import_object(spec: str, *, what: str, path=None):
@@ -514,8 +588,9 @@ def import_object(spec: str, *, what: str, path=None):
 
 # ---------------------------------------------------------------------------------------------- state dicts
 def _from_state_dict(state, meta, path, fmt, arch, kwargs, strip_prefix, trust, notes) -> LoadedModel:
-    arch_name, arch_kwargs = resolve_arch(arch, kwargs, meta, path, trust)
-    model = build_model(arch_name, arch_kwargs, path=path)
+    choice = resolve_arch(arch, kwargs, meta, path, trust)
+    arch_name, arch_kwargs = choice.arch, choice.kwargs
+    model = build_model(arch_name, arch_kwargs, path=path, consented=choice.consented)
     state, more = match_state_dict(state, model.state_dict(), path=path, strip_prefix=strip_prefix,
                                    arch=arch_name)
     model.load_state_dict(state, strict=False)
@@ -551,7 +626,7 @@ def match_state_dict(state: dict, expected: dict, *, path=None, strip_prefix=Non
         kept = {k[len(strip_prefix):]: v for k, v in state.items() if k.startswith(strip_prefix)}
         if not kept:
             raise InputError(f"no key starts with --strip-prefix {strip_prefix!r} (keys look like "
-                             f"{_few(list(state), 3)})", path=path, fix="check the prefix, including its dot")
+                             f"{few(list(state), 3)})", path=path, fix="check the prefix, including its dot")
         notes.append(f"kept the {len(kept)} keys under {strip_prefix!r} and removed that prefix")
         state = kept
     want = set(expected)
@@ -570,9 +645,9 @@ def match_state_dict(state: dict, expected: dict, *, path=None, strip_prefix=Non
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"{len(missing)} missing ({_few(missing, 3)})")
+            parts.append(f"{len(missing)} missing ({few(missing, 3)})")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected ({_few(unexpected, 3)})")
+            parts.append(f"{len(unexpected)} unexpected ({few(unexpected, 3)})")
         fix = "check --arch and --arch-kwargs, or pass --strip-prefix with a wrapper's key prefix"
         raise InputError(f"state_dict keys do not match {arch or 'the architecture'}: " + "; ".join(parts),
                          path=path, fix=fix)
@@ -595,9 +670,3 @@ def _covering_prefix(state: dict, want: set) -> str | None:
         if want <= under or (want - under and all(m.endswith(IGNORABLE_MISSING) for m in want - under)):
             return p
     return None
-
-
-def _few(items, n: int) -> str:
-    items = list(items)
-    text = ", ".join(str(i) for i in items[:n])
-    return text + (", ..." if len(items) > n else "")

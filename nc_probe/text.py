@@ -1,0 +1,51 @@
+"""Small text helpers shared by errors, renderers and the gate: lists cut short, messages cut at a word, numbers
+and byte sizes as a person reads them."""
+
+from __future__ import annotations
+
+import math
+
+
+def few(items, n: int = 5) -> str:
+    """``"a, b, c, ..."``: the first ``n`` items, and an ellipsis when there are more."""
+    items = list(items)
+    return ", ".join(str(i) for i in items[:n]) + (", ..." if len(items) > n else "")
+
+
+def first_line(error, limit: int = 160) -> str:
+    """The first non-empty line of an error message (or of any text), cut at a word boundary, never mid-word."""
+    text = str(error).strip()
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    if not line:
+        return type(error).__name__ if isinstance(error, BaseException) else ""
+    if len(line) <= limit:
+        return line
+    cut = line[:limit].rsplit(" ", 1)[0].rstrip(" ,;:")
+    return (cut if len(cut) > limit // 2 else line[:limit]) + " ..."
+
+
+def format_number(value, digits: int = 4) -> str:
+    """Numbers as a person reads them: integers plain, very small or large floats in scientific notation, absent
+    (None, NaN) as '-'. The one formatter of the terminal, HTML, Markdown and gate outputs."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, (bool, int)):
+        return str(value)
+    v = float(value)
+    if v == 0:
+        return "0"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    if abs(v) < 1e-3 or abs(v) >= 1e5:
+        return f"{v:.{digits - 1}e}"
+    return f"{v:.{digits}g}" if abs(v) < 1 else f"{v:.{digits}f}".rstrip("0").rstrip(".")
+
+
+def format_bytes(n: float) -> str:
+    """``1536`` -> ``"1.5 KiB"``; binary units, 3 significant digits."""
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} TiB"  # pragma: no cover - the loop always returns
