@@ -1,17 +1,37 @@
 """nc-probe: neural collapse, subspace ranks, MCR^2 coding rates and principal angles of a classifier's features.
 
-The metric contract is ``shared/metrics-spec.md`` of the project; :mod:`nc_probe.metrics` cites it per metric.
+Every metric is defined in ``docs/metrics.md``. The public names below are imported on first use, so that
+``import nc_probe`` (and the ``nc-probe`` command starting up) does not load torch before it is needed.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from .analysis import analyze_features, analyze_file, analyze_store  # noqa: E402
-from .errors import InputError  # noqa: E402
-from .pipeline import analyze_checkpoint, extract_features, inspect_checkpoint  # noqa: E402
-from .report import Report  # noqa: E402
-from .stats import ClassStats  # noqa: E402
-from .store import FeatureStore, StoreWriter, open_store, write_store  # noqa: E402
+import importlib
+from typing import Any
 
-__all__ = ["ClassStats", "FeatureStore", "InputError", "Report", "StoreWriter", "__version__", "analyze_checkpoint",
-           "analyze_features", "analyze_file", "analyze_store", "extract_features", "inspect_checkpoint", "open_store",
-           "write_store"]
+from ._version import __version__
+
+# public name -> module that defines it
+_EXPORTS = {
+    "analyze_features": "analysis", "analyze_file": "analysis", "analyze_store": "analysis",
+    "InputError": "errors",
+    "analyze_checkpoint": "pipeline", "extract_features": "pipeline", "inspect_checkpoint": "pipeline",
+    "Report": "report",
+    "ClassStats": "stats",
+    "FeatureStore": "store", "StoreWriter": "store", "open_store": "store", "write_store": "store",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nc_probe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

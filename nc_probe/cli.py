@@ -17,7 +17,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from . import __version__, distributed
+from . import distributed
+from ._version import __version__
 from .errors import InputError
 
 app = typer.Typer(
@@ -55,7 +56,7 @@ def user_errors(fn):
                               soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            err_console.print("interrupted")
+            err_console.print("nc-probe: interrupted")
             raise typer.Exit(130) from None
 
     return wrapper
@@ -98,9 +99,7 @@ def _register():
 _register()
 
 
-def main():
-    app(prog_name="nc-probe")
+def main() -> int:
+    from .entry import main as entry_main
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    return entry_main()

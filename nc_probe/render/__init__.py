@@ -1,0 +1,1 @@
+"""Renderers of reports and comparisons: terminal, tables and exports, plots, HTML."""
