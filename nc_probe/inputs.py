@@ -1,14 +1,11 @@
-"""What a path given on the command line is (a report JSON, a feature file, or a checkpoint) and how to turn it
-into a Report. Shared by analyze, compare and gate, so every command accepts the same inputs."""
+"""What an input named on the command line is (a report JSON, a feature file, a checkpoint, or a shipped sample
+``sample:NAME``) and how to turn it into a Report. Shared by analyze, compare and gate, so every command accepts
+the same inputs."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from .errors import InputError
+from .locate import resolve_input
 from .report import Report
-
-SAMPLE_CHECKPOINT = Path(__file__).resolve().parent.parent / "sample_checkpoints" / "ce.pt"
 
 
 def input_kind(path) -> str:
@@ -16,11 +13,7 @@ def input_kind(path) -> str:
     feature-file reader then says precisely what is wrong with a file that is neither)."""
     from .loading import is_checkpoint
 
-    p = Path(path)
-    if not p.exists():
-        raise InputError("no such file", path=p, fix="check the path")
-    if p.is_dir():
-        raise InputError("is a folder", path=p, fix="pass a checkpoint, a feature file or a report JSON")
+    p = resolve_input(path)
     if p.suffix.lower() == ".json":
         return "report"
     return "checkpoint" if is_checkpoint(p) else "features"
@@ -28,13 +21,14 @@ def input_kind(path) -> str:
 
 def report_for(path, *, checkpoint_options: dict | None = None, **settings) -> Report:
     """A Report for any input: a report JSON is read back, a feature file analyzed, a checkpoint run on its data."""
-    kind = input_kind(path)
+    p = resolve_input(path)
+    kind = input_kind(p)
     if kind == "report":
-        return Report.load(path)
+        return Report.load(p)
     if kind == "features":
         from .analysis import analyze_file
 
-        return analyze_file(path, **settings)
+        return analyze_file(p, **settings)
     from .pipeline import analyze_checkpoint
 
-    return analyze_checkpoint(path, **(checkpoint_options or {}), **settings)
+    return analyze_checkpoint(p, **(checkpoint_options or {}), **settings)

@@ -3,8 +3,8 @@
 - ``nc_probe/data/digits.npz``: the 1797 8x8 digits that scikit-learn distributes (the UCI optdigits test set;
   origin and license in ``nc_probe/data/README.md``) with a fixed stratified train/test split, so the samples
   need no run-time dependency beyond numpy and torch.
-- :func:`digits_net`: the model factory of the sample checkpoints in ``sample_checkpoints/`` (rebuilt by
-  ``scripts/train_samples.py``). Its last module is the ``nn.Linear`` head, so the default tap (the input of the
+- :func:`digits_net`: the model factory of the sample checkpoints (``sample:ce``, ``sample:mcr2``,
+  ``sample:ce_epoch20``, ...; files in ``sample_checkpoints/``, rebuilt by ``scripts/train_samples.py``). Its last module is the ``nn.Linear`` head, so the default tap (the input of the
   final ``nn.Linear``) gives the penultimate features:
 
   * cross-entropy (``normalize=False``): ``ReLU(BatchNorm(Linear(...)))``, the post-activation features in which
@@ -32,8 +32,11 @@ from torch.nn import functional as F
 PACKAGE_DIR = Path(__file__).resolve().parent
 DATA_DIR = PACKAGE_DIR / "data"
 DIGITS_PATH = DATA_DIR / "digits.npz"
-#: ``sample_checkpoints/`` of a source checkout (next to the ``nc_probe`` package).
-SAMPLE_DIR = PACKAGE_DIR.parent / "sample_checkpoints"
+#: The shipped checkpoints: ``sample_checkpoints/`` of the repository, installed as the package
+#: ``nc_probe.sample_checkpoints`` (an editable install maps that name to the folder, a wheel carries the files).
+SAMPLE_PACKAGE = "nc_probe.sample_checkpoints"
+#: The input of ``nc-probe analyze`` without arguments.
+DEFAULT_SAMPLE = "sample:ce"
 SPLITS = ("train", "test", "all")
 DIGITS_CLASS_NAMES = [str(i) for i in range(10)]
 DIGITS_DATASET = "digits 8x8 (UCI via scikit-learn)"
@@ -143,19 +146,39 @@ def digits_net(num_classes: int = 10, hidden: int = 128, feat_dim: int = 64, nor
     return DigitsNet(num_classes=num_classes, hidden=hidden, feat_dim=feat_dim, normalize=normalize, in_dim=in_dim)
 
 
+#: Factories a checkpoint's metadata may name without the user's consent (see nc_probe.trust): exact names only.
+FACTORIES = {"nc_probe.samples:digits_net": digits_net}
+
+
 # --------------------------------------------------------------------------------------------------- checkpoints
+def sample_dir() -> Path:
+    """The folder holding the shipped sample checkpoints."""
+    import importlib.resources
+
+    try:
+        return Path(str(importlib.resources.files(SAMPLE_PACKAGE)))
+    except ModuleNotFoundError:  # a source tree used without installing: the folder beside the package
+        return PACKAGE_DIR.parent / "sample_checkpoints"
+
+
+def sample_names() -> list[str]:
+    """Names of the shipped sample checkpoints (``ce``, ``ce_epoch1``, ..., ``mcr2``), sorted."""
+    folder = sample_dir()
+    return sorted(p.stem for p in folder.glob("*.pt")) if folder.is_dir() else []
+
+
 def sample_path(name: str) -> Path:
-    """Path of a shipped sample checkpoint: ``sample_path("ce")`` -> ``sample_checkpoints/ce.pt``."""
-    path = SAMPLE_DIR / (name if name.endswith(".pt") else f"{name}.pt")
+    """Path of a shipped sample checkpoint: ``sample_path("ce")`` or ``sample_path("sample:ce")``."""
+    name = str(name).removeprefix("sample:").removesuffix(".pt")
+    path = sample_dir() / f"{name}.pt"
     if not path.is_file():
-        raise FileNotFoundError(f"no sample checkpoint {path}; the samples ship with a source checkout "
-                                "(rebuild them with scripts/train_samples.py)")
+        raise FileNotFoundError(f"no sample checkpoint {name!r}; the samples are {', '.join(sample_names())}")
     return path
 
 
 def sample_checkpoints() -> list[Path]:
     """The shipped sample checkpoints, sorted by name."""
-    return sorted(SAMPLE_DIR.glob("*.pt")) if SAMPLE_DIR.is_dir() else []
+    return [sample_path(n) for n in sample_names()]
 
 
 def load_sample_checkpoint(path) -> tuple[DigitsNet, dict]:

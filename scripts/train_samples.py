@@ -18,7 +18,7 @@ Both checkpoints use the same backbone, ``nc_probe.samples.digits_net``: an MLP 
 
 About 15-25 s in all on one CPU thread.
 
-MCR^2 with the definitions of ``shared/metrics-spec.md`` (Z the d x N matrix of unit features):
+MCR^2 with the definitions of ``docs/metrics.md`` (Z the d x N matrix of unit features):
 ``R = 1/2 logdet(I + d/(N eps2) Z Z^T)``, ``Rc = sum_c (n_c/N) 1/2 logdet(I + d/(n_c eps2) Z_c Z_c^T)``,
 loss ``-(R - Rc)``.
 
@@ -198,7 +198,7 @@ def train_all(out: Path, threads: int = 1, log=print) -> float:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=samples.SAMPLE_DIR, help="output folder (default: %(default)s)")
+    ap.add_argument("--out", type=Path, default=REPO / "sample_checkpoints", help="output folder (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 for bit-reproducible output)")
     ap.add_argument("--digits-csv", type=Path, help="rebuild nc_probe/data/digits.npz from scikit-learn's "
                                                     "sklearn/datasets/data/digits.csv.gz first")
