@@ -1,0 +1,147 @@
+"""Outputs are checked before any work and written as one set: nothing half-written, nothing overwritten that
+the run reads, nothing new after an error or Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import nc_probe.inputs
+from nc_probe.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def features(tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % 3
+    H = rng.normal(size=(3, 8))[y] * 4 + rng.normal(size=(60, 8))
+    path = tmp_path / "feats.npz"
+    np.savez(path, H=H, y=y, W=rng.normal(size=(3, 8)))
+    return path
+
+
+@pytest.fixture
+def no_analysis(monkeypatch):
+    """Fail the test if an analysis starts: every check here must come first."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the analysis ran before the outputs were checked")
+
+    monkeypatch.setattr(nc_probe.inputs, "report_for", forbidden)
+
+
+def _user_error(result, *words):
+    assert result.exit_code == 2, result.output
+    text = result.output.strip()
+    assert len(text.splitlines()) == 1 and "Traceback" not in text, text
+    for w in words:
+        assert w in text, text
+    return text
+
+
+def test_output_onto_an_input_is_refused_first(features, tmp_path, no_analysis):
+    before = features.read_bytes()
+    _user_error(runner.invoke(app, ["analyze", str(features), "--json", str(features)]), "--json", "overwrite an input")
+    assert features.read_bytes() == before
+    _user_error(runner.invoke(app, ["gate", str(features), "-r", "nc1<=1", "--junit", str(features)]), "--junit")
+    data = tmp_path / "data.npz"
+    np.savez(data, x=np.zeros((4, 64), np.float32), y=np.arange(4))
+    _user_error(runner.invoke(app, ["analyze", "sample:ce", "--data", str(data), "--html", str(data)]), "--html")
+
+
+def test_two_outputs_on_one_path_and_bad_places(features, tmp_path, no_analysis):
+    out = tmp_path / "r.json"
+    _user_error(runner.invoke(app, ["analyze", str(features), "--json", str(out), "--html", str(out)]),
+                "--html", "--json", "same path")
+    _user_error(runner.invoke(app, ["analyze", str(features), "--out", str(tmp_path / "o"), "--json",
+                                    str(tmp_path / "o" / "report.json")]), "--json", "--out")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    _user_error(runner.invoke(app, ["analyze", str(features), "--json", str(blocker / "r.json")]), "--json",
+                "not a folder")
+    _user_error(runner.invoke(app, ["analyze", str(features), "--out", str(blocker)]), "--out", "not a folder")
+    _user_error(runner.invoke(app, ["analyze", str(features), "--json", str(tmp_path)]), "--json", "a folder")
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        _user_error(runner.invoke(app, ["analyze", str(features), "--json", str(locked / "r.json")]),
+                    "not writable")
+    _user_error(runner.invoke(app, ["baseline", str(features), "-o", str(features)]), "--output")
+
+
+def test_interrupt_while_writing_leaves_nothing_new(features, tmp_path, monkeypatch):
+    """Ctrl-C after report.json and the tables were written (while the HTML page is made): none of them appear."""
+    import nc_probe.render.html as html
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(html, "write_html", interrupted)
+    target = tmp_path / "results"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    result = runner.invoke(app, ["analyze", str(features), "--json", str(target / "report.json"), "--out",
+                                 str(target / "out"), "--html", str(target / "page.html")])
+    assert result.exit_code == 130, result.output
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no outputs, no staging folders left
+
+
+def test_complete_set_appears_together(features, tmp_path):
+    target = tmp_path / "results"
+    result = runner.invoke(app, ["analyze", str(features), "-q", "--json", str(target / "report.json"), "--out",
+                                 str(target / "out"), "--plots", str(target / "plots"),
+                                 "--html", str(target / "page.html")])
+    assert result.exit_code == 0, result.output
+    names = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
+    assert "report.json" in names and "page.html" in names and "out/metrics.csv" in names
+    assert "plots/metrics.png" in names and "plots/metrics.svg" in names
+    assert not [p for p in tmp_path.rglob(".nc-probe-staging-*")]
+
+
+def test_save_features_is_staged_and_recorded_at_its_final_path(tmp_path):
+    feats = tmp_path / "f.safetensors"
+    out = tmp_path / "r.json"
+    result = runner.invoke(app, ["analyze", "sample:ce", "-q", "--save-features", str(feats), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    import json
+
+    assert json.loads(out.read_text())["inputs"]["features_file"] == str(feats)
+    assert feats.is_file() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_ctrl_c_during_start_up_is_one_line(tmp_path):
+    """A real SIGINT a moment after start (while torch is being imported): exit 130, no traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "nc_probe", "analyze", "sample:ce", "--json",
+                             str(tmp_path / "r.json")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_entry_point_catches_an_interrupted_import(monkeypatch, capsys):
+    import importlib.abc
+
+    from nc_probe import entry
+
+    class Interrupt(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "nc_probe.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "nc_probe.cli", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Interrupt(), *sys.meta_path])
+    assert entry.main() == 130
+    assert capsys.readouterr().err == "nc-probe: interrupted\n"
