@@ -1,4 +1,4 @@
-"""Report: one dataclass holding an analysis, and its JSON form (``../shared/metrics-spec.md``, "Report format").
+"""Report: one dataclass holding an analysis, and its JSON form (``docs/metrics.md``, "Report format").
 
 The JSON keys of ``metrics``, ``per_class`` and ``angles`` are the public metric keys of the spec; renaming one
 is a breaking change of ``SCHEMA_VERSION``. Absent metrics (no classifier, skipped subspaces) are ``null``.

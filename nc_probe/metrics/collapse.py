@@ -1,4 +1,4 @@
-"""Neural-collapse metrics NC1-NC3 on raw features (``../shared/metrics-spec.md``, "Collapse metrics").
+"""Neural-collapse metrics NC1-NC3 on raw features (``docs/metrics.md``, "Collapse metrics").
 
 Pure functions of float64 arrays taken from :class:`~nc_probe.stats.ClassStats`; only classes with samples are
 passed in. NC4 and the accuracies need a second pass over the features and live in :mod:`nc_probe.metrics.nc4`.

@@ -1,4 +1,4 @@
-"""NC4 and the accuracies (``../shared/metrics-spec.md``): a second pass over the features with the final means.
+"""NC4 and the accuracies (``docs/metrics.md``): a second pass over the features with the final means.
 
 ``nc4`` is the fraction of samples where the classifier's ``argmax_c (W h + b)_c`` differs from the
 nearest-class-center rule ``argmin_c ||h - mu_c||`` (ties: lowest index). Counts are integers, so partial tallies

@@ -1,4 +1,4 @@
-"""Subspace metrics on unit-normalized features (``../shared/metrics-spec.md``, "Subspace metrics").
+"""Subspace metrics on unit-normalized features (``docs/metrics.md``, "Subspace metrics").
 
 Ranks, MCR^2 coding rates (Yu et al. 2020, natural log, ``eps2`` is the paper's eps^2) and principal angles
 between class subspaces (Bjorck & Golub 1973), all from the per-class second moments ``S_c = zz_c / n_c``.

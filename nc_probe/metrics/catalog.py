@@ -1,0 +1,102 @@
+"""The metric catalog: every public key with its meaning, shape, unit and direction, in one place.
+
+``compare`` (arrows and words), the gate's help, the HTML page, the terminal and ``docs/metrics.md`` all read
+this table, so a metric's direction is stated once. A direction is the way the value moves when the features get
+"more <word>": nc1 falls as they get more collapsed, angle_min rises as classes get more separated, a class rank
+falls as classes get more compressed, rate reduction rises as classes get more separated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+COLLAPSED, SEPARATED, COMPRESSED, DIVERSE, ACCURATE = (
+    "more collapsed", "more separated", "more compressed", "more diverse", "more accurate")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One public metric key.
+
+    ``shape``: "scalar", "per_class" (a list over classes) or "pair" (a class x class matrix). ``direction``:
+    "lower" or "higher", the way the value moves as the features get ``word``; None for metrics without one.
+    """
+
+    key: str
+    doc: str
+    shape: str = "scalar"
+    unit: str = ""
+    direction: str | None = None
+    word: str | None = None
+
+    @property
+    def arrow(self) -> str:
+        return {"lower": "↓", "higher": "↑"}.get(self.direction or "", "")
+
+
+def _m(key, doc, shape="scalar", unit="", direction=None, word=None) -> Metric:
+    return Metric(key, doc, shape, unit, direction, word)
+
+
+_NC2 = {
+    "equinorm": "spread of {what} norms, std/mean (0 = equal norms)",
+    "equiangle": "std of pairwise cosines of {what} (0 = equal angles)",
+    "maxangle": "mean |cos + 1/(C-1)| of {what} (0 = maximally separated)",
+    "etf": "distance of the normalized {what} Gram matrix to the simplex ETF (0 = ETF)",
+}
+
+CATALOG: dict[str, Metric] = {m.key: m for m in [
+    _m("nc1", "within-class variability relative to between-class: Tr(Sigma_W Sigma_B^+)/C (0 = collapsed)",
+       direction="lower", word=COLLAPSED),
+    _m("nc1_cdnv", "class-distance normalized variance, mean over class pairs (0 = collapsed)",
+       direction="lower", word=COLLAPSED),
+    *[_m(f"nc2_{k}_M", doc.format(what="centered class-mean"), direction="lower", word=COLLAPSED)
+      for k, doc in _NC2.items()],
+    *[_m(f"nc2_{k}_W", doc.format(what="classifier-row"), direction="lower", word=COLLAPSED)
+      for k, doc in _NC2.items()],
+    _m("nc3", "self-duality: ||W^T/||W|| - M/||M|| ||_F^2 between classifier and centered means (0 = dual)",
+       direction="lower", word=COLLAPSED),
+    _m("nc4", "fraction of samples where the classifier and the nearest class center disagree (0 = agree)",
+       unit="fraction", direction="lower", word=COLLAPSED),
+    _m("acc_model", "accuracy of the model's final linear classifier", unit="fraction", direction="higher",
+       word=ACCURATE),
+    _m("acc_ncc", "accuracy of the nearest-class-center rule on the features", unit="fraction",
+       direction="higher", word=ACCURATE),
+    _m("rank_energy95", "per class: dimensions holding 95% of the unit-feature energy (1 = collapsed to a line)",
+       "per_class", "dimensions", "lower", COMPRESSED),
+    _m("rank_energy99", "per class: dimensions holding 99% of the unit-feature energy", "per_class",
+       "dimensions", "lower", COMPRESSED),
+    _m("rank_effective", "per class: effective rank exp(entropy) of the singular values (Roy & Vetterli)",
+       "per_class", "dimensions", "lower", COMPRESSED),
+    _m("rank_numerical", "per class: eigenvalues above rank_tol times the largest", "per_class", "dimensions",
+       "lower", COMPRESSED),
+    _m("coding_rate", "MCR^2 coding rate R of all unit features, nats (larger = more diverse features)",
+       unit="nats", direction="higher", word=DIVERSE),
+    _m("coding_rate_class", "per class: MCR^2 coding rate R_c of the class, nats", "per_class", "nats", "lower",
+       COMPRESSED),
+    _m("coding_rate_within", "MCR^2 Rc = sum_c (n_c/N) R_c, nats (smaller = classes more compressed)",
+       unit="nats", direction="lower", word=COMPRESSED),
+    _m("rate_reduction", "MCR^2 rate reduction dR = R - Rc, nats (larger = classes more distinct and diverse)",
+       unit="nats", direction="higher", word=SEPARATED),
+    _m("coding_rate_max", "coding rate of isotropic unit features, (d/2) ln(1 + 1/eps^2): the scale of R",
+       unit="nats"),
+    _m("angle_min", "per class pair: smallest principal angle between class subspaces, degrees", "pair",
+       "degrees", "higher", SEPARATED),
+    _m("subspace_affinity", "per class pair: ||U_c^T U_c'||_F^2 / min(k_c, k_c') in [0, 1]", "pair", "",
+       "lower", SEPARATED),
+    _m("angle_min_mean", "mean smallest principal angle over class pairs, degrees (90 = orthogonal)",
+       unit="degrees", direction="higher", word=SEPARATED),
+    _m("angle_min_min", "smallest principal angle of any class pair, degrees", unit="degrees",
+       direction="higher", word=SEPARATED),
+]}
+
+METRIC_DOCS = {k: m.doc for k, m in CATALOG.items()}
+SCALAR_KEYS = [k for k, m in CATALOG.items() if m.shape == "scalar"]
+PER_CLASS_KEYS = [k for k, m in CATALOG.items() if m.shape == "per_class"]
+PAIR_KEYS = [k for k, m in CATALOG.items() if m.shape == "pair"]
+
+
+def metric(key: str) -> Metric | None:
+    """The catalog entry of ``key``; ``"rank_energy95 (mean)"`` (a per-class mean in a comparison) reads as its
+    metric."""
+    return CATALOG.get(key.split(" ")[0])
