@@ -1,8 +1,8 @@
 """Side-by-side comparison of several analyses (``nc-probe compare``), and linear CKA between representations.
 
 :func:`compare_reports` lines up the scalar metrics (and per-class means) of reports of the same class set, with
-the change of each input against the first (the baseline) and whether that change is toward collapse (the direction
-of :data:`nc_probe.metrics.COLLAPSED`). When inputs hold features of the same samples (feature files with identical
+the change of each input against the first (the baseline) and the word for that change ("more collapsed", "less
+separated", ...: the direction of each metric in :mod:`nc_probe.metrics.catalog`). When inputs hold features of the same samples (feature files with identical
 labels, in the same order), it adds linear CKA (Kornblith et al., ICML 2019) between them, computed in one streaming
 pass over row chunks by :func:`cka_matrix`.
 """
@@ -19,11 +19,9 @@ import numpy as np
 
 from . import distributed
 from .errors import InputError
-from .metrics import COLLAPSED, METRIC_DOCS, SCALAR_KEYS
+from .metrics import CATALOG, PER_CLASS_KEYS, SCALAR_KEYS, metric
 from .report import Report, _json_safe, atomic_write_text
 
-# Per-class arrays summarized by their mean over classes in the comparison table.
-CLASS_MEANS = ["rank_energy95", "rank_energy99", "rank_effective", "rank_numerical", "coding_rate_class"]
 CKA_CHUNK_BYTES = 32 << 20
 
 
@@ -99,8 +97,10 @@ def linear_cka(X, Y, *, chunk_rows: int | None = None) -> float:
 # ---------------------------------------------------------------------------------------------- comparison
 @dataclass
 class Comparison:
-    """Reports side by side. ``rows``: one dict per metric (``metric``, ``direction``, ``values`` by label,
-    ``deltas`` and ``toward_collapse`` by non-baseline label). ``cka``: ``{"labels", "matrix"}`` (None entries
+    """Reports side by side. ``rows``: one dict per metric: ``metric``, ``direction`` ("lower"/"higher": the way
+    it moves as features get ``word``, e.g. "more collapsed"; None), ``word``, ``values`` by label, and by
+    non-baseline label ``deltas`` and ``moved`` (True: moved in ``direction`` against the baseline, i.e. "more
+    <word>"; False: the other way; None: no change or no direction). ``cka``: ``{"labels", "matrix"}`` (None entries
     where two inputs do not share samples) or None."""
 
     reports: dict
@@ -122,7 +122,7 @@ class Comparison:
 
         data = []
         for r in self.rows:
-            row = {"metric": r["metric"], "more_collapsed": r["direction"]}
+            row = {"metric": r["metric"], "direction": r["direction"], "word": r["word"]}
             row.update({lab: r["values"][lab] for lab in self.labels})
             row.update({f"delta_{lab}": r["deltas"][lab] for lab in self.labels[1:]})
             data.append(row)
@@ -144,13 +144,6 @@ class Comparison:
         import json
 
         return atomic_write_text(path, json.dumps(self.to_dict(), indent=2, allow_nan=False))
-
-
-def direction(key: str) -> str | None:
-    """'lower' or 'higher': which way the metric moves as features collapse (None: no direction)."""
-    base = key.split(" ")[0]
-    sign = COLLAPSED.get(base, 0)
-    return {1: "lower", -1: "higher"}.get(sign)
 
 
 def _finite(v) -> float | None:
@@ -217,27 +210,29 @@ def compare_reports(reports: Mapping[str, Report], *, features: Mapping | None =
     warnings = check_class_sets(reports)
     labels = list(reports)
     keys = [k for k in SCALAR_KEYS if any(k in r.metrics for r in reports.values())]
-    keys += [k for r in reports.values() for k in r.metrics if k not in keys and k not in METRIC_DOCS]
+    keys += [k for r in reports.values() for k in r.metrics if k not in keys and k not in CATALOG]
     keys = list(dict.fromkeys(keys))
     rows = []
-    for key in keys + [f"{k} (mean)" for k in CLASS_MEANS]:
+    for key in keys + [f"{k} (mean)" for k in PER_CLASS_KEYS]:
         if key.endswith(" (mean)"):
             values = {lab: _class_mean(rep, key.split(" ")[0]) for lab, rep in reports.items()}
         else:
             values = {lab: _finite(rep.metrics.get(key)) for lab, rep in reports.items()}
         if all(v is None for v in values.values()):
             continue
-        d = direction(key)
+        entry = metric(key)
+        d, word = (entry.direction, entry.word) if entry is not None else (None, None)
         base = values[labels[0]]
-        deltas, toward = {}, {}
+        deltas, moved = {}, {}
         for lab in labels[1:]:
             v = values[lab]
             deltas[lab] = None if v is None or base is None else v - base
             if deltas[lab] is None or d is None or deltas[lab] == 0:
-                toward[lab] = None
+                moved[lab] = None
             else:
-                toward[lab] = (deltas[lab] < 0) == (d == "lower")
-        rows.append({"metric": key, "direction": d, "values": values, "deltas": deltas, "toward_collapse": toward})
+                moved[lab] = (deltas[lab] < 0) == (d == "lower")
+        rows.append({"metric": key, "direction": d, "word": word, "values": values, "deltas": deltas,
+                     "moved": moved})
     cka = None
     if features:
         cka, cka_warnings = _cka_for(labels, features, chunk_rows)
@@ -286,12 +281,15 @@ def _cka_for(labels: list[str], features: Mapping, chunk_rows) -> tuple[dict | N
 
 
 def parse_specs(specs: Sequence[str]) -> dict[str, Path]:
-    """``LABEL=PATH`` arguments (a bare PATH is labelled by its file stem) -> ordered label -> path."""
+    """``LABEL=PATH`` arguments (a bare PATH is labelled by its file stem, ``sample:NAME`` by NAME) -> ordered
+    label -> path."""
+    from .locate import input_label
+
     out: dict[str, Path] = {}
     for spec in specs:
         label, sep, path = str(spec).partition("=")
         if not sep or not label or Path(spec).exists():
-            label, path = Path(spec).stem, spec
+            label, path = input_label(spec), spec
         if not path:
             raise InputError(f"{spec!r} names no file", fix="write LABEL=PATH, e.g. ce=runs/ce/features.safetensors")
         if label in out:
@@ -337,15 +335,16 @@ def compare_inputs(specs: Mapping[str, object] | Sequence[str], *, checkpoint_op
 ARROW = {"lower": "↓", "higher": "↑"}
 
 
-def delta_text(delta, toward) -> str:
-    """'-0.123 more' (more collapsed than the baseline), '+0.5 less', '+2 ' (no direction), '0', '-'."""
+def delta_text(delta, moved, word=None) -> str:
+    """'-0.123 more collapsed' (moved in the metric's direction), '+0.5 less separated', '+2' (no direction), '0',
+    '-' (absent)."""
     if delta is None:
         return "-"
     if delta == 0:
         return "0"
     text = f"{delta:+.3g}"
-    if toward is not None:
-        text += " more" if toward else " less"
+    if moved is not None and word:
+        text += " " + (word if moved else word.replace("more ", "less ", 1))
     return text
 
 
@@ -360,7 +359,7 @@ def comparison_table(comparison: Comparison, labels: list[str] | None = None):
     labels = labels or comparison.labels
     table = Table(title=f"Comparison (Δ: change against {comparison.baseline})", title_justify="left")
     table.add_column("metric", style="cyan", min_width=15)
-    table.add_column("NC", justify="center", no_wrap=True, min_width=2)
+    table.add_column("", justify="center", no_wrap=True, min_width=1)
     for i, lab in enumerate(labels):
         table.add_column(lab, justify="right", no_wrap=True, min_width=6)
         if i:
@@ -370,9 +369,9 @@ def comparison_table(comparison: Comparison, labels: list[str] | None = None):
         for i, lab in enumerate(labels):
             cells.append(fmt(r["values"][lab]))
             if i:
-                toward = r["toward_collapse"][lab]
-                style = "magenta" if toward else ("green" if toward is False else "")
-                cells.append(Text(delta_text(r["deltas"][lab], toward), style=style))
+                moved = r["moved"][lab]
+                style = "magenta" if moved else ("green" if moved is False else "")
+                cells.append(Text(delta_text(r["deltas"][lab], moved, r["word"]), style=style))
         table.add_row(*cells)
     return table
 
@@ -410,8 +409,9 @@ def render_comparison(comparison: Comparison, console=None) -> None:
         parts += [comparison_table(comparison, [comparison.baseline, lab]) for lab in comparison.labels[1:]]
     else:
         parts.append(table)
-    parts.append(Text(f"NC ↓/↑: lower/higher is more collapsed; more/less: more or less collapsed than "
-                      f"{comparison.baseline}; (mean): mean over classes", style="dim"))
+    parts.append(Text(f"↓/↑: the way a metric moves as features get more collapsed, separated, compressed, ... "
+                      f"(docs/metrics.md); Δ words compare with {comparison.baseline}; (mean): mean over classes",
+                      style="dim"))
     if comparison.cka:
         parts.append(Text("Linear CKA (1 = the same representation up to rotation and scale)", style="italic"))
         parts.append(cka_table(comparison))

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from . import __version__
+from ._version import __version__
 from .errors import InputError
 from .metrics import PER_CLASS_KEYS, SCALAR_KEYS
 from .report import SCHEMA_VERSION, Report, _json_safe, atomic_write_text

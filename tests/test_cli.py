@@ -148,7 +148,8 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     path = tmp_path / "missing.npz"
     proc = subprocess.run([sys.executable, "-m", "nc_probe", "analyze", str(path)], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"error: {path}: no such file. Check the path."]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {path}: no such file. Check the path (or name a shipped sample, e.g. sample:ce)."]
     assert proc.stdout == ""
 
 

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 import nc_probe
 from nc_probe.cli import app
-from nc_probe.compare import Comparison, cka_matrix, compare_reports, linear_cka, parse_specs, render_comparison
+from nc_probe.compare import (Comparison, cka_matrix, compare_reports, delta_text, linear_cka, parse_specs,
+                              render_comparison)
 from nc_probe.errors import InputError
 from nc_probe.render import plots
 
@@ -105,13 +106,15 @@ def test_deltas_and_directions(reports):
     nc1 = rows["nc1"]
     assert nc1["direction"] == "lower"
     assert nc1["deltas"]["tight"] == pytest.approx(reports["tight"].metrics["nc1"] - reports["loose"].metrics["nc1"])
-    assert nc1["toward_collapse"]["tight"] is True  # tighter classes: lower nc1, more collapsed
-    assert rows["acc_ncc"]["direction"] is None and rows["acc_ncc"]["toward_collapse"]["tight"] is None
+    assert nc1["word"] == "more collapsed"
+    assert nc1["moved"]["tight"] is True  # tighter classes: lower nc1, more collapsed
+    assert rows["coding_rate_max"]["direction"] is None and rows["coding_rate_max"]["moved"]["tight"] is None
+    assert rows["acc_ncc"]["direction"] == "higher" and rows["acc_ncc"]["word"] == "more accurate"
     mean95 = rows["rank_energy95 (mean)"]
     assert mean95["values"]["loose"] == pytest.approx(np.mean(reports["loose"].per_class["rank_energy95"]))
-    assert mean95["toward_collapse"]["tight"] is True
+    assert mean95["word"] == "more compressed" and mean95["moved"]["tight"] is True
     df = c.frame()
-    assert list(df.columns[:4]) == ["metric", "more_collapsed", "loose", "tight"] and "delta_tight" in df.columns
+    assert list(df.columns[:5]) == ["metric", "direction", "word", "loose", "tight"] and "delta_tight" in df.columns
 
 
 def test_terminal_table_names_the_collapse_direction(reports):
@@ -121,7 +124,26 @@ def test_terminal_table_names_the_collapse_direction(reports):
     text = console.export_text()
     assert "Δ tight" in text
     line = next(ln for ln in text.splitlines() if ln.startswith("│ nc1 "))
-    assert "↓" in line and " more" in line and "-0." in line
+    assert "↓" in line and " more collapsed" in line and "-0." in line
+
+
+def test_epoch_samples_read_the_right_way():
+    """The README's e1 -> e300 comparison: every metric's word says what training did. Measured (train split):
+    nc1 0.34 -> 0.0062, ranks 3.9 -> 1, angle_min_mean up, coding_rate_within down."""
+    c = nc_probe.compare.compare_inputs(["e1=sample:ce_epoch1", "e300=sample:ce_epoch300"], cka=False)
+    rows = {r["metric"]: r for r in c.rows}
+
+    def said(key):
+        r = rows[key]
+        return delta_text(r["deltas"]["e300"], r["moved"]["e300"], r["word"]).split(" ", 1)[1]
+
+    assert said("nc1") == "more collapsed" and said("nc3") == "more collapsed"
+    assert said("rank_energy95 (mean)") == "more compressed"
+    assert said("coding_rate_within") == "more compressed"
+    assert said("angle_min_mean") == "more separated"
+    assert said("acc_model") == "more accurate"
+    for r in c.rows:  # no metric is read as "less collapsed" when the model collapsed further
+        assert r["word"] != "more collapsed" or r["metric"].startswith("nc2_") or r["moved"]["e300"] is not False, r
 
 
 def test_different_class_sets_are_an_error(files, reports):

@@ -11,11 +11,13 @@ import typer
 from typing_extensions import Annotated
 
 from ..errors import InputError
-from ..metrics import METRIC_DOCS
+from ..metrics import CATALOG
 from .options import parse_bytes, parse_classes
 
-METRICS_HELP = "Metrics (see shared/metrics-spec.md):\n\n" + "\n\n".join(
-    f"[bold]{k}[/]: {v}" for k, v in METRIC_DOCS.items())
+METRICS_HELP = (
+    "Metrics (docs/metrics.md in nc-probe's repository defines each; ↓/↑ is the way it moves as the features get "
+    "more collapsed, separated, compressed, ...):\n\n"
+    + "\n\n".join(f"[bold]{m.key}[/] {m.arrow} {m.word or '(no direction)'}: {m.doc}" for m in CATALOG.values()))
 
 MODEL = "Checkpoint: model"
 DATA = "Checkpoint: data and inference"
@@ -25,7 +27,8 @@ OUTPUT = "Output"
 
 SETTINGS_OPTIONS = ("eps2", "rank_tol", "subspace_dim", "classes", "memory_budget")
 CHECKPOINT_OPTIONS = ("arch", "arch_kwargs", "strip_prefix", "trust_checkpoint", "layer", "data", "split", "limit",
-                      "data_classes", "image_size", "mean", "std", "device", "batch_size", "workers", "amp")
+                      "data_classes", "image_size", "mean", "std", "class_map", "device", "batch_size", "workers",
+                      "amp")
 
 
 def with_analysis_options(fn):
@@ -73,7 +76,8 @@ def checkpoint_options(**opts) -> dict:
 def analyze(
     input: Annotated[Optional[Path], typer.Argument(
         help="Checkpoint (.pt/.pth/.ckpt/.safetensors/.pt2), feature file (.safetensors/.npz/.pt with "
-             "features+labels) or report JSON. Default: the bundled sample checkpoint.",
+             "features+labels) or report JSON, or a shipped sample: sample:ce, sample:mcr2, sample:ce_epoch20, ... "
+             "Default: sample:ce.",
         show_default=False)] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the report JSON here.",
                                                       rich_help_panel=OUTPUT)] = None,
@@ -133,6 +137,11 @@ def analyze(
                                                 rich_help_panel=DATA)] = None,
     std: Annotated[Optional[str], typer.Option("--std", help="Per-channel normalisation std.",
                                                rich_help_panel=DATA)] = None,
+    class_map: Annotated[Optional[str], typer.Option(
+        "--class-map", help="Image folders: which class index each folder is. A .txt file of the classifier's class "
+                            "names, one per line in class order, a .json file or a JSON object {folder: index}. "
+                            "Default: by name when the checkpoint names its classes, else folder order.",
+        rich_help_panel=DATA)] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.", rich_help_panel=DATA)] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch size.",
                                             rich_help_panel=DATA)] = 256,
@@ -144,26 +153,33 @@ def analyze(
         rich_help_panel=DATA)] = None,
 ):
     """Analyze a checkpoint, feature file or report and print the metrics."""
-    from ..inputs import SAMPLE_CHECKPOINT, report_for
+    from ..inputs import report_for
     from ..render.exports import check_output_options, write_outputs
     from ..render.terminal import render_report
+    from ..samples import DEFAULT_SAMPLE
+    from .outputs import OutputSet
 
     if input is None:
-        if not SAMPLE_CHECKPOINT.exists():
-            raise InputError("no INPUT given and the bundled sample checkpoint is missing", path=SAMPLE_CHECKPOINT,
-                             fix="pass a checkpoint, feature file or report JSON")
-        input = SAMPLE_CHECKPOINT
+        input = Path(DEFAULT_SAMPLE)
     settings = settings_from_options(eps2, rank_tol, subspace_dim, classes, memory_budget)
     check_output_options(fmt, out)
+    outputs = OutputSet({"--json": json_path, "--out": out, "--plots": plots, "--html": html,
+                         "--save-features": save_features}, dirs=("--out", "--plots"), inputs=[input, data])
     ckpt = checkpoint_options(
         arch=arch, arch_kwargs=arch_kwargs, strip_prefix=strip_prefix, trust_checkpoint=trust_checkpoint or None,
         layer=layer, data=data, split=split, limit=limit, data_classes=data_classes, image_size=image_size,
-        mean=mean, std=std, device=device, batch_size=batch_size, workers=workers, amp=amp,
-        save_features=save_features, progress=not quiet or None)
-    report = report_for(input, checkpoint_options=ckpt, **settings)
-    if json_path is not None:
-        report.save(json_path)
-    text = write_outputs(report, out=out, fmt=fmt, plots=plots, html=html)
+        mean=mean, std=std, class_map=class_map, device=device, batch_size=batch_size, workers=workers, amp=amp,
+        progress=not quiet or None)
+    with outputs.transaction() as staged:
+        if save_features is not None:
+            ckpt["save_features"] = staged["--save-features"]
+        report = report_for(input, checkpoint_options=ckpt, **settings)
+        if save_features is not None and report.inputs.get("features_file"):
+            report.inputs["features_file"] = str(save_features)  # where it will be, not where it is staged
+        if json_path is not None:
+            report.save(staged["--json"])
+        text = write_outputs(report, out=staged.get("--out"), fmt=fmt, plots=staged.get("--plots"),
+                             html=staged.get("--html"))
     if text is not None:
         typer.echo(text, nl=False)
     elif not quiet:

@@ -31,16 +31,22 @@ def compare(
     """Compare analyses side by side: metric deltas (and which way is more collapsed), CKA, plots."""
     from ..compare import compare_inputs, render_comparison
 
+    from ..compare import parse_specs
+    from .outputs import OutputSet
+
+    outputs = OutputSet({"--json": json_path, "--html": html, "--plots": plots}, dirs=("--plots",),
+                        inputs=list(parse_specs(inputs).values()) + [analysis.get("data")])
     settings, ckpt = analysis_arguments(analysis, quiet)
     comparison = compare_inputs(inputs, checkpoint_options=ckpt, cka=cka, **settings)
-    if plots is not None or html is not None:
-        from ..render.html import write_comparison_html
-        from ..render.plots import comparison_figures, write_visuals
+    with outputs.transaction() as staged:
+        if plots is not None or html is not None:
+            from ..render.html import write_comparison_html
+            from ..render.plots import comparison_figures, write_visuals
 
-        write_visuals(comparison, plots=plots, html=html, figures_of=comparison_figures,
-                      write_page=write_comparison_html)
-    if json_path is not None:
-        comparison.save(json_path)
+            write_visuals(comparison, plots=staged.get("--plots"), html=staged.get("--html"),
+                          figures_of=comparison_figures, write_page=write_comparison_html)
+        if json_path is not None:
+            comparison.save(staged["--json"])
     if not quiet:
         render_comparison(comparison)
 

@@ -17,8 +17,9 @@ from typing_extensions import Annotated
 
 from .. import gate as g
 from ..errors import InputError
-from ..metrics import SCALAR_KEYS
+from ..metrics import CATALOG, SCALAR_KEYS
 from . import analyze as _analyze
+from .outputs import OutputSet
 
 OUTPUT = "Output"
 RULES = "Rules"
@@ -34,7 +35,8 @@ RULES_HELP = (
     "(relative to that file).\n\n"
     "Exit codes: 0 every rule holds; 1 a rule failed; 2 usage or input error, or a rule that cannot be checked "
     "because its metric is absent (null) in the report or the baseline, e.g. nc3 without a classifier.\n\n"
-    f"[bold]Metrics[/]: {', '.join(SCALAR_KEYS)}.\n\n"
+    "[bold]Metrics[/] (↓/↑: the way each moves as the features get more collapsed, separated, ...; see "
+    "docs/metrics.md): " + ", ".join(f"{k} {CATALOG[k].arrow}".rstrip() for k in SCALAR_KEYS) + ".\n\n"
     "[bold]Examples[/]: nc-probe gate model.pt -r 'nc1<=0.05' -r 'acc_ncc>=0.9' --junit gate.xml; "
     "nc-probe baseline main.pt -o baseline.json, then nc-probe gate model.pt -b baseline.json "
     "-r 'nc1<=baseline+10%' -r 'rate_reduction>=baseline-5%'. See docs/gate.md."
@@ -92,15 +94,18 @@ def gate(
                          fix="pass --baseline baseline.json (write one with nc-probe baseline INPUT -o baseline.json)")
     base = g.load_baseline(baseline_path) if baseline_path is not None else None
 
+    outputs = OutputSet({"--junit": junit, "--markdown": markdown}, inputs=[input, baseline_path, config])
     report = _report(input, quiet, analysis)
     results = g.evaluate(report, rules, base)
     notes = g.baseline_warnings(report, base) if base is not None else []
-    if junit is not None:
-        g.write_junit(results, junit, properties={"input": str(input), "baseline": baseline_path,
-                                                  "nc_probe_version": report.inputs.get("nc_probe_version")})
-    if markdown is not None:
-        g.write_markdown(results, markdown, source=str(input),
-                         baseline=None if baseline_path is None else str(baseline_path), notes=notes)
+    with outputs.transaction() as staged:
+        if junit is not None:
+            g.write_junit(results, staged["--junit"],
+                          properties={"input": str(input), "baseline": baseline_path,
+                                      "nc_probe_version": report.inputs.get("nc_probe_version")})
+        if markdown is not None:
+            g.write_markdown(results, staged["--markdown"], source=str(input),
+                             baseline=None if baseline_path is None else str(baseline_path), notes=notes)
     if not quiet:
         console = _console()
         console.print(_table(results, input, base is not None))
@@ -154,9 +159,11 @@ def baseline(
     **analysis,
 ):
     """Write the baseline of relative gate rules: the scalar metrics of INPUT and the settings they depend on."""
+    outputs = OutputSet({"--output": output}, inputs=[input])
     report = _report(input, quiet, analysis)
     b = g.make_baseline(report)
-    g.save_baseline(b, output)
+    with outputs.transaction() as staged:
+        g.save_baseline(b, staged["--output"])
     if not quiet:
         absent = [k for k, v in b.metrics.items() if v is None]
         text = f"wrote {output}: {len(b.metrics) - len(absent)} metrics of {input}"

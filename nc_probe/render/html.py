@@ -107,7 +107,7 @@ def _figures_html(figures: dict, captions: dict = CAPTIONS) -> str:
 
 
 def _page(title: str, body: str) -> str:
-    from .. import __version__
+    from .._version import __version__
 
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -121,7 +121,7 @@ def _page(title: str, body: str) -> str:
 </head>
 <body><main>
 {body}
-<footer>nc-probe {escape(__version__)}. Metric definitions: shared/metrics-spec.md. This page is self-contained and
+<footer>nc-probe {escape(__version__)}. Metric definitions: docs/metrics.md of nc-probe. This page is self-contained and
 makes no network requests.</footer>
 </main></body>
 </html>
@@ -237,18 +237,18 @@ def comparison_html(comparison, figures: dict | None = None) -> str:
 
         figures = comparison_figures(comparison)
     labels = comparison.labels
-    header = ["metric", "collapsed is"] + [h for i, lab in enumerate(labels)
+    header = ["metric", "direction"] + [h for i, lab in enumerate(labels)
                                            for h in ([lab] if i == 0 else [lab, f"Δ {lab}"])]
     rows = []
     for r in comparison.rows:
         cells = [f"<td><code>{escape(r['metric'])}</code></td>",
-                 f"<td>{escape(ARROW.get(r['direction'], ''))} {escape(r['direction'] or '-')}</td>"]
+                 f"<td>{escape(ARROW.get(r['direction'], ''))} {escape(r['word'] or '-')}</td>"]
         for i, lab in enumerate(labels):
             cells.append(_num(r["values"][lab]))
             if i:
-                toward = r["toward_collapse"][lab]
-                cls = {True: "more", False: "less"}.get(toward, "")
-                cells.append(f'<td class="num {cls}">{escape(delta_text(r["deltas"][lab], toward))}</td>')
+                moved = r["moved"][lab]
+                cls = {True: "more", False: "less"}.get(moved, "")
+                cells.append(f'<td class="num {cls}">{escape(delta_text(r["deltas"][lab], moved, r["word"]))}</td>')
         rows.append(cells)
     cka = ""
     if comparison.cka:
@@ -269,8 +269,9 @@ def comparison_html(comparison, figures: dict | None = None) -> str:
 <p class="sub">{escape(" vs ".join(labels))} &middot; deltas against <b>{escape(comparison.baseline)}</b></p>
 {_warnings_html(comparison.warnings)}
 <h2 id="summary">Metrics side by side</h2>
-<p class="sub">"collapsed is": which way the metric moves as features collapse. Δ: value minus the baseline's;
-<span class="more">more</span> / <span class="less">less</span>: more or less collapsed than the baseline.</p>
+<p class="sub">"direction": the way the metric moves as features get more collapsed, separated, compressed, diverse
+or accurate (see docs/metrics.md). Δ: value minus the baseline's, with that word: <span class="more">more</span> or
+<span class="less">less</span> than the baseline.</p>
 <div class="wide-scroll">{_table(header, rows)}</div>
 {cka}
 <h2 id="plots">Plots</h2>
