@@ -1,5 +1,5 @@
 """From a FeatureStore to a Report: pass 1 accumulates ClassStats, the metrics are computed from them, pass 2
-counts NC4 and the accuracies against the final class means (``../shared/metrics-spec.md``).
+counts NC4 and the accuracies against the final class means (``docs/metrics.md``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from . import __version__, distributed
+from . import distributed
+from ._version import __version__
 from . import stats as stats_module
 from .errors import InputError
 from .metrics import collapse, subspace
@@ -138,6 +139,7 @@ def analyze_store(store: FeatureStore, *, eps2: float = 0.5, rank_tol: float = 1
     empty = [int(c) for c in np.flatnonzero(count == 0)]
     if empty:
         warnings.append(f"{len(empty)} classes have no samples and are left out: {_short(empty)}")
+    warnings += _shape_warnings(count, ids, store.dim)
     per_class = {
         "class_ids": ids.tolist(),
         "n": n.tolist(),
@@ -426,10 +428,6 @@ def _subspace_metrics(stats: ClassStats, count, eps2, rank_tol, subspace_dim):
         top = lam[:SPECTRUM_KEEP]
         per["spectrum"].append((top / lam.sum() if lam.sum() > 0 else top).tolist())
         bases.append(basis)
-    small = [c for c in tracked if count[c] < 5 * d]
-    if small:
-        warnings.append(f"{len(small)} classes have fewer than 5*d={5 * d} samples, so their subspace estimates are "
-                        f"rank-limited: {_short(small)}")
     complete = stats.all_tracked or set(tracked) == set(np.flatnonzero(count).tolist())
     if complete and tracked:
         rc = float(np.dot(count[tracked] / N, per["coding_rate_class"]))
@@ -443,12 +441,39 @@ def _subspace_metrics(stats: ClassStats, count, eps2, rank_tol, subspace_dim):
         angle, affinity = subspace.angle_matrices(bases)
         iu = np.triu_indices(len(bases), 1)
         out["angle_min_mean"], out["angle_min_min"] = float(angle[iu].mean()), float(angle[iu].min())
-        angles = {"class_ids": tracked, "angle_min": angle.tolist(), "subspace_affinity": affinity.tolist()}
+        k = np.array(per["basis_dim"])
+        forced = int(np.count_nonzero((k[:, None] + k[None, :])[iu] > d))
+        angles = {"class_ids": tracked, "angle_min": angle.tolist(), "subspace_affinity": affinity.tolist(),
+                  "forced_zero_pairs": forced}
+        if forced:
+            warnings.append(f"{forced} of {len(iu[0])} class pairs have bases of k_c + k_c' > d={d} dimensions, so "
+                            "their smallest principal angle is 0 by dimension count, not by measurement (each "
+                            "class's k is per_class basis_dim); read subspace_affinity for those pairs, or fix k "
+                            "with --subspace-dim")
     else:
         out["angle_min_mean"] = out["angle_min_min"] = None
         angles = {"class_ids": tracked, "angle_min": None, "subspace_affinity": None}
     per_class = {"subspace_class_ids": tracked, **per}
     return out, per_class, angles, warnings
+
+
+def _shape_warnings(count: np.ndarray, ids: np.ndarray, d: int) -> list[str]:
+    """What the shape of the data makes impossible to read: no simplex ETF in d < C-1 dimensions, one-sample
+    classes, classes too small for d x d subspace estimates."""
+    out = []
+    C = len(ids)
+    if d < C - 1:
+        out.append(f"d={d} < C-1={C - 1}: no simplex ETF fits in {d} dimensions, so the nc2 ETF measures cannot "
+                   "reach 0 and angles between class means cannot all be equal")
+    single = [int(c) for c in ids if count[c] == 1]
+    if single:
+        out.append(f"{len(single)} classes have a single sample: their within-class scatter is 0 and their rank 1 "
+                   f"by construction, not by collapse: {_short(single)}")
+    small = [int(c) for c in ids if 1 < count[c] < 5 * d]
+    if small:
+        out.append(f"{len(small)} classes have fewer than 5*d={5 * d} samples, so their subspace estimates are "
+                   f"rank-limited: {_short(small)}")
+    return out
 
 
 def _short(items: list, limit: int = 10) -> str:

@@ -1,4 +1,4 @@
-"""Streaming, mergeable float64 class statistics (``../shared/metrics-spec.md``, notation section).
+"""Streaming, mergeable float64 class statistics (``docs/metrics.md``, notation).
 
 :class:`ClassStats` holds everything the metric contract needs from the features, in memory independent of N:
 
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .text import format_bytes
 
 GiB = 1024**3
 # On the CPU, update() and the analysis's second pass take numpy paths tuned for cache and BLAS; the torch paths
@@ -339,7 +340,7 @@ def check_memory(num_classes: int, dim: int, subspace_classes, budget: int) -> t
         if need > budget:
             raise InputError(
                 f"subspace statistics for {len(subspace_classes)} classes of dimension {dim} need "
-                f"{need / GiB:.2f} GiB, over the memory budget of {budget / GiB:.2f} GiB",
+                f"{format_bytes(need)}, over the memory budget of {format_bytes(budget)}",
                 fix="pick fewer classes with --classes or raise --memory-budget",
             )
         return list(subspace_classes), None
@@ -347,11 +348,11 @@ def check_memory(num_classes: int, dim: int, subspace_classes, budget: int) -> t
     if need <= budget:
         return None, None
     fit = max(0, int(budget // subspace_bytes(1, dim)))
-    return [], (
-        f"subspace metrics skipped: {num_classes} classes x {dim}x{dim} float64 matrices need {need / GiB:.2f} GiB, "
-        f"over the memory budget of {budget / GiB:.2f} GiB; pick up to {fit} classes with --classes "
-        f"(e.g. --classes 0-{max(fit - 1, 0)}) or raise --memory-budget"
-    )
+    head = (f"subspace metrics skipped: {num_classes} classes x {dim}x{dim} float64 matrices need "
+            f"{format_bytes(need)}, over the memory budget of {format_bytes(budget)}")
+    if fit == 0:
+        return [], f"{head}; not even one class fits: raise --memory-budget to at least {format_bytes(subspace_bytes(1, dim))}"
+    return [], f"{head}; pick up to {fit} classes with --classes (e.g. --classes 0-{fit - 1}) or raise --memory-budget"
 
 
 def as_numpy(x) -> np.ndarray:
