@@ -1,5 +1,5 @@
 """Known answers: perfect collapse, near-collapse accuracy, orthogonal subspaces, planted principal angles, the
-spec's MCR^2 reference values and the NC4 tie rule (``shared/metrics-spec.md``)."""
+MCR^2 reference values of docs/metrics.md and the NC4 tie rule."""
 
 from __future__ import annotations
 

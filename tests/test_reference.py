@@ -1,6 +1,6 @@
 """nc_probe.analyze_features against an independent, plain-numpy TWO-PASS recomputation of every metric.
 
-The reference below is written straight from ``shared/metrics-spec.md`` and shares no code with
+The reference below is written straight from the definitions in ``docs/metrics.md`` and shares no code with
 ``nc_probe.metrics``: class means first, then deviations from them (two passes); ``Sigma_B^+`` by ``np.linalg.pinv``
 of the d x d matrix with the spec's cutoff; coding rates by ``np.linalg.slogdet``; effective ranks from the singular
 values of the normalized data (not from eigenvalues of a Gram matrix); nearest class centers by direct distances;

@@ -6,8 +6,9 @@ measure (values in comments, measured on the train split, tap = input of the fin
 - cross-entropy in its terminal phase collapses each class to a point (Papyan et al. 2020);
 - MCR^2 keeps each class a low-dimensional subspace, the subspaces near orthogonal (Yu et al. 2020).
 
-The slow test retrains with ``scripts/train_samples.py`` (about 15-25 s on one CPU thread) and checks the metrics of
-the retrained files equal the shipped ones.
+The slow test retrains with ``scripts/train_samples.py`` (about 15-25 s on one CPU thread) and checks the retrained
+files' metrics against the shipped ones within a tolerance that holds across CPUs; bit-identical retraining is
+checked on one machine only, with a short schedule.
 """
 
 from __future__ import annotations
@@ -212,21 +213,65 @@ def test_pipeline_matches_reference_helper():
 
 
 # --------------------------------------------------------------------------------------------------- retraining
+#: How far a retrained sample's metrics may drift from the shipped ones on another CPU (or torch build): 350 epochs
+#: amplify float rounding, and BLAS kernels differ between CPUs. Measured: AMD EPYC vs the Intel Xeon that trained
+#: the shipped files, at most 2.7% (mcr2 angle_min_min), 1.7% (ce_epoch300 nc1_cdnv), 1.5% (ce nc2_etf_M).
+RETRAIN_REL_TOL = 0.15
+
+
+def _load_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("nc_probe_train_samples", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_training_is_deterministic_on_this_machine(tmp_path, monkeypatch):
+    """The same machine and torch build give bit-identical checkpoints (a short schedule of the real script)."""
+    script = _load_script()
+    monkeypatch.setitem(script.CE, "epochs", 6)
+    monkeypatch.setitem(script.CE, "snapshots", (1, 5))
+    monkeypatch.setitem(script.MCR2, "epochs", 15)
+    monkeypatch.setitem(script.MCR2, "head_epochs", 10)
+    threads = torch.get_num_threads()
+    try:
+        for run in ("a", "b"):
+            script.train_all(tmp_path / run, threads=1, log=lambda *a: None)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(False)
+    names = sorted(p.name for p in (tmp_path / "a").glob("*.pt"))
+    assert names == ["ce.pt", "ce_epoch1.pt", "ce_epoch5.pt", "mcr2.pt"]
+    for name in names:
+        a, b = (torch.load(tmp_path / run / name, weights_only=True) for run in ("a", "b"))
+        assert a["nc_probe"] == b["nc_probe"]
+        for key, value in a["state_dict"].items():
+            assert torch.equal(value, b["state_dict"][key]), (name, key)
+
+
 @pytest.mark.slow
 def test_retraining_reproduces_shipped_samples(tmp_path):
-    """scripts/train_samples.py (1 thread, deterministic algorithms, fixed seed) rebuilds the shipped checkpoints.
-
-    Bit-identical on the same torch build and CPU; another torch version or CPU (different float kernels) may
-    drift over the 350 training epochs, which this test would then report.
-    """
+    """scripts/train_samples.py rebuilds every shipped checkpoint, on any CPU: the same metadata, every compared
+    metric within RETRAIN_REL_TOL of the shipped file's, per-class ranks within 1, and the shapes the papers
+    describe (the checks above, on the retrained files). Bit-identical files are promised on the same machine
+    only (test_training_is_deterministic_on_this_machine)."""
     proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)], capture_output=True, text=True,
                           timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    retrained = {}
     for name in ALL_SAMPLES:
-        new = analyze(tmp_path / f"{name}.pt")
+        new = retrained[name] = analyze(tmp_path / f"{name}.pt")
         old = report(name)
         for key in COMPARED:
-            assert new.metrics[key] == pytest.approx(old.metrics[key], rel=1e-6, abs=1e-6), (name, key)
-        assert new.per_class["rank_energy95"] == old.per_class["rank_energy95"], name
+            assert new.metrics[key] == pytest.approx(old.metrics[key], rel=RETRAIN_REL_TOL, abs=1e-6), (name, key)
+        assert np.abs(np.subtract(new.per_class["rank_energy95"], old.per_class["rank_energy95"])).max() <= 1, name
         assert torch.load(tmp_path / f"{name}.pt", weights_only=True)["nc_probe"] == \
             torch.load(samples.sample_path(name), weights_only=True)["nc_probe"]
+    ce, mcr2 = retrained["ce"].metrics, retrained["mcr2"].metrics
+    assert ce["nc1"] < 0.02 and ce["acc_model"] == 1.0 and max(retrained["ce"].per_class["rank_energy95"]) <= 2
+    assert mcr2["angle_min_mean"] >= 80 and np.mean(retrained["mcr2"].per_class["rank_energy95"]) >= 4.5
+    assert mcr2["rate_reduction"] > 2 * ce["rate_reduction"]
+    nc1 = [retrained[f"ce_epoch{e}"].metrics["nc1"] for e in CE_EPOCHS] + [ce["nc1"]]
+    assert all(a > b for a, b in zip(nc1, nc1[1:])), nc1
