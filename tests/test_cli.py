@@ -138,7 +138,11 @@ def test_bad_options_exit_2(feature_npz, args, words):
 def test_memory_budget_skips_subspace_metrics_with_advice(feature_npz, tmp_path):
     result = run("analyze", feature_npz, "--memory-budget", "1KiB", "--json", tmp_path / "r.json")
     assert result.exit_code == 0, result.output
-    assert "subspace metrics skipped" in result.output and "--classes" in result.output
+    d = np.load(feature_npz)["H"].shape[1]
+    assert "subspace metrics skipped" in result.output and "1 KiB" in result.output
+    assert "not even one class fits" in result.output and "--memory-budget to at least" in result.output
+    two = run("analyze", feature_npz, "--memory-budget", str(2 * d * d * 8 + 100))
+    assert "pick up to 2 classes with --classes (e.g. --classes 0-1)" in " ".join(two.output.split())
     r = nc_probe.Report.load(tmp_path / "r.json")
     assert r.metrics["rate_reduction"] is None and r.per_class["rank_energy95"] == []
     assert r.metrics["nc1"] is not None and r.metrics["coding_rate"] is not None
