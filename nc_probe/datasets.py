@@ -65,6 +65,7 @@ class DataSource:
     label_filter: list | None = None
     limit: int | None = None
     notes: list = field(default_factory=list)
+    partial_classes: bool = False  # class_names name some of the model's classes; their total is unknown here
 
     def __len__(self) -> int:
         if self.indices is not None:
@@ -138,9 +139,14 @@ def _norm_tensors(mean, std, channels: int, ndim: int):
 
 
 class ImageFolderDataset(Dataset):
-    """Images in ``root/<class>/...`` (classes sorted by folder name, files sorted by path), decoded with Pillow."""
+    """Images in ``root/<class>/...`` (files sorted by path), decoded with Pillow.
 
-    def __init__(self, root: Path, *, image_size=None, mean=None, std=None, channels: int = 3):
+    Labels are the folders' positions in sorted order, unless ``class_index`` maps folder names to the
+    classifier's class indices (a folder holding some of the classes a model predicts: ImageNet classes by wnid).
+    """
+
+    def __init__(self, root: Path, *, image_size=None, mean=None, std=None, channels: int = 3,
+                 class_index: dict | None = None):
         try:
             import PIL.Image  # noqa: F401
         except ImportError:
@@ -151,8 +157,14 @@ class ImageFolderDataset(Dataset):
         if not self.classes:
             raise InputError("has no class sub-folders", path=root,
                              fix="put the images of each class into their own sub-folder (root/cat/1.png, ...)")
+        if class_index is not None:
+            unknown = [c for c in self.classes if c not in class_index]
+            if unknown:
+                raise InputError(f"class folder(s) {_few(unknown, 3)} are not in the class map", path=root,
+                                 fix="map every folder name to the classifier's class index (--class-map)")
         self.samples = []
-        for idx, name in enumerate(self.classes):
+        for pos, name in enumerate(self.classes):
+            idx = pos if class_index is None else int(class_index[name])
             files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
                            and p.is_file())
             self.samples.extend((str(p), idx) for p in files)
@@ -217,18 +229,24 @@ def is_code_spec(spec) -> bool:
 
 
 def open_data(spec, *, split: str | None = None, limit: int | None = None, classes=None, image_size=None,
-              mean=None, std=None, channels: int = 3, class_names=None) -> DataSource:
+              mean=None, std=None, channels: int = 3, class_names=None, class_map=None) -> DataSource:
     """Open a data spec (see the module docstring) and apply the class filter and limit.
 
-    ``classes``: class ids or names (a list, or a string like ``"0-4,7"``). ``class_names``: names to use when the
-    data has none of its own (e.g. from the checkpoint). ``channels``: 1 or 3, for images.
+    ``classes``: class ids or names (a list, or a string like ``"0-4,7"``). ``class_names``: the classifier's class
+    names (e.g. from the checkpoint), used when the data has none of its own and to map the folders of an image
+    folder to class indices by name. ``class_map`` (image folders): folder name -> class index, as a dict, a JSON
+    object, a ``.json`` file of one, or a ``.txt`` file of the classifier's class names, one per line in class order.
+    ``channels``: 1 or 3, for images.
     """
     if limit is not None and int(limit) < 1:
         raise InputError(f"--limit must be at least 1, got {limit}", fix="pass a positive number of samples")
-    source = _open(spec, split, image_size, mean, std, channels)
+    source = _open(spec, split, image_size, mean, std, channels, class_names, class_map)
+    if class_map is not None and not isinstance(source.dataset, ImageFolderDataset):
+        raise InputError("--class-map applies to image folders only (other data carries class indices)",
+                         fix="leave --class-map out")
     if source.class_names is None and class_names is not None:
         source.class_names = [str(c) for c in class_names]
-    if source.num_classes is None and source.class_names is not None:
+    if source.num_classes is None and source.class_names is not None and not source.partial_classes:
         source.num_classes = len(source.class_names)
     wanted = parse_class_selection(classes, source.class_names, source.spec)
     container = source.loader.dataset if source.loader is not None else source.dataset
@@ -268,7 +286,7 @@ def stratified_subset(idx: np.ndarray, labels: np.ndarray, limit: int) -> np.nda
     return np.sort(np.concatenate(picked))
 
 
-def _open(spec, split, image_size, mean, std, channels) -> DataSource:
+def _open(spec, split, image_size, mean, std, channels, class_names=None, class_map=None) -> DataSource:
     if isinstance(spec, DataLoader):
         return DataSource("<DataLoader>", split, loader=spec, **_declared(spec.dataset))
     if isinstance(spec, Dataset):
@@ -292,9 +310,19 @@ def _open(spec, split, image_size, mean, std, channels) -> DataSource:
                 raise InputError(f"has no sub-folder for --split {split} (sub-folders: {_few(subs)})", path=spec,
                                  fix="leave --split out when the class folders are directly inside, or name an "
                                      "existing split")
-        ds = ImageFolderDataset(root, image_size=image_size, mean=mean, std=std, channels=channels)
-        return DataSource(spec, split, dataset=ds, class_names=list(ds.classes), num_classes=len(ds.classes),
-                          targets=ds.targets)
+        index, names, note = _folder_class_index(root, class_map, class_names)
+        ds = ImageFolderDataset(root, image_size=image_size, mean=mean, std=std, channels=channels,
+                                class_index=index)
+        if names is None and index is not None:  # a partial map: name the mapped ids, the total is the model's
+            names = [str(i) for i in range(max(index.values()) + 1)]
+            for folder in ds.classes:
+                names[index[folder]] = folder
+            count = None
+        else:
+            names = names or list(ds.classes)
+            count = len(names)
+        return DataSource(spec, split, dataset=ds, class_names=names, num_classes=count, targets=ds.targets,
+                          notes=[note] if note else [], partial_classes=count is None)
     if path.is_file():
         return _open_arrays(path, split, mean, std)
     if spec.startswith("torchvision:"):
@@ -306,6 +334,57 @@ def _open(spec, split, image_size, mean, std, channels) -> DataSource:
     raise InputError(f"--data {spec!r} is not a file, a folder or a known data spec", path=None,
                      fix="pass sample:digits, arrays.npz, an image folder, torchvision:CLASS:ROOT or "
                          "package.module:function")
+
+
+def _folder_class_index(root: Path, class_map, class_names) -> tuple[dict | None, list | None, str | None]:
+    """``(folder -> class index, the classifier's class names, note)`` for an image folder; (None, None, None)
+    keeps the folders' sorted positions as labels."""
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if class_map is not None:
+        index, names = parse_class_map(class_map)
+        return index, names, f"class folders mapped to class indices by --class-map ({len(index)} names)"
+    if not class_names:
+        return None, None, None
+    names = [str(c) for c in class_names]
+    position = {n: i for i, n in enumerate(names)}
+    if folders == names or not set(folders) <= set(position):
+        return None, None, None
+    return position, names, (f"the {len(folders)} class folders were matched to the classifier's "
+                             f"{len(names)} classes by name (class names from the checkpoint)")
+
+
+def parse_class_map(class_map) -> tuple[dict, list | None]:
+    """``--class-map`` -> ``(name -> index, names in class order or None)``: a dict, a JSON object string, a
+    ``.json`` file of one, or a ``.txt`` file with one class name per line (line i is class i)."""
+    import json
+
+    names = None
+    value = class_map
+    if isinstance(value, (str, os.PathLike)) and not str(value).lstrip().startswith("{"):
+        path = Path(value)
+        if not path.is_file():
+            raise InputError("--class-map is neither a JSON object nor an existing file", path=path,
+                             fix='pass e.g. \'{"n01440764": 0}\' or a .txt with one class name per line')
+        text = path.read_text()
+        if path.suffix.lower() == ".json":
+            value = text
+        else:
+            names = [ln.strip() for ln in text.splitlines() if ln.strip()]
+            value = {n: i for i, n in enumerate(names)}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise InputError(f"--class-map is not valid JSON ({e.msg})", fix='write e.g. \'{"cat": 3, "dog": 5}\'') \
+                from None
+    if isinstance(value, list):
+        names = [str(v) for v in value]
+        value = {n: i for i, n in enumerate(names)}
+    if not isinstance(value, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value.values()):
+        raise InputError("--class-map must map folder names to non-negative class indices",
+                         fix='write e.g. \'{"cat": 3, "dog": 5}\'')
+    return {str(k): int(v) for k, v in value.items()}, names
 
 
 def _declared(ds) -> dict:
@@ -439,8 +518,9 @@ def _open_torchvision(spec, split, image_size, mean, std, channels) -> DataSourc
     except ImportError:
         raise InputError(f"--data {spec} needs torchvision, which is not installed",
                          fix="pip install torchvision, or pass an image folder or arrays") from None
-    cls = getattr(tvd, name, None)
-    if not isinstance(cls, type):
+    # Only the dataset classes torchvision exports (its __all__): a name is looked up, never walked.
+    cls = getattr(tvd, name, None) if name in getattr(tvd, "__all__", ()) else None
+    if not (isinstance(cls, type) and issubclass(cls, Dataset)):
         raise InputError(f"torchvision.datasets has no dataset {name!r}", fix="check the class name, e.g. CIFAR10")
     params = inspect.signature(cls).parameters
     kwargs = {"root": root, "transform": ImageTransform(image_size, mean, std, channels)}

@@ -25,13 +25,15 @@ from torch import nn
 
 from . import distributed
 from .analysis import analyze_store
-from .datasets import is_code_spec, iter_batches, open_data
+from .datasets import iter_batches, open_data
 from .errors import InputError
 from .extraction import Extraction, extract, make_tap, resolve_device, stats_device
 from .loading import LoadedModel, file_sha256, is_checkpoint, load_model
+from .locate import resolve_input
 from .report import Report
 from .stats import GiB
 from .store import FeatureStore
+from .trust import check_file_data
 
 __all__ = ["analyze_checkpoint", "extract_features", "inspect_checkpoint", "is_checkpoint", "load_model"]
 
@@ -40,7 +42,7 @@ ANALYSIS_SETTINGS = ("eps2", "rank_tol", "subspace_dim", "classes", "memory_budg
 
 def _load(model_or_path, arch, arch_kwargs, strip_prefix, trust_checkpoint) -> LoadedModel:
     if isinstance(model_or_path, (str, os.PathLike)):
-        return load_model(model_or_path, arch=arch, arch_kwargs=arch_kwargs, strip_prefix=strip_prefix,
+        return load_model(resolve_input(model_or_path), arch=arch, arch_kwargs=arch_kwargs, strip_prefix=strip_prefix,
                           trust_checkpoint=trust_checkpoint)
     if isinstance(model_or_path, LoadedModel):
         return model_or_path
@@ -60,7 +62,7 @@ def _input_channels(model) -> int:
 
 
 def _data_spec(loaded: LoadedModel, data, split, trust: bool):
-    """The data spec and split: the caller's, else the checkpoint's (whose code specs need consent)."""
+    """The data spec and split: the caller's, else the checkpoint's (allowlisted, or trusted: see nc_probe.trust)."""
     meta = loaded.metadata
     if data is not None:
         same = isinstance(data, str) and data == meta.get("data")
@@ -70,11 +72,10 @@ def _data_spec(loaded: LoadedModel, data, split, trust: bool):
         raise InputError("has no data to run on (no --data, and its metadata names none)", path=loaded.source,
                          fix="pass --data: sample:digits, arrays.npz (x, y), an image folder, torchvision:CLASS:ROOT "
                              "or package.module:function")
-    if is_code_spec(spec) and not trust:
-        raise InputError(f"names its data as {spec}, which nc-probe would import and call; code named by a file is "
-                         "not run without your consent", path=loaded.source,
-                         fix=f"pass --data {spec} to confirm (or --trust-checkpoint)")
-    return spec, split if split is not None else meta.get("split")
+    if not trust:
+        check_file_data(spec, path=loaded.source)
+    meta_split = meta.get("split")
+    return spec, split if split is not None else (meta_split if isinstance(meta_split, str) else None)
 
 
 class _Progress:
@@ -100,7 +101,7 @@ class _Progress:
         self.bar.stop()
 
 
-def _run(loaded: LoadedModel, *, data, split, limit, data_classes, image_size, mean, std, layer, device,
+def _run(loaded: LoadedModel, *, data, split, limit, data_classes, image_size, mean, std, class_map, layer, device,
          batch_size, workers, amp, save_features, progress, trust_checkpoint, subspace_classes, memory_budget,
          sha_future=None) -> tuple[Extraction, dict]:
     meta = loaded.metadata
@@ -113,7 +114,8 @@ def _run(loaded: LoadedModel, *, data, split, limit, data_classes, image_size, m
                        image_size=image_size if image_size is not None else meta.get("image_size"),
                        mean=mean if mean is not None else meta.get("mean"),
                        std=std if std is not None else meta.get("std"),
-                       channels=_input_channels(loaded.model), class_names=meta.get("class_names"))
+                       channels=_input_channels(loaded.model), class_names=meta.get("class_names"),
+                       class_map=class_map)
     dev = resolve_device(device)
     tap = make_tap(loaded.model, layer=layer)
     tap.to(dev, channels_last=True)
@@ -146,14 +148,16 @@ def _run(loaded: LoadedModel, *, data, split, limit, data_classes, image_size, m
 def analyze_checkpoint(path, *, arch: str | None = None, arch_kwargs: dict | None = None,
                        strip_prefix: str | None = None, trust_checkpoint: bool = False, data=None,
                        split: str | None = None, limit: int | None = None, data_classes=None,
-                       image_size: int | None = None, mean=None, std=None, layer: str | None = None,
-                       device: str = "auto", batch_size: int = 256, workers: int = 0, amp: str = "off",
+                       image_size: int | None = None, mean=None, std=None, class_map=None,
+                       layer: str | None = None, device: str = "auto", batch_size: int = 256, workers: int = 0, amp: str = "off",
                        save_features=None, progress: bool = False, **settings) -> Report:
     """Load a checkpoint (or take an ``nn.Module`` / ExportedProgram), run it on data, and analyze the features.
 
     Model: ``arch``, ``arch_kwargs``, ``strip_prefix``, ``trust_checkpoint`` (see :func:`nc_probe.loading.load_model`).
     Data: ``data`` spec (default: the checkpoint's metadata; see :func:`nc_probe.datasets.open_data`), ``split``,
-    ``limit`` (N samples, evenly spaced), ``data_classes`` (keep only these classes), ``image_size``, ``mean``, ``std``.
+    ``limit`` (N samples, evenly spaced), ``data_classes`` (keep only these classes), ``image_size``, ``mean``, ``std``,
+    ``class_map`` (image folders: folder name -> the classifier's class index; see
+    :func:`nc_probe.datasets.open_data`).
     Inference: ``layer`` (default: the input of the final nn.Linear), ``device`` (auto|cpu|cuda|mps), ``batch_size``,
     ``workers``, ``amp`` (bf16|fp16|off), ``save_features`` (also write the features there, so later analyses need
     no model), ``progress`` (a progress bar on stderr). ``settings`` go to :func:`~nc_probe.analysis.analyze_store`
@@ -171,7 +175,7 @@ def analyze_checkpoint(path, *, arch: str | None = None, arch_kwargs: dict | Non
     with ThreadPoolExecutor(1) as pool:
         sha = pool.submit(file_sha256, loaded.source) if os.path.isfile(loaded.source) else None
         ext, info = _run(loaded, data=data, split=split, limit=limit, data_classes=data_classes,
-                         image_size=image_size, mean=mean, std=std, layer=layer, device=device,
+                         image_size=image_size, mean=mean, std=std, class_map=class_map, layer=layer, device=device,
                          batch_size=batch_size, workers=workers, amp=amp, save_features=save_features,
                          progress=progress, trust_checkpoint=trust_checkpoint,
                          subspace_classes=settings.get("classes"),
@@ -202,7 +206,7 @@ def analyze_checkpoint(path, *, arch: str | None = None, arch_kwargs: dict | Non
 def extract_features(model_or_path, data=None, *, arch: str | None = None, arch_kwargs: dict | None = None,
                      strip_prefix: str | None = None, trust_checkpoint: bool = False, split: str | None = None,
                      limit: int | None = None, data_classes=None, image_size: int | None = None, mean=None,
-                     std=None, layer: str | None = None, device: str = "auto", batch_size: int = 256,
+                     std=None, class_map=None, layer: str | None = None, device: str = "auto", batch_size: int = 256,
                      workers: int = 0, amp: str = "off", save_features=None, progress: bool = False) -> FeatureStore:
     """The tapped features of a model on some data, as a FeatureStore (``store.read("features")``,
     ``store.labels()``, ``store.W``, ``store.b``), for notebooks.
@@ -215,8 +219,8 @@ def extract_features(model_or_path, data=None, *, arch: str | None = None, arch_
     with ThreadPoolExecutor(1) as pool:
         sha = pool.submit(file_sha256, loaded.source) if os.path.isfile(loaded.source) else None
         ext, _ = _run(loaded, data=data, split=split, limit=limit, data_classes=data_classes, image_size=image_size,
-                      mean=mean, std=std, layer=layer, device=device, batch_size=batch_size, workers=workers, amp=amp,
-                      save_features=save_features, progress=progress, trust_checkpoint=trust_checkpoint,
+                      mean=mean, std=std, class_map=class_map, layer=layer, device=device, batch_size=batch_size,
+                      workers=workers, amp=amp, save_features=save_features, progress=progress, trust_checkpoint=trust_checkpoint,
                       subspace_classes=[], memory_budget=2 * GiB, sha_future=sha)
     return ext.store
 

@@ -3,6 +3,7 @@ functions; split, limit and class filtering; one-line errors."""
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 
@@ -158,6 +159,48 @@ def test_image_folder(tmp_path):
         _one_line(err, tmp_path / "train" / "eel" / "0.png")
 
 
+def test_image_folder_with_some_of_the_classifiers_classes(tmp_path):
+    """A folder holding 2 of a 5-class model's classes: mapped by the checkpoint's class names, or --class-map."""
+    pytest.importorskip("PIL")
+    _write_images(tmp_path / "val", {"dog": [(6, 6)] * 2, "eel": [(6, 6)]})
+    names = ["ant", "bee", "cat", "dog", "eel"]
+    src = open_data(str(tmp_path / "val"), class_names=names)
+    assert src.num_classes == 5 and src.class_names == names and "by name" in src.notes[0]
+    assert _all(src)[1].tolist() == [3, 3, 4]
+    for class_map in ({"dog": 7, "eel": 2}, '{"dog": 7, "eel": 2}'):  # a partial map: the total is the model's
+        src = open_data(str(tmp_path / "val"), class_map=class_map)
+        assert _all(src)[1].tolist() == [7, 7, 2] and src.num_classes is None
+        assert src.class_names[7] == "dog" and src.class_names[2] == "eel"
+    txt = tmp_path / "classes.txt"
+    txt.write_text("\n".join(names[::-1]) + "\n")  # line i is class i
+    src = open_data(str(tmp_path / "val"), class_map=str(txt))
+    assert _all(src)[1].tolist() == [1, 1, 0] and src.num_classes == 5
+    with pytest.raises(InputError, match=r"folder\(s\) eel are not in the class map"):
+        open_data(str(tmp_path / "val"), class_map={"dog": 1})
+    with pytest.raises(InputError, match="non-negative class indices"):
+        open_data(str(tmp_path / "val"), class_map='{"dog": -1, "eel": 0}')
+    with pytest.raises(InputError, match="image folders only"):
+        open_data("sample:digits", class_map={"0": 0})
+    # without names or a map, folder order is used, and the model's check asks for --class-map
+    assert open_data(str(tmp_path / "val")).num_classes == 2
+
+
+def test_image_folder_class_map_through_the_pipeline(tmp_path):
+    """Two digit classes as image folders, run through a 10-class model: refused with a pointer to --class-map
+    (folder order would label them 0 and 1), accepted with it."""
+    pytest.importorskip("PIL")
+    from nc_probe import samples
+    from nc_probe.pipeline import analyze_checkpoint
+
+    _write_images(tmp_path / "val", {"three": [(8, 8)] * 3, "seven": [(8, 8)] * 3})
+    model = torch.nn.Sequential(torch.nn.Flatten(), samples.digits_net(in_dim=192)).eval()
+    with pytest.raises(InputError, match="--class-map"):
+        analyze_checkpoint(model, data=str(tmp_path / "val"), device="cpu")
+    report = analyze_checkpoint(model, data=str(tmp_path / "val"), device="cpu",
+                                class_map='{"three": 3, "seven": 7}')
+    assert report.inputs["class_ids"] == [3, 7] and report.inputs["class_names"] == ["three", "seven"]
+
+
 def test_image_folder_errors(tmp_path, monkeypatch):
     (tmp_path / "flat").mkdir()
     (tmp_path / "flat" / "a.png").write_bytes(b"")
@@ -195,12 +238,14 @@ def test_torchvision_dataset_never_downloads(tmp_path, monkeypatch):
         def __getitem__(self, i):
             return self.transform(Image.new("RGB", (8, 8), color=(255, 0, 0))), self.targets[i]
 
-    class Missing:
+    class Missing(torch.utils.data.Dataset):
         def __init__(self, root, split="train", transform=None, download=True):
             raise RuntimeError("Dataset not found or corrupted. You can use download=True to download it")
 
     tv = types.ModuleType("torchvision")
-    tv.datasets = types.SimpleNamespace(CIFAR10=FakeCIFAR, SVHN=Missing)
+    # torchvision.datasets lists its dataset classes in __all__; other attributes (its imported modules) are
+    # never looked up by a name from a spec.
+    tv.datasets = types.SimpleNamespace(CIFAR10=FakeCIFAR, SVHN=Missing, os=os, __all__=["CIFAR10", "SVHN"])
     monkeypatch.setitem(sys.modules, "torchvision", tv)
     monkeypatch.setitem(sys.modules, "torchvision.datasets", tv.datasets)
     src = open_data(f"torchvision:CIFAR10:{tmp_path}", split="test", mean=[0, 0, 0], std=[1, 1, 1])
@@ -212,6 +257,8 @@ def test_torchvision_dataset_never_downloads(tmp_path, monkeypatch):
         open_data(f"torchvision:SVHN:{tmp_path}")
     with pytest.raises(InputError, match="no dataset"):
         open_data(f"torchvision:ImageNot:{tmp_path}")
+    with pytest.raises(InputError, match="no dataset"):
+        open_data(f"torchvision:os:{tmp_path}")
     with pytest.raises(InputError, match="root folder"):
         open_data("torchvision:CIFAR10")
     monkeypatch.setitem(sys.modules, "torchvision", None)
