@@ -154,6 +154,7 @@ def test_gate_passes_with_junit_and_markdown(files, tmp_path):
     assert not any(c.find("failure") is not None or c.find("error") is not None for c in cases)
     text = md.read_text()
     assert text.startswith("### nc-probe gate: ✅ passed") and text.count("| ✅ pass |") == 3
+    assert text.endswith("\n") and not text.endswith("\n\n")  # a step summary others append to
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gate.xml"]
 
 
