@@ -92,14 +92,16 @@ def bare_loop(model, batches) -> float:
 
 
 def ncprobe_run(model, x, y, batch_size: int) -> tuple[float, object]:
-    from nc_probe.datasets import iter_batches, open_data
-    from nc_probe.extraction import extract, make_tap
+    from nc_probe.batches import iter_batches
+    from nc_probe.datasets import open_data
+    from nc_probe.extraction import BatchContext, extract
+    from nc_probe.taps import make_tap
 
     t = time.perf_counter()
     source = open_data((x, y))
     with make_tap(model) as tap:
         ext = extract(tap, iter_batches(source, batch_size=batch_size), device="cpu",
-                      declared_classes=source.num_classes)
+                      context=BatchContext(declared_classes=source.num_classes))
     return time.perf_counter() - t, ext
 
 

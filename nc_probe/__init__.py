@@ -14,9 +14,14 @@ from ._version import __version__
 # public name -> module that defines it
 _EXPORTS = {
     "analyze_features": "analysis", "analyze_file": "analysis", "analyze_store": "analysis",
+    "report_from_stats": "compute",
     "InputError": "errors",
-    "analyze_checkpoint": "pipeline", "extract_features": "pipeline", "inspect_checkpoint": "pipeline",
+    "analyze_checkpoint": "pipeline", "extract_features": "pipeline",
+    "inspect_checkpoint": "inspection",
+    "PredictionTally": "metrics.predictions",
     "Report": "report",
+    "DataSettings": "settings", "ExtractionSettings": "settings", "MetricSettings": "settings",
+    "ModelSettings": "settings", "Settings": "settings",
     "ClassStats": "stats",
     "FeatureStore": "store", "StoreWriter": "store", "open_store": "store", "write_store": "store",
 }

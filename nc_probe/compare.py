@@ -19,79 +19,11 @@ import numpy as np
 
 from . import distributed
 from .errors import InputError
+from .files import atomic_write_text, json_safe
 from .metrics import CATALOG, PER_CLASS_KEYS, SCALAR_KEYS, metric
-from .report import Report, _json_safe, atomic_write_text
-
-CKA_CHUNK_BYTES = 32 << 20
-
-
-# ---------------------------------------------------------------------------------------------- linear CKA
-def _rows(source, start: int, stop: int) -> np.ndarray:
-    if hasattr(source, "read"):  # a FeatureStore
-        return np.asarray(source.read("features", start, stop), dtype=np.float64)
-    return np.asarray(source[start:stop], dtype=np.float64)
-
-
-def _num_rows(source) -> int:
-    return source.num_samples if hasattr(source, "num_samples") else len(source)
-
-
-def cka_matrix(sources: Sequence, *, chunk_rows: int | None = None) -> np.ndarray:
-    """Linear CKA between every pair of representations of the same N samples, in one pass over row chunks.
-
-    ``sources``: arrays (N, d_i) or FeatureStores with the same N (row i of each is the same sample). With centered
-    ``X``, ``Y``: ``CKA = ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F)`` (the feature-space form; equal to the
-    Gram-matrix HSIC form). The centered cross products are accumulated about running means and merged per chunk
-    (Chan et al.), in float64, so memory is ``sum_ij d_i d_j`` and independent of N. A representation without
-    variance gives NaN.
-    """
-    k = len(sources)
-    n_rows = {_num_rows(s) for s in sources}
-    if len(n_rows) != 1:
-        raise InputError(f"CKA needs the same samples in every input, got {sorted(n_rows)} rows",
-                         fix="extract the features of the same data set")
-    N = n_rows.pop()
-    dims = [_rows(s, 0, 1).shape[1] if N else 0 for s in sources]
-    rows = chunk_rows or max(64, CKA_CHUNK_BYTES // (8 * max(sum(dims), 1)))
-    mean = [np.zeros(d) for d in dims]
-    G = {(i, j): np.zeros((dims[i], dims[j])) for i in range(k) for j in range(i, k)}
-    n = 0
-    for start in range(0, N, rows):
-        stop = min(start + rows, N)
-        chunk = [_rows(s, start, stop) for s in sources]
-        if any(not np.all(np.isfinite(c)) for c in chunk):
-            raise InputError(f"features contain NaN or Inf (rows {start}..{stop - 1})",
-                             fix="check the model for overflow or drop those samples")
-        nb = stop - start
-        cm = [c.mean(0) for c in chunk]
-        cc = [c - m for c, m in zip(chunk, cm)]
-        delta = [b - a for a, b in zip(mean, cm)]
-        w = n * nb / (n + nb)
-        for (i, j), g in G.items():
-            g += cc[i].T @ cc[j]
-            if n:
-                g += w * np.outer(delta[i], delta[j])
-        mean = [a + d * (nb / (n + nb)) for a, d in zip(mean, delta)]
-        n += nb
-    out = np.eye(k)
-    norms = [np.linalg.norm(G[i, i]) for i in range(k)]
-    for i in range(k):
-        for j in range(i, k):
-            denom = norms[i] * norms[j]
-            if not denom > 0:
-                value = float("nan")
-            else:
-                value = 1.0 if i == j else min(float(np.square(G[i, j]).sum() / denom), 1.0)
-            out[i, j] = out[j, i] = value
-    return out
-
-
-def linear_cka(X, Y, *, chunk_rows: int | None = None) -> float:
-    """Linear CKA of two representations (N, d_x) and (N, d_y) of the same samples (arrays or FeatureStores).
-
-    1 for identical representations; invariant to orthogonal transforms and isotropic scaling of either input.
-    """
-    return float(cka_matrix([X, Y], chunk_rows=chunk_rows)[0, 1])
+from .metrics.cka import cka_matrix
+from .report import Report
+from .settings import Settings
 
 
 # ---------------------------------------------------------------------------------------------- comparison
@@ -129,7 +61,7 @@ class Comparison:
         return pd.DataFrame(data)
 
     def to_dict(self) -> dict:
-        return _json_safe({
+        return json_safe({
             "labels": self.labels,
             "baseline": self.baseline,
             "metrics": self.rows,
@@ -179,12 +111,12 @@ def check_class_sets(reports: Mapping[str, Report]) -> list[str]:
                                              f"only in {lab}: {_describe(only_b)}" if only_b else "") if x)
             raise InputError(f"{base} and {lab} have different class sets ({len(base_ids)} vs {len(ids)} classes"
                              f"{'; ' + detail if detail else ''}); their metrics are not comparable",
-                             fix="compare analyses of the same classes (e.g. the same --data-classes)")
+                             fix="compare analyses of the same classes (e.g. the same {data_classes})")
         if rep.inputs.get("class_names") != reports[base].inputs.get("class_names"):
             warnings.append(f"{base} and {lab} name their classes differently; classes are matched by id")
         if (rep.per_class.get("subspace_class_ids") or []) != (reports[base].per_class.get("subspace_class_ids")
                                                                 or []):
-            warnings.append(f"{base} and {lab} computed subspace metrics for different classes (--classes); "
+            warnings.append(f"{base} and {lab} computed subspace metrics for different classes ({{classes}}); "
                             "ranks, coding rates and angles are not comparable")
         for key in ("eps2", "rank_tol", "subspace_dim"):
             a, b = reports[base].settings.get(key), rep.settings.get(key)
@@ -298,16 +230,17 @@ def parse_specs(specs: Sequence[str]) -> dict[str, Path]:
     return out
 
 
-def compare_inputs(specs: Mapping[str, object] | Sequence[str], *, checkpoint_options: dict | None = None,
-                   cka: bool = True, chunk_rows: int | None = None, **settings) -> Comparison:
-    """Compare checkpoints, feature files and report JSONs (label -> path, or ``LABEL=PATH`` strings).
+def compare_inputs(specs: Mapping[str, object] | Sequence[str], settings: Settings | None = None, *,
+                   cka: bool = True, progress: bool = False, **shortcuts) -> Comparison:
+    """Compare checkpoints, feature files, report JSONs and samples (label -> path, or ``LABEL=PATH`` strings).
 
-    Feature files are analyzed with ``settings`` and kept for CKA; checkpoints are run with
-    ``checkpoint_options`` and their features saved to a temporary file (``save_features``) for CKA; report JSONs
-    carry no features and join the table but not the CKA.
+    Every input is analyzed with the same ``settings`` (or their fields as keywords); checkpoints keep their
+    features in a temporary file for CKA; report JSONs carry no features and join the table but not the CKA.
     """
     from .inputs import input_kind, report_for
+    from .settings import checkpoint_settings
 
+    settings = checkpoint_settings(settings, **shortcuts)
     paths = parse_specs(specs) if not isinstance(specs, Mapping) else {k: Path(v) for k, v in specs.items()}
     if len(paths) < 2:
         raise InputError(f"compare needs at least 2 inputs, got {len(paths)}", fix="pass LABEL=PATH LABEL=PATH")
@@ -317,104 +250,13 @@ def compare_inputs(specs: Mapping[str, object] | Sequence[str], *, checkpoint_op
     with tempfile.TemporaryDirectory(prefix="nc-probe-compare-") as tmp:
         for i, (label, path) in enumerate(paths.items()):
             kind = input_kind(path)
-            opts = dict(checkpoint_options or {})
-            temporary = kind == "checkpoint" and cka and not opts.get("save_features")
-            if temporary:
-                opts["save_features"] = Path(tmp) / f"{i}.safetensors"
-            reports[label] = report_for(path, checkpoint_options=opts, **settings)
-            if temporary and reports[label].inputs.get("features_file"):
+            keep = Path(tmp) / f"{i}.safetensors" if kind == "checkpoint" and cka else None
+            reports[label] = report_for(path, settings, save_features=keep, progress=progress)
+            if keep is not None and reports[label].inputs.get("features_file"):
                 reports[label].inputs["features_file"] = None  # removed when compare returns
             if cka and kind == "features":
                 features[label] = path
-            elif cka and kind == "checkpoint" and opts.get("save_features") and Path(opts["save_features"]).exists():
-                features[label] = Path(opts["save_features"])
-        return compare_reports(reports, features=features if cka else None, chunk_rows=chunk_rows)
-
-
-# ---------------------------------------------------------------------------------------------- terminal
-ARROW = {"lower": "↓", "higher": "↑"}
-
-
-def delta_text(delta, moved, word=None) -> str:
-    """'-0.123 more collapsed' (moved in the metric's direction), '+0.5 less separated', '+2' (no direction), '0',
-    '-' (absent)."""
-    if delta is None:
-        return "-"
-    if delta == 0:
-        return "0"
-    text = f"{delta:+.3g}"
-    if moved is not None and word:
-        text += " " + (word if moved else word.replace("more ", "less ", 1))
-    return text
-
-
-def comparison_table(comparison: Comparison, labels: list[str] | None = None):
-    """A rich Table: metric, which way is collapsed, each input's value and its change against the baseline
-    (``labels``: the baseline and the inputs to show, default all)."""
-    from rich.table import Table
-    from rich.text import Text
-
-    from .render.terminal import fmt
-
-    labels = labels or comparison.labels
-    table = Table(title=f"Comparison (Δ: change against {comparison.baseline})", title_justify="left")
-    table.add_column("metric", style="cyan", min_width=15)
-    table.add_column("", justify="center", no_wrap=True, min_width=1)
-    for i, lab in enumerate(labels):
-        table.add_column(lab, justify="right", no_wrap=True, min_width=6)
-        if i:
-            table.add_column(f"Δ {lab}", justify="right", no_wrap=True, min_width=9)
-    for r in comparison.rows:
-        cells = [r["metric"], ARROW.get(r["direction"], "")]
-        for i, lab in enumerate(labels):
-            cells.append(fmt(r["values"][lab]))
-            if i:
-                moved = r["moved"][lab]
-                style = "magenta" if moved else ("green" if moved is False else "")
-                cells.append(Text(delta_text(r["deltas"][lab], moved, r["word"]), style=style))
-        table.add_row(*cells)
-    return table
-
-
-def cka_table(comparison: Comparison):
-    from rich.table import Table
-
-    from .render.terminal import fmt
-
-    cka = comparison.cka
-    table = Table()
-    table.add_column("")
-    for lab in cka["labels"]:
-        table.add_column(lab, justify="right")
-    for lab, row in zip(cka["labels"], cka["matrix"]):
-        table.add_row(lab, *[fmt(v) for v in row])
-    return table
-
-
-def render_comparison(comparison: Comparison, console=None) -> None:
-    from rich.console import Console, Group
-    from rich.measure import Measurement
-    from rich.text import Text
-
-    console = console or Console()
-    parts = []
-    for lab, rep in comparison.reports.items():
-        i = rep.inputs
-        parts.append(Text(f"{lab}: {i.get('source')}  N={i.get('num_samples')} C={i.get('num_classes')} "
-                          f"d={i.get('dim')}", style="dim"))
-    table = comparison_table(comparison)
-    natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
-    if len(comparison.labels) > 2 and natural > console.width:
-        # too wide for this terminal: the baseline against one input at a time
-        parts += [comparison_table(comparison, [comparison.baseline, lab]) for lab in comparison.labels[1:]]
-    else:
-        parts.append(table)
-    parts.append(Text(f"↓/↑: the way a metric moves as features get more collapsed, separated, compressed, ... "
-                      f"(docs/metrics.md); Δ words compare with {comparison.baseline}; (mean): mean over classes",
-                      style="dim"))
-    if comparison.cka:
-        parts.append(Text("Linear CKA (1 = the same representation up to rotation and scale)", style="italic"))
-        parts.append(cka_table(comparison))
-    for w in comparison.warnings:
-        parts.append(Text(f"warning: {w}", style="yellow"))
-    console.print(Group(*parts))
+            elif keep is not None and keep.exists():
+                features[label] = keep
+        return compare_reports(reports, features=features if cka else None,
+                               chunk_rows=settings.metrics.chunk_rows)

@@ -28,17 +28,18 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from . import distributed
 from .errors import InputError
+from .image_folder import ImageFolderDataset, ImageTransform, _folder_class_index, _norm_tensors
+from .imports import import_object
 from .store import read_array_file
+from .text import few, first_line
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 X_NAMES = ("x", "X", "inputs", "input", "images", "data")
 Y_NAMES = ("y", "Y", "labels", "targets", "label", "target")
 SAFE_DATA_PREFIXES = ("sample:", "torchvision:")
@@ -123,104 +124,6 @@ def collate(items):
     return torch.utils.data.default_collate(items)
 
 
-def _norm_tensors(mean, std, channels: int, ndim: int):
-    if mean is None and std is None:
-        return None
-    mean = torch.as_tensor([0.0] if mean is None else list(mean), dtype=torch.float32)
-    std = torch.as_tensor([1.0] if std is None else list(std), dtype=torch.float32)
-    for name, t in (("--mean", mean), ("--std", std)):
-        if len(t) not in (1, channels):
-            raise InputError(f"{name} has {len(t)} values but the inputs have {channels} channels",
-                             fix=f"give 1 or {channels} values")
-    if bool((std == 0).any()):
-        raise InputError("--std contains a zero", fix="give positive standard deviations")
-    shape = (1, -1) + (1,) * max(ndim - 2, 0)
-    return mean.reshape(shape), std.reshape(shape)
-
-
-class ImageFolderDataset(Dataset):
-    """Images in ``root/<class>/...`` (files sorted by path), decoded with Pillow.
-
-    Labels are the folders' positions in sorted order, unless ``class_index`` maps folder names to the
-    classifier's class indices (a folder holding some of the classes a model predicts: ImageNet classes by wnid).
-    """
-
-    def __init__(self, root: Path, *, image_size=None, mean=None, std=None, channels: int = 3,
-                 class_index: dict | None = None):
-        try:
-            import PIL.Image  # noqa: F401
-        except ImportError:
-            raise InputError("reading an image folder needs Pillow, which is not installed", path=root,
-                             fix="pip install pillow, or pass the data as a .npz/.pt of arrays") from None
-        self.root = root
-        self.classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-        if not self.classes:
-            raise InputError("has no class sub-folders", path=root,
-                             fix="put the images of each class into their own sub-folder (root/cat/1.png, ...)")
-        if class_index is not None:
-            unknown = [c for c in self.classes if c not in class_index]
-            if unknown:
-                raise InputError(f"class folder(s) {_few(unknown, 3)} are not in the class map", path=root,
-                                 fix="map every folder name to the classifier's class index (--class-map)")
-        self.samples = []
-        for pos, name in enumerate(self.classes):
-            idx = pos if class_index is None else int(class_index[name])
-            files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
-                           and p.is_file())
-            self.samples.extend((str(p), idx) for p in files)
-        if not self.samples:
-            raise InputError(f"holds no images ({', '.join(IMAGE_EXTENSIONS)}) in its class sub-folders", path=root,
-                             fix="check the folder")
-        self.targets = np.asarray([t for _, t in self.samples], dtype=np.int64)
-        self.transform = ImageTransform(image_size, mean, std, channels)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i):
-        import PIL.Image
-
-        path, target = self.samples[i]
-        try:
-            with PIL.Image.open(path) as img:
-                x = self.transform(img)
-        except (OSError, ValueError) as e:
-            raise InputError(f"cannot read the image ({e.__class__.__name__})", path=path,
-                             fix="remove or replace the file") from None
-        return x, target
-
-
-class ImageTransform:
-    """PIL image (or tensor) -> float32 (C, H, W): convert to RGB/L, resize the shorter side to ``size`` and crop
-    the centre square, scale to [0, 1], normalise with ``mean``/``std``."""
-
-    def __init__(self, size=None, mean=None, std=None, channels: int = 3):
-        self.size = None if size is None else int(size)
-        self.channels = channels
-        norm = _norm_tensors(mean, std, channels, 4)
-        self.norm = None if norm is None else (norm[0][0], norm[1][0])
-
-    def __call__(self, img) -> torch.Tensor:
-        if isinstance(img, torch.Tensor):
-            x = img.float()
-        else:
-            import PIL.Image
-
-            img = img.convert("L" if self.channels == 1 else "RGB")
-            if self.size is not None:
-                w, h = img.size
-                scale = self.size / min(w, h)
-                nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
-                img = img.resize((nw, nh), PIL.Image.BILINEAR)
-                left, top = (nw - self.size) // 2, (nh - self.size) // 2
-                img = img.crop((left, top, left + self.size, top + self.size))
-            a = np.asarray(img, dtype=np.float32) / np.float32(255.0)
-            x = torch.from_numpy(a[None] if a.ndim == 2 else a.transpose(2, 0, 1).copy())
-        if self.norm is not None:
-            x = (x - self.norm[0]) / self.norm[1]
-        return x
-
-
 # ---------------------------------------------------------------------------------------------- opening
 def is_code_spec(spec) -> bool:
     """Whether opening ``spec`` imports and calls user code (``package.module:function``)."""
@@ -239,11 +142,11 @@ def open_data(spec, *, split: str | None = None, limit: int | None = None, class
     ``channels``: 1 or 3, for images.
     """
     if limit is not None and int(limit) < 1:
-        raise InputError(f"--limit must be at least 1, got {limit}", fix="pass a positive number of samples")
+        raise InputError(f"{{limit}} must be at least 1, got {limit}", fix="pass a positive number of samples")
     source = _open(spec, split, image_size, mean, std, channels, class_names, class_map)
     if class_map is not None and not isinstance(source.dataset, ImageFolderDataset):
-        raise InputError("--class-map applies to image folders only (other data carries class indices)",
-                         fix="leave --class-map out")
+        raise InputError("{class_map} applies to image folders only (other data carries class indices)",
+                         fix="leave {class_map} out")
     if source.class_names is None and class_names is not None:
         source.class_names = [str(c) for c in class_names]
     if source.num_classes is None and source.class_names is not None and not source.partial_classes:
@@ -257,7 +160,7 @@ def open_data(spec, *, split: str | None = None, limit: int | None = None, class
         if wanted is not None:
             idx = idx[np.isin(source.targets, wanted)]
             if len(idx) == 0:
-                raise InputError(f"no samples of --data-classes {_few(wanted)}", path=source.spec,
+                raise InputError(f"no samples of {{data_classes}} {few(wanted)}", path=source.spec,
                                  fix="pick classes that occur in the data")
         if limit is not None and limit < len(idx):
             idx = stratified_subset(idx, source.targets[idx], int(limit))
@@ -307,8 +210,8 @@ def _open(spec, split, image_size, mean, std, channels, class_names=None, class_
             root = path / split
             if not root.is_dir():
                 subs = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
-                raise InputError(f"has no sub-folder for --split {split} (sub-folders: {_few(subs)})", path=spec,
-                                 fix="leave --split out when the class folders are directly inside, or name an "
+                raise InputError(f"has no sub-folder for {{split={split}}} (sub-folders: {few(subs)})", path=spec,
+                                 fix="leave {split} out when the class folders are directly inside, or name an "
                                      "existing split")
         index, names, note = _folder_class_index(root, class_map, class_names)
         ds = ImageFolderDataset(root, image_size=image_size, mean=mean, std=std, channels=channels,
@@ -330,61 +233,10 @@ def _open(spec, split, image_size, mean, std, channels, class_names=None, class_
     if is_code_spec(spec):
         return _open_function(spec, split, mean, std)
     if spec.endswith((".npz", ".pt", ".pth")) or "/" in spec or os.sep in spec:
-        raise InputError("no such file or folder", path=spec, fix="check the --data path")
-    raise InputError(f"--data {spec!r} is not a file, a folder or a known data spec", path=None,
+        raise InputError("no such file or folder", path=spec, fix="check the {data} path")
+    raise InputError(f"{{data}} {spec!r} is not a file, a folder or a known data spec", path=None,
                      fix="pass sample:digits, arrays.npz, an image folder, torchvision:CLASS:ROOT or "
                          "package.module:function")
-
-
-def _folder_class_index(root: Path, class_map, class_names) -> tuple[dict | None, list | None, str | None]:
-    """``(folder -> class index, the classifier's class names, note)`` for an image folder; (None, None, None)
-    keeps the folders' sorted positions as labels."""
-    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if class_map is not None:
-        index, names = parse_class_map(class_map)
-        return index, names, f"class folders mapped to class indices by --class-map ({len(index)} names)"
-    if not class_names:
-        return None, None, None
-    names = [str(c) for c in class_names]
-    position = {n: i for i, n in enumerate(names)}
-    if folders == names or not set(folders) <= set(position):
-        return None, None, None
-    return position, names, (f"the {len(folders)} class folders were matched to the classifier's "
-                             f"{len(names)} classes by name (class names from the checkpoint)")
-
-
-def parse_class_map(class_map) -> tuple[dict, list | None]:
-    """``--class-map`` -> ``(name -> index, names in class order or None)``: a dict, a JSON object string, a
-    ``.json`` file of one, or a ``.txt`` file with one class name per line (line i is class i)."""
-    import json
-
-    names = None
-    value = class_map
-    if isinstance(value, (str, os.PathLike)) and not str(value).lstrip().startswith("{"):
-        path = Path(value)
-        if not path.is_file():
-            raise InputError("--class-map is neither a JSON object nor an existing file", path=path,
-                             fix='pass e.g. \'{"n01440764": 0}\' or a .txt with one class name per line')
-        text = path.read_text()
-        if path.suffix.lower() == ".json":
-            value = text
-        else:
-            names = [ln.strip() for ln in text.splitlines() if ln.strip()]
-            value = {n: i for i, n in enumerate(names)}
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise InputError(f"--class-map is not valid JSON ({e.msg})", fix='write e.g. \'{"cat": 3, "dog": 5}\'') \
-                from None
-    if isinstance(value, list):
-        names = [str(v) for v in value]
-        value = {n: i for i, n in enumerate(names)}
-    if not isinstance(value, dict) or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value.values()):
-        raise InputError("--class-map must map folder names to non-negative class indices",
-                         fix='write e.g. \'{"cat": 3, "dog": 5}\'')
-    return {str(k): int(v) for k, v in value.items()}, names
 
 
 def _declared(ds) -> dict:
@@ -424,8 +276,8 @@ def _fast(ds, mean, std):
         if y.ndim == 1 and not y.is_floating_point():
             return ArrayDataset(x.float() if x.dtype != torch.float32 else x, y.long(), mean, std)
     if mean is not None or std is not None:
-        raise InputError("--mean/--std apply to arrays, image folders and torchvision datasets only",
-                         fix="normalise inside your dataset, or leave --mean/--std out")
+        raise InputError("{mean}/{std} apply to arrays, image folders and torchvision datasets only",
+                         fix="normalise inside your dataset, or leave {mean}/{std} out")
     return ds
 
 
@@ -438,7 +290,7 @@ def _open_sample(spec, split, mean, std) -> DataSource:
     try:
         ds = samples.digits_dataset(split or "train")
     except ValueError as e:
-        raise InputError(f"{spec}: {e}", fix="pass --split train, test or all") from None
+        raise InputError(f"{spec}: {e}", fix="pass {split=train}, {split=test} or {split=all}") from None
     except FileNotFoundError as e:
         raise InputError(str(e), fix="reinstall nc-probe") from None
     return DataSource(spec, split or "train", dataset=_fast(ds, mean, std), **_declared(ds))
@@ -491,11 +343,11 @@ def _open_arrays(path: Path, split, mean, std) -> DataSource:
         pick = split or ("train" if "train" in splits else splits[0])
         if pick not in splits:
             raise InputError(f"has no split {pick!r} (it has {', '.join(splits)})", path=where,
-                             fix=f"pass --split {splits[0]}")
+                             fix=f"pass {{split={splits[0]}}}")
         suffix, split = f"_{pick}", pick
     elif split:
-        raise InputError(f"has one set of arrays and no splits, but --split {split} was given", path=where,
-                         fix="leave --split out, or store x_train/y_train, x_test/y_test")
+        raise InputError(f"has one set of arrays and no splits, but {{split={split}}} was given", path=where,
+                         fix="leave {split} out, or store x_train/y_train, x_test/y_test")
     xk = next((k + suffix for k in X_NAMES if k + suffix in arrays), None)
     yk = next((k + suffix for k in Y_NAMES if k + suffix in arrays), None)
     if xk is None or yk is None:
@@ -511,12 +363,12 @@ def _open_arrays(path: Path, split, mean, std) -> DataSource:
 def _open_torchvision(spec, split, image_size, mean, std, channels) -> DataSource:
     parts = spec.split(":", 2)
     if len(parts) != 3 or not parts[1] or not parts[2]:
-        raise InputError(f"--data {spec!r} needs a root folder", fix="write torchvision:CIFAR10:/path/to/root")
+        raise InputError(f"{{data}} {spec!r} needs a root folder", fix="write torchvision:CIFAR10:/path/to/root")
     _, name, root = parts
     try:
         import torchvision.datasets as tvd
     except ImportError:
-        raise InputError(f"--data {spec} needs torchvision, which is not installed",
+        raise InputError(f"{{data}} {spec} needs torchvision, which is not installed",
                          fix="pip install torchvision, or pass an image folder or arrays") from None
     # Only the dataset classes torchvision exports (its __all__): a name is looked up, never walked.
     cls = getattr(tvd, name, None) if name in getattr(tvd, "__all__", ()) else None
@@ -529,7 +381,7 @@ def _open_torchvision(spec, split, image_size, mean, std, channels) -> DataSourc
     if "train" in params:
         if split not in (None, "train", "test"):
             raise InputError(f"torchvision {name} has splits train and test, not {split!r}",
-                             fix="pass --split train or --split test")
+                             fix="pass {split=train} or {split=test}")
         kwargs["train"] = split in (None, "train")
         split = split or "train"
     elif "split" in params:
@@ -545,57 +397,29 @@ def _open_torchvision(spec, split, image_size, mean, std, channels) -> DataSourc
 
 
 def _open_function(spec, split, mean, std) -> DataSource:
-    fn = _import_object(spec)
+    fn = import_object(spec, what="{data}")
     if not callable(fn):
-        raise InputError(f"--data {spec} is not callable", fix="name a function returning a Dataset or DataLoader")
+        raise InputError(f"{{data}} {spec} is not callable", fix="name a function returning a Dataset or DataLoader")
     try:
         takes_split = "split" in inspect.signature(fn).parameters
     except (TypeError, ValueError):
         takes_split = False
     if split is not None and not takes_split:
-        raise InputError(f"--data {spec} takes no split argument but --split {split} was given",
-                         fix="leave --split out, or give the function a split parameter")
+        raise InputError(f"{{data}} {spec} takes no split argument but {{split={split}}} was given",
+                         fix="leave {split} out, or give the function a split parameter")
     try:
         result = fn(split=split) if takes_split and split is not None else fn()
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001 - user code: report, do not crash
-        raise InputError(f"--data {spec} failed: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}",
+        raise InputError(f"{{data}} {spec} failed: {type(e).__name__}: {first_line(e, 120)}",
                          fix="check the function") from None
     if isinstance(result, DataLoader):
         return DataSource(spec, split, loader=result, **_declared(result.dataset))
     if isinstance(result, Dataset):
         return DataSource(spec, split, dataset=_fast(result, mean, std), **_declared(result))
-    raise InputError(f"--data {spec} returned a {type(result).__name__}, not a Dataset or DataLoader",
+    raise InputError(f"{{data}} {spec} returned a {type(result).__name__}, not a Dataset or DataLoader",
                      fix="return a torch.utils.data.Dataset or DataLoader")
-
-
-def _import_object(spec: str):
-    """``package.module:attr`` or ``file.py:attr`` -> the object (as nc_probe.loading does for --arch; kept
-    separate so that data never imports the model loader)."""
-    import importlib
-    import importlib.util
-
-    module_name, _, attr = spec.rpartition(":")
-    try:
-        if module_name.endswith(".py"):
-            file = Path(module_name)
-            if not file.is_file():
-                raise InputError(f"--data {spec}: no such file {file}", fix="check the path")
-            mod_spec = importlib.util.spec_from_file_location(f"nc_probe_user_{file.stem}", file)
-            module = importlib.util.module_from_spec(mod_spec)
-            mod_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise InputError(f"--data {spec}: cannot import {module_name} ({e})",
-                         fix="install it or run where it is importable (e.g. set PYTHONPATH)") from None
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise InputError(f"--data {spec}: {module_name} has no attribute {attr!r}", fix="check the name after ':'")
-        obj = getattr(obj, part)
-    return obj
 
 
 def parse_class_selection(value, class_names=None, where=None) -> list[int] | None:
@@ -616,127 +440,6 @@ def parse_class_selection(value, class_names=None, where=None) -> list[int] | No
         elif class_names and text in class_names:
             out.add(class_names.index(text))
         else:
-            raise InputError(f"--data-classes: {text!r} is neither a class index nor a class name", path=where,
+            raise InputError(f"{{data_classes}}: {text!r} is neither a class index nor a class name", path=where,
                              fix="write e.g. 0-4,7" + (f" or names like {class_names[0]}" if class_names else ""))
     return sorted(out)
-
-
-# ---------------------------------------------------------------------------------------------- batches
-def iter_batches(source: DataSource, *, batch_size: int = 256, workers: int = 0,
-                 pin_memory: bool = False) -> Iterator[tuple[Any, torch.Tensor]]:
-    """Yield ``(x, y)`` batches in dataset order, with the class filter and limit applied; ``y`` is int64 (n,).
-
-    A user DataLoader is iterated as it is (its own batch size and workers).
-    """
-    if batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {batch_size}", fix="pass e.g. --batch-size 256")
-    if workers < 0:
-        raise InputError(f"--workers must be >= 0, got {workers}", fix="pass 0 to load in the main process")
-    limit = source.limit
-    if source.loader is not None:
-        if distributed.active():
-            raise InputError("a DataLoader cannot be split between torchrun processes", path=source.spec,
-                             fix="return a map-style Dataset instead, or run a single process")
-        loader = source.loader
-    else:
-        ds = source.dataset
-        kw = dict(batch_size=batch_size, num_workers=workers, pin_memory=pin_memory, collate_fn=collate)
-        if workers > 0:
-            kw["prefetch_factor"] = 4
-        indices = source.indices
-        if distributed.active():
-            indices, limit = _shard_indices(source), None
-        if indices is not None:
-            kw["sampler"] = indices.tolist()
-        loader = DataLoader(ds, **kw)
-    kept = 0
-    it = iter(loader)
-    while True:
-        try:
-            batch = next(it)
-        except StopIteration:
-            return
-        except InputError as e:
-            if "\n" in str(e):  # raised in a worker: the message carries the worker's traceback
-                raise _batch_error(e, source) from None
-            raise
-        except Exception as e:  # noqa: BLE001 - turned into one-line user errors
-            raise _batch_error(e, source) from None
-        x, y = split_batch(batch, source.spec)
-        if source.label_filter is not None:
-            mask = torch.isin(y, torch.as_tensor(source.label_filter, dtype=torch.long))
-            if not bool(mask.all()):
-                x, y = index_inputs(x, mask), y[mask]
-        if limit is not None and kept + len(y) > limit:
-            keep = limit - kept
-            x, y = index_inputs(x, slice(0, keep)), y[:keep]
-        if len(y):
-            kept += len(y)
-            yield x, y
-        if limit is not None and kept >= limit:
-            return
-
-
-def _shard_indices(source: DataSource) -> np.ndarray:
-    """This torchrun rank's samples: every world_size-th of the kept indices, so each sample is seen once."""
-    ds = source.dataset
-    if isinstance(ds, IterableDataset) or not hasattr(ds, "__len__"):
-        raise InputError("an iterable dataset cannot be split between torchrun processes", path=source.spec,
-                         fix="use a map-style Dataset (with __len__ and __getitem__), or run a single process")
-    idx = source.indices if source.indices is not None else np.arange(len(ds))
-    if source.limit is not None:
-        idx = idx[: source.limit]
-    return idx[distributed.rank()::distributed.world_size()]
-
-
-def _batch_error(e: Exception, source: DataSource) -> InputError:
-    text = str(e)
-    if "Caught InputError" in text or "InputError:" in text:
-        # An InputError raised in a DataLoader worker comes back with the worker's traceback in its message.
-        last = [ln for ln in text.strip().splitlines() if "InputError" in ln][-1]
-        return InputError(last.split("InputError:", 1)[-1].strip())
-    if "stack expects each tensor to be equal size" in text or "equal size" in text:
-        return InputError("samples have different shapes and cannot form a batch", path=source.spec,
-                          fix="pass --image-size to resize images to one size")
-    first = text.strip().splitlines()[-1][:160] if text.strip() else ""
-    return InputError(f"reading the data failed: {type(e).__name__}: {first}", path=source.spec,
-                      fix="check the data (try --workers 0 to see the error in the main process)")
-
-
-def split_batch(batch, where=None) -> tuple[Any, torch.Tensor]:
-    """``(x, y)`` from a collated batch: a tuple/list ``(x, y, ...)`` or a dict with input and label keys."""
-    if isinstance(batch, dict):
-        xk = next((k for k in (*X_NAMES, "image", "pixel_values", "img") if k in batch), None)
-        yk = next((k for k in Y_NAMES if k in batch), None)
-        if xk is None or yk is None:
-            raise InputError(f"batches are dicts with keys {sorted(batch)[:6]}, without an input and a label key",
-                             path=where, fix="return (x, y) pairs or dicts with keys x/image and y/label")
-        x, y = batch[xk], batch[yk]
-    elif isinstance(batch, (tuple, list)) and len(batch) >= 2:
-        x, y = batch[0], batch[1]
-    else:
-        raise InputError(f"batches are {type(batch).__name__}s, not (x, y) pairs", path=where,
-                         fix="make the dataset return (input, label) pairs")
-    y = torch.as_tensor(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1 or y.is_floating_point() or y.dtype == torch.bool:
-        raise InputError(f"labels have shape {tuple(y.shape)} and dtype {y.dtype}, not one class index per sample",
-                         path=where, fix="return integer class indices, not one-hot vectors")
-    return x, y.long()
-
-
-def index_inputs(x, index):
-    """Select rows of an input batch: a tensor, a tuple/list of tensors or a dict of tensors."""
-    if isinstance(x, torch.Tensor):
-        return x[index]
-    if isinstance(x, (tuple, list)):
-        return type(x)(index_inputs(v, index) for v in x)
-    if isinstance(x, dict):
-        return {k: index_inputs(v, index) for k, v in x.items()}
-    return x
-
-
-def _few(items, n: int = 5) -> str:
-    items = list(items)
-    return ", ".join(map(str, items[:n])) + (", ..." if len(items) > n else "")

@@ -96,3 +96,30 @@ def gather_objects(obj) -> list:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def sync(obj, group=None):
+    """Combine an object's state across ranks, in place; the one mechanism of every cross-process merge.
+
+    ``obj.sync_steps()`` is a generator that yields requests and receives their results: ``("sum", tensors)``
+    sums the tensors over ranks in place and sends them back; ``("gather", value)`` sends back every rank's value,
+    in rank order. ClassStats (re-centred Chan merges), PredictionTally (integer counts) and the PCA sample (rows
+    gathered) all merge this way. In one process nothing is exchanged.
+    """
+    if not active():
+        return obj
+    steps = obj.sync_steps()
+    request = next(steps, None)
+    while request is not None:
+        kind, payload = request
+        if kind == "sum":
+            result = [all_reduce_(t, group) for t in payload]
+        elif kind == "gather":
+            result = gather_objects(payload)
+        else:  # pragma: no cover - a programming error
+            raise ValueError(f"unknown sync request {kind!r}")
+        try:
+            request = steps.send(result)
+        except StopIteration:
+            request = None
+    return obj

@@ -6,7 +6,8 @@ Pure functions under the ``nc-probe gate`` and ``nc-probe baseline`` commands (`
 - :func:`load_config` / :func:`load_rules` read ``[tool.nc-probe.gate]`` of a pyproject.toml (or a gate TOML file);
 - :func:`make_baseline` / :func:`load_baseline` write and read the baseline of relative rules;
 - :func:`evaluate` checks the rules against a Report and returns one :class:`Result` per rule;
-- :func:`exit_code`, :func:`write_junit` and :func:`write_markdown` turn results into what CI reads.
+- :func:`exit_code` and :func:`summary` say what the results mean; :mod:`nc_probe.render.gate` writes them as JUnit
+  XML, Markdown and a terminal table.
 
 Rule grammar (whitespace anywhere)::
 
@@ -35,8 +36,10 @@ from typing import Mapping, Sequence
 
 from ._version import __version__
 from .errors import InputError
+from .files import atomic_write_text, json_safe
 from .metrics import PER_CLASS_KEYS, SCALAR_KEYS
-from .report import SCHEMA_VERSION, Report, _json_safe, atomic_write_text
+from .report import SCHEMA_VERSION, Report
+from .text import distinct_pair, format_number
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -50,6 +53,7 @@ BASELINE_FORMAT = "nc-probe-baseline"
 CONFIG_TABLE = ("tool", "nc-probe", "gate")
 CONFIG_KEYS = {"rules", "baseline"}
 REL_TOL = 1e-9
+GATE_DIGITS = 6  # significant digits of the numbers the gate prints: enough to see a 10% rule's margin
 OPS = ("<=", ">=", "<", ">")
 PASS, FAIL, ERROR = "pass", "fail", "error"
 RULE_EXAMPLES = "write e.g. 'nc1<=0.05', 'acc_ncc>=0.9', 'nc1<=baseline+10%' or 'rate_reduction>=baseline-5%'"
@@ -192,7 +196,7 @@ def load_config(path, *, table_required: bool = True) -> GateConfig:
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise InputError("no such file", path=path, fix="check the --config path") from None
+        raise InputError("no such file", path=path, fix="check the path of the gate configuration") from None
     except IsADirectoryError:
         raise InputError("is a folder, not a TOML file", path=path, fix="pass a .toml file") from None
     except UnicodeDecodeError:
@@ -263,7 +267,7 @@ def save_baseline(baseline: Baseline | Report, path) -> Path:
     """Write a baseline (or the baseline of a report) as JSON, atomically."""
     if isinstance(baseline, Report):
         baseline = make_baseline(baseline)
-    return atomic_write_text(path, json.dumps(_json_safe(baseline.to_dict()), indent=2, allow_nan=False) + "\n")
+    return atomic_write_text(path, json.dumps(json_safe(baseline.to_dict()), indent=2, allow_nan=False) + "\n")
 
 
 def load_baseline(path) -> Baseline:
@@ -346,13 +350,13 @@ def _evaluate_one(rule: Rule, metrics: dict, base: dict | None, report) -> Resul
                           f"{rule.metric} is absent from the baseline (null there), so {rule.text} cannot be checked")
     limit = rule.limit(b)
     holds = rule.holds(value, limit)
-    v, lim = _pair(value, limit)
+    v, lim = distinct_pair(value, limit, GATE_DIGITS)
     relation = {"<=": "above", "<": "not below", ">=": "below", ">": "not above"}[rule.op]
     text = (f"{rule.metric} = {v} {rule.op} {lim}" if holds
             else f"{rule.metric} = {v} is {relation} the limit {lim}")
     if b is not None and rule.relative:
         change = (value - b) / abs(b) if b else None
-        text += f" (baseline {_num(b)}" + (f", {change:+.1%}" if change is not None else "") + ")"
+        text += f" (baseline {format_number(b, GATE_DIGITS)}" + (f", {change:+.1%}" if change is not None else "") + ")"
     return Result(rule, PASS if holds else FAIL, value, limit, b, text)
 
 
@@ -371,10 +375,10 @@ def absent_reason(report, metric: str) -> str:
     if metric in ("nc4", "acc_model") and no_classifier and not inputs.get("has_logits", False):
         return f"it needs the classifier W (or stored logits), and the input has neither; {fix}"
     if metric in ("coding_rate_within", "rate_reduction") and settings.get("subspace_classes") is not None:
-        return ("it needs the subspace statistics of every class, and they were kept for only some (--classes or "
-                "--memory-budget); gate without --classes or with a larger --memory-budget")
+        return ("it needs the subspace statistics of every class, and they were kept for only some ({classes} or "
+                "{memory_budget}); gate without {classes} or with a larger {memory_budget}")
     if metric in ("angle_min_mean", "angle_min_min"):
-        return "it needs subspace statistics of at least two classes (--classes, --memory-budget)"
+        return "it needs subspace statistics of at least two classes ({classes}, {memory_budget})"
     notes = "; ".join(str(w) for w in report.warnings)
     return "the analysis left it null" + (f" ({notes})" if notes else "")
 
@@ -399,69 +403,6 @@ def summary(results: Sequence[Result]) -> str:
     return f"passed: all {n} {rules} hold" if n != 1 else "passed: the rule holds"
 
 
-# ---------------------------------------------------------------------------------------------------- outputs
-def junit_xml(results: Sequence[Result], *, name: str = "nc-probe gate", properties: Mapping | None = None) -> str:
-    """JUnit XML: one testsuite, one testcase per rule (a <failure> when it fails, an <error> when unchecked)."""
-    import xml.etree.ElementTree as ET
-
-    counts = {"tests": str(len(results)), "failures": str(sum(r.verdict == FAIL for r in results)),
-              "errors": str(sum(r.verdict == ERROR for r in results)), "skipped": "0"}
-    suites = ET.Element("testsuites", {"name": name, **counts})
-    suite = ET.SubElement(suites, "testsuite", {"name": name, **counts})
-    if properties:
-        props = ET.SubElement(suite, "properties")
-        for k, v in properties.items():
-            if v is not None:
-                ET.SubElement(props, "property", {"name": str(k), "value": str(v)})
-    for r in results:
-        case = ET.SubElement(suite, "testcase", {"classname": f"nc-probe.gate.{r.rule.metric}", "name": r.rule.text})
-        if r.verdict == FAIL:
-            ET.SubElement(case, "failure", {"message": r.message, "type": "RuleFailed"}).text = r.message
-        elif r.verdict == ERROR:
-            ET.SubElement(case, "error", {"message": r.message, "type": "MetricAbsent"}).text = r.message
-        else:
-            ET.SubElement(case, "system-out").text = r.message
-    ET.indent(suites)
-    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
-
-
-def write_junit(results: Sequence[Result], path, **kwargs) -> Path:
-    return atomic_write_text(path, junit_xml(results, **kwargs))
-
-
-_MARK = {PASS: "✅ pass", FAIL: "❌ fail", ERROR: "⚠️ error"}
-
-
-def markdown(results: Sequence[Result], *, title: str = "nc-probe gate", source: str | None = None,
-             baseline: str | None = None, notes: Sequence[str] = ()) -> str:
-    """A Markdown summary (for ``$GITHUB_STEP_SUMMARY``): a verdict line, the rule table, and the messages."""
-    code = exit_code(results)
-    head = {0: "✅ passed", 1: "❌ failed", 2: "⚠️ error"}[code]
-    lines = [f"### {title}: {head}", ""]
-    if source:
-        lines.append(f"Input: `{source}`" + (f" · baseline: `{baseline}`" if baseline else ""))
-        lines.append("")
-    with_baseline = any(r.baseline is not None for r in results)
-    cols = ["metric", "rule", "value", "limit"] + (["baseline", "change"] if with_baseline else []) + ["verdict"]
-    lines += ["| " + " | ".join(cols) + " |", "|---|---|" + "---:|" * (len(cols) - 3) + "---|"]
-    for r in results:
-        cells = [f"`{r.rule.metric}`", f"`{r.rule.condition}`", format_number(r.value), format_number(r.limit)]
-        if with_baseline:
-            cells += [format_number(r.baseline), "" if r.change is None else f"{r.change:+.1%}"]
-        lines.append("| " + " | ".join(cells + [_MARK[r.verdict]]) + " |")
-    lines += ["", summary(results)]
-    bad = [r for r in results if r.verdict != PASS]
-    if bad or notes:
-        lines.append("")
-    lines += [f"- **{r.rule.text}**: {r.message.replace('|', '/')}" for r in bad]
-    lines += [f"- note: {n}" for n in notes]
-    return "\n".join(lines) + "\n"
-
-
-def write_markdown(results: Sequence[Result], path, **kwargs) -> Path:
-    return atomic_write_text(path, markdown(results, **kwargs))
-
-
 # ---------------------------------------------------------------------------------------------------- formatting
 def _number(v) -> float | None:
     if v is None or isinstance(v, bool):
@@ -473,24 +414,7 @@ def _number(v) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _num(v: float, digits: int = 6) -> str:
-    return f"{float(v):.{digits}g}"
-
-
 def _exact(v: float) -> str:
     """The shortest text that reads back as ``v``: 0.05, 1e-07, 10 (not 10.0)."""
     text = repr(float(v))
     return text[:-2] if text.endswith(".0") else text
-
-
-def _pair(a: float, b: float) -> tuple[str, str]:
-    """Format two numbers with enough digits that different numbers look different."""
-    for digits in (6, 9, 12, 17):
-        sa, sb = _num(a, digits), _num(b, digits)
-        if sa != sb or a == b:
-            return sa, sb
-    return repr(float(a)), repr(float(b))
-
-
-def format_number(v) -> str:
-    return "-" if v is None else _num(v)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from .locate import resolve_input
 from .report import Report
+from .settings import Settings
 
 
 def input_kind(path) -> str:
@@ -19,8 +20,10 @@ def input_kind(path) -> str:
     return "checkpoint" if is_checkpoint(p) else "features"
 
 
-def report_for(path, *, checkpoint_options: dict | None = None, **settings) -> Report:
-    """A Report for any input: a report JSON is read back, a feature file analyzed, a checkpoint run on its data."""
+def report_for(path, settings: Settings | None = None, *, save_features=None, progress: bool = False) -> Report:
+    """A Report for any input: a report JSON is read back, a feature file analyzed with ``settings.metrics``, a
+    checkpoint run on its data with all of ``settings``."""
+    settings = settings or Settings()
     p = resolve_input(path)
     kind = input_kind(p)
     if kind == "report":
@@ -28,7 +31,7 @@ def report_for(path, *, checkpoint_options: dict | None = None, **settings) -> R
     if kind == "features":
         from .analysis import analyze_file
 
-        return analyze_file(p, **settings)
+        return analyze_file(p, settings.metrics)
     from .pipeline import analyze_checkpoint
 
-    return analyze_checkpoint(p, **(checkpoint_options or {}), **settings)
+    return analyze_checkpoint(p, settings, save_features=save_features, progress=progress)

@@ -7,13 +7,11 @@ is a breaking change of ``SCHEMA_VERSION``. Absent metrics (no classifier, skipp
 from __future__ import annotations
 
 import json
-import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, spell
+from .files import atomic_write_text, json_safe
 
 SCHEMA_VERSION = "1.0"
 
@@ -42,7 +40,10 @@ class Report:
     schema_version: str = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
-        return _json_safe(asdict(self))
+        """Plain JSON data; warnings name settings by parameter (``classes``, not a placeholder)."""
+        data = asdict(self)
+        data["warnings"] = [spell(str(w)) for w in self.warnings]
+        return json_safe(data)
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
@@ -70,33 +71,3 @@ class Report:
 
     def save(self, path) -> Path:
         return atomic_write_text(path, self.to_json())
-
-
-def _json_safe(obj):
-    """NaN/Inf are not JSON: they become null (absent), and numpy scalars become Python numbers."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if hasattr(obj, "tolist"):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def atomic_write_text(path, text: str | bytes) -> Path:
-    """Write text (or bytes) via a temp file in the same folder and rename it into place, so no half-written file
-    is left."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -23,10 +23,6 @@ import torch
 from .errors import InputError
 from .text import format_bytes
 
-GiB = 1024**3
-# On the CPU, update() and the analysis's second pass take numpy paths tuned for cache and BLAS; the torch paths
-# serve GPUs. Tests set this to False to run the GPU code paths on the CPU and compare.
-HOST_PATH = True
 F64 = torch.float64
 GROUP_ROWS = 2048  # CPU update: rows of consecutive classes processed together (a few MiB of float64, in cache)
 STAGE_ROWS = 8192  # CPU update: centered rows per pooled-scatter syrk
@@ -66,12 +62,17 @@ class ClassStats:
         Class indices whose ``d x d`` unit-feature second moments are kept (default: all). ``[]`` keeps none.
     device:
         Where the statistics live; batches are moved there and cast to float64.
+    backend:
+        "auto": on the CPU, numpy kernels tuned for cache and BLAS (:meth:`_update_host`); elsewhere torch.
+        "torch": the torch code path everywhere, as a GPU runs it (tests compare the two on the CPU).
     """
 
-    def __init__(self, num_classes: int, dim: int, *, subspace_classes=None, device="cpu"):
+    def __init__(self, num_classes: int, dim: int, *, subspace_classes=None, device="cpu", backend: str = "auto"):
         self.num_classes = int(num_classes)
         self.dim = int(dim)
         self.device = torch.device(device)
+        self.backend = backend
+        self.host_kernels = self.device.type == "cpu" and backend == "auto"
         if subspace_classes is None:
             tracked = list(range(self.num_classes))
         else:
@@ -79,7 +80,7 @@ class ClassStats:
             bad = [c for c in tracked if not 0 <= c < self.num_classes]
             if bad:
                 raise InputError(
-                    f"--classes names {bad[:5]} but the labels only go from 0 to {self.num_classes - 1}",
+                    f"{{classes}} names {bad[:5]} but the labels only go from 0 to {self.num_classes - 1}",
                     fix="pick class indices in that range",
                 )
         self.subspace_classes = tracked
@@ -100,7 +101,7 @@ class ClassStats:
     # ------------------------------------------------------------------ accumulation
     def update(self, features, labels) -> "ClassStats":
         """Add one batch: ``features`` (n, d), ``labels`` (n,) integers in ``[0, C)``. Returns self."""
-        if self.device.type == "cpu" and HOST_PATH:
+        if self.host_kernels:
             return self._update_host(features, labels)
         h = torch.as_tensor(features).to(self.device, F64)
         h = h.reshape(len(h), -1 if h.numel() else self.dim)  # an empty batch has no -1 to infer
@@ -253,33 +254,43 @@ class ClassStats:
         self.count += b.count
 
     def all_reduce(self, group=None) -> "ClassStats":
-        """Combine the statistics of every rank of ``torch.distributed`` in place (a no-op when not initialised).
-
-        Means and scatters are not sums, so each rank first re-centres its scatter on the global class means
-        (exact, no loss of accuracy near collapse), then everything is summed.
-        """
-        import torch.distributed as dist
-
+        """Combine the statistics of every rank of ``torch.distributed`` in place (a no-op in one process)."""
         from . import distributed
 
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
-            return self
+        return distributed.sync(self, group)
+
+    def sync_steps(self):
+        """The :func:`nc_probe.distributed.sync` protocol. Means and scatters are not sums: each rank first learns
+        the global class means (from summed counts and sums), re-centres its scatter and traces on them (exact, no
+        loss of accuracy near collapse), then everything is summed."""
         n_local = self.count.to(F64)
-        total = distributed.all_reduce_(self.count.clone(), group)
+        total, sums = yield "sum", [self.count.clone(), self.mean * n_local[:, None]]
         n_total = total.to(F64)
-        sums = distributed.all_reduce_(self.mean * n_local[:, None], group)
         g_mean = sums / torch.where(n_total > 0, n_total, torch.ones_like(n_total))[:, None]
         delta = self.mean - g_mean
-        has = n_local > 0
-        delta[~has] = 0
+        delta[n_local == 0] = 0
         self.scatter += gram(delta * n_local.sqrt()[:, None])
         self.m2 += n_local * delta.square().sum(1)
-        for t in (self.scatter, self.m2, self.zero_norm, self.zz) + (
-            () if self.zz_total is None else (self.zz_total,)
-        ):
-            distributed.all_reduce_(t, group)
+        yield "sum", [self.scatter, self.m2, self.zero_norm, self.zz] + (
+            [] if self.zz_total is None else [self.zz_total])
         self.count, self.mean = total, g_mean
-        return self
+
+    def truncated(self, num_classes: int) -> "ClassStats":
+        """These statistics for the classes below ``num_classes`` (exact when the others have no samples)."""
+        C = num_classes
+        tracked = None if self.all_tracked else [c for c in self.subspace_classes if c < C]
+        out = ClassStats(C, self.dim, subspace_classes=tracked, device=self.device, backend=self.backend)
+        out.count.copy_(self.count[:C])
+        out.mean.copy_(self.mean[:C])
+        out.m2.copy_(self.m2[:C])
+        out.scatter.copy_(self.scatter)
+        out.zero_norm.copy_(self.zero_norm[:C])
+        keep = [slot for slot, c in enumerate(self.subspace_classes) if c < C]
+        if keep:
+            out.zz.copy_(self.zz[keep])
+        if out.zz_total is not None:
+            out.zz_total.copy_(self.zz_total if self.zz_total is not None else self.zz.sum(0))
+        return out
 
     # ------------------------------------------------------------------ views used by the metrics
     @property
@@ -341,7 +352,7 @@ def check_memory(num_classes: int, dim: int, subspace_classes, budget: int) -> t
             raise InputError(
                 f"subspace statistics for {len(subspace_classes)} classes of dimension {dim} need "
                 f"{format_bytes(need)}, over the memory budget of {format_bytes(budget)}",
-                fix="pick fewer classes with --classes or raise --memory-budget",
+                fix="pick fewer classes with {classes} or raise {memory_budget}",
             )
         return list(subspace_classes), None
     need = subspace_bytes(num_classes, dim)
@@ -351,8 +362,8 @@ def check_memory(num_classes: int, dim: int, subspace_classes, budget: int) -> t
     head = (f"subspace metrics skipped: {num_classes} classes x {dim}x{dim} float64 matrices need "
             f"{format_bytes(need)}, over the memory budget of {format_bytes(budget)}")
     if fit == 0:
-        return [], f"{head}; not even one class fits: raise --memory-budget to at least {format_bytes(subspace_bytes(1, dim))}"
-    return [], f"{head}; pick up to {fit} classes with --classes (e.g. --classes 0-{fit - 1}) or raise --memory-budget"
+        return [], f"{head}; not even one class fits: raise {{memory_budget}} to at least {format_bytes(subspace_bytes(1, dim))}"
+    return [], f"{head}; pick up to {fit} classes with {{classes}} (e.g. {{classes=0-{fit - 1}}}) or raise {{memory_budget}}"
 
 
 def as_numpy(x) -> np.ndarray:

@@ -154,7 +154,7 @@ class FeatureStore:
             if not _all_finite(feats):
                 bad = self._row0 + start + int(np.argwhere(~np.isfinite(feats))[0][0])
                 raise InputError(f"features contain NaN or Inf (first at row {bad})", path=self.source,
-                                 fix="check the model for overflow (try --amp off) or drop those samples")
+                                 fix="check the model for overflow (try {amp=off}) or drop those samples")
             yield Chunk(feats, self.labels_chunk(start, stop), self.read("logits", start, stop)
                         if self.has_logits else None, start)
             del feats  # a consumer that drops its chunk keeps one chunk in memory, not two
@@ -204,7 +204,7 @@ class _SafetensorsFile:
             head = f.read(8)
             if len(head) < 8:
                 raise InputError("file is empty or truncated (no safetensors header)", path=path,
-                                 fix="write it again with nc-probe --save-features or nc_probe.write_store")
+                                 fix="write it again with {save_features} or nc_probe.write_store")
             (n,) = struct.unpack("<Q", head)
             if n > size - 8 or n > 100 * 1024**2:
                 raise InputError("safetensors header is larger than the file: the file is truncated or not "

@@ -49,3 +49,12 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
         n /= 1024
     return f"{n:.3g} TiB"  # pragma: no cover - the loop always returns
+
+
+def distinct_pair(a: float, b: float, digits: int = 6) -> tuple[str, str]:
+    """Two numbers formatted with enough digits (at least ``digits``) that different numbers look different."""
+    for n in (digits, 9, 12, 17):
+        sa, sb = format_number(a, n), format_number(b, n)
+        if sa != sb or a == b:
+            return sa, sb
+    return repr(float(a)), repr(float(b))

@@ -54,14 +54,14 @@ def is_allowlisted_arch(arch) -> bool:
 def check_file_arch(arch, kwargs, *, path) -> None:
     """Refuse an architecture (and its keyword arguments) read from the file ``path`` unless allowlisted."""
     if not isinstance(arch, str):
-        raise InputError(f"names its architecture as {arch!r}, not a string", path=path, fix="pass --arch")
+        raise InputError(f"names its architecture as {arch!r}, not a string", path=path, fix="pass {arch}")
     if not is_allowlisted_arch(arch):
         raise InputError(f"names its architecture {arch}, which nc-probe would import and call; {CONSENT}",
-                         path=path, fix=f"pass --arch {arch} to confirm (or --trust-checkpoint)")
+                         path=path, fix=f"pass {{arch={arch}}} to confirm (or {{trust_checkpoint=True}})")
     bad = [k for k, v in (kwargs or {}).items() if not isinstance(k, str) or not _plain(v)]
     if bad:
         raise InputError(f"gives {arch} keyword arguments that are not plain values ({', '.join(map(str, bad))})",
-                         path=path, fix="pass --arch-kwargs yourself (or --trust-checkpoint)")
+                         path=path, fix="pass {arch_kwargs} yourself (or {trust_checkpoint=True})")
 
 
 def _plain(value, depth: int = 0) -> bool:
@@ -103,10 +103,10 @@ def check_file_data(spec, *, path) -> None:
         return
     if not isinstance(spec, str):
         raise InputError(f"names its data as a {type(spec).__name__}, not a data spec", path=path,
-                         fix="pass --data")
+                         fix="pass {data}")
     raise InputError(f"names its data as {spec}, which is not shipped sample data, a torchvision dataset or an "
                      f"existing data file; nc-probe would have to import or call it, and {CONSENT}", path=path,
-                     fix=f"pass --data {spec} to confirm (or --trust-checkpoint)")
+                     fix=f"pass {{data={spec}}} to confirm (or {{trust_checkpoint=True}})")
 
 
 def _ints(value, count: int, top: int) -> bool:

@@ -14,10 +14,11 @@ from typer.testing import CliRunner
 
 import nc_probe
 from nc_probe.cli import app
-from nc_probe.compare import (Comparison, cka_matrix, compare_reports, delta_text, linear_cka, parse_specs,
-                              render_comparison)
+from nc_probe.compare import Comparison, compare_reports, parse_specs
 from nc_probe.errors import InputError
+from nc_probe.metrics.cka import cka_matrix, linear_cka
 from nc_probe.render import plots
+from nc_probe.render.comparison import delta_text, render_comparison
 
 
 def _cka_reference(X, Y):

@@ -84,12 +84,12 @@ def test_gate_under_torchrun_exits_like_a_single_process(tmp_path):
     assert proc.returncode != 0
 
 
-def test_features_over_the_memory_budget_go_to_disk_and_give_the_same_report(tmp_path, monkeypatch):
+def test_features_over_the_spill_threshold_go_to_disk_and_give_the_same_report(tmp_path, monkeypatch):
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    budget = 340_000  # the 10 x 64 x 64 float64 class statistics fit (327,680 B); 1347 x 64 float32 features do not
-    spilled = nc_probe.analyze_checkpoint(CE, device="cpu", memory_budget=budget)
+    threshold = 340_000  # 1347 x 64 float32 features (345 kB) and their labels do not fit
+    spilled = nc_probe.analyze_checkpoint(CE, device="cpu", spill_threshold=threshold)
     held = nc_probe.analyze_checkpoint(CE, device="cpu")
     assert any("kept on disk" in w for w in spilled.warnings)
     assert not any("kept on disk" in w for w in held.warnings)

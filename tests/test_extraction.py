@@ -11,10 +11,13 @@ import torch
 from torch import nn
 
 from nc_probe.analysis import analyze_features, analyze_file
+from nc_probe.devices import resolve_device
 from nc_probe.errors import InputError
-from nc_probe.extraction import ExportTap, ModuleTap, ScriptTap, extract, fit_stats, make_tap, resolve_device
-from nc_probe.pipeline import analyze_checkpoint, extract_features, inspect_checkpoint
+from nc_probe.extraction import extract, fit_stats
+from nc_probe.inspection import inspect_checkpoint
+from nc_probe.pipeline import analyze_checkpoint, extract_features
 from nc_probe.stats import ClassStats
+from nc_probe.taps import ExportTap, ModuleTap, ScriptTap, make_tap
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 
@@ -125,7 +128,7 @@ def test_final_linear_is_the_last_to_run_and_layer_outputs_are_copies():
 
 def test_no_linear_needs_layer():
     model = nn.Sequential(nn.Conv2d(3, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    with pytest.raises(InputError, match="--layer"):
+    with pytest.raises(InputError, match="layer="):
         make_tap(model)
     feats, _ = make_tap(model, layer="0")(torch.randn(2, 3, 4, 4))
     assert feats.shape == (2, 32)
@@ -305,9 +308,9 @@ def test_nan_features_and_bad_options(saved):
 
     with pytest.raises(InputError, match="NaN"):
         analyze_checkpoint(Bad(), data=str(data))
-    with pytest.raises(InputError, match="--amp"):
+    with pytest.raises(InputError, match="amp "):
         analyze_checkpoint(ckpt, arch=ARCH, amp="fp8")
-    with pytest.raises(InputError, match="--device"):
+    with pytest.raises(InputError, match="device "):
         resolve_device("tpu")
     state = torch.load(ckpt)["state_dict"]
     torch.save({"state_dict": state, "nc_probe": {"data": ARCH}}, ckpt)

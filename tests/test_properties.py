@@ -240,18 +240,15 @@ def test_chunk_rows_does_not_change_the_report(chunk_case, rows, where):
     assert r.inputs == base.inputs
 
 
-def test_gpu_code_paths_run_on_the_cpu_give_the_same_report(monkeypatch):
+def test_gpu_code_paths_run_on_the_cpu_give_the_same_report():
     """The torch paths of ClassStats.update and pass 2 (used on GPUs) against the numpy host paths, on the CPU."""
-    import nc_probe.stats as stats_module
-
     rng = np.random.default_rng(11)
     n, d, C = 700, 16, 6
     y = rng.integers(0, C, n)
     H = (rng.normal(size=(C, d))[y] * 3 + 1e2 + rng.normal(size=(n, d))).astype(np.float32)
     W, b = rng.normal(size=(C, d)), rng.normal(size=C)
     host = nc_probe.analyze_features(H, y, W, b, chunk_rows=97)
-    monkeypatch.setattr(stats_module, "HOST_PATH", False)
-    torch_path = nc_probe.analyze_features(H, y, W, b, chunk_rows=97)
+    torch_path = nc_probe.analyze_features(H, y, W, b, chunk_rows=97, backend="torch")
     for key, value in host.metrics.items():
         assert torch_path.metrics[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
     for key in ("rank_energy95", "rank_effective", "coding_rate_class", "acc_model", "acc_ncc"):

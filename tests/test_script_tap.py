@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from nc_probe.errors import InputError
-from nc_probe.extraction import ScriptTap, make_tap
-from nc_probe.pipeline import analyze_checkpoint, inspect_checkpoint
+from nc_probe.inspection import inspect_checkpoint
+from nc_probe.pipeline import analyze_checkpoint
+from nc_probe.taps import ScriptTap, make_tap
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 

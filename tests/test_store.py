@@ -289,8 +289,8 @@ def test_report_json_round_trip(tmp_path, blobs):
     for r in (nc_probe.analyze_features(H, y, W, b, class_names=list("abcd")), nc_probe.analyze_features(H, y),
               nc_probe.analyze_features(H, y, memory_budget=1)):
         back = Report.from_json(r.to_json())
-        assert back == r
-        assert Report.load(r.save(tmp_path / "r.json")) == r
+        assert back.to_dict() == r.to_dict()
+        assert Report.load(r.save(tmp_path / "r.json")).to_dict() == r.to_dict()
         assert back.to_json() == r.to_json()
 
 

@@ -149,8 +149,9 @@ def test_top_level_arch_string_and_safetensors_and_torchscript_metadata(sandbox)
     torch.save({"arch": "os:system", "state_dict": state}, tmp / "imagenet_example.pt")
     _refused(runner.invoke(app, ["analyze", "imagenet_example.pt", "--data", "sample:digits"]), "os:system")
 
-    from safetensors.torch import save_file
     import json
+
+    from safetensors.torch import save_file
 
     save_file(state, str(tmp / "w.safetensors"),
               metadata={"nc_probe": json.dumps({"arch": "nc_probe.loading:os.system",

@@ -2,54 +2,50 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import List, Optional
-
 import typer
 from typing_extensions import Annotated
 
-from .analyze import OUTPUT, analysis_arguments, with_analysis_options
+from . import options as o
+from .shell import out_console, user_errors
+
+Cka = Annotated[bool, typer.Option("--cka/--no-cka", help="Linear CKA between inputs that hold features of the "
+                                                          "same samples.", rich_help_panel=o.OUTPUT)]
 
 
-@with_analysis_options
 def compare(
-    inputs: Annotated[List[str], typer.Argument(
-        help="Two or more LABEL=PATH (a bare PATH is labelled by its file name), each a checkpoint, a feature file "
-             "or a report JSON. The first is the baseline of the deltas.", show_default=False)],
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the comparison JSON here.",
-                                                      rich_help_panel=OUTPUT)] = None,
-    html: Annotated[Optional[Path], typer.Option("--html", help="Write a self-contained HTML page here.",
-                                                 rich_help_panel=OUTPUT)] = None,
-    plots: Annotated[Optional[Path], typer.Option("--plots", help="Write the plots (PNG and SVG) into this folder.",
-                                                  rich_help_panel=OUTPUT)] = None,
-    cka: Annotated[bool, typer.Option("--cka/--no-cka", help="Linear CKA between inputs that hold features of the "
-                                                              "same samples.", rich_help_panel=OUTPUT)] = True,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.",
-                                        rich_help_panel=OUTPUT)] = False,
-    **analysis,
-):
-    """Compare analyses side by side: metric deltas (and which way is more collapsed), CKA, plots."""
-    from ..compare import compare_inputs, render_comparison
-
-    from ..compare import parse_specs
+    inputs: o.Inputs, json_path: o.JsonOut = None, html: o.HtmlOut = None, plots: o.PlotsOut = None, cka: Cka = True,
+    quiet: o.Quiet = False,
+    eps2: o.Eps2 = None, subspace_dim: o.SubspaceDim = None, rank_tol: o.RankTol = None, classes: o.Classes = None,
+    memory_budget: o.MemoryBudget = None,
+    arch: o.Arch = None, arch_kwargs: o.ArchKwargs = None, strip_prefix: o.StripPrefix = None,
+    trust_checkpoint: o.TrustCheckpoint = False,
+    data: o.Data = None, split: o.Split = None, limit: o.Limit = None, data_classes: o.DataClasses = None,
+    image_size: o.ImageSize = None, mean: o.Mean = None, std: o.Std = None, class_map: o.ClassMap = None,
+    layer: o.Layer = None, device: o.Device = None, batch_size: o.BatchSize = None, workers: o.Workers = None,
+    amp: o.Amp = None, spill_threshold: o.SpillThreshold = None,
+) -> None:
+    """Compare analyses side by side: metric deltas (and which way each moved), CKA, plots."""
+    from ..compare import compare_inputs, parse_specs
+    from ..render.comparison import render_comparison
     from .outputs import OutputSet
 
+    settings = o.build_settings(locals())
     outputs = OutputSet({"--json": json_path, "--html": html, "--plots": plots}, dirs=("--plots",),
-                        inputs=list(parse_specs(inputs).values()) + [analysis.get("data")])
-    settings, ckpt = analysis_arguments(analysis, quiet)
-    comparison = compare_inputs(inputs, checkpoint_options=ckpt, cka=cka, **settings)
+                        inputs=[*parse_specs(inputs).values(), data])
+    comparison = compare_inputs(inputs, settings, cka=cka, progress=not quiet)
     with outputs.transaction() as staged:
         if plots is not None or html is not None:
             from ..render.html import write_comparison_html
             from ..render.plots import comparison_figures, write_visuals
 
             write_visuals(comparison, plots=staged.get("--plots"), html=staged.get("--html"),
-                          figures_of=comparison_figures, write_page=write_comparison_html)
+                          figures_of=comparison_figures,
+                          write_page=lambda c, path, figures: write_comparison_html(c, path, figures, o.flag_name))
         if json_path is not None:
             comparison.save(staged["--json"])
     if not quiet:
-        render_comparison(comparison)
+        render_comparison(comparison, out_console, spell=o.flag_name)
 
 
-def register(app: typer.Typer, user_errors) -> None:
+def register(app: typer.Typer) -> None:
     app.command("compare")(user_errors(compare))

@@ -1,7 +1,8 @@
 """``nc-probe gate INPUT --rule ...`` and ``nc-probe baseline INPUT -o baseline.json``: the CI regression gate.
 
-A thin shell over :mod:`nc_probe.gate`. Both commands take the analysis options of ``analyze`` (the same
-parameters, reused from its signature), so a checkpoint is analyzed exactly as ``analyze`` would.
+A thin shell over :mod:`nc_probe.gate` (rules, baselines, verdicts) and :mod:`nc_probe.render.gate` (JUnit,
+Markdown, the table). Both commands take the analysis options of ``analyze`` (the same option types), so a
+checkpoint is analyzed exactly as ``analyze`` would.
 """
 
 from __future__ import annotations
@@ -12,16 +13,15 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 from typing_extensions import Annotated
 
 from .. import gate as g
 from ..errors import InputError
 from ..metrics import CATALOG, SCALAR_KEYS
-from . import analyze as _analyze
+from . import options as o
 from .outputs import OutputSet
+from .shell import cli_text, err_console, user_errors, warn
 
-OUTPUT = "Output"
 RULES = "Rules"
 
 RULES_HELP = (
@@ -42,40 +42,74 @@ RULES_HELP = (
     "-r 'nc1<=baseline+10%' -r 'rate_reduction>=baseline-5%'. See docs/gate.md."
 )
 
+Input = Annotated[Path, typer.Argument(
+    help="Checkpoint, feature file (.safetensors/.npz/.pt with features+labels), report JSON or sample:NAME.",
+    show_default=False)]
+Rule = Annotated[Optional[List[str]], typer.Option(
+    "--rule", "-r", help="A rule such as 'nc1<=0.05' or 'nc1<=baseline+10%' (repeatable; see below).",
+    show_default=False, rich_help_panel=RULES)]
+Config = Annotated[Optional[Path], typer.Option(
+    "--config", help="Read \\[tool.nc-probe.gate] rules (and baseline) from this TOML file instead of "
+                     "./pyproject.toml.", rich_help_panel=RULES)]
+BaselineIn = Annotated[Optional[Path], typer.Option(
+    "--baseline", "-b", help="Baseline JSON of relative rules (from nc-probe baseline, or a report JSON).",
+    rich_help_panel=RULES)]
+Junit = Annotated[Optional[Path], typer.Option("--junit", help="Write JUnit XML here (a testcase per rule).",
+                                               rich_help_panel=o.OUTPUT)]
+Markdown = Annotated[Optional[Path], typer.Option(
+    "--markdown", help="Write a Markdown summary here, e.g. \"$GITHUB_STEP_SUMMARY\".", rich_help_panel=o.OUTPUT)]
+GateQuiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only broken rules and errors (stderr).",
+                                         rich_help_panel=o.OUTPUT)]
+BaselineOut = Annotated[Path, typer.Option("--output", "-o", help="Where to write the baseline JSON.",
+                                           rich_help_panel=o.OUTPUT)]
 
-def _report(input: Path, quiet: bool, analysis: dict):
-    from ..inputs import report_for
 
-    settings, ckpt = _analyze.analysis_arguments(analysis, quiet)
-    return report_for(input, checkpoint_options=ckpt, **settings)
-
-
-@_analyze.with_analysis_options
 def gate(
-    input: Annotated[Path, typer.Argument(
-        help="Checkpoint, feature file (.safetensors/.npz/.pt with features+labels) or report JSON.",
-        show_default=False)],
-    rule: Annotated[Optional[List[str]], typer.Option(
-        "--rule", "-r", help="A rule such as 'nc1<=0.05' or 'nc1<=baseline+10%' (repeatable; see below).",
-        show_default=False, rich_help_panel=RULES)] = None,
-    config: Annotated[Optional[Path], typer.Option(
-        "--config", help="Read \\[tool.nc-probe.gate] rules (and baseline) from this TOML file instead of "
-                         "./pyproject.toml.", rich_help_panel=RULES)] = None,
-    baseline: Annotated[Optional[Path], typer.Option(
-        "--baseline", "-b", help="Baseline JSON of relative rules (from nc-probe baseline, or a report JSON).",
-        rich_help_panel=RULES)] = None,
-    junit: Annotated[Optional[Path], typer.Option("--junit", help="Write JUnit XML here (a testcase per rule).",
-                                                  rich_help_panel=OUTPUT)] = None,
-    markdown: Annotated[Optional[Path], typer.Option(
-        "--markdown", help="Write a Markdown summary here, e.g. \"$GITHUB_STEP_SUMMARY\".",
-        rich_help_panel=OUTPUT)] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only broken rules and errors (stderr).",
-                                        rich_help_panel=OUTPUT)] = False,
-    **analysis,
-):
+    input: Input, rule: Rule = None, config: Config = None, baseline: BaselineIn = None, junit: Junit = None,
+    markdown: Markdown = None, quiet: GateQuiet = False,
+    eps2: o.Eps2 = None, subspace_dim: o.SubspaceDim = None, rank_tol: o.RankTol = None, classes: o.Classes = None,
+    memory_budget: o.MemoryBudget = None,
+    arch: o.Arch = None, arch_kwargs: o.ArchKwargs = None, strip_prefix: o.StripPrefix = None,
+    trust_checkpoint: o.TrustCheckpoint = False,
+    data: o.Data = None, split: o.Split = None, limit: o.Limit = None, data_classes: o.DataClasses = None,
+    image_size: o.ImageSize = None, mean: o.Mean = None, std: o.Std = None, class_map: o.ClassMap = None,
+    layer: o.Layer = None, device: o.Device = None, batch_size: o.BatchSize = None, workers: o.Workers = None,
+    amp: o.Amp = None, spill_threshold: o.SpillThreshold = None,
+) -> None:
     """Fail a CI job when a metric breaks a rule: exit 0 all rules hold, 1 a rule failed, 2 usage or input error."""
-    from ..cli import err_console
+    from ..inputs import report_for
+    from ..render.gate import print_results, write_junit, write_markdown
 
+    settings = o.build_settings(locals())
+    rules, baseline_path = _rules(rule, config, baseline)
+    base = g.load_baseline(baseline_path) if baseline_path is not None else None
+    outputs = OutputSet({"--junit": junit, "--markdown": markdown}, inputs=[input, baseline_path, config])
+    report = report_for(input, settings, progress=not quiet)
+    results = g.evaluate(report, rules, base)
+    notes = g.baseline_warnings(report, base) if base is not None else []
+    with outputs.transaction() as staged:
+        if junit is not None:
+            write_junit(results, staged["--junit"], spell=o.flag_name,
+                        properties={"input": str(input), "baseline": baseline_path,
+                                    "nc_probe_version": report.inputs.get("nc_probe_version")})
+        if markdown is not None:
+            write_markdown(results, staged["--markdown"], source=str(input), notes=notes, spell=o.flag_name,
+                           baseline=None if baseline_path is None else str(baseline_path))
+    if not quiet:
+        print_results(results, input, base is not None, _console())
+    for note in notes:
+        warn(note)
+    for r in results:
+        if r.verdict in (g.FAIL, g.ERROR):
+            label = "failed" if r.verdict == g.FAIL else "error"
+            err_console.print(f"[bold red]{label}:[/] {r.rule.text}: {escape(cli_text(r.message))}", soft_wrap=True)
+    code = g.exit_code(results)
+    if code:
+        raise typer.Exit(code)
+
+
+def _rules(rule, config, baseline) -> tuple[list, Path | None]:
+    """The rules of --rule and the TOML configuration, and the baseline path (checked: relative rules need one)."""
     cli_rules = g.parse_rules(rule or [])
     if config is not None:
         cfg = g.load_config(config)
@@ -92,34 +126,7 @@ def gate(
     if relative and baseline_path is None:
         raise InputError(f"rule(s) {', '.join(relative)} compare with a baseline but none is given",
                          fix="pass --baseline baseline.json (write one with nc-probe baseline INPUT -o baseline.json)")
-    base = g.load_baseline(baseline_path) if baseline_path is not None else None
-
-    outputs = OutputSet({"--junit": junit, "--markdown": markdown}, inputs=[input, baseline_path, config])
-    report = _report(input, quiet, analysis)
-    results = g.evaluate(report, rules, base)
-    notes = g.baseline_warnings(report, base) if base is not None else []
-    with outputs.transaction() as staged:
-        if junit is not None:
-            g.write_junit(results, staged["--junit"],
-                          properties={"input": str(input), "baseline": baseline_path,
-                                      "nc_probe_version": report.inputs.get("nc_probe_version")})
-        if markdown is not None:
-            g.write_markdown(results, staged["--markdown"], source=str(input),
-                             baseline=None if baseline_path is None else str(baseline_path), notes=notes)
-    if not quiet:
-        console = _console()
-        console.print(_table(results, input, base is not None))
-        console.print(g.summary(results), style=_STYLE[_VERDICT[g.exit_code(results)]])
-    for note in notes:
-        err_console.print(f"[yellow]warning:[/] {escape(note)}", soft_wrap=True)
-    for r in results:
-        if r.verdict == g.FAIL:
-            err_console.print(f"[bold red]failed:[/] {r.rule.text}: {escape(r.message)}", soft_wrap=True)
-        elif r.verdict == g.ERROR:
-            err_console.print(f"[bold red]error:[/] {r.rule.text}: {escape(r.message)}", soft_wrap=True)
-    code = g.exit_code(results)
-    if code:
-        raise typer.Exit(code)
+    return rules, baseline_path
 
 
 def _console() -> Console:
@@ -130,37 +137,23 @@ def _console() -> Console:
     return console
 
 
-_VERDICT = {0: g.PASS, 1: g.FAIL, 2: g.ERROR}
-_STYLE = {g.PASS: "bold green", g.FAIL: "bold red", g.ERROR: "bold yellow"}
-
-
-def _table(results, input, with_baseline: bool) -> Table:
-    table = Table(title=f"nc-probe gate: {escape(str(input))}", title_justify="left")
-    table.add_column("metric", style="cyan", no_wrap=True)
-    table.add_column("rule", no_wrap=True)
-    for col in ("value", "limit") + (("baseline", "change") if with_baseline else ()):
-        table.add_column(col, justify="right", no_wrap=True, overflow="fold")
-    table.add_column("verdict", no_wrap=True)
-    for r in results:
-        cells = [r.rule.metric, r.rule.condition, g.format_number(r.value), g.format_number(r.limit)]
-        if with_baseline:
-            cells += [g.format_number(r.baseline), "" if r.change is None else f"{r.change:+.1%}"]
-        table.add_row(*cells, f"[{_STYLE[r.verdict]}]{r.verdict.upper()}[/]")
-    return table
-
-
-@_analyze.with_analysis_options
 def baseline(
-    input: Annotated[Path, typer.Argument(help="Checkpoint, feature file or report JSON.", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the baseline JSON.",
-                                         rich_help_panel=OUTPUT)] = Path("baseline.json"),
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.",
-                                        rich_help_panel=OUTPUT)] = False,
-    **analysis,
-):
+    input: Input, output: BaselineOut = Path("baseline.json"), quiet: o.Quiet = False,
+    eps2: o.Eps2 = None, subspace_dim: o.SubspaceDim = None, rank_tol: o.RankTol = None, classes: o.Classes = None,
+    memory_budget: o.MemoryBudget = None,
+    arch: o.Arch = None, arch_kwargs: o.ArchKwargs = None, strip_prefix: o.StripPrefix = None,
+    trust_checkpoint: o.TrustCheckpoint = False,
+    data: o.Data = None, split: o.Split = None, limit: o.Limit = None, data_classes: o.DataClasses = None,
+    image_size: o.ImageSize = None, mean: o.Mean = None, std: o.Std = None, class_map: o.ClassMap = None,
+    layer: o.Layer = None, device: o.Device = None, batch_size: o.BatchSize = None, workers: o.Workers = None,
+    amp: o.Amp = None, spill_threshold: o.SpillThreshold = None,
+) -> None:
     """Write the baseline of relative gate rules: the scalar metrics of INPUT and the settings they depend on."""
+    from ..inputs import report_for
+
+    settings = o.build_settings(locals())
     outputs = OutputSet({"--output": output}, inputs=[input])
-    report = _report(input, quiet, analysis)
+    report = report_for(input, settings, progress=not quiet)
     b = g.make_baseline(report)
     with outputs.transaction() as staged:
         g.save_baseline(b, staged["--output"])
@@ -172,6 +165,6 @@ def baseline(
         _console().print(text, soft_wrap=True)
 
 
-def register(app: typer.Typer, user_errors) -> None:
+def register(app: typer.Typer) -> None:
     app.command("gate", epilog=RULES_HELP)(user_errors(gate))
     app.command("baseline")(user_errors(baseline))

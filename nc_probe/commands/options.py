@@ -1,36 +1,129 @@
-"""Parsing of option values shared by several commands (class lists, byte sizes)."""
+"""Option types shared by every command (the huggingface_hub ``cli/_cli_utils.py`` pattern), and the one map from
+settings to flags.
+
+Each setting of :mod:`nc_probe.settings` has one ``Annotated`` type here, used by every command that takes it, so
+a flag has the same name, help and panel everywhere. CLI defaults are None ("not given"): the defaults live in the
+settings dataclasses alone, and :func:`build_settings` passes on only what the user gave. The help texts quote the
+defaults from there.
+"""
 
 from __future__ import annotations
 
-import re
+from pathlib import Path
+from typing import List, Optional
 
-from ..errors import InputError
+import typer
+from typing_extensions import Annotated
 
-_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20, "g": 1e9,
-          "gb": 1e9, "gib": 2**30, "t": 1e12, "tb": 1e12, "tib": 2**40}
+from ..settings import FIELD_GROUP, Settings
+from ..text import format_bytes
+
+DEFAULTS = Settings()
+MODEL, DATA, EXTRACTION, METRICS, OUTPUT = ("Checkpoint: model", "Checkpoint: data", "Checkpoint: inference",
+                                            "Metric settings", "Output")
+
+#: The command-line flag of each setting (parameter name -> flag); errors name settings by parameter, and the CLI
+#: spells them with these (see nc_probe.errors).
+FLAGS = {
+    "eps2": "--eps2", "rank_tol": "--rank-tol", "subspace_dim": "--subspace-dim", "classes": "--classes",
+    "memory_budget": "--memory-budget", "data": "--data", "split": "--split", "limit": "--limit",
+    "data_classes": "--data-classes", "image_size": "--image-size", "mean": "--mean", "std": "--std",
+    "class_map": "--class-map", "arch": "--arch", "arch_kwargs": "--arch-kwargs", "strip_prefix": "--strip-prefix",
+    "trust_checkpoint": "--trust-checkpoint", "layer": "--layer", "device": "--device", "batch_size": "--batch-size",
+    "workers": "--workers", "amp": "--amp", "spill_threshold": "--spill-threshold",
+    "save_features": "--save-features", "fmt": "--format", "out": "--out",
+}
+SWITCHES = {"trust_checkpoint"}  # flags that take no value
 
 
-def parse_bytes(text: str, option: str = "--memory-budget") -> int:
-    """'2GiB', '512MiB', '1.5G', '1000000' -> bytes."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise InputError(f"{option} {text!r} is not a size", fix="write e.g. 2GiB, 512MiB or a number of bytes")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+def flag_name(param: str, value: str | None) -> str:
+    """A setting as the user types it: ``--eps2``, ``--arch mypkg:net``, ``--trust-checkpoint``."""
+    flag = FLAGS.get(param)
+    if flag is None:
+        from ..errors import parameter_name
+
+        return parameter_name(param, value)
+    return flag if value is None or param in SWITCHES else f"{flag} {value}"
 
 
-def parse_classes(text: str | None, option: str = "--classes") -> list[int] | None:
-    """'0,3,5-9' -> [0, 3, 5, 6, 7, 8, 9]; None stays None."""
-    if text is None:
-        return None
-    out: list[int] = []
-    for part in str(text).split(","):
-        part = part.strip()
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not m:
-            raise InputError(f"{option} {text!r}: {part!r} is not a class index or range",
-                             fix="write e.g. 0,3,5-9")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        if hi < lo:
-            raise InputError(f"{option} {text!r}: range {part} runs backwards", fix=f"write {hi}-{lo}")
-        out.extend(range(lo, hi + 1))
-    return sorted(set(out))
+def _option(flag: str, help: str, panel: str, *more: str):
+    return typer.Option(flag, *more, help=help, rich_help_panel=panel, show_default=False)
+
+
+# ------------------------------------------------------------------------------------------------- metric settings
+_m = DEFAULTS.metrics
+Eps2 = Annotated[Optional[float], _option("--eps2", f"MCR^2 distortion eps^2 of the coding rates [default: {_m.eps2}].",
+                                          METRICS)]
+RankTol = Annotated[Optional[float], _option(
+    "--rank-tol", f"Relative eigenvalue cut-off of rank_numerical [default: {_m.rank_tol}].", METRICS)]
+SubspaceDim = Annotated[Optional[int], _option(
+    "--subspace-dim", "Fix the basis size k of every class subspace for the principal angles [default: the class's "
+                      "rank_energy95].", METRICS)]
+Classes = Annotated[Optional[str], _option(
+    "--classes", "Class ids whose subspace metrics are computed, e.g. 0,3,5-9 [default: all that fit the memory "
+                 "budget].", METRICS)]
+MemoryBudget = Annotated[Optional[str], _option(
+    "--memory-budget", f"Memory for the per-class d x d statistics, e.g. 2GiB [default: "
+                       f"{format_bytes(_m.memory_budget)}].", METRICS)]
+
+# ------------------------------------------------------------------------------------------------- model settings
+Arch = Annotated[Optional[str], _option(
+    "--arch", "Architecture for a state_dict: torchvision:NAME, timm:NAME or package.module:factory [default: from "
+              "the checkpoint's metadata].", MODEL)]
+ArchKwargs = Annotated[Optional[str], _option(
+    "--arch-kwargs", """JSON keyword arguments of the factory, e.g. '{"num_classes": 10}'.""", MODEL)]
+StripPrefix = Annotated[Optional[str], _option(
+    "--strip-prefix", "Remove this prefix from state_dict keys (module. and _orig_mod. always are).", MODEL)]
+TrustCheckpoint = Annotated[bool, _option(
+    "--trust-checkpoint", "Allow unpickling arbitrary code (a fully pickled nn.Module) and code that the "
+                          "checkpoint names. Only for files you trust.", MODEL)]
+
+# -------------------------------------------------------------------------------------------------- data settings
+Data = Annotated[Optional[str], _option(
+    "--data", "Data: sample:digits, arrays.npz/.pt (x, y), an image folder, torchvision:CLASS:ROOT or "
+              "package.module:function [default: from the checkpoint's metadata].", DATA)]
+Split = Annotated[Optional[str], _option("--split", "Dataset split, e.g. train or test.", DATA)]
+Limit = Annotated[Optional[int], _option("--limit", "Use at most N samples (evenly spread over classes).", DATA)]
+DataClasses = Annotated[Optional[str], _option("--data-classes", "Only samples of these classes, e.g. 0-4.", DATA)]
+ImageSize = Annotated[Optional[int], _option("--image-size", "Resize images of a folder to this.", DATA)]
+Mean = Annotated[Optional[str], _option("--mean", "Per-channel normalisation mean, e.g. 0.5,0.5,0.5.", DATA)]
+Std = Annotated[Optional[str], _option("--std", "Per-channel normalisation std.", DATA)]
+ClassMap = Annotated[Optional[str], _option(
+    "--class-map", "Image folders: which class index each folder is. A .txt file of the classifier's class names, "
+                   "one per line in class order, a .json file or a JSON object {folder: index} [default: by name "
+                   "when the checkpoint names its classes, else folder order].", DATA)]
+
+# -------------------------------------------------------------------------------------------- extraction settings
+_e = DEFAULTS.extraction
+Layer = Annotated[Optional[str], _option(
+    "--layer", "Module whose output is tapped [default: the input of the final nn.Linear].", EXTRACTION)]
+Device = Annotated[Optional[str], _option("--device", f"auto, cpu, cuda or mps [default: {_e.device}].",
+                                          EXTRACTION)]
+BatchSize = Annotated[Optional[int], _option("--batch-size", f"Inference batch size [default: {_e.batch_size}].",
+                                             EXTRACTION)]
+Workers = Annotated[Optional[int], _option("--workers", f"DataLoader worker processes [default: {_e.workers}].",
+                                           EXTRACTION)]
+Amp = Annotated[Optional[str], _option("--amp", f"Autocast: bf16, fp16 or off [default: {_e.amp}].", EXTRACTION)]
+SpillThreshold = Annotated[Optional[str], _option(
+    "--spill-threshold", f"Extracted features kept in memory up to this size, e.g. 2GiB; beyond it they go to a "
+                         f"temporary file for the analysis [default: {format_bytes(_e.spill_threshold)}].",
+    EXTRACTION)]
+SaveFeatures = Annotated[Optional[Path], _option(
+    "--save-features", "Keep the extracted features here, so later runs need no model.", EXTRACTION)]
+
+# ------------------------------------------------------------------------------------------------------- outputs
+JsonOut = Annotated[Optional[Path], _option("--json", "Write the report JSON here.", OUTPUT)]
+HtmlOut = Annotated[Optional[Path], _option("--html", "Write a self-contained HTML page here.", OUTPUT)]
+PlotsOut = Annotated[Optional[Path], _option("--plots", "Write the plots (PNG and SVG) into this folder.", OUTPUT)]
+Quiet = Annotated[bool, _option("--quiet", "Print nothing but errors.", OUTPUT, "-q")]
+Inputs = Annotated[List[str], typer.Argument(
+    help="Two or more LABEL=PATH (a bare PATH is labelled by its file name, sample:NAME by NAME), each a checkpoint, "
+         "a feature file, a report JSON or a shipped sample. The first is the baseline of the deltas.",
+    show_default=False)]
+
+
+def build_settings(values: dict, base: Settings | None = None) -> Settings:
+    """Settings from command-line values (parameter name -> value): only the options the user gave (not None,
+    not False), so every default stays the settings' own."""
+    given = {k: v for k, v in values.items() if k in FIELD_GROUP and v is not None and v is not False}
+    return (base or DEFAULTS).with_(**given)

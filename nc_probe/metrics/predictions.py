@@ -41,13 +41,22 @@ class PredictionTally:
             self.model_correct.index_add_(0, y, (model_pred == y).long())
             self.disagree.index_add_(0, y, (model_pred != ncc_pred).long())
 
-    def all_reduce(self, group=None) -> "PredictionTally":
+    def sync(self, group=None) -> "PredictionTally":
         """Sum the counts of every torch.distributed rank (a no-op in a single process)."""
         from .. import distributed
 
-        for t in (self.n, self.model_correct, self.ncc_correct, self.disagree):
-            distributed.all_reduce_(t, group=group)
-        return self
+        return distributed.sync(self, group)
+
+    def sync_steps(self):
+        """The :func:`nc_probe.distributed.sync` protocol: integer counts simply add."""
+        flag = torch.tensor([int(self.has_model)])  # a rank whose share was empty saw no classifier output
+        yield "sum", [self.n, self.model_correct, self.ncc_correct, self.disagree, flag]
+        self.has_model = bool(flag.item())
+
+    @classmethod
+    def for_stats(cls, stats, W=None, b=None) -> "StreamingTally":
+        """A tally to fill batch by batch (``tally.update(h, y)``) against the final means of ``stats``."""
+        return StreamingTally(stats, W, b)
 
 
 class Predictor:
@@ -83,3 +92,21 @@ class Predictor:
 
 def logits_argmax(logits) -> torch.Tensor | None:
     return None if logits is None else torch.argmax(torch.as_tensor(logits), dim=1)
+
+
+class StreamingTally(PredictionTally):
+    """A :class:`PredictionTally` with its :class:`Predictor`: pass 2 for features streamed by the caller."""
+
+    def __init__(self, stats, W=None, b=None):
+        super().__init__(stats.num_classes)
+        count = stats.count
+        ids = torch.nonzero(count > 0).flatten()
+        to = dict(dtype=F64, device=stats.device)
+        self.predictor = Predictor(stats.mean[ids], ids, None if W is None else torch.as_tensor(W, **to),
+                                   None if b is None else torch.as_tensor(b, **to))
+
+    def update(self, features, labels) -> "StreamingTally":
+        h = torch.as_tensor(features).to(self.predictor.means.device, F64)
+        y = torch.as_tensor(labels).long().reshape(-1)
+        self.add(y, *self.predictor.predict(h))
+        return self

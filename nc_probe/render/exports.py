@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import InputError
-from ..report import Report, _json_safe, atomic_write_text
+from ..errors import InputError, parameter_name
+from ..files import atomic_write_text, json_safe
+from ..report import Report
 from .tables import angles_frame, metrics_frame, per_class_frame, write_tables
 from .terminal import expected
 
@@ -36,10 +37,10 @@ def check_format(fmt: str) -> str:
     if fmt == "md":
         fmt = "markdown"
     if fmt not in FORMATS:
-        raise InputError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}", fix="pick one of those")
+        raise InputError(f"{{fmt}} {fmt!r} is not one of {', '.join(FORMATS)}", fix="pick one of those")
     if fmt == "parquet" and importlib.util.find_spec("pyarrow") is None:
-        raise InputError("--format parquet needs pyarrow, which is not installed",
-                         fix="install it (pip install pyarrow), or use --format csv")
+        raise InputError("{fmt=parquet} needs pyarrow, which is not installed",
+                         fix="install it (pip install pyarrow), or use {fmt=csv}")
     return fmt
 
 
@@ -50,9 +51,9 @@ def frame_text(df: pd.DataFrame, fmt: str) -> str:
     if fmt == "markdown":
         return markdown_table(df) + "\n"
     if fmt == "json":
-        return json.dumps(_json_safe(df.astype(object).where(df.notna(), None).to_dict(orient="records")),
+        return json.dumps(json_safe(df.astype(object).where(df.notna(), None).to_dict(orient="records")),
                           indent=2, allow_nan=False) + "\n"
-    raise InputError(f"--format {fmt} is not a text format", fix="write it to a folder with --out")
+    raise InputError(f"{{fmt={fmt}}} is not a text format", fix="write it to a folder with {out}")
 
 
 def markdown_table(df: pd.DataFrame) -> str:
@@ -90,7 +91,7 @@ def report_text(report: Report, fmt: str) -> str:
         return "\n".join(f"## {name}\n\n{frame_text(df, fmt)}" for name, df in tabs.items())
     if fmt == "csv":
         return "\n".join(f"# {name}\n{frame_text(df, fmt)}" for name, df in tabs.items())
-    raise InputError("--format parquet is binary", fix="write it to a folder with --out DIR")
+    raise InputError("{fmt=parquet} is binary", fix="write it to a folder with {out=DIR}")
 
 
 def write_exports(report: Report, out_dir, fmt: str = "csv") -> list[Path]:
@@ -115,11 +116,12 @@ def check_output_options(fmt: str | None, out) -> str | None:
         return None
     fmt = check_format(fmt)
     if fmt == "parquet" and out is None:
-        raise InputError("--format parquet writes files, not text", fix="add --out DIR")
+        raise InputError("{fmt=parquet} writes files, not text", fix="add {out=DIR}")
     return fmt
 
 
-def write_outputs(report: Report, *, out=None, fmt: str | None = None, plots=None, html=None) -> str | None:
+def write_outputs(report: Report, *, out=None, fmt: str | None = None, plots=None, html=None,
+                  spell=parameter_name) -> str | None:
     """The file outputs of ``analyze``: tables into ``out`` (csv unless ``fmt``), plots (PNG and SVG) into
     ``plots``, an HTML page at ``html``. Returns the tables as text when ``fmt`` is given without ``out`` (for
     stdout), else None."""
@@ -133,7 +135,8 @@ def write_outputs(report: Report, *, out=None, fmt: str | None = None, plots=Non
         from .html import write_html
         from .plots import report_figures, write_visuals
 
-        write_visuals(report, plots=plots, html=html, figures_of=report_figures, write_page=write_html)
+        write_visuals(report, plots=plots, html=html, figures_of=report_figures,
+                      write_page=lambda r, path, figures: write_html(r, path, figures, spell))
     if fmt is not None and out is None:
         return report_text(report, fmt)
     return None

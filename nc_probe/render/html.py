@@ -10,9 +10,13 @@ import json
 from html import escape
 from pathlib import Path
 
+from ..errors import parameter_name
+from ..errors import spell as spell_text
+from ..files import atomic_write_text
 from ..metrics import METRIC_DOCS
-from ..report import Report, atomic_write_text
-from .terminal import expected, fmt
+from ..report import Report
+from ..text import format_number as fmt
+from .terminal import expected
 
 MAX_TABLE_ROWS = 500  # per-class and pair tables longer than this are cut (the CSV/JSON exports hold them all)
 MAX_PAIR_ROWS = 50
@@ -72,7 +76,7 @@ COMPARE_CAPTIONS = {
 }
 
 
-def _num(v) -> str:
+def _num_cell(v) -> str:
     return f'<td class="num">{escape(fmt(v))}</td>'
 
 
@@ -130,7 +134,7 @@ makes no network requests.</footer>
 
 def summary_rows(report: Report) -> list[list[str]]:
     C = report.inputs.get("num_classes")
-    return [[f'<td><code>{escape(k)}</code></td>', _num(v), f'<td class="exp">{escape(expected(k, C))}</td>',
+    return [[f'<td><code>{escape(k)}</code></td>', _num_cell(v), f'<td class="exp">{escape(expected(k, C))}</td>',
              f'<td class="meaning">{escape(METRIC_DOCS.get(k, ""))}</td>'] for k, v in report.metrics.items()]
 
 
@@ -143,7 +147,7 @@ def _per_class_html(report: Report) -> str:
                         "mean_norm") if c in df.columns]
     rows = []
     for rec in df[cols].head(MAX_TABLE_ROWS).to_dict(orient="records"):
-        rows.append([f"<td>{escape(str(rec[c]))}</td>" if c == "class_name" else _num(_py(rec[c])) for c in cols])
+        rows.append([f"<td>{escape(str(rec[c]))}</td>" if c == "class_name" else _num_cell(_py(rec[c])) for c in cols])
     note = (f"<p class=sub>First {MAX_TABLE_ROWS} of {len(df)} classes; the CSV/JSON exports hold all.</p>"
             if len(df) > MAX_TABLE_ROWS else "")
     return f'<div class="scroll">{_table(cols, rows)}</div>{note}'
@@ -169,8 +173,8 @@ def _pairs_html(report: Report) -> str:
         return "<p class=sub>No principal angles in this report (subspace metrics were skipped).</p>"
     df = df.sort_values("angle_min").head(MAX_PAIR_ROWS)
     names = dict(zip(report.inputs.get("class_ids") or [], report.inputs.get("class_names") or []))
-    rows = [[f"<td>{escape(str(names.get(a, a)))}</td>", f"<td>{escape(str(names.get(b, b)))}</td>", _num(ang),
-             _num(aff)] for a, b, ang, aff in df.itertuples(index=False)]
+    rows = [[f"<td>{escape(str(names.get(a, a)))}</td>", f"<td>{escape(str(names.get(b, b)))}</td>", _num_cell(ang),
+             _num_cell(aff)] for a, b, ang, aff in df.itertuples(index=False)]
     return (f"<p class=sub>The {len(df)} closest class pairs (smallest angle first).</p>"
             + _table(["class a", "class b", "angle_min (deg)", "subspace_affinity"], rows))
 
@@ -180,13 +184,14 @@ def _cards(items: list[tuple[str, str]]) -> str:
                                            for k, v in items) + "</div>"
 
 
-def _warnings_html(warnings: list) -> str:
+def _warnings_html(warnings: list, spell=parameter_name) -> str:
     if not warnings:
         return ""
-    return "<h2 id=warnings>Warnings</h2>" + "".join(f'<div class="warn">{escape(str(w))}</div>' for w in warnings)
+    return "<h2 id=warnings>Warnings</h2>" + "".join(f'<div class="warn">{escape(spell_text(str(w), spell))}</div>'
+                                                     for w in warnings)
 
 
-def report_html(report: Report, figures: dict | None = None) -> str:
+def report_html(report: Report, figures: dict | None = None, spell=parameter_name) -> str:
     """The page of one report; ``figures`` defaults to :func:`nc_probe.render.plots.report_figures`."""
     if figures is None:
         from .plots import report_figures
@@ -202,7 +207,7 @@ def report_html(report: Report, figures: dict | None = None) -> str:
 <p class="sub"><code>{escape(source)}</code> &middot; sha256 <code>{escape(str(i.get('sha256') or '-'))}</code>
 &middot; layer {escape(str(i.get('layer') or '-'))} &middot; eps^2 = {escape(str(report.settings.get('eps2')))}</p>
 {cards}
-{_warnings_html(report.warnings)}
+{_warnings_html(report.warnings, spell)}
 <h2 id="summary">Metrics</h2>
 <p class="sub">"collapsed / MCR^2": what a collapsed (cross-entropy, terminal phase) and an MCR^2-like model show.</p>
 {_table(["metric", "value", "collapsed / MCR^2", "meaning"], summary_rows(report))}
@@ -222,15 +227,15 @@ def report_html(report: Report, figures: dict | None = None) -> str:
     return _page(f"nc-probe: {source}", body)
 
 
-def write_html(report: Report, path, figures: dict | None = None) -> Path:
+def write_html(report: Report, path, figures: dict | None = None, spell=parameter_name) -> Path:
     """Write :func:`report_html` to ``path`` atomically."""
-    return atomic_write_text(path, report_html(report, figures))
+    return atomic_write_text(path, report_html(report, figures, spell))
 
 
 # ---------------------------------------------------------------------------------------------- comparison
-def comparison_html(comparison, figures: dict | None = None) -> str:
+def comparison_html(comparison, figures: dict | None = None, spell=parameter_name) -> str:
     """The page of a :class:`nc_probe.compare.Comparison`: the side-by-side table, CKA, plots, each input."""
-    from ..compare import ARROW, delta_text
+    from .comparison import ARROW, delta_text
 
     if figures is None:
         from .plots import comparison_figures
@@ -244,7 +249,7 @@ def comparison_html(comparison, figures: dict | None = None) -> str:
         cells = [f"<td><code>{escape(r['metric'])}</code></td>",
                  f"<td>{escape(ARROW.get(r['direction'], ''))} {escape(r['word'] or '-')}</td>"]
         for i, lab in enumerate(labels):
-            cells.append(_num(r["values"][lab]))
+            cells.append(_num_cell(r["values"][lab]))
             if i:
                 moved = r["moved"][lab]
                 cls = {True: "more", False: "less"}.get(moved, "")
@@ -255,19 +260,19 @@ def comparison_html(comparison, figures: dict | None = None) -> str:
         c = comparison.cka
         cka = ("<h2 id=cka>Linear CKA</h2><p class=sub>1 = the same representation up to rotation and isotropic "
                "scale; '-' where two inputs do not hold features of the same samples.</p>"
-               + _table([""] + c["labels"], [[f"<td>{escape(a)}</td>"] + [_num(v) for v in row]
+               + _table([""] + c["labels"], [[f"<td>{escape(a)}</td>"] + [_num_cell(v) for v in row]
                                              for a, row in zip(c["labels"], c["matrix"])]))
     inputs = []
     for lab, rep in comparison.reports.items():
         i = rep.inputs
         inputs.append([f"<td>{escape(lab)}</td>", f"<td><code>{escape(str(i.get('source')))}</code></td>",
-                       f"<td><code>{escape(str(i.get('sha256') or '-'))}</code></td>", _num(i.get("num_samples")),
-                       _num(i.get("num_classes")), _num(i.get("dim")), _num(rep.settings.get("eps2"))])
+                       f"<td><code>{escape(str(i.get('sha256') or '-'))}</code></td>", _num_cell(i.get("num_samples")),
+                       _num_cell(i.get("num_classes")), _num_cell(i.get("dim")), _num_cell(rep.settings.get("eps2"))])
     details = "".join(f"<details><summary>{escape(lab)}: inputs and settings</summary>{_kv_table(rep.inputs)}"
                       f"{_kv_table(rep.settings)}</details>" for lab, rep in comparison.reports.items())
     body = f"""<h1>nc-probe comparison</h1>
 <p class="sub">{escape(" vs ".join(labels))} &middot; deltas against <b>{escape(comparison.baseline)}</b></p>
-{_warnings_html(comparison.warnings)}
+{_warnings_html(comparison.warnings, spell)}
 <h2 id="summary">Metrics side by side</h2>
 <p class="sub">"direction": the way the metric moves as features get more collapsed, separated, compressed, diverse
 or accurate (see docs/metrics.md). Δ: value minus the baseline's, with that word: <span class="more">more</span> or
@@ -282,5 +287,5 @@ or accurate (see docs/metrics.md). Δ: value minus the baseline's, with that wor
     return _page("nc-probe comparison: " + " vs ".join(labels), body)
 
 
-def write_comparison_html(comparison, path, figures: dict | None = None) -> Path:
-    return atomic_write_text(path, comparison_html(comparison, figures))
+def write_comparison_html(comparison, path, figures: dict | None = None, spell=parameter_name) -> Path:
+    return atomic_write_text(path, comparison_html(comparison, figures, spell))

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..files import atomic_write_text
 from ..metrics import METRIC_DOCS, PER_CLASS_KEYS
-from ..report import Report, atomic_write_text
+from ..report import Report
 
 
 def metrics_frame(report: Report) -> pd.DataFrame:

@@ -8,8 +8,11 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from ..errors import parameter_name
+from ..errors import spell as spell_text
 from ..metrics import METRIC_DOCS
 from ..report import Report
+from ..text import format_number as fmt
 from .tables import per_class_frame
 
 MAX_CLASS_ROWS = 20
@@ -38,20 +41,6 @@ def expected(key: str, num_classes: int | None = None) -> str:
         return ""
     etf = f"~{math.degrees(math.acos(1 / (num_classes - 1))):.0f}" if num_classes and num_classes >= 2 else "?"
     return " / ".join(p.format(etf=etf) for p in pair)
-
-
-def fmt(value, digits: int = 4) -> str:
-    """Numbers as a person reads them: ints plain, small/large floats in scientific notation, absent as '-'."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, bool) or isinstance(value, int):
-        return str(value)
-    v = float(value)
-    if v == 0:
-        return "0"
-    if abs(v) < 1e-3 or abs(v) >= 1e5:
-        return f"{v:.{digits - 1}e}"
-    return f"{v:.{digits}g}" if abs(v) < 1 else f"{v:.{digits}f}".rstrip("0").rstrip(".")
 
 
 def header(report: Report) -> Text:
@@ -109,12 +98,27 @@ def _py(v):
         return v
 
 
-def render_report(report: Report, console: Console | None = None) -> None:
+def render_report(report: Report, console: Console | None = None, spell=parameter_name) -> None:
+    """The header, metric summary, per-class table (for few classes) and warnings; ``spell`` spells the settings
+    that warnings name (see nc_probe.errors)."""
     console = console or Console()
     parts = [header(report), summary_table(report, console.width)]
     ct = class_table(report)
     if ct is not None:
         parts.append(ct)
     for w in report.warnings:
-        parts.append(Text(f"warning: {w}", style="yellow"))
+        parts.append(Text(f"warning: {spell_text(w, spell)}", style="yellow"))
     console.print(Group(*parts))
+
+
+def modules_table(rows: list[dict], title: str) -> Table:
+    """The rows of :func:`nc_probe.inspection.inspect_checkpoint`: module, type, output shape, params, tap."""
+    table = Table(title=title, title_justify="left")
+    for col, justify in (("module", "left"), ("type", "left"), ("output shape", "left"), ("params", "right"),
+                         ("tap", "left")):
+        table.add_column(col, justify=justify)
+    for r in rows:
+        shape = "-" if r.get("output_shape") is None else "x".join(str(s) for s in r["output_shape"])
+        table.add_row(r["name"] or "(model)", r["type"], shape, f"{r.get('params', 0):,}",
+                      "default tap" if r.get("default_tap") else "")
+    return table

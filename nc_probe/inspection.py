@@ -1,0 +1,183 @@
+"""``nc-probe inspect``: a checkpoint's modules with output shapes, parameter counts and the default tap."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import InputError
+from .pipeline import load
+from .settings import ModelSettings
+from .taps import ExportTap, ScriptTap
+from .taps.export import _clean_path
+
+__all__ = ["inspect_checkpoint"]
+
+
+def inspect_checkpoint(path, settings: ModelSettings | None = None, *, input_shape=None, **shortcuts) -> list[dict]:
+    """One row per module: ``name`` ("" for the whole model), ``type``, ``output_shape`` (per sample, without the
+    batch dimension; None when unknown), ``params`` (including sub-modules) and ``default_tap`` (True on the
+    nn.Linear whose input analyze taps by default).
+
+    Output shapes come from one forward pass of a zero batch of ``input_shape`` (per sample; default: the
+    checkpoint's metadata ``input_shape``, else guessed from the first layer). TorchScript archives give only the
+    model's output shape and the default tap's; torch.export programs give the shapes recorded at export.
+    """
+    loaded = load(path, dataclasses.replace(settings or ModelSettings(), **shortcuts))
+    model = loaded.model
+    shape = input_shape or loaded.metadata.get("input_shape")
+    if isinstance(model, torch.export.ExportedProgram):
+        return _inspect_export(model)
+    if isinstance(model, torch.jit.ScriptModule):
+        return _inspect_script(model, shape)
+    return _inspect_module(model, shape, loaded.arch)
+
+
+def _params(module) -> int:
+    return int(sum(p.numel() for p in module.parameters()))
+
+
+def _guess_input_shapes(model: nn.Module, arch: str | None) -> list[tuple]:
+    """Per-sample input shapes to try, from the first layer of each kind (convolutions first: a conv net may
+    register its classifier before its body)."""
+    first = {}
+    for m in model.modules():
+        for kind in (nn.Conv2d, nn.Conv1d, nn.Conv3d, nn.Linear):
+            if isinstance(m, kind):
+                first.setdefault(kind, m)
+    shapes = []
+    if nn.Conv2d in first:
+        sizes = (224, 32) if arch and arch.startswith(("torchvision:", "timm:")) else (32, 224)
+        shapes += [(first[nn.Conv2d].in_channels, s, s) for s in sizes]
+    if nn.Conv1d in first:
+        shapes.append((first[nn.Conv1d].in_channels, 128))
+    if nn.Conv3d in first:
+        shapes.append((first[nn.Conv3d].in_channels, 16, 32, 32))
+    if nn.Linear in first:
+        shapes.append((first[nn.Linear].in_features,))
+    return shapes
+
+
+def _first_tensor(out):
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)):
+        return next((o for o in out if isinstance(o, torch.Tensor)), None)
+    if isinstance(out, dict):
+        return next((o for o in out.values() if isinstance(o, torch.Tensor)), None)
+    return None
+
+
+def _inspect_module(model: nn.Module, input_shape, arch) -> list[dict]:
+    names = {m: n for n, m in model.named_modules()}
+    shapes: dict[str, Any] = {}
+    order: list[str] = []
+
+    def on_output(module, args, output):
+        t = _first_tensor(output)
+        if t is not None:
+            shapes.setdefault(names[module], list(t.shape[1:]))
+
+    def on_linear(module, args):
+        order.append(names[module])
+
+    candidates = [tuple(input_shape)] if input_shape else _guess_input_shapes(model, arch)
+    for shape in candidates:
+        handles = [m.register_forward_hook(on_output) for m in names]
+        handles += [m.register_forward_pre_hook(on_linear) for m in names if isinstance(m, nn.Linear)]
+        shapes.clear()
+        order.clear()
+        try:
+            with torch.inference_mode():
+                model(torch.zeros((2, *shape)))
+            ok = True
+        except Exception:  # noqa: BLE001 - a wrong guess of the input shape: try the next, else no shapes
+            ok = False
+        finally:
+            for h in handles:
+                h.remove()
+        if ok:
+            break
+    else:
+        shapes.clear()
+        order.clear()
+    if order:
+        tap = order[-1]
+    else:
+        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        tap = linears[-1] if linears else None
+    return [{"name": n, "type": type(m).__name__, "output_shape": shapes.get(n), "params": _params(m),
+             "default_tap": n == tap} for n, m in model.named_modules()]
+
+
+def _inspect_script(model, input_shape) -> list[dict]:
+    try:
+        tap_module = ScriptTap(model, None).tap_module
+    except InputError:
+        tap_module = None
+    root_shape = None
+    for shape in [tuple(input_shape)] if input_shape else _guess_script_shapes(model):
+        try:
+            with torch.inference_mode():
+                t = _first_tensor(model(torch.zeros((2, *shape))))
+            root_shape = None if t is None else list(t.shape[1:])
+            break
+        except Exception:  # noqa: BLE001 - a wrong guess: try the next, else no shape
+            continue
+    rows = []
+    for n, m in model.named_modules():
+        kind = getattr(m, "original_name", type(m).__name__)
+        shape = root_shape if n == "" else None
+        if n == tap_module and hasattr(m, "weight"):
+            shape = [int(m.weight.shape[0])]
+        rows.append({"name": n, "type": kind, "output_shape": shape, "params": _params(m),
+                     "default_tap": n == tap_module})
+    return rows
+
+
+def _guess_script_shapes(model) -> list[tuple]:
+    """Input shapes to try for a TorchScript module, from the constants its first layers keep."""
+    shapes = []
+    for _, m in model.named_modules():
+        kind = getattr(m, "original_name", "")
+        try:
+            if kind == "Conv2d" and not any(len(s) == 3 for s in shapes):
+                shapes += [(int(m.in_channels), 32, 32), (int(m.in_channels), 224, 224)]
+            elif kind == "Linear" and not any(len(s) == 1 for s in shapes):
+                shapes.append((int(m.in_features),))
+        except (AttributeError, RuntimeError, TypeError, ValueError):
+            continue
+    return sorted(shapes, key=len, reverse=True)
+
+
+def _inspect_export(program) -> list[dict]:
+    try:
+        tap_module = ExportTap(program, None).tap_module
+    except InputError:
+        tap_module = None
+    types: dict[str, str] = {}
+    shapes: dict[str, Any] = {}
+    for node in program.graph.nodes:
+        stack = node.meta.get("nn_module_stack") or {}
+        val = node.meta.get("val")
+        for path, kind in stack.values():
+            p = _clean_path(path)
+            types.setdefault(p, kind.rsplit(".", 1)[-1] if isinstance(kind, str) else getattr(kind, "__name__", "?"))
+            if node.op == "call_function" and hasattr(val, "shape"):
+                shapes[p] = [int(s) if isinstance(s, int) else str(s) for s in val.shape[1:]]
+    out = [n for n in program.graph.nodes if n.op == "output"]
+    root_val = out[0].args[0][0] if out and out[0].args and out[0].args[0] else None
+    if hasattr(root_val, "meta") and hasattr(root_val.meta.get("val"), "shape"):
+        shapes[""] = [int(s) if isinstance(s, int) else str(s) for s in root_val.meta["val"].shape[1:]]
+    state = program.state_dict
+    params = [k for k in program.graph_signature.parameters if k in state]
+    types.setdefault("", "ExportedProgram")
+
+    def count(prefix):
+        return int(sum(state[k].numel() for k in params if not prefix or k.startswith(prefix + ".")))
+
+    return [{"name": p, "type": types[p], "output_shape": shapes.get(p), "params": count(p),
+             "default_tap": p == tap_module} for p in [""] + [p for p in types if p]]

@@ -1,0 +1,95 @@
+"""Pass 2 over the features: NC4 and the accuracies, decided against the final class means (and the PCA sample).
+
+On a GPU (or ``backend="torch"``) every row is scored in float64 by :class:`~nc_probe.metrics.predictions.Predictor`.
+On the CPU, float32 features are screened in float32 first (:mod:`nc_probe.screen`: about twice the speed, with a
+rigorous rounding bound) and only the rows it cannot decide are scored in float64, so every decision is the float64
+one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .metrics.predictions import PredictionTally, Predictor, logits_argmax
+from .pca import PCASample
+from .screen import Float32Screen
+from .stats import ClassStats
+from .store import FeatureStore
+
+PASS2_BLOCK = 4096  # CPU pass 2: rows cast to float64 and scored at a time (a cache-sized block)
+PASS2_READ_ROWS = 16384  # CPU pass 2: rows per read
+
+
+def second_pass(store: FeatureStore, stats: ClassStats, ids, W, rows: int,
+                pca: PCASample | None = None) -> PredictionTally:
+    """Tally the classifier's and the nearest class center's predictions of every row (synced across ranks)."""
+    dev = stats.device
+    if stats.host_kernels:
+        return _second_pass_host(store, stats, ids, W, rows, pca)
+    predictor = _predictor(store, stats, ids, W)
+    tally = PredictionTally(stats.num_classes)
+    for start in range(0, store.num_samples, rows):
+        stop = min(start + rows, store.num_samples)
+        h = torch.from_numpy(np.asarray(store.read("features", start, stop))).to(dev, torch.float64)
+        logits = store.read("logits", start, stop) if store.has_logits and W is None else None
+        y = torch.from_numpy(store.labels_chunk(start, stop))
+        tally.add(y, *predictor.predict(h, logits))
+        if pca is not None:
+            pca.add(start, h, y)
+    return tally.sync()
+
+
+def _predictor(store, stats, ids, W) -> Predictor:
+    dev = stats.device
+    sel = torch.as_tensor(ids, device=dev)
+    to = dict(dtype=torch.float64, device=dev)
+    return Predictor(stats.mean[sel], sel, None if W is None else torch.as_tensor(W, **to),
+                     None if store.b is None else torch.as_tensor(store.b, **to))
+
+
+def _second_pass_host(store, stats, ids, W, rows, pca=None) -> PredictionTally:
+    """:func:`second_pass` on the CPU, with the same float64 decisions as :class:`Predictor`, ``PASS2_BLOCK`` rows
+    at a time.
+
+    Float32 features are first scored in float32 (about twice the speed), with a rigorous bound on the rounding
+    (``Float32Screen``); a row whose best class does not win by more than that bound (near-ties, exact ties) is
+    scored again in float64 exactly as before, so every decision is the float64 one.
+    """
+    predictor = _predictor(store, stats, ids, W)
+    exact = predictor.positions
+    screen = Float32Screen(predictor.cols, predictor.sq, predictor.K, predictor.b)
+    tally = PredictionTally(stats.num_classes)
+    buf = torch.empty(min(PASS2_BLOCK, store.num_samples), store.dim, dtype=torch.float64)
+    rows = min(rows, PASS2_READ_ROWS)  # pass 2 needs no large chunks: less memory beside the subspace metrics
+    read_buf = store.read_buffer("features", rows)
+
+    for start in range(0, store.num_samples, rows):
+        stop = min(start + rows, store.num_samples)
+        feats = torch.from_numpy(np.asarray(store.read("features", start, stop, out=read_buf)))
+        labels = torch.from_numpy(store.labels_chunk(start, stop))
+        logits = store.read("logits", start, stop) if store.has_logits and W is None else None
+        for s in range(0, stop - start, PASS2_BLOCK):
+            e = min(s + PASS2_BLOCK, stop - start)
+            block = feats[s:e]
+            h = None
+            screened = screen(block) if block.dtype == torch.float32 else None
+            if screened is None:
+                h = buf[: e - s]
+                h.copy_(block)
+                ncc, model = exact(h)
+            else:
+                ncc, model, unsure = screened
+                if len(unsure):
+                    ncc[unsure], again = exact(block[unsure].to(torch.float64))
+                    if model is not None:
+                        model[unsure] = again
+            ncc = predictor.ids[ncc]
+            if W is None:
+                model = logits_argmax(None if logits is None else logits[s:e])
+            y = labels[s:e]
+            tally.add(y, ncc, model)
+            if pca is not None:
+                pca.add(start + s, block if h is None else h, y)  # float32 rows promote exactly
+        del feats, labels, logits, block  # before the next read: one chunk in memory at a time
+    return tally.sync()

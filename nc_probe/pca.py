@@ -1,0 +1,67 @@
+"""The report's 2-D PCA sample: a deterministic subsample of rows projected on the top-2 principal axes."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import distributed
+from .stats import ClassStats
+
+PCA_POINTS = 2000  # rows of the deterministic subsample whose 2-D PCA projection the report keeps (for plots)
+
+
+class PCASample:
+    """The 2-D PCA of the features, kept for a deterministic subsample of at most ``PCA_POINTS`` rows.
+
+    The axes are the top-2 eigenvectors of the total covariance of all rows (from the float64 statistics:
+    within-class scatter plus the count-weighted scatter of the class means); pass 2 projects the sampled rows.
+    """
+
+    def __init__(self, stats: ClassStats, ids, num_samples: int, limit: int = PCA_POINTS):
+        dev = stats.device
+        sel = torch.as_tensor(ids, device=dev)
+        n = stats.count[sel].to(torch.float64)
+        means = stats.mean[sel]
+        self.center = (n @ means) / n.sum()
+        dm = means - self.center
+        cov = stats.scatter / n.sum() + (dm.T * (n / n.sum())) @ dm
+        lam, vec = torch.linalg.eigh(cov)
+        lam, vec = lam.flip(0).clamp_min(0), vec.flip(1)[:, :2]
+        vec = vec * torch.where(vec.gather(0, vec.abs().argmax(0, keepdim=True)) < 0, -1.0, 1.0)  # fixed signs
+        if vec.shape[1] < 2:
+            vec = torch.cat([vec, torch.zeros_like(vec)], 1)
+        self.axes = vec
+        total = float(lam.sum())
+        self.ratio = [float(v) / total if total > 0 else 0.0 for v in lam[:2].tolist()]
+        self.ratio += [0.0] * (2 - len(self.ratio))
+        rng = np.random.default_rng(0)
+        self.rows = np.sort(rng.choice(num_samples, size=min(limit, num_samples), replace=False))
+        self.points, self.labels = [], []
+
+    def add(self, start: int, h: torch.Tensor, y: torch.Tensor) -> None:
+        lo, hi = np.searchsorted(self.rows, [start, start + len(h)])
+        if hi > lo:
+            local = torch.as_tensor(self.rows[lo:hi] - start, device=h.device)
+            self.points.append(((h[local] - self.center) @ self.axes).cpu().numpy())
+            self.labels.append(y[local.cpu()].numpy())
+
+    def sync_steps(self):
+        """The :func:`nc_probe.distributed.sync` protocol: every rank's sampled rows, in rank order."""
+        pts, labels = self._local()
+        parts = yield "gather", (pts, labels)
+        self.points = [np.concatenate([p for p, _ in parts])]
+        self.labels = [np.concatenate([lab for _, lab in parts])]
+
+    def _local(self) -> tuple[np.ndarray, np.ndarray]:
+        pts = np.concatenate(self.points) if self.points else np.zeros((0, 2))
+        labels = np.concatenate(self.labels) if self.labels else np.zeros(0, dtype=np.int64)
+        return pts, labels
+
+    def result(self) -> dict:
+        """The sample of all ranks (synced), as the report keeps it."""
+        distributed.sync(self)
+        pts, labels = self._local()
+        return {"points": [[float(f"{a:.5g}"), float(f"{b:.5g}")] for a, b in pts],
+                "labels": [int(v) for v in labels],
+                "explained_variance_ratio": self.ratio, "num_samples": int(len(pts)), "seed": 0}

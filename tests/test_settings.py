@@ -1,0 +1,91 @@
+"""Typed settings: defaults in one place, validation that names the setting, shortcuts routed to their group, and
+the same error spelled as a parameter for Python and as a flag for the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import nc_probe
+from nc_probe.cli import app
+from nc_probe.commands.options import FLAGS, flag_name
+from nc_probe.errors import InputError, parameter_name
+from nc_probe.settings import (FIELD_GROUP, GiB, DataSettings, ExtractionSettings, MetricSettings, ModelSettings,
+                               Settings, checkpoint_settings, metric_settings)
+
+
+def test_defaults_live_in_the_dataclasses():
+    s = Settings()
+    assert s.metrics.memory_budget == 2 * GiB and s.extraction.spill_threshold == 2 * GiB
+    assert s.metrics.eps2 == 0.5 and s.extraction.batch_size == 256 and s.extraction.device == "auto"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.metrics.eps2 = 1.0  # type: ignore[misc]
+
+
+def test_values_are_normalised():
+    m = MetricSettings(classes="0,3,5-7", memory_budget="512MiB")
+    assert m.classes == (0, 3, 5, 6, 7) and m.memory_budget == 512 * 2**20
+    d = DataSettings(mean="0.5,0.5,0.5", std=[0.25, 0.25, 0.25])
+    assert d.mean == (0.5, 0.5, 0.5) and d.std == (0.25, 0.25, 0.25)
+    assert ModelSettings(arch_kwargs='{"num_classes": 3}').arch_kwargs == {"num_classes": 3}
+    assert ExtractionSettings(spill_threshold="1GiB").spill_threshold == GiB
+
+
+@pytest.mark.parametrize("make,param", [
+    (lambda: MetricSettings(eps2=0), "eps2"), (lambda: MetricSettings(rank_tol=2), "rank_tol"),
+    (lambda: MetricSettings(subspace_dim=0), "subspace_dim"), (lambda: MetricSettings(classes="3-1"), "classes"),
+    (lambda: MetricSettings(memory_budget="lots"), "memory_budget"), (lambda: DataSettings(limit=0), "limit"),
+    (lambda: DataSettings(std="1,0,1"), "std"), (lambda: ModelSettings(arch_kwargs="{"), "arch_kwargs"),
+    (lambda: ExtractionSettings(batch_size=0), "batch_size"), (lambda: ExtractionSettings(amp="fp8"), "amp"),
+    (lambda: ExtractionSettings(workers=-1), "workers"),
+])
+def test_validation_names_the_setting_as_a_parameter_and_as_a_flag(make, param):
+    with pytest.raises(InputError) as err:
+        make()
+    e = err.value
+    assert param in e.parameters
+    assert parameter_name(param, None) in str(e) and "--" not in str(e).split(".")[0]
+    assert FLAGS[param] in e.render(flag_name)
+
+
+def test_shortcuts_route_to_their_group_and_unknown_names_are_type_errors():
+    s = checkpoint_settings(eps2=1.0, data="sample:digits", layer="backbone", arch="timm:resnet18")
+    assert (s.metrics.eps2, s.data.data, s.extraction.layer, s.model.arch) == (1.0, "sample:digits", "backbone",
+                                                                               "timm:resnet18")
+    assert metric_settings(MetricSettings(eps2=2.0), rank_tol=1e-3) == MetricSettings(eps2=2.0, rank_tol=1e-3)
+    with pytest.raises(TypeError, match="did you mean 'eps2'"):
+        checkpoint_settings(eps=1.0)
+    with pytest.raises(TypeError, match="unknown setting 'layer'"):
+        metric_settings(layer="x")  # an analysis of features has no layer to tap
+
+
+def test_every_setting_has_one_flag_that_every_analyzing_command_takes():
+    internal = {"chunk_rows", "backend"}  # Python-only knobs
+    assert set(FIELD_GROUP) - internal <= set(FLAGS)
+    runner = CliRunner()
+    for command in ("analyze", "gate", "baseline", "compare"):
+        text = runner.invoke(app, [command, "--help"], terminal_width=300).output
+        for param in set(FIELD_GROUP) - internal:
+            assert FLAGS[param] in text, (command, param)
+
+
+def test_the_same_error_reads_as_python_or_as_a_command_line():
+    H = np.random.default_rng(0).normal(size=(20, 3))
+    y = np.arange(20) % 2
+    with pytest.raises(InputError, match=r"^eps2 must be positive.*Use e\.g\. eps2=0\.5\.$"):
+        nc_probe.analyze_features(H, y, eps2=-1)
+    np.savez("/tmp/nc_probe_settings_test.npz", H=H, y=y)
+    result = CliRunner().invoke(app, ["analyze", "/tmp/nc_probe_settings_test.npz", "--eps2", "-1"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: --eps2 must be positive, got -1.0. Use e.g. --eps2 0.5."
+
+
+def test_api_takes_the_typed_objects():
+    H = np.random.default_rng(1).normal(size=(40, 4))
+    y = np.arange(40) % 4
+    a = nc_probe.analyze_features(H, y, settings=MetricSettings(eps2=1.0, subspace_dim=2))
+    b = nc_probe.analyze_features(H, y, eps2=1.0, subspace_dim=2)
+    assert a.metrics == b.metrics and a.settings["eps2"] == 1.0
