@@ -29,7 +29,8 @@ def resolve_arch(user_arch, user_kwargs, meta: dict, path: str, trust: bool) -> 
     """The user's architecture, else the checkpoint's: only an allowlisted one (:mod:`nc_probe.trust`) unless the
     user trusts the file, since importing and calling a name read from a file runs code."""
     meta_arch = meta.get("arch")
-    meta_kwargs = meta.get("arch_kwargs") if isinstance(meta.get("arch_kwargs"), dict) else {}
+    found = meta.get("arch_kwargs")
+    meta_kwargs: dict = found if isinstance(found, dict) else {}
     if user_arch:
         kwargs = dict(meta_kwargs) if user_arch == meta_arch else {}
         kwargs.update(user_kwargs or {})

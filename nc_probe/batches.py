@@ -3,7 +3,8 @@ each torchrun rank gets its own share of the samples."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ def iter_batches(source: DataSource, *, batch_size: int = 256, workers: int = 0,
             indices, limit = _shard_indices(source), None
         if indices is not None:
             kw["sampler"] = indices.tolist()
-        loader = DataLoader(ds, **kw)
+        loader = DataLoader(ds, **kw)  # type: ignore[arg-type]  # kw: the keyword arguments above
     kept = 0
     it = iter(loader)
     while True:

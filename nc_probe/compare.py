@@ -2,18 +2,18 @@
 
 :func:`compare_reports` lines up the scalar metrics (and per-class means) of reports of the same class set, with
 the change of each input against the first (the baseline) and the word for that change ("more collapsed", "less
-separated", ...: the direction of each metric in :mod:`nc_probe.metrics.catalog`). When inputs hold features of the same samples (feature files with identical
-labels, in the same order), it adds linear CKA (Kornblith et al., ICML 2019) between them, computed in one streaming
-pass over row chunks by :func:`cka_matrix`.
+separated", ...: the direction of each metric in :mod:`nc_probe.metrics.catalog`). When inputs hold features of the
+same samples (feature files with identical labels, in the same order), it adds linear CKA (Kornblith et al., ICML
+2019) between them (:mod:`nc_probe.metrics.cka`).
 """
 
 from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -155,14 +155,12 @@ def compare_reports(reports: Mapping[str, Report], *, features: Mapping | None =
         entry = metric(key)
         d, word = (entry.direction, entry.word) if entry is not None else (None, None)
         base = values[labels[0]]
-        deltas, moved = {}, {}
+        deltas: dict[str, float | None] = {}
+        moved: dict[str, bool | None] = {}
         for lab in labels[1:]:
             v = values[lab]
-            deltas[lab] = None if v is None or base is None else v - base
-            if deltas[lab] is None or d is None or deltas[lab] == 0:
-                moved[lab] = None
-            else:
-                moved[lab] = (deltas[lab] < 0) == (d == "lower")
+            delta = deltas[lab] = None if v is None or base is None else v - base
+            moved[lab] = None if delta is None or d is None or delta == 0 else (delta < 0) == (d == "lower")
         rows.append({"metric": key, "direction": d, "word": word, "values": values, "deltas": deltas,
                      "moved": moved})
     cka = None
@@ -241,7 +239,7 @@ def compare_inputs(specs: Mapping[str, object] | Sequence[str], settings: Settin
     from .settings import checkpoint_settings
 
     settings = checkpoint_settings(settings, **shortcuts)
-    paths = parse_specs(specs) if not isinstance(specs, Mapping) else {k: Path(v) for k, v in specs.items()}
+    paths = parse_specs(specs) if not isinstance(specs, Mapping) else {k: Path(str(v)) for k, v in specs.items()}
     if len(paths) < 2:
         raise InputError(f"compare needs at least 2 inputs, got {len(paths)}", fix="pass LABEL=PATH LABEL=PATH")
     reports, features = {}, {}

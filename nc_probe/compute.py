@@ -46,7 +46,7 @@ def collapse_metrics(stats: ClassStats, W=None, *, source=None) -> Collapse:
     n = count[ids]
     M = collapse.centered_means(stats.mean.cpu().numpy()[ids])
     variances = stats.m2.cpu().numpy()[ids] / n
-    metrics = {"nc1": collapse.nc1(stats.scatter.cpu().numpy(), int(n.sum()), M),
+    metrics: dict[str, float | None] = {"nc1": collapse.nc1(stats.scatter.cpu().numpy(), int(n.sum()), M),
                "nc1_cdnv": collapse.nc1_cdnv(M, variances)}
     metrics.update({f"nc2_{k}_M": v for k, v in collapse.nc2(M.T).items()})
     if W is not None:
@@ -75,7 +75,7 @@ def subspace_metrics(stats: ClassStats, count: np.ndarray, settings: MetricSetti
     ``(scalar metrics, per-class lists, angle matrices, warnings)``."""
     d, N = stats.dim, int(count.sum())
     eps2 = settings.eps2
-    out = {"coding_rate_max": subspace.coding_rate_max(d, eps2)}
+    out: dict[str, float | None] = {"coding_rate_max": subspace.coding_rate_max(d, eps2)}
     lam_total = np.linalg.eigvalsh(stats.second_moment_total().cpu().numpy() / N)
     out["coding_rate"] = subspace.coding_rate(np.maximum(lam_total, 0), d, eps2)
     tracked = [c for c in stats.subspace_classes if count[c] > 0]
@@ -84,7 +84,8 @@ def subspace_metrics(stats: ClassStats, count: np.ndarray, settings: MetricSetti
     complete = stats.all_tracked or set(tracked) == set(np.flatnonzero(count).tolist())
     if complete and tracked:
         rc = float(np.dot(count[tracked] / N, per["coding_rate_class"]))
-        out["coding_rate_within"], out["rate_reduction"] = rc, out["coding_rate"] - rc
+        rate = float(out["coding_rate"])  # type: ignore[arg-type]  # set above
+        out["coding_rate_within"], out["rate_reduction"] = rc, rate - rc
     else:
         out["coding_rate_within"] = out["rate_reduction"] = None
         if tracked:
@@ -146,12 +147,11 @@ def per_class_table(stats: ClassStats, c: Collapse, tally: PredictionTally | Non
                     subspace_lists: dict) -> dict:
     """The report's ``per_class`` lists, aligned with the classes that have samples."""
     ids, n = c.ids, c.n
-    model = tally is not None and tally.has_model
     return {
         "class_ids": ids.tolist(),
         "n": n.tolist(),
-        "acc_model": (tally.model_correct[ids].numpy() / n).tolist() if model else None,
-        "acc_ncc": (tally.ncc_correct[ids].numpy() / n).tolist() if tally is not None else None,
+        "acc_model": (tally.model_correct[ids].numpy() / n).tolist() if tally and tally.has_model else None,
+        "acc_ncc": (tally.ncc_correct[ids].numpy() / n).tolist() if tally else None,
         "within_class_variance": c.variances.tolist(),
         "mean_norm": np.linalg.norm(c.M, axis=0).tolist(),
         "mean_cosine": mean_cosine(c.M).tolist(),

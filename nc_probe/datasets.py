@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from .array_files import read_array_file
 from .errors import InputError
 from .image_folder import ImageFolderDataset, ImageTransform, _folder_class_index, _norm_tensors
 from .imports import import_object
-from .store import read_array_file
 from .text import few, first_line
 
 X_NAMES = ("x", "X", "inputs", "input", "images", "data")
@@ -251,6 +251,7 @@ def _known_targets(ds) -> np.ndarray | None:
     """Labels of every item, when the dataset exposes them without loading the inputs."""
     if isinstance(ds, ArrayDataset):
         return ds.targets
+    cand: object
     if isinstance(ds, torch.utils.data.TensorDataset) and len(ds.tensors) >= 2:
         cand = ds.tensors[1]
     else:

@@ -38,7 +38,8 @@ def resolve_device(device="auto") -> torch.device:
 def amp_context(amp: str, device: torch.device):
     """Autocast for ``amp`` ("bf16", "fp16" or "off")."""
     if amp not in AMP_DTYPES:
-        raise InputError(f"{{amp}} {amp!r} is not one of bf16, fp16, off", fix="pass {amp=bf16}, {amp=fp16} or {amp=off}")
+        raise InputError(f"{{amp}} {amp!r} is not one of bf16, fp16, off",
+                         fix="pass {amp=bf16}, {amp=fp16} or {amp=off}")
     dtype = AMP_DTYPES[amp]
     if dtype is None:
         return contextlib.nullcontext()

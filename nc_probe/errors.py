@@ -12,14 +12,14 @@ error with its flags (``--eps2``, ``--arch mypkg.models:net``) through :meth:`In
 from __future__ import annotations
 
 import re
-from typing import Callable, Optional
+from collections.abc import Callable
 
 #: Fixes that start with a command are typed as written, not capitalized as a sentence.
 COMMANDS = ("pip ", "python ", "nc-probe ", "torchrun ", "--", "{")
 PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*)(?:=([^{}]*))?\}")
 
 #: How a placeholder is spelled: ``(parameter, value or None) -> text``.
-Namer = Callable[[str, Optional[str]], str]
+Namer = Callable[[str, str | None], str]
 
 
 def parameter_name(param: str, value: str | None) -> str:

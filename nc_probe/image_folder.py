@@ -55,7 +55,7 @@ class ImageFolderDataset(Dataset):
             if unknown:
                 raise InputError(f"class folder(s) {few(unknown, 3)} are not in the class map", path=root,
                                  fix="map every folder name to the classifier's class index ({class_map})")
-        self.samples = []
+        self.samples: list[tuple[str, int]] = []
         for pos, name in enumerate(self.classes):
             idx = pos if class_index is None else int(class_index[name])
             files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
@@ -104,7 +104,7 @@ class ImageTransform:
                 w, h = img.size
                 scale = self.size / min(w, h)
                 nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
-                img = img.resize((nw, nh), PIL.Image.BILINEAR)
+                img = img.resize((nw, nh), PIL.Image.Resampling.BILINEAR)
                 left, top = (nw - self.size) // 2, (nh - self.size) // 2
                 img = img.crop((left, top, left + self.size, top + self.size))
             a = np.asarray(img, dtype=np.float32) / np.float32(255.0)

@@ -43,12 +43,12 @@ def _params(module) -> int:
 def _guess_input_shapes(model: nn.Module, arch: str | None) -> list[tuple]:
     """Per-sample input shapes to try, from the first layer of each kind (convolutions first: a conv net may
     register its classifier before its body)."""
-    first = {}
+    first: dict[type, Any] = {}
     for m in model.modules():
         for kind in (nn.Conv2d, nn.Conv1d, nn.Conv3d, nn.Linear):
             if isinstance(m, kind):
                 first.setdefault(kind, m)
-    shapes = []
+    shapes: list[tuple[int, ...]] = []
     if nn.Conv2d in first:
         sizes = (224, 32) if arch and arch.startswith(("torchvision:", "timm:")) else (32, 224)
         shapes += [(first[nn.Conv2d].in_channels, s, s) for s in sizes]
@@ -108,7 +108,7 @@ def _inspect_module(model: nn.Module, input_shape, arch) -> list[dict]:
         tap = order[-1]
     else:
         linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-        tap = linears[-1] if linears else None
+        tap = linears[-1] if linears else ""
     return [{"name": n, "type": type(m).__name__, "output_shape": shapes.get(n), "params": _params(m),
              "default_tap": n == tap} for n, m in model.named_modules()]
 
@@ -119,10 +119,10 @@ def _inspect_script(model, input_shape) -> list[dict]:
     except InputError:
         tap_module = None
     root_shape = None
-    for shape in [tuple(input_shape)] if input_shape else _guess_script_shapes(model):
+    for guess in [tuple(input_shape)] if input_shape else _guess_script_shapes(model):
         try:
             with torch.inference_mode():
-                t = _first_tensor(model(torch.zeros((2, *shape))))
+                t = _first_tensor(model(torch.zeros((2, *guess))))
             root_shape = None if t is None else list(t.shape[1:])
             break
         except Exception:  # noqa: BLE001 - a wrong guess: try the next, else no shape
@@ -130,7 +130,7 @@ def _inspect_script(model, input_shape) -> list[dict]:
     rows = []
     for n, m in model.named_modules():
         kind = getattr(m, "original_name", type(m).__name__)
-        shape = root_shape if n == "" else None
+        shape: list | None = root_shape if n == "" else None
         if n == tap_module and hasattr(m, "weight"):
             shape = [int(m.weight.shape[0])]
         rows.append({"name": n, "type": kind, "output_shape": shape, "params": _params(m),
@@ -140,7 +140,7 @@ def _inspect_script(model, input_shape) -> list[dict]:
 
 def _guess_script_shapes(model) -> list[tuple]:
     """Input shapes to try for a TorchScript module, from the constants its first layers keep."""
-    shapes = []
+    shapes: list[tuple[int, ...]] = []
     for _, m in model.named_modules():
         kind = getattr(m, "original_name", "")
         try:
@@ -170,7 +170,7 @@ def _inspect_export(program) -> list[dict]:
                 shapes[p] = [int(s) if isinstance(s, int) else str(s) for s in val.shape[1:]]
     out = [n for n in program.graph.nodes if n.op == "output"]
     root_val = out[0].args[0][0] if out and out[0].args and out[0].args[0] else None
-    if hasattr(root_val, "meta") and hasattr(root_val.meta.get("val"), "shape"):
+    if root_val is not None and hasattr(root_val, "meta") and hasattr(root_val.meta.get("val"), "shape"):
         shapes[""] = [int(s) if isinstance(s, int) else str(s) for s in root_val.meta["val"].shape[1:]]
     state = program.state_dict
     params = [k for k in program.graph_signature.parameters if k in state]

@@ -37,7 +37,8 @@ class PCASample:
         self.ratio += [0.0] * (2 - len(self.ratio))
         rng = np.random.default_rng(0)
         self.rows = np.sort(rng.choice(num_samples, size=min(limit, num_samples), replace=False))
-        self.points, self.labels = [], []
+        self.points: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
 
     def add(self, start: int, h: torch.Tensor, y: torch.Tensor) -> None:
         lo, hi = np.searchsorted(self.rows, [start, start + len(h)])

@@ -43,15 +43,15 @@ def _scan_one(f, found: list[str], limit: int) -> None:
         name = op.name
         if name in STRING_OPS:
             last = arg
-            strings.append(arg)
+            strings.append(str(arg))
         elif name in ("BINGET", "LONG_BINGET", "GET"):
-            last = memo.get(int(arg))
+            last = memo.get(int(arg))  # type: ignore[arg-type]  # GET opcodes carry an integer
             if isinstance(last, str):
                 strings.append(last)
         elif name == "MEMOIZE":
             memo[len(memo)] = last
         elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
-            memo[int(arg)] = last
+            memo[int(arg)] = last  # type: ignore[arg-type]  # PUT opcodes carry an integer
         elif name in ("GLOBAL", "INST"):
             found.append(str(arg).replace(" ", "."))
         elif name == "STACK_GLOBAL" and len(strings) >= 2:

@@ -77,7 +77,8 @@ def analyze_checkpoint(path, settings: Settings | None = None, *, save_features=
         run = _run(loaded, s, save_features=save_features, progress=progress, sha=sha)
         digest = sha.result() if sha is not None else None
     ext = run.extraction
-    inputs = {"source": loaded.source, "sha256": digest, "data": run.source.spec, "split": run.source.split,
+    inputs: dict[str, object] = {"source": loaded.source, "sha256": digest, "data": run.source.spec,
+                                 "split": run.source.split,
               "layer": ext.layer, "format": loaded.format, "arch": loaded.arch,
               "features_file": None if save_features is None else str(save_features)}
     notes = list(loaded.notes) + list(run.source.notes)

@@ -86,7 +86,7 @@ def torch_load(path: str, trust: bool):
         raise _corrupt(path, refused) from None
     stubs = [(_placeholder_class(n), n) for n in names]
     try:
-        with torch.serialization.safe_globals(stubs):
+        with torch.serialization.safe_globals(stubs):  # type: ignore[arg-type]  # classes are callables
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - the objects cannot even be read as data: treat as pickled code
         raise pickled_error(path, names) from None

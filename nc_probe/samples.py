@@ -4,8 +4,9 @@
   origin and license in ``nc_probe/data/README.md``) with a fixed stratified train/test split, so the samples
   need no run-time dependency beyond numpy and torch.
 - :func:`digits_net`: the model factory of the sample checkpoints (``sample:ce``, ``sample:mcr2``,
-  ``sample:ce_epoch20``, ...; files in ``sample_checkpoints/``, rebuilt by ``scripts/train_samples.py``). Its last module is the ``nn.Linear`` head, so the default tap (the input of the
-  final ``nn.Linear``) gives the penultimate features:
+  ``sample:ce_epoch20``, ...; files in ``sample_checkpoints/``, rebuilt by ``scripts/train_samples.py``). Its last
+  module is the ``nn.Linear`` head, so the default tap (the input of the final ``nn.Linear``) gives the penultimate
+  features:
 
   * cross-entropy (``normalize=False``): ``ReLU(BatchNorm(Linear(...)))``, the post-activation features in which
     Papyan et al. observed neural collapse (BatchNorm makes this small MLP collapse within a few hundred epochs);
@@ -136,7 +137,7 @@ class DigitsNet(nn.Sequential):
         super().__init__(OrderedDict(backbone=backbone, head=nn.Linear(feat_dim, num_classes)))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)
+        return self[0](x)
 
 
 def digits_net(num_classes: int = 10, hidden: int = 128, feat_dim: int = 64, normalize: bool = False,
@@ -198,5 +199,6 @@ def sample_features(model: DigitsNet, split: str = "train") -> dict:
     x, y = digits_arrays(split)
     model.eval()
     H = model.features(torch.from_numpy(x))
-    return {"H": H.numpy(), "y": y, "W": model.head.weight.detach().numpy().copy(),
-            "b": model.head.bias.detach().numpy().copy()}
+    head = model[-1]
+    assert isinstance(head, nn.Linear)
+    return {"H": H.numpy(), "y": y, "W": head.weight.detach().numpy().copy(), "b": head.bias.detach().numpy().copy()}

@@ -18,8 +18,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import InputError
 
@@ -215,7 +216,7 @@ class Settings:
     extraction: ExtractionSettings = field(default_factory=ExtractionSettings)
     metrics: MetricSettings = field(default_factory=MetricSettings)
 
-    def with_(self, **shortcuts) -> "Settings":
+    def with_(self, **shortcuts) -> Settings:
         """A copy with fields replaced by name, whatever their group: ``with_(eps2=1.0, data="sample:digits")``."""
         changes: dict[str, dict] = {}
         for key, value in shortcuts.items():

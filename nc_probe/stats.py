@@ -88,18 +88,18 @@ class ClassStats:
         if tracked:
             self._slot[torch.tensor(tracked, device=self.device)] = torch.arange(len(tracked), device=self.device)
         C, d = self.num_classes, self.dim
-        kw = dict(dtype=F64, device=self.device)
-        self.count = torch.zeros(C, dtype=torch.long, device=self.device)
-        self.mean = torch.zeros(C, d, **kw)
-        self.m2 = torch.zeros(C, **kw)
-        self.scatter = torch.zeros(d, d, **kw)
-        self.zero_norm = torch.zeros(C, dtype=torch.long, device=self.device)
-        self.zz = torch.zeros(len(tracked), d, d, **kw)
+        dev = self.device
+        self.count = torch.zeros(C, dtype=torch.long, device=dev)
+        self.mean = torch.zeros(C, d, dtype=F64, device=dev)
+        self.m2 = torch.zeros(C, dtype=F64, device=dev)
+        self.scatter = torch.zeros(d, d, dtype=F64, device=dev)
+        self.zero_norm = torch.zeros(C, dtype=torch.long, device=dev)
+        self.zz = torch.zeros(len(tracked), d, d, dtype=F64, device=dev)
         self.all_tracked = len(tracked) == C
-        self.zz_total = None if self.all_tracked else torch.zeros(d, d, **kw)
+        self.zz_total = None if self.all_tracked else torch.zeros(d, d, dtype=F64, device=dev)
 
     # ------------------------------------------------------------------ accumulation
-    def update(self, features, labels) -> "ClassStats":
+    def update(self, features, labels) -> ClassStats:
         """Add one batch: ``features`` (n, d), ``labels`` (n,) integers in ``[0, C)``. Returns self."""
         if self.host_kernels:
             return self._update_host(features, labels)
@@ -136,7 +136,7 @@ class ClassStats:
                 self.zz[slot] += gram(z[s : s + n])
         return self
 
-    def _update_host(self, features, labels) -> "ClassStats":
+    def _update_host(self, features, labels) -> ClassStats:
         """``update`` on the CPU, in numpy: the same statistics, computed class group by class group.
 
         Rows are sorted by class and taken in groups of consecutive classes of about ``GROUP_ROWS`` rows, so each
@@ -144,6 +144,8 @@ class ClassStats:
         copies); the centered rows are staged for one large BLAS syrk per ``STAGE_ROWS`` rows, and each tracked
         class's unit rows go to one syrk. Same formulas as the torch path, only the summation order differs.
         """
+        # long: one loop over cache-sized groups of classes does every statistic while the group is in cache;
+        # splitting it into functions per statistic would gather and cast each group's rows several times.
         a = _host_rows(features, self.dim)
         y = _host_labels(labels)
         if self._empty_batch(a.shape, len(y)):
@@ -223,7 +225,7 @@ class ClassStats:
             )
         return shape[0] == 0
 
-    def merge(self, other: "ClassStats") -> "ClassStats":
+    def merge(self, other: ClassStats) -> ClassStats:
         """Add the statistics of ``other`` (same C, d and tracked classes) into self. Returns self."""
         if (other.num_classes, other.dim, other.subspace_classes) != (
             self.num_classes,
@@ -231,12 +233,13 @@ class ClassStats:
             self.subspace_classes,
         ):
             raise ValueError("can only merge ClassStats with the same classes, dimension and tracked classes")
-        o = lambda t: None if t is None else t.to(self.device)  # noqa: E731
-        self._merge_moments(_Moments(o(other.count), o(other.mean), o(other.m2), o(other.scatter)))
-        self.zero_norm += o(other.zero_norm)
-        self.zz += o(other.zz)
-        if self.zz_total is not None:
-            self.zz_total += o(other.zz_total)
+        dev = self.device
+        self._merge_moments(_Moments(other.count.to(dev), other.mean.to(dev), other.m2.to(dev),
+                                     other.scatter.to(dev)))
+        self.zero_norm += other.zero_norm.to(dev)
+        self.zz += other.zz.to(dev)
+        if self.zz_total is not None and other.zz_total is not None:
+            self.zz_total += other.zz_total.to(dev)
         return self
 
     def _merge_moments(self, b: _Moments) -> None:
@@ -253,7 +256,7 @@ class ClassStats:
         self.mean += delta * (n_b / safe)[:, None]
         self.count += b.count
 
-    def all_reduce(self, group=None) -> "ClassStats":
+    def all_reduce(self, group=None) -> ClassStats:
         """Combine the statistics of every rank of ``torch.distributed`` in place (a no-op in one process)."""
         from . import distributed
 
@@ -275,7 +278,7 @@ class ClassStats:
             [] if self.zz_total is None else [self.zz_total])
         self.count, self.mean = total, g_mean
 
-    def truncated(self, num_classes: int) -> "ClassStats":
+    def truncated(self, num_classes: int) -> ClassStats:
         """These statistics for the classes below ``num_classes`` (exact when the others have no samples)."""
         C = num_classes
         tracked = None if self.all_tracked else [c for c in self.subspace_classes if c < C]
@@ -362,8 +365,10 @@ def check_memory(num_classes: int, dim: int, subspace_classes, budget: int) -> t
     head = (f"subspace metrics skipped: {num_classes} classes x {dim}x{dim} float64 matrices need "
             f"{format_bytes(need)}, over the memory budget of {format_bytes(budget)}")
     if fit == 0:
-        return [], f"{head}; not even one class fits: raise {{memory_budget}} to at least {format_bytes(subspace_bytes(1, dim))}"
-    return [], f"{head}; pick up to {fit} classes with {{classes}} (e.g. {{classes=0-{fit - 1}}}) or raise {{memory_budget}}"
+        one = format_bytes(subspace_bytes(1, dim))
+        return [], f"{head}; not even one class fits: raise {{memory_budget}} to at least {one}"
+    return [], (f"{head}; pick up to {fit} classes with {{classes}} (e.g. {{classes=0-{fit - 1}}}) or raise "
+                "{memory_budget}")
 
 
 def as_numpy(x) -> np.ndarray:

@@ -17,13 +17,13 @@ import json
 import os
 import struct
 import tempfile
-import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
+from .array_files import read_array_file
 from .errors import InputError
 
 FORMAT = "nc-probe-features"
@@ -57,14 +57,14 @@ class FeatureStore:
     metadata: dict = field(default_factory=dict)
     has_logits: bool = False
     _arrays: dict | None = field(default=None, repr=False)
-    _file: "_SafetensorsFile | None" = field(default=None, repr=False)
+    _file: _SafetensorsFile | None = field(default=None, repr=False)
     _row0: int = field(default=0, repr=False)
     _shard: bool = field(default=False, repr=False)
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_arrays(cls, features, labels, *, logits=None, W=None, b=None, class_names=None, metadata=None,
-                    source="<arrays>") -> "FeatureStore":
+                    source="<arrays>") -> FeatureStore:
         arrays = {"features": _to_numpy(features), "labels": _to_numpy(labels)}
         if logits is not None:
             arrays["logits"] = _to_numpy(logits)
@@ -109,6 +109,7 @@ class FeatureStore:
         start, stop = start + self._row0, stop + self._row0
         if self._arrays is not None:
             return self._arrays[name][start:stop]
+        assert self._file is not None  # a store holds either arrays or a file
         return self._file.read_rows(name, start, stop, out)
 
     def read_buffer(self, name: str, rows: int) -> bytearray | None:
@@ -122,7 +123,7 @@ class FeatureStore:
     def is_shard(self) -> bool:
         return self._shard
 
-    def shard(self, start: int, stop: int) -> "FeatureStore":
+    def shard(self, start: int, stop: int) -> FeatureStore:
         """The rows ``[start, stop)`` as a store of their own (a torchrun rank's share); W, b, names are shared."""
         part = dataclasses.replace(self)
         part._row0, part.num_samples, part._shard = self._row0 + start, stop - start, True
@@ -237,13 +238,14 @@ class _SafetensorsFile:
     def row_nbytes(self, name: str) -> int | None:
         """Bytes per row of ``name`` as stored (None for BF16, which is converted on reading)."""
         dtype, shape, _, _ = self.tensors[self.alias.get(name, name)]
-        return None if dtype == "BF16" else int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        return None if isinstance(dtype, str) else int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
 
     def read_rows(self, name: str, start: int, stop: int, out: bytearray | None = None) -> np.ndarray:
         dtype, shape, begin, _ = self.tensors[self.alias.get(name, name)]
         row_items = int(np.prod(shape[1:], dtype=np.int64))
-        itemsize = 2 if dtype == "BF16" else dtype.itemsize
+        itemsize = 2 if isinstance(dtype, str) else dtype.itemsize  # the one str dtype: "BF16"
         count = (stop - start) * row_items
+        buf: memoryview | bytearray
         if out is not None and dtype != "BF16" and len(out) >= count * itemsize:
             buf = memoryview(out)[: count * itemsize]
         else:
@@ -331,36 +333,6 @@ def open_store(path) -> FeatureStore:
     return _open_safetensors(path)
 
 
-def read_array_file(path, example: str = "{'H': H, 'y': y}") -> dict:
-    """The named arrays of a ``.npz`` (no pickles) or ``.pt`` (``torch.load(weights_only=True)``) file, with one-line
-    InputErrors for pickled, truncated or non-dict contents. ``example`` shows the expected dict in the fix."""
-    path = str(path)
-    if path.endswith(".npz"):
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-            reason = "holds pickled objects" if "pickle" in str(e) else "is truncated or corrupt"
-            raise InputError(f"the .npz archive {reason}", path=path, fix="save plain numeric arrays with np.savez") \
-                from None
-    import pickle
-
-    import torch
-
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise InputError("holds Python objects that weights_only loading refuses", path=path,
-                         fix=f"save a dict of tensors, e.g. torch.save({example}, path)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise InputError(f"is truncated or not a torch.save file ({type(e).__name__})", path=path,
-                         fix="save it again") from None
-    if not isinstance(obj, dict):
-        raise InputError(f"holds a {type(obj).__name__}, not a dict of arrays", path=path,
-                         fix=f"save a dict of tensors, e.g. torch.save({example}, path)")
-    return obj
-
-
 # ---------------------------------------------------------------------- writing
 class StoreWriter:
     """Streams rows into a FeatureStore file; the file appears (atomically) only on :meth:`close`.
@@ -373,7 +345,7 @@ class StoreWriter:
         self.class_names = class_names
         self.metadata = dict(metadata or {})
         self.dir = Path(tempfile.mkdtemp(prefix=".ncprobe-", dir=self.path.parent.resolve()))
-        self.parts: dict[str, object] = {}
+        self.parts: dict[str, BinaryIO] = {}
         self.info: dict[str, tuple] = {}
         self.rows_written: dict[str, int] = {}
 
@@ -401,7 +373,9 @@ class StoreWriter:
         for f in self.parts.values():
             f.close()
         small = {k: np.ascontiguousarray(_to_numpy(v), dtype="<f8") for k, v in (("W", W), ("b", b)) if v is not None}
-        header, order, offset = {}, [], 0
+        header: dict[str, object] = {}
+        order: list[str] = []
+        offset = 0
         for name in [n for n in ROW_ARRAYS if n in self.parts] + list(small):
             if name in small:
                 dt, shape, nbytes = small[name].dtype, small[name].shape, small[name].nbytes
@@ -413,7 +387,8 @@ class StoreWriter:
                             "data_offsets": [offset, offset + nbytes]}
             order.append(name)
             offset += nbytes
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "metadata": json.dumps(self.metadata)}
+        meta: dict[str, str] = {"format": FORMAT, "format_version": FORMAT_VERSION,
+                                "metadata": json.dumps(self.metadata)}
         if self.class_names is not None:
             meta["class_names"] = json.dumps([str(c) for c in self.class_names])
         header["__metadata__"] = meta

@@ -17,7 +17,7 @@ from nc_probe.cli import app
 from nc_probe.compare import Comparison, compare_reports, parse_specs
 from nc_probe.errors import InputError
 from nc_probe.metrics.cka import cka_matrix, linear_cka
-from nc_probe.render import plots
+from nc_probe.render import compare_plots
 from nc_probe.render.comparison import delta_text, render_comparison
 
 
@@ -208,7 +208,7 @@ def test_cli_three_inputs_with_cka(files, tmp_path):
 def test_comparison_figures_carry_each_input(reports):
     c = Comparison(reports=reports, rows=compare_reports(reports).rows,
                    cka={"labels": ["loose", "tight"], "matrix": [[1.0, 0.8], [0.8, 1.0]]})
-    figs = plots.comparison_figures(c)
+    figs = compare_plots.comparison_figures(c)
     spectra = figs["spectra"].axes[0]
     assert spectra.get_yscale() == "log"
     assert [t.get_text() for t in spectra.get_legend().get_texts()] == ["loose (mean over classes)",

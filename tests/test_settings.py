@@ -13,8 +13,17 @@ import nc_probe
 from nc_probe.cli import app
 from nc_probe.commands.options import FLAGS, flag_name
 from nc_probe.errors import InputError, parameter_name
-from nc_probe.settings import (FIELD_GROUP, GiB, DataSettings, ExtractionSettings, MetricSettings, ModelSettings,
-                               Settings, checkpoint_settings, metric_settings)
+from nc_probe.settings import (
+    FIELD_GROUP,
+    DataSettings,
+    ExtractionSettings,
+    GiB,
+    MetricSettings,
+    ModelSettings,
+    Settings,
+    checkpoint_settings,
+    metric_settings,
+)
 
 
 def test_defaults_live_in_the_dataclasses():

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated
 
 import typer
-from typing_extensions import Annotated
 
 from ..metrics import CATALOG
 from . import options as o
@@ -17,14 +16,14 @@ METRICS_HELP = (
     "more collapsed, separated, compressed, ...):\n\n"
     + "\n\n".join(f"[bold]{m.key}[/] {m.arrow} {m.word or '(no direction)'}: {m.doc}" for m in CATALOG.values()))
 
-Input = Annotated[Optional[Path], typer.Argument(
+Input = Annotated[Path | None, typer.Argument(
     help="Checkpoint (.pt/.pth/.ckpt/.safetensors/.pt2), feature file (.safetensors/.npz/.pt with features+labels), "
          "report JSON, or a shipped sample: sample:ce, sample:mcr2, sample:ce_epoch20, ... Default: sample:ce.",
     show_default=False)]
-OutDir = Annotated[Optional[Path], typer.Option(
+OutDir = Annotated[Path | None, typer.Option(
     "--out", help="Write report.json, metrics.csv, per_class.csv and angles.csv into this folder.",
     rich_help_panel=o.OUTPUT)]
-Format = Annotated[Optional[str], typer.Option(
+Format = Annotated[str | None, typer.Option(
     "--format", help="Tables as csv, parquet (needs pyarrow), markdown or json: into --out DIR, or (text formats, "
                      "without --out) printed instead of the summary.", rich_help_panel=o.OUTPUT)]
 

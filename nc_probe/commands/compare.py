@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
-from typing_extensions import Annotated
 
 from . import options as o
 from .shell import out_console, user_errors
@@ -35,8 +36,9 @@ def compare(
     comparison = compare_inputs(inputs, settings, cka=cka, progress=not quiet)
     with outputs.transaction() as staged:
         if plots is not None or html is not None:
+            from ..render.compare_plots import comparison_figures
             from ..render.html import write_comparison_html
-            from ..render.plots import comparison_figures, write_visuals
+            from ..render.plots import write_visuals
 
             write_visuals(comparison, plots=staged.get("--plots"), html=staged.get("--html"),
                           figures_of=comparison_figures,

@@ -8,12 +8,11 @@ checkpoint is analyzed exactly as ``analyze`` would.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from typing_extensions import Annotated
 
 from .. import gate as g
 from ..errors import InputError
@@ -45,18 +44,18 @@ RULES_HELP = (
 Input = Annotated[Path, typer.Argument(
     help="Checkpoint, feature file (.safetensors/.npz/.pt with features+labels), report JSON or sample:NAME.",
     show_default=False)]
-Rule = Annotated[Optional[List[str]], typer.Option(
+Rule = Annotated[list[str] | None, typer.Option(
     "--rule", "-r", help="A rule such as 'nc1<=0.05' or 'nc1<=baseline+10%' (repeatable; see below).",
     show_default=False, rich_help_panel=RULES)]
-Config = Annotated[Optional[Path], typer.Option(
+Config = Annotated[Path | None, typer.Option(
     "--config", help="Read \\[tool.nc-probe.gate] rules (and baseline) from this TOML file instead of "
                      "./pyproject.toml.", rich_help_panel=RULES)]
-BaselineIn = Annotated[Optional[Path], typer.Option(
+BaselineIn = Annotated[Path | None, typer.Option(
     "--baseline", "-b", help="Baseline JSON of relative rules (from nc-probe baseline, or a report JSON).",
     rich_help_panel=RULES)]
-Junit = Annotated[Optional[Path], typer.Option("--junit", help="Write JUnit XML here (a testcase per rule).",
+Junit = Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML here (a testcase per rule).",
                                                rich_help_panel=o.OUTPUT)]
-Markdown = Annotated[Optional[Path], typer.Option(
+Markdown = Annotated[Path | None, typer.Option(
     "--markdown", help="Write a Markdown summary here, e.g. \"$GITHUB_STEP_SUMMARY\".", rich_help_panel=o.OUTPUT)]
 GateQuiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only broken rules and errors (stderr).",
                                          rich_help_panel=o.OUTPUT)]

@@ -10,10 +10,9 @@ defaults from there.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated
 
 import typer
-from typing_extensions import Annotated
 
 from ..settings import FIELD_GROUP, Settings
 from ..text import format_bytes
@@ -52,71 +51,71 @@ def _option(flag: str, help: str, panel: str, *more: str):
 
 # ------------------------------------------------------------------------------------------------- metric settings
 _m = DEFAULTS.metrics
-Eps2 = Annotated[Optional[float], _option("--eps2", f"MCR^2 distortion eps^2 of the coding rates [default: {_m.eps2}].",
+Eps2 = Annotated[float | None, _option("--eps2", f"MCR^2 distortion eps^2 of the coding rates [default: {_m.eps2}].",
                                           METRICS)]
-RankTol = Annotated[Optional[float], _option(
+RankTol = Annotated[float | None, _option(
     "--rank-tol", f"Relative eigenvalue cut-off of rank_numerical [default: {_m.rank_tol}].", METRICS)]
-SubspaceDim = Annotated[Optional[int], _option(
+SubspaceDim = Annotated[int | None, _option(
     "--subspace-dim", "Fix the basis size k of every class subspace for the principal angles [default: the class's "
                       "rank_energy95].", METRICS)]
-Classes = Annotated[Optional[str], _option(
+Classes = Annotated[str | None, _option(
     "--classes", "Class ids whose subspace metrics are computed, e.g. 0,3,5-9 [default: all that fit the memory "
                  "budget].", METRICS)]
-MemoryBudget = Annotated[Optional[str], _option(
+MemoryBudget = Annotated[str | None, _option(
     "--memory-budget", f"Memory for the per-class d x d statistics, e.g. 2GiB [default: "
                        f"{format_bytes(_m.memory_budget)}].", METRICS)]
 
 # ------------------------------------------------------------------------------------------------- model settings
-Arch = Annotated[Optional[str], _option(
+Arch = Annotated[str | None, _option(
     "--arch", "Architecture for a state_dict: torchvision:NAME, timm:NAME or package.module:factory [default: from "
               "the checkpoint's metadata].", MODEL)]
-ArchKwargs = Annotated[Optional[str], _option(
+ArchKwargs = Annotated[str | None, _option(
     "--arch-kwargs", """JSON keyword arguments of the factory, e.g. '{"num_classes": 10}'.""", MODEL)]
-StripPrefix = Annotated[Optional[str], _option(
+StripPrefix = Annotated[str | None, _option(
     "--strip-prefix", "Remove this prefix from state_dict keys (module. and _orig_mod. always are).", MODEL)]
 TrustCheckpoint = Annotated[bool, _option(
     "--trust-checkpoint", "Allow unpickling arbitrary code (a fully pickled nn.Module) and code that the "
                           "checkpoint names. Only for files you trust.", MODEL)]
 
 # -------------------------------------------------------------------------------------------------- data settings
-Data = Annotated[Optional[str], _option(
+Data = Annotated[str | None, _option(
     "--data", "Data: sample:digits, arrays.npz/.pt (x, y), an image folder, torchvision:CLASS:ROOT or "
               "package.module:function [default: from the checkpoint's metadata].", DATA)]
-Split = Annotated[Optional[str], _option("--split", "Dataset split, e.g. train or test.", DATA)]
-Limit = Annotated[Optional[int], _option("--limit", "Use at most N samples (evenly spread over classes).", DATA)]
-DataClasses = Annotated[Optional[str], _option("--data-classes", "Only samples of these classes, e.g. 0-4.", DATA)]
-ImageSize = Annotated[Optional[int], _option("--image-size", "Resize images of a folder to this.", DATA)]
-Mean = Annotated[Optional[str], _option("--mean", "Per-channel normalisation mean, e.g. 0.5,0.5,0.5.", DATA)]
-Std = Annotated[Optional[str], _option("--std", "Per-channel normalisation std.", DATA)]
-ClassMap = Annotated[Optional[str], _option(
+Split = Annotated[str | None, _option("--split", "Dataset split, e.g. train or test.", DATA)]
+Limit = Annotated[int | None, _option("--limit", "Use at most N samples (evenly spread over classes).", DATA)]
+DataClasses = Annotated[str | None, _option("--data-classes", "Only samples of these classes, e.g. 0-4.", DATA)]
+ImageSize = Annotated[int | None, _option("--image-size", "Resize images of a folder to this.", DATA)]
+Mean = Annotated[str | None, _option("--mean", "Per-channel normalisation mean, e.g. 0.5,0.5,0.5.", DATA)]
+Std = Annotated[str | None, _option("--std", "Per-channel normalisation std.", DATA)]
+ClassMap = Annotated[str | None, _option(
     "--class-map", "Image folders: which class index each folder is. A .txt file of the classifier's class names, "
                    "one per line in class order, a .json file or a JSON object {folder: index} [default: by name "
                    "when the checkpoint names its classes, else folder order].", DATA)]
 
 # -------------------------------------------------------------------------------------------- extraction settings
 _e = DEFAULTS.extraction
-Layer = Annotated[Optional[str], _option(
+Layer = Annotated[str | None, _option(
     "--layer", "Module whose output is tapped [default: the input of the final nn.Linear].", EXTRACTION)]
-Device = Annotated[Optional[str], _option("--device", f"auto, cpu, cuda or mps [default: {_e.device}].",
+Device = Annotated[str | None, _option("--device", f"auto, cpu, cuda or mps [default: {_e.device}].",
                                           EXTRACTION)]
-BatchSize = Annotated[Optional[int], _option("--batch-size", f"Inference batch size [default: {_e.batch_size}].",
+BatchSize = Annotated[int | None, _option("--batch-size", f"Inference batch size [default: {_e.batch_size}].",
                                              EXTRACTION)]
-Workers = Annotated[Optional[int], _option("--workers", f"DataLoader worker processes [default: {_e.workers}].",
+Workers = Annotated[int | None, _option("--workers", f"DataLoader worker processes [default: {_e.workers}].",
                                            EXTRACTION)]
-Amp = Annotated[Optional[str], _option("--amp", f"Autocast: bf16, fp16 or off [default: {_e.amp}].", EXTRACTION)]
-SpillThreshold = Annotated[Optional[str], _option(
+Amp = Annotated[str | None, _option("--amp", f"Autocast: bf16, fp16 or off [default: {_e.amp}].", EXTRACTION)]
+SpillThreshold = Annotated[str | None, _option(
     "--spill-threshold", f"Extracted features kept in memory up to this size, e.g. 2GiB; beyond it they go to a "
                          f"temporary file for the analysis [default: {format_bytes(_e.spill_threshold)}].",
     EXTRACTION)]
-SaveFeatures = Annotated[Optional[Path], _option(
+SaveFeatures = Annotated[Path | None, _option(
     "--save-features", "Keep the extracted features here, so later runs need no model.", EXTRACTION)]
 
 # ------------------------------------------------------------------------------------------------------- outputs
-JsonOut = Annotated[Optional[Path], _option("--json", "Write the report JSON here.", OUTPUT)]
-HtmlOut = Annotated[Optional[Path], _option("--html", "Write a self-contained HTML page here.", OUTPUT)]
-PlotsOut = Annotated[Optional[Path], _option("--plots", "Write the plots (PNG and SVG) into this folder.", OUTPUT)]
+JsonOut = Annotated[Path | None, _option("--json", "Write the report JSON here.", OUTPUT)]
+HtmlOut = Annotated[Path | None, _option("--html", "Write a self-contained HTML page here.", OUTPUT)]
+PlotsOut = Annotated[Path | None, _option("--plots", "Write the plots (PNG and SVG) into this folder.", OUTPUT)]
 Quiet = Annotated[bool, _option("--quiet", "Print nothing but errors.", OUTPUT, "-q")]
-Inputs = Annotated[List[str], typer.Argument(
+Inputs = Annotated[list[str], typer.Argument(
     help="Two or more LABEL=PATH (a bare PATH is labelled by its file name, sample:NAME by NAME), each a checkpoint, "
          "a feature file, a report JSON or a shipped sample. The first is the baseline of the deltas.",
     show_default=False)]

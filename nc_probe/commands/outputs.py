@@ -16,9 +16,9 @@ import shutil
 import signal
 import tempfile
 import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
 
 from ..errors import InputError
 
@@ -37,7 +37,7 @@ class OutputSet:
     """The outputs of one command. ``outputs``: flag -> path (None: not asked for); ``dirs``: the flags whose
     path is a folder; ``inputs``: paths the command reads, which no output may replace."""
 
-    def __init__(self, outputs: Mapping[str, object], *, dirs=(), inputs=()):
+    def __init__(self, outputs: Mapping[str, Path | str | None], *, dirs=(), inputs=()):
         self.outputs = [Output(flag, Path(p), flag in dirs) for flag, p in outputs.items() if p is not None]
         self.inputs = [p for p in map(_input_path, inputs) if p is not None]
         self._check()

@@ -41,7 +41,7 @@ class PredictionTally:
             self.model_correct.index_add_(0, y, (model_pred == y).long())
             self.disagree.index_add_(0, y, (model_pred != ncc_pred).long())
 
-    def sync(self, group=None) -> "PredictionTally":
+    def sync(self, group=None) -> PredictionTally:
         """Sum the counts of every torch.distributed rank (a no-op in a single process)."""
         from .. import distributed
 
@@ -54,7 +54,7 @@ class PredictionTally:
         self.has_model = bool(flag.item())
 
     @classmethod
-    def for_stats(cls, stats, W=None, b=None) -> "StreamingTally":
+    def for_stats(cls, stats, W=None, b=None) -> StreamingTally:
         """A tally to fill batch by batch (``tally.update(h, y)``) against the final means of ``stats``."""
         return StreamingTally(stats, W, b)
 
@@ -105,7 +105,7 @@ class StreamingTally(PredictionTally):
         self.predictor = Predictor(stats.mean[ids], ids, None if W is None else torch.as_tensor(W, **to),
                                    None if b is None else torch.as_tensor(b, **to))
 
-    def update(self, features, labels) -> "StreamingTally":
+    def update(self, features, labels) -> StreamingTally:
         h = torch.as_tensor(features).to(self.predictor.means.device, F64)
         y = torch.as_tensor(labels).long().reshape(-1)
         self.add(y, *self.predictor.predict(h))

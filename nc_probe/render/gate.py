@@ -3,8 +3,8 @@ terminal table. ``spell`` spells the settings that messages name (see :mod:`nc_p
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 from ..errors import parameter_name
 from ..errors import spell as spell_text

@@ -238,7 +238,7 @@ def comparison_html(comparison, figures: dict | None = None, spell=parameter_nam
     from .comparison import ARROW, delta_text
 
     if figures is None:
-        from .plots import comparison_figures
+        from .compare_plots import comparison_figures
 
         figures = comparison_figures(comparison)
     labels = comparison.labels

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import io
 import math
-import warnings
 from pathlib import Path
 
 import matplotlib
@@ -123,7 +122,7 @@ def metric_overview(report: Report) -> Figure:
         ax_rate.legend(fontsize=7, loc="upper right")
     ax_rate.set_ylabel("nats")
     ax_rate.set_xlabel("MCR^2 coding rate")
-    ax_rate.set_title("Coding rates (eps^2=%s)" % report.settings.get("eps2"))
+    ax_rate.set_title("Coding rates (eps^2={})".format(report.settings.get("eps2")))
 
     akeys = [k for k in ANGLE_KEYS if m.get(k) is not None]
     ax_ang.bar(range(len(akeys)), [_value(m[k]) for k in akeys], color="tab:cyan")
@@ -144,7 +143,7 @@ def _angle_references(ax, num_classes) -> None:
     a secondary axis at the right (so they never cover the bars or their labels)."""
     ax.set_ylim(0, 100)
     ax.axhline(90, color="tab:red", ls=":", lw=1)
-    ticks, names = [90], ["orthogonal"]
+    ticks, names = [90.0], ["orthogonal"]
     etf = etf_angle(num_classes)
     if etf is not None:
         ax.axhline(etf, color="0.3", ls="--", lw=1)
@@ -333,160 +332,6 @@ def report_figures(report: Report) -> dict[str, Figure]:
 
 
 # ---------------------------------------------------------------------------------------------- several reports
-def _input_colors(n: int):
-    return [colormaps["tab10"](i % 10) for i in range(n)]
-
-
-def compare_metrics(reports: dict[str, Report]) -> Figure:
-    """Grouped bars per metric, one colour per input: collapse metrics (log), coding rates, angles."""
-    labels = list(reports)
-    colors = _input_colors(len(labels))
-    fig = _figure(12, 4.0)
-    ax_nc, ax_rate, ax_ang = fig.subplots(1, 3, width_ratios=[1.8, 1, 0.7])
-    width = 0.8 / len(labels)
-    panels = [(ax_nc, [k for k in COLLAPSE_KEYS if any(r.metrics.get(k) is not None for r in reports.values())]),
-              (ax_rate, [k for k in RATE_KEYS if any(r.metrics.get(k) is not None for r in reports.values())]),
-              (ax_ang, [k for k in ANGLE_KEYS if any(r.metrics.get(k) is not None for r in reports.values())])]
-    floor = log_floor([_value(r.metrics.get(k)) for r in reports.values() for k in panels[0][1]])
-    for ax, keys in panels:
-        for j, (label, rep) in enumerate(reports.items()):
-            vals = np.array([_value(rep.metrics.get(k)) for k in keys])
-            if ax is ax_nc:
-                vals = np.clip(vals, floor, None)
-            ax.bar(np.arange(len(keys)) + (j - (len(labels) - 1) / 2) * width, vals, width, color=colors[j],
-                   label=label)
-        ax.set_xticks(range(len(keys)), keys, rotation=60 if ax is ax_nc else 20, ha="right", fontsize=8)
-    ax_nc.set_yscale("log")
-    ax_nc.set_ylim(bottom=floor)
-    ax_nc.set_ylabel("value (log scale; 0 = collapsed)")
-    ax_nc.set_title("Neural collapse NC1-NC4")
-    ax_rate.set_ylabel("nats")
-    ax_rate.set_title("MCR^2 coding rates")
-    ax_ang.set_ylabel("degrees")
-    _angle_references(ax_ang, next(iter(reports.values())).inputs.get("num_classes"))
-    ax_ang.set_title("Subspace angles")
-    ax_nc.legend(title="input", fontsize=8)
-    fig.suptitle("NC metrics side by side: " + " vs ".join(labels), fontsize=11)
-    return fig
-
-
-def compare_spectra(reports: dict[str, Report]) -> Figure:
-    """Overlaid spectra: per input, the mean over classes of the normalized eigenvalues, shaded min..max band."""
-    fig = _figure(6.4, 4.2)
-    ax = fig.subplots()
-    styles = ["-", "--", ":", "-."]
-    for j, (color, (label, rep)) in enumerate(zip(_input_colors(len(reports)), reports.items())):
-        spec = _spectrum_array(rep.per_class.get("spectrum") or [])
-        if spec.size == 0:
-            continue
-        x = np.arange(1, spec.shape[1] + 1)
-        with warnings.catch_warnings():  # all-NaN columns (classes with short spectra) stay NaN
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mean, lo, hi = np.nanmean(spec, 0), np.nanmin(spec, 0), np.nanmax(spec, 0)
-        ax.plot(x, mean, color=color, lw=1.8, ls=styles[j % len(styles)], label=f"{label} (mean over classes)")
-        ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
-    ax.set_yscale("log")
-    ax.set_xlabel("component j (eigenvalues in decreasing order)")
-    ax.set_ylabel("normalized eigenvalue  lambda_j / sum lambda")
-    ax.set_title("Per-class spectra of unit features (band: min..max over classes)", fontsize=10)
-    ax.grid(True, which="major", alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    return fig
-
-
-def compare_heatmaps(reports: dict[str, Report], key: str = "angle_min") -> Figure:
-    """``angle_min`` (or ``mean_cosine``, then with the simplex ETF target last) heatmaps side by side on one colour
-    scale; inputs lacking it are blank."""
-    n = len(reports) + (key == "mean_cosine")
-    fig = _figure(4.2 * n + 1.2, 4.4)
-    axes = np.atleast_1d(fig.subplots(1, n))
-    im = None
-    if key == "mean_cosine":
-        first = next(iter(reports.values()))
-        ids = first.per_class.get("class_ids") or []
-        heatmap(axes[-1], etf_target(len(ids)), _names(first, ids), vmin=-1, vmax=1, cmap="RdBu_r", fmt="{:.2f}",
-                annotate=len(ids) <= 6)
-        axes[-1].set_title("simplex ETF target", fontsize=10)
-        axes[-1].set_xlabel("class")
-        axes[-1].set_ylabel("class")
-    for ax, (label, rep) in zip(axes, reports.items()):
-        if key == "angle_min":
-            mat, ids = rep.angles.get("angle_min"), rep.angles.get("class_ids") or []
-            kw = dict(vmin=0, vmax=90, cmap="viridis")
-        else:
-            mat, ids = rep.per_class.get(key), rep.per_class.get("class_ids") or []
-            kw = dict(vmin=-1, vmax=1, cmap="RdBu_r", fmt="{:.2f}")
-        ax.set_title(label, fontsize=10)
-        if mat is None:
-            ax.text(0.5, 0.5, "not in this report", ha="center", va="center", transform=ax.transAxes)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            continue
-        im = heatmap(ax, mat, _names(rep, ids), annotate=len(ids) <= 6, **kw)
-        ax.set_xlabel("class")
-        ax.set_ylabel("class")
-    if im is not None:
-        fig.colorbar(im, ax=list(axes), shrink=0.9,
-                     label="smallest principal angle (degrees)" if key == "angle_min" else "cosine")
-    fig.suptitle("Smallest principal angle between class subspaces" if key == "angle_min"
-                 else "Class-mean cosines (centered means)", fontsize=11)
-    return fig
-
-
-def compare_coding_rate(reports: dict[str, Report]) -> Figure:
-    """Grouped bars of R_c per class, one colour per input."""
-    labels = list(reports)
-    first = next(iter(reports.values()))
-    ids = first.per_class.get("subspace_class_ids") or []
-    names = _names(first, ids)
-    width = 0.8 / len(labels)
-    fig = _figure(7.5, 4.0)
-    ax = fig.subplots()
-    for j, (color, (label, rep)) in enumerate(zip(_input_colors(len(labels)), reports.items())):
-        lookup = dict(zip(rep.per_class.get("subspace_class_ids") or [], rep.per_class.get("coding_rate_class") or []))
-        vals = [_value(lookup.get(c)) for c in ids]
-        ax.bar(np.arange(len(ids)) + (j - (len(labels) - 1) / 2) * width, vals, width, color=color, label=label)
-    _class_ticks(ax, names, axis="x")
-    ax.set_xlabel("class")
-    ax.set_ylabel("R_c (nats)")
-    ax.set_title("MCR^2 coding rate per class")
-    ax.legend(title="input", fontsize=8)
-    return fig
-
-
-def cka_heatmap(labels: list[str], matrix) -> Figure:
-    """Linear CKA between the inputs' representations (blank where two inputs do not share samples)."""
-    n = len(labels)
-    fig = _figure(1.2 * n + 3.0, 1.0 * n + 2.2)
-    ax = fig.subplots()
-    im = heatmap(ax, matrix, labels, vmin=0, vmax=1, cmap="viridis", fmt="{:.3f}", annotate=True)
-    fig.colorbar(im, ax=ax, label="linear CKA")
-    ax.set_xlabel("input")
-    ax.set_ylabel("input")
-    ax.set_title("Linear CKA between representations", fontsize=10)
-    return fig
-
-
-def comparison_figures(comparison) -> dict[str, Figure]:
-    """The views of a :class:`nc_probe.compare.Comparison`, by name."""
-    reports = comparison.reports
-    figs = {"metrics": compare_metrics(reports)}
-    if any(r.per_class.get("spectrum") for r in reports.values()):
-        figs["spectra"] = compare_spectra(reports)
-    if any(r.angles.get("angle_min") is not None for r in reports.values()):
-        figs["angle_min"] = compare_heatmaps(reports, "angle_min")
-    if any(r.per_class.get("mean_cosine") is not None for r in reports.values()):
-        figs["mean_cosine"] = compare_heatmaps(reports, "mean_cosine")
-    if any(r.per_class.get("coding_rate_class") for r in reports.values()):
-        figs["coding_rate"] = compare_coding_rate(reports)
-    cka = comparison.cka
-    if cka:
-        keep = [i for i, row in enumerate(cka["matrix"]) if any(v is not None for j, v in enumerate(row) if j != i)]
-        if keep:
-            figs["cka"] = cka_heatmap([cka["labels"][i] for i in keep],
-                                      [[cka["matrix"][i][j] for j in keep] for i in keep])
-    return figs
 
 
 # ---------------------------------------------------------------------------------------------- output

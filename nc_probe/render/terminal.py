@@ -102,7 +102,7 @@ def render_report(report: Report, console: Console | None = None, spell=paramete
     """The header, metric summary, per-class table (for few classes) and warnings; ``spell`` spells the settings
     that warnings name (see nc_probe.errors)."""
     console = console or Console()
-    parts = [header(report), summary_table(report, console.width)]
+    parts: list = [header(report), summary_table(report, console.width)]
     ct = class_table(report)
     if ct is not None:
         parts.append(ct)
@@ -114,9 +114,8 @@ def render_report(report: Report, console: Console | None = None, spell=paramete
 def modules_table(rows: list[dict], title: str) -> Table:
     """The rows of :func:`nc_probe.inspection.inspect_checkpoint`: module, type, output shape, params, tap."""
     table = Table(title=title, title_justify="left")
-    for col, justify in (("module", "left"), ("type", "left"), ("output shape", "left"), ("params", "right"),
-                         ("tap", "left")):
-        table.add_column(col, justify=justify)
+    for col in ("module", "type", "output shape", "params", "tap"):
+        table.add_column(col, justify="right" if col == "params" else "left")
     for r in rows:
         shape = "-" if r.get("output_shape") is None else "x".join(str(s) for s in r["output_shape"])
         table.add_row(r["name"] or "(model)", r["type"], shape, f"{r.get('params', 0):,}",

@@ -22,7 +22,7 @@ class Tap:
     num_outputs: int | None = None
     static_batch: int | None = None
 
-    def to(self, device: torch.device, channels_last: bool = False) -> "Tap":
+    def to(self, device: torch.device, channels_last: bool = False) -> Tap:
         return self
 
     def __call__(self, x):
@@ -31,7 +31,7 @@ class Tap:
     def close(self) -> None:
         """Remove hooks; the model is left as it was."""
 
-    def __enter__(self) -> "Tap":
+    def __enter__(self) -> Tap:
         return self
 
     def __exit__(self, *exc) -> None:

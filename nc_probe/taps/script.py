@@ -62,19 +62,19 @@ class ScriptTap(Tap):
         # Default arguments (timm's forward_head(x, pre_logits=False)) become constants only once inlined; folding
         # them removes the branches they decide, so that e.g. the head runs unconditionally again. Only values
         # that are not tensors are folded: a folded tensor would become a constant that .to(device) cannot move.
-        torch._C._jit_pass_constant_propagation_immutable_types(graph)
+        torch._C._jit_pass_constant_propagation_immutable_types(graph)  # type: ignore[attr-defined]
         calls: dict[str, list] = {}  # dotted path -> what each of its calls returned, in program order
         for path, value in reversed(list(zip(paths, list(graph.outputs())[kept:]))):
             if not isinstance(value.type(), torch._C.NoneType):  # None: a call in a branch that never runs
                 calls.setdefault(path, []).append(value)
         # Shallow names first: when nothing is close to a wrong name, the top-level modules are the best hint.
         names = sorted(calls, key=lambda name: name.count("."))
-        self._choices = None
-        self._pick = None
+        self._choices: list[tuple] | None = None
+        self._pick: int | None = None
         if layer is None:
             values = self._default(module, graph, names)
         else:
-            values = calls.get(layer)
+            values = calls.get(layer) or []
             if not values:
                 known = layer in {n for n, _ in module.named_modules()}
                 what = "runs only in a loop of the TorchScript forward, or not at all" if known else \
@@ -103,20 +103,22 @@ class ScriptTap(Tap):
                              fix=f"pass {{layer=NAME}} (tappable: {_suggest('', names)})")
         # Those before the last one that runs unconditionally never run last.
         start = max((i for i, (_, nested, _) in enumerate(found) if not nested), default=0)
-        values, self._choices = [], []
+        values, choices = [], []
         for node, _, (x, w_path, weight, bias) in found[start:]:
             value = _lift(graph, _copy_at(graph, node, x))
             if value is not None:
                 owner = w_path.rsplit(".", 1)[0] if w_path and "." in w_path else ""
                 values.append(value)
-                self._choices.append((owner, weight, bias))
+                choices.append((owner, weight, bias))
+        self._choices = choices
         if not values:
             raise InputError("the final linear layer of the TorchScript graph runs where it cannot be tapped",
                              fix=f"pass {{layer=NAME}} (tappable: {_suggest('', names)})")
-        self._choose(len(self._choices) - 1)
+        self._choose(len(choices) - 1)
         return values
 
     def _choose(self, index: int) -> None:
+        assert self._choices is not None  # set by _default
         owner, weight, bias = self._choices[index]
         self.layer = f"{owner or 'linear'} (input)"
         self.tap_module = owner
