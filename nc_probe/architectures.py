@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from . import trust as trust_rules
 from .errors import InputError
 from .imports import import_object
@@ -46,7 +48,7 @@ def resolve_arch(user_arch, user_kwargs, meta: dict, path: str, trust: bool) -> 
     return ArchChoice(meta_arch, kwargs, consented=trust)
 
 
-def build_model(arch: str, kwargs: dict | None = None, *, path=None, consented: bool = True):
+def build_model(arch: str, kwargs: dict | None = None, *, path=None, consented: bool = True) -> torch.nn.Module:
     """Instantiate ``arch`` (``torchvision:NAME``, ``timm:NAME``, ``package.module:factory`` or
     ``file.py:factory``) with ``kwargs``. Never downloads weights: they come from the checkpoint.
 

@@ -119,7 +119,7 @@ def split_batch(batch, where=None) -> tuple[Any, torch.Tensor]:
     return x, y.long()
 
 
-def index_inputs(x, index):
+def index_inputs(x: Any, index) -> Any:
     """Select rows of an input batch: a tensor, a tuple/list of tensors or a dict of tensors."""
     if isinstance(x, torch.Tensor):
         return x[index]

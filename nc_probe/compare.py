@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from .metrics import CATALOG, PER_CLASS_KEYS, SCALAR_KEYS, metric
 from .metrics.cka import cka_matrix
 from .report import Report
 from .settings import Settings
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 # ---------------------------------------------------------------------------------------------- comparison
@@ -48,7 +52,7 @@ class Comparison:
     def baseline(self) -> str:
         return self.labels[0]
 
-    def frame(self):
+    def frame(self) -> pd.DataFrame:
         """The table as a pandas DataFrame: metric, direction, one column per input, one delta per non-baseline."""
         import pandas as pd
 

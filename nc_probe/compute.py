@@ -70,7 +70,8 @@ def prediction_metrics(tally: PredictionTally | None, n_total: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ subspaces
-def subspace_metrics(stats: ClassStats, count: np.ndarray, settings: MetricSettings):
+def subspace_metrics(stats: ClassStats, count: np.ndarray,
+                     settings: MetricSettings) -> tuple[dict, dict, dict, list[str]]:
     """Ranks, coding rates and principal angles of the tracked classes that have samples:
     ``(scalar metrics, per-class lists, angle matrices, warnings)``."""
     d, N = stats.dim, int(count.sum())

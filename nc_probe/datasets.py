@@ -18,7 +18,8 @@ and ``limit`` keeps N samples, each class getting its share, evenly spaced withi
 class-sorted dataset still gives every class); when the labels are not known in advance (an iterable dataset or a
 DataLoader), the filter is applied batch by batch and ``limit`` keeps the first N.
 
-This module imports nothing else of nc-probe but its errors: it sits upstream of extraction.
+It sits upstream of extraction and imports no later stage; batches come from :mod:`nc_probe.batches`, image
+folders from :mod:`nc_probe.image_folder`.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ class _Batch(tuple):
         return super().__new__(cls, (x, y))
 
 
-def collate(items):
+def collate(items) -> Any:
     """Default collate, except for batches that a dataset's ``__getitems__`` stacked itself."""
     if isinstance(items, _Batch):
         return tuple(items)

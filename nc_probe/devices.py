@@ -35,7 +35,7 @@ def resolve_device(device="auto") -> torch.device:
     return dev
 
 
-def amp_context(amp: str, device: torch.device):
+def amp_context(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
     """Autocast for ``amp`` ("bf16", "fp16" or "off")."""
     if amp not in AMP_DTYPES:
         raise InputError(f"{{amp}} {amp!r} is not one of bf16, fp16, off",

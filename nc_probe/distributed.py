@@ -9,9 +9,18 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Generator
+from typing import Any, Protocol, TypeVar
 
 import torch
 import torch.distributed as dist
+
+
+class Syncable(Protocol):
+    def sync_steps(self) -> Generator[tuple[str, Any], Any, None]: ...
+
+
+T = TypeVar("T", bound=Syncable)
 
 # A rank that dies makes torchrun stop the others; the timeout only guards runs started by other launchers.
 TIMEOUT = datetime.timedelta(minutes=10)
@@ -98,7 +107,7 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def sync(obj, group=None):
+def sync(obj: T, group=None) -> T:
     """Combine an object's state across ranks, in place; the one mechanism of every cross-process merge.
 
     ``obj.sync_steps()`` is a generator that yields requests and receives their results: ``("sum", tensors)``

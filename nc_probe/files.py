@@ -7,6 +7,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def file_sha256(path) -> str:
@@ -35,7 +36,7 @@ def atomic_write_text(path, text: str | bytes) -> Path:
     return path
 
 
-def json_safe(obj):
+def json_safe(obj: Any) -> Any:
     """NaN/Inf are not JSON: they become null (absent), and numpy scalars and arrays become Python values."""
     if isinstance(obj, dict):
         return {str(k): json_safe(v) for k, v in obj.items()}

@@ -9,11 +9,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 from .errors import InputError
 
 
-def import_object(spec: str, *, what: str, path=None):
+def import_object(spec: str, *, what: str, path=None) -> Any:
     """The object ``spec`` names. ``what`` names the setting in messages (a placeholder such as ``{arch}``)."""
     module_name, _, attr = spec.rpartition(":")
     if not module_name or not attr:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -47,7 +50,7 @@ class PCASample:
             self.points.append(((h[local] - self.center) @ self.axes).cpu().numpy())
             self.labels.append(y[local.cpu()].numpy())
 
-    def sync_steps(self):
+    def sync_steps(self) -> Generator[tuple[str, Any], Any, None]:
         """The :func:`nc_probe.distributed.sync` protocol: every rank's sampled rows, in rank order."""
         pts, labels = self._local()
         parts = yield "gather", (pts, labels)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 import zipfile
+from typing import Any
 
 from .errors import InputError
 from .pickle_scan import is_pickle, pickle_globals
@@ -44,7 +45,7 @@ def is_placeholder(obj) -> bool:
 _TORCH_OWN_GLOBALS = ("torch.", "collections.OrderedDict", "__builtin__.set", "builtins.set", "_codecs.encode")
 
 
-def torch_load(path: str, trust: bool):
+def torch_load(path: str, trust: bool) -> tuple[Any, list[str]]:
     """``torch.load`` with weights_only (or not, when trusted); returns (object, notes).
 
     Objects weights_only refuses are replaced by inert placeholders when they are plain data the analysis does not

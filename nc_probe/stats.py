@@ -15,7 +15,9 @@ result to float tolerance), ``all_reduce`` combines the statistics of all ``torc
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -262,7 +264,7 @@ class ClassStats:
 
         return distributed.sync(self, group)
 
-    def sync_steps(self):
+    def sync_steps(self) -> Generator[tuple[str, Any], Any, None]:
         """The :func:`nc_probe.distributed.sync` protocol. Means and scatters are not sums: each rank first learns
         the global class means (from summed counts and sums), re-centres its scatter and traces on them (exact, no
         loss of accuracy near collapse), then everything is summed."""

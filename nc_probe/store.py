@@ -12,7 +12,6 @@ memory map), so memory stays flat however large N is.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import struct
@@ -20,11 +19,13 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from .array_files import read_array_file
 from .errors import InputError
+from .files import file_sha256
 
 FORMAT = "nc-probe-features"
 FORMAT_VERSION = "1"
@@ -167,11 +168,7 @@ class FeatureStore:
         """sha256 of the file (None for in-memory arrays)."""
         if self._arrays is not None and self._file is None and not os.path.isfile(self.source):
             return None
-        h = hashlib.sha256()
-        with open(self.source, "rb") as f:
-            for block in iter(lambda: f.read(1 << 24), b""):
-                h.update(block)
-        return h.hexdigest()
+        return file_sha256(self.source)
 
 
 def _all_finite(a: np.ndarray) -> bool:

@@ -58,3 +58,17 @@ def distinct_pair(a: float, b: float, digits: int = 6) -> tuple[str, str]:
         if sa != sb or a == b:
             return sa, sb
     return repr(float(a)), repr(float(b))
+
+
+def plain_number(value):
+    """A table cell (numpy or pandas scalar) as a Python int or float for :func:`format_number`; NaN -> None;
+    anything that is not a number comes back as it is."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, float) or getattr(getattr(value, "dtype", None), "kind", "") == "f":
+            f = float(value)
+            return None if math.isnan(f) else f
+        return int(value)
+    except (TypeError, ValueError):
+        return value

@@ -12,6 +12,7 @@ import functools
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -43,7 +44,7 @@ def warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/] {escape(cli_text(message))}", soft_wrap=True)
 
 
-def user_errors(fn):
+def user_errors(fn: Callable) -> Callable:
     """Run a command: InputError (and OS errors on paths) become one line on stderr and exit 2, Ctrl-C exit 130;
     under torchrun, ranks other than 0 run quietly (see :func:`_quiet_worker`)."""
 

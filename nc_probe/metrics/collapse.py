@@ -1,7 +1,7 @@
 """Neural-collapse metrics NC1-NC3 on raw features (``docs/metrics.md``, "Collapse metrics").
 
 Pure functions of float64 arrays taken from :class:`~nc_probe.stats.ClassStats`; only classes with samples are
-passed in. NC4 and the accuracies need a second pass over the features and live in :mod:`nc_probe.metrics.nc4`.
+passed in. NC4 and the accuracies need a second pass over the features: :mod:`nc_probe.metrics.predictions`.
 """
 
 from __future__ import annotations

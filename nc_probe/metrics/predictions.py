@@ -7,7 +7,9 @@ from batches or ranks add up exactly.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -47,7 +49,7 @@ class PredictionTally:
 
         return distributed.sync(self, group)
 
-    def sync_steps(self):
+    def sync_steps(self) -> Generator[tuple[str, Any], Any, None]:
         """The :func:`nc_probe.distributed.sync` protocol: integer counts simply add."""
         flag = torch.tensor([int(self.has_model)])  # a rank whose share was empty saw no classifier output
         yield "sum", [self.n, self.model_correct, self.ncc_correct, self.disagree, flag]

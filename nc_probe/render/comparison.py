@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rich.table import Table
+
 from ..errors import parameter_name
 from ..errors import spell as spell_text
 from ..text import format_number as fmt
@@ -22,7 +24,7 @@ def delta_text(delta, moved, word=None) -> str:
     return text
 
 
-def comparison_table(comparison, labels: list[str] | None = None):
+def comparison_table(comparison, labels: list[str] | None = None) -> Table:
     """A rich Table: metric, which way is collapsed, each input's value and its change against the baseline
     (``labels``: the baseline and the inputs to show, default all)."""
     from rich.table import Table
@@ -48,7 +50,7 @@ def comparison_table(comparison, labels: list[str] | None = None):
     return table
 
 
-def cka_table(comparison):
+def cka_table(comparison) -> Table:
     from rich.table import Table
 
     cka = comparison.cka
@@ -67,7 +69,7 @@ def render_comparison(comparison, console=None, spell=parameter_name) -> None:
     from rich.text import Text
 
     console = console or Console()
-    parts = []
+    parts: list = []
     for lab, rep in comparison.reports.items():
         i = rep.inputs
         parts.append(Text(f"{lab}: {i.get('source')}  N={i.get('num_samples')} C={i.get('num_classes')} "

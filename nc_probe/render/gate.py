@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from rich.table import Table
+
 from ..errors import parameter_name
 from ..errors import spell as spell_text
 from ..files import atomic_write_text
@@ -83,7 +85,7 @@ def write_markdown(results: Sequence[Result], path, **kwargs) -> Path:
 VERDICT_STYLE = {PASS: "bold green", FAIL: "bold red", ERROR: "bold yellow"}
 
 
-def results_table(results: Sequence[Result], source, with_baseline: bool):
+def results_table(results: Sequence[Result], source, with_baseline: bool) -> Table:
     """A rich Table: metric, rule, value, limit (baseline and change when there is one), verdict."""
     from rich.markup import escape
     from rich.table import Table

@@ -16,6 +16,7 @@ from ..files import atomic_write_text
 from ..metrics import METRIC_DOCS
 from ..report import Report
 from ..text import format_number as fmt
+from ..text import plain_number
 from .terminal import expected
 
 MAX_TABLE_ROWS = 500  # per-class and pair tables longer than this are cut (the CSV/JSON exports hold them all)
@@ -147,22 +148,11 @@ def _per_class_html(report: Report) -> str:
                         "mean_norm") if c in df.columns]
     rows = []
     for rec in df[cols].head(MAX_TABLE_ROWS).to_dict(orient="records"):
-        rows.append([f"<td>{escape(str(rec[c]))}</td>" if c == "class_name" else _num_cell(_py(rec[c])) for c in cols])
+        rows.append([f"<td>{escape(str(rec[c]))}</td>" if c == "class_name" else _num_cell(plain_number(rec[c]))
+                     for c in cols])
     note = (f"<p class=sub>First {MAX_TABLE_ROWS} of {len(df)} classes; the CSV/JSON exports hold all.</p>"
             if len(df) > MAX_TABLE_ROWS else "")
     return f'<div class="scroll">{_table(cols, rows)}</div>{note}'
-
-
-def _py(v):
-    try:
-        import math
-
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return None
-        f = float(v)
-        return int(f) if f.is_integer() and not isinstance(v, float) else f
-    except (TypeError, ValueError):
-        return v
 
 
 def _pairs_html(report: Report) -> str:

@@ -15,6 +15,7 @@ import base64
 import io
 import math
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -198,7 +199,7 @@ def spectra_plot(report: Report) -> Figure:
     return fig
 
 
-def heatmap(ax, matrix, names, *, vmin, vmax, cmap, annotate: bool | None = None, fmt="{:.0f}"):
+def heatmap(ax, matrix, names, *, vmin, vmax, cmap, annotate: bool | None = None, fmt="{:.0f}") -> Any:
     """A class x class matrix on ``ax`` with class ticks; returns the image (for the colour bar)."""
     mat = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
     im = ax.imshow(mat, vmin=vmin, vmax=vmax, cmap=cmap, interpolation="nearest")

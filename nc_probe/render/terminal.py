@@ -13,6 +13,7 @@ from ..errors import spell as spell_text
 from ..metrics import METRIC_DOCS
 from ..report import Report
 from ..text import format_number as fmt
+from ..text import plain_number
 from .tables import per_class_frame
 
 MAX_CLASS_ROWS = 20
@@ -83,19 +84,8 @@ def class_table(report: Report, limit: int = MAX_CLASS_ROWS) -> Table | None:
     for c in cols:
         table.add_column(CLASS_COLUMNS[c], justify="left" if c == "class_name" else "right")
     for _, row in df[cols].iterrows():
-        table.add_row(*[str(row[c]) if c == "class_name" else fmt(_py(row[c])) for c in cols])
+        table.add_row(*[str(row[c]) if c == "class_name" else fmt(plain_number(row[c])) for c in cols])
     return table
-
-
-def _py(v):
-    if v is None:
-        return None
-    try:
-        if isinstance(v, float) or hasattr(v, "dtype") and v.dtype.kind == "f":
-            return float(v)
-        return int(v)
-    except (TypeError, ValueError):
-        return v
 
 
 def render_report(report: Report, console: Console | None = None, spell=parameter_name) -> None:

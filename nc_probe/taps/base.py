@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -38,7 +40,7 @@ class Tap:
         self.close()
 
 
-def call_model(model, x):
+def call_model(model, x) -> Any:
     if isinstance(x, dict):
         return model(**x)
     if isinstance(x, (tuple, list)):

@@ -99,7 +99,7 @@ class ExportTap(Tap):
             return None
         return _get_attr(gm, node.target)
 
-    def to(self, device, channels_last=False):
+    def to(self, device, channels_last=False) -> ExportTap:
         self.gm.to(device)
         return self
 

@@ -67,10 +67,10 @@ class ModuleTap(Tap):
         self._linears = None
         return inp
 
-    def to(self, device, channels_last=False):
+    def to(self, device, channels_last=False) -> ModuleTap:
         self.model.to(device)
         if channels_last and device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in self.model.modules()):
-            self.model.to(memory_format=torch.channels_last)
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             self.channels_last = True
         return self
 
@@ -86,7 +86,7 @@ class ModuleTap(Tap):
         feats = _flat(feats, where)
         return feats, (_logits(out, len(feats), self.num_outputs) if self.requested else None)
 
-    def close(self):
+    def close(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []

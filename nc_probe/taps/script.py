@@ -128,7 +128,7 @@ class ScriptTap(Tap):
         self.W, self.b = _numpy64(weight), _numpy64(bias)
         self.num_outputs = int(weight.shape[0])
 
-    def to(self, device, channels_last=False):
+    def to(self, device, channels_last=False) -> ScriptTap:
         self.module.to(device)
         return self
 
