@@ -1,8 +1,10 @@
 """From a FeatureStore to a Report (``docs/metrics.md`` defines every metric).
 
-Pass 1 accumulates :class:`~nc_probe.stats.ClassStats`; the collapse and subspace metrics are computed from them
+Pass 1 accumulates :class:`~nc_probe.stats.ClassStats`; the collapse metrics come from them
 (:mod:`nc_probe.compute`); pass 2 (:mod:`nc_probe.pass2`) counts NC4 and the accuracies against the final class
-means. The subspace metrics need only pass 1, so they run on a thread while pass 2 reads the features again.
+means. The subspace metrics (:mod:`nc_probe.subspace_report`) use d x d moments gathered in pass 1 when every class
+fits the memory budget that way (then they run on a thread while pass 2 reads the features again), else per-class
+statistics gathered in groups: the first during pass 2, each further one in a pass of its own.
 """
 
 from __future__ import annotations
@@ -13,15 +15,16 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from . import compute, distributed
+from . import compute, distributed, subspace_report
 from ._version import __version__
 from .errors import InputError
 from .pass2 import second_pass
 from .pca import PCASample
 from .report import Report
 from .settings import MetricSettings, metric_settings
-from .stats import ClassStats, check_memory
+from .stats import ClassStats
 from .store import FeatureStore, open_store
+from .subspaces import SubspaceAccumulator, unit_rows
 
 
 def auto_chunk_rows(dim: int) -> int:
@@ -56,66 +59,165 @@ def analyze_store(store: FeatureStore, settings: MetricSettings | None = None, *
 
     ``settings`` (or its fields as keywords: ``eps2=1.0``): see :class:`~nc_probe.settings.MetricSettings`.
     ``device``: where the statistics are accumulated ("cpu", "cuda", ...). ``stats``: statistics already accumulated
-    over exactly this store's rows (e.g. during extraction); pass 1 is then skipped and their tracked classes decide
-    the subspace metrics. ``layer``, ``inputs``: recorded in the report. ``sha256``: the digest to record (default:
-    the store file's).
+    over exactly this store's rows (e.g. during extraction); pass 1 is then skipped when they serve the plan.
+    ``layer``, ``inputs``: recorded in the report. ``sha256``: the digest to record (default: the store file's).
     """
-    settings = metric_settings(settings, **shortcuts)
-    if settings.subspace_dim is not None and settings.subspace_dim > store.dim:
-        raise InputError(f"{{subspace_dim}} {settings.subspace_dim} is outside 1..d={store.dim}",
+    s = metric_settings(settings, **shortcuts)
+    if s.subspace_dim is not None and s.subspace_dim > store.dim:
+        raise InputError(f"{{subspace_dim}} {s.subspace_dim} is outside 1..d={store.dim}",
                          fix=f"pick k between 1 and {store.dim}")
-    t_start = time.perf_counter()
     if distributed.active() and not store.is_shard:
         store = store.shard(*distributed.row_range(store.num_samples))
-    num_classes = distributed.all_reduce_max(_num_classes(store, store.labels()))
-    rows = settings.chunk_rows or auto_chunk_rows(store.dim)
-    stats, budget_warning = _prepare_stats(stats, num_classes, store.dim, settings, device)
-    timings = {}
-    with ThreadPoolExecutor(1) as pool:
-        digest = pool.submit(store.sha256) if sha256 is None else None
-        if stats.total == 0:
-            _pass1(store, stats, rows)
-        stats.all_reduce()  # under torchrun each rank holds its shard's statistics (given or just accumulated)
-        timings["pass1_stats"] = time.perf_counter() - t_start
+    run = _Analysis(store, s, device)
+    run.execute(stats, sha256)
+    return run.report(layer, inputs)
+
+
+class _Analysis:
+    """One analysis of a store: the plan (from the labels, read once), the passes, and the report."""
+
+    def __init__(self, store: FeatureStore, s: MetricSettings, device):
+        self.t_start = time.perf_counter()
+        self.store, self.s, self.device = store, s, device
+        labels = store.labels()
+        self.num_classes = distributed.all_reduce_max(_num_classes(store, labels))
+        counts = _global_counts(labels, self.num_classes)
+        del labels  # N int64: not kept through the passes (memory flat in N)
+        self.keep = counts >= s.min_class_count  # classes analysed; the others' rows are left out everywhere
+        self.splan = subspace_report.plan(counts, store.dim, s)
+        self.rows = s.chunk_rows or auto_chunk_rows(store.dim)
+        self.timings: dict[str, float] = {}
+
+    def execute(self, stats: ClassStats | None, sha256: str | None) -> None:
+        store, s, splan, timings = self.store, self.s, self.splan, self.timings
+        stats = _usable(stats, splan, s, (self.num_classes, store.dim))
+        with ThreadPoolExecutor(1) as pool:
+            digest = pool.submit(store.sha256) if sha256 is None else None
+            if stats is None:
+                stats = ClassStats(self.num_classes, store.dim, subspace_classes=splan.tracked, device=self.device,
+                                   backend=s.backend)
+                _pass1(store, stats, self.rows, self.keep)
+            stats.all_reduce()  # under torchrun each rank holds its shard's statistics (given or just accumulated)
+            self.stats = stats
+            timings["pass1_stats"] = time.perf_counter() - self.t_start
+            t = time.perf_counter()
+            self.W = None if store.W is None else np.asarray(store.W, dtype=np.float64)
+            analysed = int(np.count_nonzero(self.keep & (stats.count.cpu().numpy() > 0)))
+            self.c = compute.collapse_metrics(stats, self.W, source=store.source, min_count=s.min_class_count,
+                                              keep_matrix=_keep_cosines(analysed, s))
+            timings["collapse_metrics"] = time.perf_counter() - t
+            self._passes(pool)
+            self.sha = digest.result() if digest is not None else sha256
+        timings["total"] = time.perf_counter() - self.t_start
+
+    def _passes(self, pool: ThreadPoolExecutor) -> None:
+        """Pass 2, the subspace spectra (on the pool's thread meanwhile, when pass 1 gathered them) or the group
+        passes, then the coding rates and angles."""
+        store, s, splan, stats, timings = self.store, self.s, self.splan, self.stats, self.timings
+        results = subspace_report.SubspaceResults()
+        job = None
+        if splan.in_pass1:
+            acc = subspace_report.pass1_accumulator(stats, splan.classes)
+            job = pool.submit(_timed, results.add_group, acc, s, set(splan.angle_classes))
         t = time.perf_counter()
-        W = None if store.W is None else np.asarray(store.W, dtype=np.float64)
-        c = compute.collapse_metrics(stats, W, source=store.source)
-        timings["collapse_metrics"] = time.perf_counter() - t
-        count = stats.count.cpu().numpy()
-        subspace_job = pool.submit(_timed, compute.subspace_metrics, stats, count, settings)
-        t = time.perf_counter()
-        pca = PCASample(stats, c.ids, store.num_samples)
-        tally = second_pass(store, stats, c.ids, W, rows, pca)
+        self.pca = PCASample(stats, self.c.ids, store.num_samples)
+        first = _group_feeder(splan, 0, stats)
+        self.tally = second_pass(store, stats, self.c.ids, self.W, self.rows, self.pca, keep=self.keep,
+                                 observers=[first] if first is not None else [])
         timings["pass2_nc4"] = time.perf_counter() - t
-        (sub, sub_lists, angles, sub_warnings), timings["subspace_metrics"] = subspace_job.result()
-        sha = digest.result() if digest is not None else sha256
-    timings["total"] = time.perf_counter() - t_start
-    metrics = {**c.metrics, **compute.prediction_metrics(tally, int(c.n.sum())), **sub}
-    data_warnings, empty = compute.data_warnings(stats, c.ids)
-    warnings = [w for w in [budget_warning] if w] + sub_warnings + data_warnings
-    report_inputs = _inputs(store, stats, c, sha, num_classes, layer, empty, W is not None)
-    return Report(inputs={**report_inputs, **(inputs or {})}, metrics=metrics,
-                  settings=compute.settings_record(settings, stats, rows) | {"device": str(device)},
-                  per_class=compute.per_class_table(stats, c, tally, pca.result(), sub_lists), angles=angles,
-                  timings=timings, warnings=warnings)
+        t = time.perf_counter()
+        if job is not None:
+            _, timings["subspace_spectra"] = job.result()
+        else:
+            _subspace_groups(store, stats, splan, results, s, self.rows, first)
+            timings["subspace_spectra"] = time.perf_counter() - t
+        t = time.perf_counter()
+        count = np.where(self.keep, stats.count.cpu().numpy(), 0)
+        self.subspace = subspace_report.finish(stats, count, splan, results, s)
+        timings["subspace_angles"] = time.perf_counter() - t
+
+    def report(self, layer, inputs) -> Report:
+        c, stats, s = self.c, self.stats, self.s
+        sub, sub_lists, angles, sub_pairs, sub_warnings = self.subspace
+        metrics = {**c.metrics, **compute.prediction_metrics(self.tally, int(c.n.sum())), **sub}
+        data_warnings, empty, excluded = compute.data_warnings(stats, c.ids, s.min_class_count)
+        report_inputs = _inputs(self.store, stats, c, self.sha, self.num_classes, layer, empty, self.W is not None)
+        report_inputs["excluded_classes"] = excluded
+        names = report_inputs["class_names"]
+        return Report(inputs={**report_inputs, **(inputs or {})}, metrics=metrics,
+                      settings=compute.settings_record(s, stats, self.rows) | {"device": str(self.device)},
+                      per_class=compute.per_class_table(stats, c, self.tally, self.pca.result(), sub_lists),
+                      angles=angles, timings=self.timings, warnings=sub_warnings + data_warnings,
+                      pairs=compute.pair_summaries(c, sub_pairs, names, angles["class_ids"],
+                                                   dict(zip(c.ids.tolist(), names))))
 
 
-def _prepare_stats(stats, num_classes: int, dim: int, settings: MetricSettings, device):
-    """The statistics to fill (or the ones given, checked), and the memory-budget warning."""
+def _global_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Samples per class over every rank (each holds its shard's labels)."""
+    counts = torch.from_numpy(np.bincount(labels, minlength=num_classes).astype(np.int64))
+    return distributed.all_reduce_(counts).numpy()
+
+
+def _usable(stats, splan, s: MetricSettings, shape: tuple[int, int]) -> ClassStats | None:
+    """Statistics accumulated elsewhere (during extraction), when they serve this analysis: the right shape, the
+    classes the plan needs in pass 1, and no class to leave out (their rows are in them)."""
     if stats is None:
-        tracked, warning = check_memory(num_classes, dim, settings.classes, settings.memory_budget)
-        return ClassStats(num_classes, dim, subspace_classes=tracked, device=device,
-                          backend=settings.backend), warning
-    if (stats.num_classes, stats.dim) != (num_classes, dim):
-        raise ValueError(f"stats of C={stats.num_classes}, d={stats.dim} do not fit the store (C={num_classes}, "
-                         f"d={dim})")
-    return stats, None
+        return None
+    if (stats.num_classes, stats.dim) != shape:
+        raise ValueError(f"stats of C={stats.num_classes}, d={stats.dim} do not fit the store (C={shape[0]}, "
+                         f"d={shape[1]})")
+    tracked = set(stats.subspace_classes)
+    if s.min_class_count > 1 or (splan.in_pass1 and not set(splan.classes) <= tracked):
+        return None
+    return stats
 
 
-def _pass1(store: FeatureStore, stats: ClassStats, rows: int) -> None:
+def _keep_cosines(num_classes: int, s: MetricSettings) -> bool:
+    return s.matrices == "always" or (s.matrices == "auto" and num_classes <= subspace_report.KEEP_MATRIX_CLASSES)
+
+
+def _pass1(store: FeatureStore, stats: ClassStats, rows: int, keep: np.ndarray) -> None:
+    drop = not bool(keep.all())
     for chunk in store.iter_chunks(rows, reuse=True):
-        stats.update(torch.from_numpy(np.asarray(chunk.features)), torch.from_numpy(chunk.labels))
+        h, y = np.asarray(chunk.features), chunk.labels
+        if drop:
+            sel = keep[y]
+            h, y = h[sel], y[sel]
+        stats.update(torch.from_numpy(h), torch.from_numpy(y))
         del chunk  # before the next read: one chunk in memory at a time
+
+
+class _GroupFeeder:
+    """Feeds one group's accumulator from rows read by a pass (pass 2, or a subspace pass of its own)."""
+
+    def __init__(self, acc: SubspaceAccumulator):
+        self.acc = acc
+
+    def add(self, start: int, h: torch.Tensor, y: torch.Tensor) -> None:
+        z, _ = unit_rows(h)
+        self.acc.update(z, y)
+
+
+def _group_feeder(splan, index: int, stats: ClassStats) -> _GroupFeeder | None:
+    if splan.in_pass1 or index >= len(splan.groups):
+        return None
+    return _GroupFeeder(SubspaceAccumulator(splan.groups[index], stats.dim, stats.device))
+
+
+def _subspace_groups(store: FeatureStore, stats: ClassStats, splan, results, s: MetricSettings, rows: int,
+                     first: _GroupFeeder | None) -> None:
+    """Every group's spectra: the first was fed by pass 2; each further group is read in a pass of its own."""
+    angle_set = set(splan.angle_classes)
+    for index in range(len(splan.groups)):
+        feeder = first if index == 0 else _group_feeder(splan, index, stats)
+        assert feeder is not None
+        if index > 0:
+            for chunk in store.iter_chunks(rows, reuse=True):
+                feeder.add(chunk.start, torch.from_numpy(np.asarray(chunk.features)),
+                           torch.from_numpy(chunk.labels))
+                del chunk
+        distributed.sync(feeder.acc)
+        results.add_group(feeder.acc, s, angle_set)
 
 
 def _inputs(store: FeatureStore, stats: ClassStats, c: compute.Collapse, sha, num_classes: int, layer, empty,

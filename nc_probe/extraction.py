@@ -24,7 +24,7 @@ import torch
 from .devices import amp_context, stats_device
 from .errors import InputError
 from .settings import ExtractionSettings, MetricSettings
-from .stats import ClassStats, check_memory
+from .stats import ClassStats, pass1_classes
 from .store import FeatureStore, StoreWriter, open_store
 from .taps import Tap
 from .text import format_bytes
@@ -165,9 +165,7 @@ class _Run:
                              self.logit_columns) if s]
         if sizes:
             C, d = max(sizes), feats.shape[1]
-            tracked, warning = check_memory(C, d, self.metrics.classes, self.metrics.memory_budget)
-            if warning:
-                self.warnings.append(warning)
+            tracked = pass1_classes(C, d, self.metrics)
             with torch.inference_mode(False):  # normal tensors: callers may merge into them later
                 self.stats = ClassStats(C, d, subspace_classes=tracked, device=self.feeder.device,
                                         backend=self.metrics.backend)

@@ -8,6 +8,9 @@ one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Protocol
+
 import numpy as np
 import torch
 
@@ -21,34 +24,51 @@ PASS2_BLOCK = 4096  # CPU pass 2: rows cast to float64 and scored at a time (a c
 PASS2_READ_ROWS = 16384  # CPU pass 2: rows per read
 
 
-def second_pass(store: FeatureStore, stats: ClassStats, ids, W, rows: int,
-                pca: PCASample | None = None) -> PredictionTally:
-    """Tally the classifier's and the nearest class center's predictions of every row (synced across ranks)."""
-    dev = stats.device
+class Observer(Protocol):
+    """Something else that wants every row of pass 2 (the PCA sample, a group of subspace statistics)."""
+
+    def add(self, start: int, h: torch.Tensor, y: torch.Tensor) -> None: ...
+
+
+def second_pass(store: FeatureStore, stats: ClassStats, ids, W, rows: int, pca: PCASample | None = None, *,
+                keep: np.ndarray | None = None, observers: Sequence[Observer] = ()) -> PredictionTally:
+    """Tally the classifier's and the nearest class center's predictions of every row (synced across ranks).
+
+    ``keep`` (per class): rows of the other classes are left out. ``observers`` see every row read (their own
+    class filters apply). The model's prediction is the argmax of the stored logits when the store has them (the
+    model computed them already: a 32k-way head need not be recomputed), else of ``W h + b``.
+    """
+    observers = ([pca] if pca is not None else []) + list(observers)
     if stats.host_kernels:
-        return _second_pass_host(store, stats, ids, W, rows, pca)
+        return _second_pass_host(store, stats, ids, W, rows, keep, observers)
+    dev = stats.device
     predictor = _predictor(store, stats, ids, W)
     tally = PredictionTally(stats.num_classes)
     for start in range(0, store.num_samples, rows):
         stop = min(start + rows, store.num_samples)
         h = torch.from_numpy(np.asarray(store.read("features", start, stop))).to(dev, torch.float64)
-        logits = store.read("logits", start, stop) if store.has_logits and W is None else None
+        logits = store.read("logits", start, stop) if store.has_logits else None
         y = torch.from_numpy(store.labels_chunk(start, stop))
+        for o in observers:
+            o.add(start, h, y)
+        if keep is not None and not keep.all():
+            sel = torch.from_numpy(keep[y.numpy()])
+            h, y, logits = h[sel.to(dev)], y[sel], None if logits is None else logits[sel.numpy()]
         tally.add(y, *predictor.predict(h, logits))
-        if pca is not None:
-            pca.add(start, h, y)
     return tally.sync()
 
 
 def _predictor(store, stats, ids, W) -> Predictor:
     dev = stats.device
     sel = torch.as_tensor(ids, device=dev)
-    to = dict(dtype=torch.float64, device=dev)
-    return Predictor(stats.mean[sel], sel, None if W is None else torch.as_tensor(W, **to),
-                     None if store.b is None else torch.as_tensor(store.b, **to))
+    if store.has_logits:
+        W = None  # the model's own outputs decide its predictions
+    return Predictor(stats.mean[sel], sel, None if W is None else torch.as_tensor(W, dtype=torch.float64, device=dev),
+                     None if W is None or store.b is None else torch.as_tensor(store.b, dtype=torch.float64,
+                                                                                 device=dev))
 
 
-def _second_pass_host(store, stats, ids, W, rows, pca=None) -> PredictionTally:
+def _second_pass_host(store, stats, ids, W, rows, keep, observers) -> PredictionTally:
     """:func:`second_pass` on the CPU, with the same float64 decisions as :class:`Predictor`, ``PASS2_BLOCK`` rows
     at a time.
 
@@ -57,6 +77,7 @@ def _second_pass_host(store, stats, ids, W, rows, pca=None) -> PredictionTally:
     scored again in float64 exactly as before, so every decision is the float64 one.
     """
     predictor = _predictor(store, stats, ids, W)
+    use_w = predictor.has_classifier
     exact = predictor.positions
     screen = Float32Screen(predictor.cols, predictor.sq, predictor.K, predictor.b)
     tally = PredictionTally(stats.num_classes)
@@ -68,9 +89,15 @@ def _second_pass_host(store, stats, ids, W, rows, pca=None) -> PredictionTally:
         stop = min(start + rows, store.num_samples)
         feats = torch.from_numpy(np.asarray(store.read("features", start, stop, out=read_buf)))
         labels = torch.from_numpy(store.labels_chunk(start, stop))
-        logits = store.read("logits", start, stop) if store.has_logits and W is None else None
-        for s in range(0, stop - start, PASS2_BLOCK):
-            e = min(s + PASS2_BLOCK, stop - start)
+        logits = store.read("logits", start, stop) if store.has_logits else None
+        for o in observers:
+            o.add(start, feats, labels)
+        if keep is not None and not keep.all():
+            sel = keep[labels.numpy()]
+            feats, labels = feats[torch.from_numpy(sel)], labels[torch.from_numpy(sel)]
+            logits = None if logits is None else logits[sel]
+        for s in range(0, len(labels), PASS2_BLOCK):
+            e = min(s + PASS2_BLOCK, len(labels))
             block = feats[s:e]
             h = None
             screened = screen(block) if block.dtype == torch.float32 else None
@@ -85,11 +112,8 @@ def _second_pass_host(store, stats, ids, W, rows, pca=None) -> PredictionTally:
                     if model is not None:
                         model[unsure] = again
             ncc = predictor.ids[ncc]
-            if W is None:
+            if not use_w:
                 model = logits_argmax(None if logits is None else logits[s:e])
-            y = labels[s:e]
-            tally.add(y, ncc, model)
-            if pca is not None:
-                pca.add(start + s, block if h is None else h, y)  # float32 rows promote exactly
-        del feats, labels, logits, block  # before the next read: one chunk in memory at a time
+            tally.add(labels[s:e], ncc, model)
+        del feats, labels, logits  # before the next read: one chunk in memory at a time
     return tally.sync()

@@ -27,6 +27,8 @@ from .errors import InputError
 GiB = 1024**3
 AMP_MODES = ("off", "bf16", "fp16")
 BACKENDS = ("auto", "torch")
+PRECISIONS = ("float64", "float32")
+MATRIX_MODES = ("auto", "always", "never")
 
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20, "g": 1e9,
           "gb": 1e9, "gib": 2**30, "t": 1e12, "tb": 1e12, "tib": 2**40}
@@ -95,10 +97,14 @@ class MetricSettings:
 
     eps2: MCR^2 distortion eps^2 of the coding rates. rank_tol: relative eigenvalue cut-off of ``rank_numerical``.
     subspace_dim: fix the principal-angle basis size k of every class (default: its ``rank_energy95``).
-    classes: class ids whose subspace metrics are computed (default: all that fit ``memory_budget``).
-    memory_budget: bytes the per-class d x d statistics may take. chunk_rows: rows per read (results do not depend
-    on it beyond float rounding). backend: "auto" (numpy kernels on the CPU, torch on GPUs) or "torch" (the torch
-    code path everywhere, as a GPU runs it).
+    classes: class ids whose subspace metrics are computed (default: every class).
+    memory_budget: bytes the per-class subspace statistics and bases may take; beyond it classes are processed in
+    groups, one more pass over the features each. chunk_rows: rows per read (results do not depend on it beyond float
+    rounding). backend: "auto" (numpy kernels on the CPU, torch on GPUs) or "torch" (the torch code path
+    everywhere, as a GPU runs it). min_class_count: classes with fewer samples are left out of every metric.
+    angle_classes: principal angles for the K most frequent classes (None: all, up to 1000; 0: none).
+    angle_precision: "float64" (exact) or "float32" products for the angles (faster; affinities to ~1e-5).
+    matrices: keep the C x C matrices ("auto": up to 4096 classes; "always"; "never": summaries only).
     """
 
     eps2: float = 0.5
@@ -108,6 +114,10 @@ class MetricSettings:
     memory_budget: int = 2 * GiB
     chunk_rows: int | None = None
     backend: str = "auto"
+    min_class_count: int = 1
+    angle_classes: int | None = None
+    angle_precision: str = "float64"
+    matrices: str = "auto"
 
     def __post_init__(self):
         _set(self, "classes", parse_ids(self.classes, "classes"))
@@ -125,6 +135,15 @@ class MetricSettings:
                f"{{chunk_rows}} must be a positive integer, got {self.chunk_rows!r}", "leave it out")
         _check(self.backend in BACKENDS, f"{{backend}} {self.backend!r} is not one of {', '.join(BACKENDS)}",
                "use {backend=auto}")
+        _check(isinstance(self.min_class_count, int) and self.min_class_count >= 1,
+               f"{{min_class_count}} must be a positive integer, got {self.min_class_count!r}", "use e.g. 2")
+        _check(self.angle_classes is None or (isinstance(self.angle_classes, int) and self.angle_classes >= 0),
+               f"{{angle_classes}} must be a count of classes, got {self.angle_classes!r}", "use e.g. 1000, or 0")
+        _check(self.angle_precision in PRECISIONS,
+               f"{{angle_precision}} {self.angle_precision!r} is not one of {', '.join(PRECISIONS)}",
+               "use {angle_precision=float64}")
+        _check(self.matrices in MATRIX_MODES, f"{{matrices}} {self.matrices!r} is not one of "
+               f"{', '.join(MATRIX_MODES)}", "use {matrices=auto}")
 
 
 @dataclass(frozen=True)

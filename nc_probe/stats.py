@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .text import format_bytes
 
 F64 = torch.float64
 GROUP_ROWS = 2048  # CPU update: rows of consecutive classes processed together (a few MiB of float64, in cache)
@@ -345,32 +344,15 @@ def _host_labels(labels) -> np.ndarray:
     return np.asarray(labels).astype(np.int64, copy=False).reshape(-1)
 
 
-def check_memory(num_classes: int, dim: int, subspace_classes, budget: int) -> tuple[list[int] | None, str | None]:
-    """Decide which classes get ``d x d`` statistics under ``budget`` bytes.
-
-    Returns ``(subspace_classes, warning)``: the user's pick when given (an error if it alone exceeds the budget),
-    else all classes when they fit, else none together with a warning that says how to get them.
-    """
-    if subspace_classes is not None:
-        need = subspace_bytes(len(subspace_classes), dim)
-        if need > budget:
-            raise InputError(
-                f"subspace statistics for {len(subspace_classes)} classes of dimension {dim} need "
-                f"{format_bytes(need)}, over the memory budget of {format_bytes(budget)}",
-                fix="pick fewer classes with {classes} or raise {memory_budget}",
-            )
-        return list(subspace_classes), None
-    need = subspace_bytes(num_classes, dim)
-    if need <= budget:
-        return None, None
-    fit = max(0, int(budget // subspace_bytes(1, dim)))
-    head = (f"subspace metrics skipped: {num_classes} classes x {dim}x{dim} float64 matrices need "
-            f"{format_bytes(need)}, over the memory budget of {format_bytes(budget)}")
-    if fit == 0:
-        one = format_bytes(subspace_bytes(1, dim))
-        return [], f"{head}; not even one class fits: raise {{memory_budget}} to at least {one}"
-    return [], (f"{head}; pick up to {fit} classes with {{classes}} (e.g. {{classes=0-{fit - 1}}}) or raise "
-                "{memory_budget}")
+def pass1_classes(num_classes: int, dim: int, settings) -> list[int] | None:
+    """The classes whose d x d moments pass 1 accumulates: all of them (None) or the user's pick when they fit the
+    memory budget that way, else none ([]): the analysis then gathers subspace statistics in groups
+    (:mod:`nc_probe.subspace_report`)."""
+    classes = settings.classes
+    n = num_classes if classes is None else len(classes)
+    if subspace_bytes(n, dim) > settings.memory_budget:
+        return []
+    return None if classes is None else [c for c in classes if c < num_classes]
 
 
 def as_numpy(x) -> np.ndarray:

@@ -31,6 +31,8 @@ FLAGS = {
     "trust_checkpoint": "--trust-checkpoint", "layer": "--layer", "device": "--device", "batch_size": "--batch-size",
     "workers": "--workers", "amp": "--amp", "spill_threshold": "--spill-threshold",
     "save_features": "--save-features", "fmt": "--format", "out": "--out",
+    "min_class_count": "--min-class-count", "angle_classes": "--angle-classes",
+    "angle_precision": "--angle-precision", "matrices": "--matrices",
 }
 SWITCHES = {"trust_checkpoint"}  # flags that take no value
 
@@ -64,6 +66,19 @@ Classes = Annotated[str | None, _option(
 MemoryBudget = Annotated[str | None, _option(
     "--memory-budget", f"Memory for the per-class d x d statistics, e.g. 2GiB [default: "
                        f"{format_bytes(_m.memory_budget)}].", METRICS)]
+
+MinClassCount = Annotated[int | None, _option(
+    "--min-class-count", "Leave out of every metric the classes with fewer samples than this [default: 1: none].",
+    METRICS)]
+AngleClasses = Annotated[int | None, _option(
+    "--angle-classes", "Principal angles for the K most frequent classes (0: none) [default: all, up to 1000].",
+    METRICS)]
+AnglePrecision = Annotated[str | None, _option(
+    "--angle-precision", "float64 (exact) or float32 products for the principal angles (about twice as fast on "
+                         "CPUs; affinities to ~1e-5) [default: float64].", METRICS)]
+Matrices = Annotated[str | None, _option(
+    "--matrices", "Keep the class x class matrices (cosines, angles): auto (up to 4096 classes; above 100 in a side "
+                  "file beside the JSON), always, or never (summaries only) [default: auto].", METRICS)]
 
 # ------------------------------------------------------------------------------------------------- model settings
 Arch = Annotated[str | None, _option(

@@ -109,6 +109,10 @@ def _move_into_place(src: Path, dst: Path, is_dir: bool) -> None:
         return  # an output the command had nothing to write to
     dst.parent.mkdir(parents=True, exist_ok=True)
     if not is_dir:
+        # with its companions (a report's side file of matrices), written beside it in its own staging folder
+        for item in sorted(src.parent.iterdir()):
+            if item != src:
+                os.replace(item, dst.parent / item.name)
         os.replace(src, dst)
         return
     dst.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,11 @@ passed in. NC4 and the accuracies need a second pass over the features: :mod:`nc
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+from .pairs import TILE_ROWS, MatrixSink, PairSummary, sweep
 
 EPS64 = np.finfo(np.float64).eps
 
@@ -81,3 +85,95 @@ def nc2(vectors: np.ndarray) -> dict[str, float]:
 def nc3(W: np.ndarray, M: np.ndarray) -> float:
     """``|| W^T/||W||_F - M/||M||_F ||_F^2`` (W: C x d, M: d x C, same class order)."""
     return float(np.square(W.T / np.linalg.norm(W) - M / np.linalg.norm(M)).sum())
+
+
+# ------------------------------------------------------------------------------------------ pairs, tile by tile
+@dataclass
+class PairCollapse:
+    """The pair-based collapse metrics of one set of class vectors, and the summaries the report keeps."""
+
+    metrics: dict
+    cosine: PairSummary
+    cdnv: PairSummary | None = None
+    cosine_matrix: np.ndarray | None = None
+
+
+def mean_pair_metrics(M: np.ndarray, variances: np.ndarray, *, keep_matrix: bool = False,
+                      tile_rows: int = TILE_ROWS) -> PairCollapse:
+    """nc1_cdnv and the NC2 measures of the centred means (columns of ``M``, d x C), from one tiled sweep over
+    their Gram matrix; with ``keep_matrix`` also the C x C cosines.
+
+    CDNV: distances come from the centred means' Gram (centring removes a common offset before the expansion, so it
+    does not cancel when the means sit far from the origin); pairs that nearly coincide (distance^2 under 1e-3 of
+    their squared norms) would still cancel, so they are recomputed as direct differences.
+    """
+    V = np.ascontiguousarray(M.T)
+    sq = np.einsum("ij,ij->i", V, V)
+    state = _Nc2Sweep(V, keep_matrix)
+    cdnv = PairSummary(bounds=(1e-12, 1e12), extreme="largest", log=True)
+    cdnv_sum = [0.0]
+
+    def visit(i0, j0, G, rows, cols):
+        state.visit(i0, j0, G, rows, cols)
+        a, b = rows + i0, cols + j0
+        dist2 = np.maximum(sq[a] + sq[b] - 2 * G[rows, cols], 0)
+        close = np.flatnonzero(dist2 < 1e-3 * (sq[a] + sq[b]))
+        if len(close):
+            dist2[close] = np.square(V[a[close]] - V[b[close]]).sum(1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            term = (variances[a] + variances[b]) / (2 * dist2)
+        cdnv_sum[0] += float(term.sum())
+        cdnv.add(term, a, b)
+
+    sweep(V, visit, tile_rows)
+    metrics = state.metrics()
+    C = len(V)
+    metrics = {"nc1_cdnv": cdnv_sum[0] / (C * (C - 1) / 2), **{f"{k}_M": v for k, v in metrics.items()}}
+    return PairCollapse(metrics, state.cosine, cdnv, None if state.matrix is None else state.matrix.matrix)
+
+
+def row_pair_metrics(vectors: np.ndarray, *, tile_rows: int = TILE_ROWS) -> PairCollapse:
+    """The four NC2 measures of rows ``vectors`` (C x d, e.g. the classifier's rows), from one tiled sweep."""
+    V = np.ascontiguousarray(vectors, dtype=np.float64)
+    state = _Nc2Sweep(V, False)
+    sweep(V, state.visit, tile_rows)
+    return PairCollapse(state.metrics(), state.cosine)
+
+
+class _Nc2Sweep:
+    """Accumulates equiangle (std of pairwise cosines), maxangle (mean |cos + 1/(C-1)|) and the distance of the
+    normalized Gram to the simplex ETF, tile by tile."""
+
+    def __init__(self, V: np.ndarray, keep_matrix: bool):
+        C = len(V)
+        self.C = C
+        self.norms = np.linalg.norm(V, axis=1)
+        self.safe = np.where(self.norms > 0, self.norms, 1.0)
+        # ||G||_F from the d x d Gram: the same number, without the C x C matrix.
+        self.gnorm = float(np.linalg.norm(V.T @ V))
+        self.e_off = -1.0 / (C * np.sqrt(C - 1))
+        self.e_diag = (1.0 - 1.0 / C) / np.sqrt(C - 1)
+        self.cosine = PairSummary(bounds=(-1.0, 1.0), extreme="largest")
+        self.abs_dev = 0.0
+        self.etf_off = 0.0
+        self.matrix = MatrixSink(C, 1.0) if keep_matrix else None
+
+    def visit(self, i0, j0, G, rows, cols) -> None:
+        a, b = rows + i0, cols + j0
+        g = G[rows, cols]
+        cos = g / (self.safe[a] * self.safe[b])
+        self.cosine.add(cos, a, b)
+        self.abs_dev += float(np.abs(cos + 1.0 / (self.C - 1)).sum())
+        if self.gnorm > 0:
+            self.etf_off += float(np.square(g / self.gnorm - self.e_off).sum())
+        if self.matrix is not None:
+            self.matrix.put(i0, j0, G / np.outer(self.safe[i0:i0 + G.shape[0]], self.safe[j0:j0 + G.shape[1]]))
+
+    def metrics(self) -> dict:
+        norms, pairs = self.norms, self.C * (self.C - 1) / 2
+        etf = float("nan")
+        if self.gnorm > 0:
+            diag = float(np.square(norms**2 / self.gnorm - self.e_diag).sum())
+            etf = float(np.sqrt(diag + 2 * self.etf_off))
+        return {"nc2_equinorm": float(norms.std() / norms.mean()) if norms.mean() > 0 else float("nan"),
+                "nc2_equiangle": self.cosine.std, "nc2_maxangle": self.abs_dev / pairs, "nc2_etf": etf}

@@ -54,7 +54,7 @@ def energy_rank(lam: np.ndarray, fraction: float) -> int:
     return int(np.searchsorted(cum, fraction * total * (1 - 8 * np.finfo(float).eps)) + 1)
 
 
-def effective_rank(lam: np.ndarray) -> float:
+def effective_rank(lam: np.ndarray, size: int | None = None) -> float:
     """Roy & Vetterli: ``exp(entropy(p))`` with ``p_j = sigma_j / sum sigma``, ``sigma_j = sqrt(lambda_j)``.
 
     Eigenvalues at rounding level (``<= len(lam) * eps64 * lambda_max``, the ``matrix_rank`` cutoff) count as 0:
@@ -62,8 +62,8 @@ def effective_rank(lam: np.ndarray) -> float:
     over hundreds of null directions, shift the entropy by 1e-6 relative or more (e.g. collapsed classes).
     """
     lam = np.asarray(lam, dtype=np.float64)
-    if lam.size:
-        lam = np.where(lam > lam.size * np.finfo(np.float64).eps * lam.max(), lam, 0.0)
+    if lam.size:  # ``size``: the order of the matrix, when ``lam`` holds only its nonzero part (the Gram route)
+        lam = np.where(lam > (size or lam.size) * np.finfo(np.float64).eps * lam.max(), lam, 0.0)
     sigma = np.sqrt(lam)
     total = sigma.sum()
     if total <= 0:

@@ -1,0 +1,163 @@
+"""The subspace half of a report: which classes, in which groups, and their ranks, coding rates and angles.
+
+:func:`plan` decides, from the class counts (known before any pass), what is computed: the subspace classes (the
+user's, else every class with samples), the angle classes (at most ``angle_classes`` of them, the most frequent),
+and how their statistics are accumulated: in pass 1 as d x d moments when every class fits the memory budget that
+way (then nothing else is read), else in groups (:mod:`nc_probe.subspaces`), the first one during pass 2 and each
+further one in a pass of its own. :func:`finish` turns the groups' statistics into per-class results, the coding
+rates and the principal angles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .angles import AngleResult, all_pair_angles
+from .errors import InputError
+from .metrics import subspace
+from .settings import MetricSettings
+from .spectra import ClassSpectrum, class_spectrum
+from .stats import ClassStats, subspace_bytes
+from .subspaces import ClassPlan, SubspaceAccumulator, class_plans, plan_groups
+from .text import format_bytes
+
+AUTO_ANGLE_CLASSES = 1000  # above this many classes, principal angles for the most frequent ones only
+INLINE_MATRIX_CLASSES = 100  # up to this many classes, the C x C matrices are in the report JSON itself
+KEEP_MATRIX_CLASSES = 4096  # up to this many, they go to the side file by default (64 MiB per matrix)
+
+
+@dataclass
+class SubspacePlan:
+    """What the subspace metrics cover and how their statistics are gathered."""
+
+    classes: list[int]  # subspace classes with samples
+    angle_classes: list[int]
+    in_pass1: bool  # every class's d x d moments accumulated by ClassStats in pass 1
+    groups: list[list[ClassPlan]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def tracked(self) -> list[int] | None:
+        """The classes ClassStats must track in pass 1 (None: all; []: none)."""
+        return self.classes if self.in_pass1 else []
+
+
+def plan(counts: np.ndarray, dim: int, settings: MetricSettings) -> SubspacePlan:
+    """The plan for these class counts (see the module docstring)."""
+    analysed = counts >= max(settings.min_class_count, 1)
+    if settings.classes is not None:
+        bad = [c for c in settings.classes if c >= len(counts)]
+        if bad:
+            raise InputError(f"{{classes}} names {bad[:5]} but the labels only go from 0 to {len(counts) - 1}",
+                             fix="pick class indices in that range")
+    classes = [int(c) for c in (np.flatnonzero(analysed) if settings.classes is None else settings.classes)
+               if analysed[c]]
+    notes = []
+    angle_classes = _angle_classes(counts, classes, settings, notes)
+    budget = settings.memory_budget
+    if subspace_bytes(len(classes), dim) <= budget:
+        return SubspacePlan(classes, angle_classes, True, notes=notes)
+    plans = class_plans(counts, classes, dim)
+    groups = plan_groups(plans, dim, budget // 4)
+    if len(groups) > 1:
+        notes.append(f"subspace statistics in {len(groups)} groups of at most {format_bytes(budget // 4)} "
+                     f"(a quarter of {{memory_budget}}), one more pass over the features each")
+    return SubspacePlan(classes, angle_classes, False, groups, notes)
+
+
+def _angle_classes(counts: np.ndarray, classes: list[int], settings: MetricSettings, notes: list[str]) -> list[int]:
+    limit = settings.angle_classes
+    if limit is None:
+        limit = AUTO_ANGLE_CLASSES
+        if len(classes) > limit:
+            notes.append(f"principal angles for the {limit} most frequent of {len(classes)} classes "
+                         f"({len(classes) * (len(classes) - 1) // 2:,} pairs would be needed for all); "
+                         "{angle_classes} chooses how many")
+    if len(classes) <= limit:
+        return list(classes)
+    by_count = sorted(classes, key=lambda c: (-counts[c], c))[:limit]
+    return sorted(by_count)
+
+
+def pass1_accumulator(stats: ClassStats, classes: list[int]) -> SubspaceAccumulator:
+    """The moments ClassStats gathered in pass 1, as a group accumulator (no copy)."""
+    count = stats.count.cpu().numpy()
+    plans = [ClassPlan(c, int(count[c]), "moments") for c in classes if count[c] > 0]
+    acc = SubspaceAccumulator([], stats.dim, stats.device)
+    acc.plans = {p.cls: p for p in plans}
+    slots = {c: s for s, c in enumerate(stats.subspace_classes)}
+    acc.moments = {p.cls: stats.zz[slots[p.cls]] for p in plans}
+    return acc
+
+
+@dataclass
+class SubspaceResults:
+    """Per-class spectra (in class order), and what the report keeps of them."""
+
+    spectra: dict[int, ClassSpectrum] = field(default_factory=dict)
+
+    def add_group(self, acc: SubspaceAccumulator, settings: MetricSettings, angle_classes: set[int]) -> None:
+        """Spectra of one group's classes, one eigendecomposition per class on every core."""
+        def one(c: int) -> ClassSpectrum:
+            return class_spectrum(acc, c, settings, keep_basis=c in angle_classes)
+
+        for spec in subspace.parallel_map(one, acc.classes):
+            self.spectra[spec.cls] = spec
+
+
+def finish(stats: ClassStats, count: np.ndarray, splan: SubspacePlan, results: SubspaceResults,
+           settings: MetricSettings) -> tuple[dict, dict, dict, dict, list[str]]:
+    """``(scalar metrics, per-class lists, angles, pair summaries, warnings)`` of the subspace metrics."""
+    d, N = stats.dim, int(count.sum())
+    out: dict[str, float | None] = {"coding_rate_max": subspace.coding_rate_max(d, settings.eps2)}
+    lam_total = np.linalg.eigvalsh(stats.second_moment_total().cpu().numpy() / N)
+    out["coding_rate"] = subspace.coding_rate(np.maximum(lam_total, 0), d, settings.eps2)
+    tracked = [c for c in splan.classes if c in results.spectra]
+    per: dict[str, list] = {k: [results.spectra[c].metrics[k] for c in tracked] for k in
+                            ("rank_energy95", "rank_energy99", "rank_effective", "rank_numerical",
+                             "coding_rate_class", "basis_dim")}
+    per["spectrum"] = [results.spectra[c].spectrum for c in tracked]
+    warnings = list(splan.notes)
+    present = set(np.flatnonzero(count).tolist())
+    if tracked and set(tracked) == present:
+        rc = float(np.dot(count[tracked] / N, per["coding_rate_class"]))
+        out["coding_rate_within"], out["rate_reduction"] = rc, float(out["coding_rate"]) - rc  # type: ignore[arg-type]
+    else:
+        out["coding_rate_within"] = out["rate_reduction"] = None
+        if tracked:
+            warnings.append("coding_rate_within and rate_reduction need every class; they are left out because "
+                            "subspace statistics were kept for only some classes")
+    angle_ids = [c for c in splan.angle_classes if c in results.spectra]
+    bases = [results.spectra[c].basis for c in angle_ids]
+    keep = _keep_matrices(len(angle_ids), settings)
+    angles_result = all_pair_angles([b for b in bases if b is not None], keep_matrices=keep,
+                                    device=stats.device, precision=settings.angle_precision)
+    out.update(angles_result.metrics)
+    warnings += _angle_warnings(angles_result, d)
+    angles = {"class_ids": angle_ids, "angle_min": _matrix(angles_result.angle_matrix, len(angle_ids)),
+              "subspace_affinity": _matrix(angles_result.affinity_matrix, len(angle_ids)),
+              "forced_zero_pairs": angles_result.forced_zero_pairs}
+    return out, {"subspace_class_ids": tracked, **per}, angles, _angle_summaries(angles_result), warnings
+
+
+def _keep_matrices(n: int, settings: MetricSettings) -> bool:
+    return settings.matrices == "always" or (settings.matrices == "auto" and n <= KEEP_MATRIX_CLASSES)
+
+
+def _matrix(matrix: np.ndarray | None, n: int):
+    return None if matrix is None or n < 2 else matrix
+
+
+def _angle_summaries(result: AngleResult) -> dict:
+    return {"angle_min": result.angle, "subspace_affinity": result.affinity} if result.angle.count else {}
+
+
+def _angle_warnings(result: AngleResult, d: int) -> list[str]:
+    forced = result.forced_zero_pairs
+    if not forced:
+        return []
+    return [f"{forced} of {result.angle.count} class pairs have bases of k_c + k_c' > d={d} dimensions, so their "
+            "smallest principal angle is 0 by dimension count, not by measurement (each class's k is per_class "
+            "basis_dim); read subspace_affinity for those pairs, or fix k with {subspace_dim}"]
