@@ -109,7 +109,7 @@ class Report:
         if side:
             name = path.with_suffix("").name + ".matrices.npz"
             buf = io.BytesIO()
-            np.savez(buf, **side)
+            np.savez(buf, **side)  # type: ignore[arg-type]  # numpy types the keyword arrays as allow_pickle
             atomic_write_text(path.parent / name, buf.getvalue())
             self.matrices_file = name
         return atomic_write_text(path, self.to_json())

@@ -54,7 +54,7 @@ def plan(counts: np.ndarray, dim: int, settings: MetricSettings) -> SubspacePlan
                              fix="pick class indices in that range")
     classes = [int(c) for c in (np.flatnonzero(analysed) if settings.classes is None else settings.classes)
                if analysed[c]]
-    notes = []
+    notes: list[str] = []
     angle_classes = _angle_classes(counts, classes, settings, notes)
     budget = settings.memory_budget
     if subspace_bytes(len(classes), dim) <= budget:
