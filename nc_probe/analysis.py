@@ -256,6 +256,8 @@ def _num_classes(store: FeatureStore, labels: np.ndarray) -> int:
         raise InputError(f"{len(store.class_names)} class names but the labels go up to {top - 1}",
                          path=store.source, fix="give one name per class")
     sizes = [top] + ([store.W.shape[0]] if store.W is not None else [])
+    if isinstance(store.metadata.get("num_outputs"), int):  # the classifier's width, recorded at extraction
+        sizes.append(store.metadata["num_outputs"])
     if store.has_logits:
         sizes.append(store.read("logits", 0, 1).shape[1])
         if sizes[-1] < top:

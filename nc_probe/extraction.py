@@ -129,9 +129,11 @@ class _Run:
                              fix="pass the data the model was trained on ({data}), or select classes with "
                                  "{data_classes}")
         self._feed_stats(feats, y, batch_top)
-        logits = logits if self.logit_columns is not None else None
+        # The model's own prediction, not its logits: at a 32k-way head the logits of 200k samples would take 25 GB,
+        # and pass 2 needs only their argmax (instead of recomputing W h + b for every class).
+        predictions = None if self.logit_columns is None or logits is None else logits.argmax(1)
         self.sink.append(feats.cpu().numpy(), y.cpu().numpy().astype(np.int64, copy=False),
-                         None if logits is None else logits.float().cpu().numpy())
+                         None if predictions is None else predictions.cpu().numpy())
         self.done += len(y)
         if self.ctx.progress is not None:
             self.ctx.progress(self.done, self.ctx.total)
@@ -214,20 +216,20 @@ class _FeatureSink:
         self.spill_dir: str | None = None
         self.warnings: list[str] = []
 
-    def append(self, h: np.ndarray, y: np.ndarray, logits: np.ndarray | None) -> None:
+    def append(self, h: np.ndarray, y: np.ndarray, predictions: np.ndarray | None) -> None:
         if self.writer is None:
-            self.parts.append((h, y, logits))
-            self.held += h.nbytes + y.nbytes + (0 if logits is None else logits.nbytes)
+            self.parts.append((h, y, predictions))
+            self.held += h.nbytes + y.nbytes + (0 if predictions is None else predictions.nbytes)
             if self.held > self.threshold:
                 self._spill()
         else:
-            self.writer.append(h, y, logits)
+            self.writer.append(h, y, predictions=predictions)
 
     def _spill(self) -> None:
         self.spill_dir = tempfile.mkdtemp(prefix="nc-probe-features-")
         self.writer = StoreWriter(os.path.join(self.spill_dir, "features.safetensors"), class_names=self.class_names)
-        for part in self.parts:
-            self.writer.append(*part)
+        for h, y, predictions in self.parts:
+            self.writer.append(h, y, predictions=predictions)
         self.parts = []
         self.warnings.append(f"the features exceed the spill threshold ({format_bytes(self.threshold)}); they are "
                              f"kept on disk in {self.spill_dir} during the analysis ({{spill_threshold}})")
@@ -236,9 +238,9 @@ class _FeatureSink:
         if self.writer is not None:
             self.writer.metadata = meta
             return open_store(self.writer.close(W=tap.W, b=tap.b))
-        h, y, logits = zip(*self.parts)
+        h, y, predictions = zip(*self.parts)
         return FeatureStore.from_arrays(np.concatenate(h), np.concatenate(y),
-                                        logits=None if logits[0] is None else np.concatenate(logits),
+                                        predictions=None if predictions[0] is None else np.concatenate(predictions),
                                         W=tap.W, b=tap.b, class_names=self.class_names, metadata=meta, source=source)
 
     def abort(self) -> None:

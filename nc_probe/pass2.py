@@ -47,7 +47,7 @@ def second_pass(store: FeatureStore, stats: ClassStats, ids, W, rows: int, pca: 
     for start in range(0, store.num_samples, rows):
         stop = min(start + rows, store.num_samples)
         h = torch.from_numpy(np.asarray(store.read("features", start, stop))).to(dev, torch.float64)
-        logits = store.read("logits", start, stop) if store.has_logits else None
+        logits = _model_outputs(store, start, stop)
         y = torch.from_numpy(store.labels_chunk(start, stop))
         for o in observers:
             o.add(start, h, y)
@@ -58,10 +58,18 @@ def second_pass(store: FeatureStore, stats: ClassStats, ids, W, rows: int, pca: 
     return tally.sync()
 
 
+def _model_outputs(store: FeatureStore, start: int, stop: int):
+    """The model's predictions of rows ``[start, stop)`` when the store has them (as classes, or as logits whose
+    argmax is taken), else None."""
+    if store.has_predictions:
+        return store.read("predictions", start, stop).astype(np.int64)
+    return store.read("logits", start, stop) if store.has_logits else None
+
+
 def _predictor(store, stats, ids, W) -> Predictor:
     dev = stats.device
     sel = torch.as_tensor(ids, device=dev)
-    if store.has_logits:
+    if store.has_logits or store.has_predictions:
         W = None  # the model's own outputs decide its predictions
     return Predictor(stats.mean[sel], sel, None if W is None else torch.as_tensor(W, dtype=torch.float64, device=dev),
                      None if W is None or store.b is None else torch.as_tensor(store.b, dtype=torch.float64,
@@ -89,7 +97,7 @@ def _second_pass_host(store, stats, ids, W, rows, keep, observers) -> Prediction
         stop = min(start + rows, store.num_samples)
         feats = torch.from_numpy(np.asarray(store.read("features", start, stop, out=read_buf)))
         labels = torch.from_numpy(store.labels_chunk(start, stop))
-        logits = store.read("logits", start, stop) if store.has_logits else None
+        logits = _model_outputs(store, start, stop)
         for o in observers:
             o.add(start, feats, labels)
         if keep is not None and not keep.all():

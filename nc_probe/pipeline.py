@@ -137,7 +137,7 @@ def _run(loaded: LoadedModel, s: Settings, *, save_features, progress: bool, sha
         info = {"source": loaded.source, "data": source.spec, "split": source.split, "format": loaded.format,
                 "arch": loaded.arch, "device": str(dev), "amp": s.extraction.amp,
                 "batch_size": s.extraction.batch_size, "sha256": sha.result() if sha is not None else None,
-                "layer": tap.layer}
+                "layer": tap.layer, "num_outputs": tap.num_outputs}
         return {k: v for k, v in info.items() if v is not None}
 
     total = len(source) if source.sized else None

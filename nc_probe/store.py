@@ -30,8 +30,9 @@ from .files import file_sha256
 FORMAT = "nc-probe-features"
 FORMAT_VERSION = "1"
 ALIASES = {"H": "features", "features": "features", "y": "labels", "labels": "labels", "logits": "logits",
+           "predictions": "predictions",
            "W": "W", "b": "b", "class_names": "class_names"}
-ROW_ARRAYS = ("features", "labels", "logits")
+ROW_ARRAYS = ("features", "labels", "logits", "predictions")
 _ST_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
               "U8": "u1", "BOOL": "?"}
 _ST_NAMES = {np.dtype(v).str: k for k, v in _ST_DTYPES.items()}
@@ -57,6 +58,7 @@ class FeatureStore:
     class_names: list[str] | None = None
     metadata: dict = field(default_factory=dict)
     has_logits: bool = False
+    has_predictions: bool = False  # the model's own predicted class per row (argmax of its output)
     _arrays: dict | None = field(default=None, repr=False)
     _file: _SafetensorsFile | None = field(default=None, repr=False)
     _row0: int = field(default=0, repr=False)
@@ -64,15 +66,19 @@ class FeatureStore:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_arrays(cls, features, labels, *, logits=None, W=None, b=None, class_names=None, metadata=None,
+    def from_arrays(cls, features, labels, *, logits=None, predictions=None, W=None, b=None, class_names=None,
+                    metadata=None,
                     source="<arrays>") -> FeatureStore:
         arrays = {"features": _to_numpy(features), "labels": _to_numpy(labels)}
         if logits is not None:
             arrays["logits"] = _to_numpy(logits)
+        if predictions is not None:
+            arrays["predictions"] = _to_numpy(predictions).astype(np.int64)
         store = cls(source=source, num_samples=0, dim=0, _arrays=arrays,
                     W=None if W is None else _to_numpy(W), b=None if b is None else _to_numpy(b),
                     class_names=None if class_names is None else [str(c) for c in class_names],
-                    metadata=dict(metadata or {}), has_logits=logits is not None)
+                    metadata=dict(metadata or {}), has_logits=logits is not None,
+                    has_predictions=predictions is not None)
         store._validate_shapes({k: v.shape for k, v in arrays.items()})
         return store
 
@@ -91,6 +97,9 @@ class FeatureStore:
         if "logits" in shapes and (len(shapes["logits"]) != 2 or shapes["logits"][0] != feats[0]):
             raise InputError(f"logits of shape {tuple(shapes['logits'])} do not match {feats[0]} samples", path=src,
                              fix="store logits as (N, C) or leave them out")
+        if "predictions" in shapes and tuple(shapes["predictions"]) != (feats[0],):
+            raise InputError(f"predictions of shape {tuple(shapes['predictions'])} do not match {feats[0]} samples",
+                             path=src, fix="store one predicted class per row, or leave them out")
         if self.W is not None:
             if self.W.ndim != 2 or self.W.shape[1] != self.dim:
                 raise InputError(f"W has shape {self.W.shape} but the features have d={self.dim}", path=src,
@@ -266,7 +275,8 @@ def _open_safetensors(path: str) -> FeatureStore:
     class_names = json.loads(meta["class_names"]) if "class_names" in meta else None
     store = FeatureStore(source=path, num_samples=0, dim=0, W=small.get("W"), b=small.get("b"),
                          class_names=class_names, metadata=json.loads(meta.get("metadata", "{}")),
-                         has_logits="logits" in names.values())
+                         has_logits="logits" in names.values(),
+                         has_predictions="predictions" in names.values())
     st.alias = {k: n for n, k in names.items()}
     store._file = st
     store._validate_shapes({k: st.shape(n) for n, k in names.items()})
@@ -284,7 +294,8 @@ def _canonical_names(names: list[str], path: str) -> dict[str, str]:
     unknown = [n for n in names if n not in ALIASES]
     if unknown:
         raise InputError(f"unknown array name(s) {unknown}", path=path,
-                         fix="name the arrays H or features, y or labels, and optionally logits, W, b, class_names")
+                         fix="name the arrays H or features, y or labels, and optionally logits, predictions, W, b, "
+                             "class_names")
     mapped = {n: ALIASES[n] for n in names}
     for need, spellings in (("features", "H or features"), ("labels", "y or labels")):
         hits = [n for n, k in mapped.items() if k == need]
@@ -305,6 +316,7 @@ def _store_from_dict(arrays: dict, path: str) -> FeatureStore:
             else [str(c) for c in class_names]
     try:
         return FeatureStore.from_arrays(data["features"], data["labels"], logits=data.get("logits"),
+                                        predictions=data.get("predictions"),
                                         W=data.get("W"), b=data.get("b"), class_names=class_names, source=path)
     except (TypeError, ValueError) as e:
         if isinstance(e, InputError):
@@ -346,13 +358,15 @@ class StoreWriter:
         self.info: dict[str, tuple] = {}
         self.rows_written: dict[str, int] = {}
 
-    def append(self, features, labels, logits=None) -> None:
+    def append(self, features, labels, logits=None, predictions=None) -> None:
         rows = {"features": features, "labels": labels}
         if logits is not None:
             rows["logits"] = logits
+        if predictions is not None:
+            rows["predictions"] = predictions
         for name, arr in rows.items():
             a = np.ascontiguousarray(_to_numpy(arr))
-            if name == "labels":
+            if name in ("labels", "predictions"):
                 a = a.astype("<i8")
             elif a.dtype not in (np.float32, np.float64):
                 a = a.astype("<f4")
@@ -415,11 +429,12 @@ class StoreWriter:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def write_store(path, features, labels, *, logits=None, W=None, b=None, class_names=None, metadata=None) -> Path:
+def write_store(path, features, labels, *, logits=None, predictions=None, W=None, b=None, class_names=None,
+                metadata=None) -> Path:
     """Write a FeatureStore file from in-memory arrays (atomically: a temp file, then a rename)."""
     w = StoreWriter(path, class_names=class_names, metadata=metadata)
     try:
-        w.append(features, labels, logits)
+        w.append(features, labels, logits, predictions)
         return w.close(W=W, b=b)
     except BaseException:
         w.abort()

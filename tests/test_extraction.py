@@ -102,8 +102,9 @@ def test_default_tap_is_input_of_the_final_linear(blobs):
     with make_tap(model) as tap:
         feats, logits = tap(x)
     assert not model[4]._forward_pre_hooks
-    assert isinstance(tap, ModuleTap) and tap.layer == "4 (input)" and logits is None
+    assert isinstance(tap, ModuleTap) and tap.layer == "4 (input)"
     torch.testing.assert_close(feats, _penultimate(model, x))
+    torch.testing.assert_close(logits, model(x))  # the model's output, for its predictions in pass 2
     np.testing.assert_allclose(tap.W, model[4].weight.detach().double().numpy())
     np.testing.assert_allclose(tap.b, model[4].bias.detach().double().numpy())
     assert tap.num_outputs == 4

@@ -93,7 +93,11 @@ class Predictor:
 
 
 def logits_argmax(logits) -> torch.Tensor | None:
-    return None if logits is None else torch.argmax(torch.as_tensor(logits), dim=1)
+    """The predicted class of each row: the argmax of logits (N, C), or predicted classes (N,) as they are."""
+    if logits is None:
+        return None
+    t = torch.as_tensor(logits)
+    return t.long() if t.ndim == 1 else torch.argmax(t, dim=1)
 
 
 class StreamingTally(PredictionTally):

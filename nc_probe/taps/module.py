@@ -84,7 +84,7 @@ class ModuleTap(Tap):
         if feats is None:
             raise InputError(f"{where} did not run in the forward pass", fix="pick another {layer}")
         feats = _flat(feats, where)
-        return feats, (_logits(out, len(feats), self.num_outputs) if self.requested else None)
+        return feats, _logits(out, len(feats), self.num_outputs)
 
     def close(self) -> None:
         for h in self._handles:
