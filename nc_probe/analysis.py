@@ -81,7 +81,7 @@ class _Analysis:
         self.store, self.s, self.device = store, s, device
         labels = store.labels()
         self.num_classes = distributed.all_reduce_max(_num_classes(store, labels))
-        counts = _global_counts(labels, self.num_classes)
+        self.counts = counts = _global_counts(labels, self.num_classes)
         del labels  # N int64: not kept through the passes (memory flat in N)
         self.keep = counts >= s.min_class_count  # classes analysed; the others' rows are left out everywhere
         self.splan = subspace_report.plan(counts, store.dim, s)
@@ -140,7 +140,7 @@ class _Analysis:
         c, stats, s = self.c, self.stats, self.s
         sub, sub_lists, angles, sub_pairs, sub_warnings = self.subspace
         metrics = {**c.metrics, **compute.prediction_metrics(self.tally, int(c.n.sum())), **sub}
-        data_warnings, empty, excluded = compute.data_warnings(stats, c.ids, s.min_class_count)
+        data_warnings, empty, excluded = compute.data_warnings(stats, c.ids, s.min_class_count, self.counts)
         report_inputs = _inputs(self.store, stats, c, self.sha, self.num_classes, layer, empty, self.W is not None)
         report_inputs["excluded_classes"] = excluded
         names = report_inputs["class_names"]

@@ -50,8 +50,9 @@ class AngleResult:
 
 
 def all_pair_angles(bases: list[np.ndarray], *, keep_matrices: bool = False, device="cpu",
-                    precision: str = "float64", tile_columns: int = TILE_COLUMNS) -> AngleResult:
-    """``angle_min`` (degrees) and ``subspace_affinity`` of every pair of ``bases`` (d x k_c, orthonormal)."""
+                    precision: str = "float64", tile_columns: int | None = None) -> AngleResult:
+    """``angle_min`` (degrees) and ``subspace_affinity`` of every pair of ``bases`` (d x k_c, orthonormal);
+    ``tile_columns`` (default :data:`TILE_COLUMNS`) bounds the stacked basis columns of a tile side."""
     K = len(bases)
     d = bases[0].shape[0] if K else 0
     result = AngleResult(PairSummary(bounds=(0.0, 90.0), extreme="smallest"),
@@ -66,7 +67,7 @@ def all_pair_angles(bases: list[np.ndarray], *, keep_matrices: bool = False, dev
     U = torch.from_numpy(np.concatenate([bases[c] for c in order], axis=1)).to(torch.device(device), dtype)
     ks = k[order]
     offsets = np.concatenate([[0], np.cumsum(ks)])
-    for (a0, a1), (b0, b1) in _class_tiles(ks, tile_columns):
+    for (a0, a1), (b0, b1) in _class_tiles(ks, tile_columns or TILE_COLUMNS):
         P = (U[:, offsets[a0]:offsets[a1]].T @ U[:, offsets[b0]:offsets[b1]]).cpu().double()
         cos2, ssq, pa, pb = _tile_gram_tops(P, ks, offsets, (a0, a1), (b0, b1))
         _record(result, cos2, ssq, order[pa], order[pb], k, bases, d, EXACT_COS2[precision])

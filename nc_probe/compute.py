@@ -109,10 +109,12 @@ def pair_summaries(c: Collapse, subspace_pairs: dict, names: list[str], angle_id
     return out
 
 
-def data_warnings(stats: ClassStats, ids: np.ndarray, min_count: int = 1) -> tuple[list[str], list[int], list[int]]:
+def data_warnings(stats: ClassStats, ids: np.ndarray, min_count: int = 1,
+                  count: np.ndarray | None = None) -> tuple[list[str], list[int], list[int]]:
     """Warnings about the data itself (zero vectors, empty and excluded classes, shapes), the empty classes and
-    the classes left out for having fewer than ``min_count`` samples."""
-    count = stats.count.cpu().numpy()
+    the classes left out for having fewer than ``min_count`` samples. ``count``: samples per class before any was
+    left out (default: the counts of ``stats``)."""
+    count = stats.count.cpu().numpy() if count is None else count
     zero = int(stats.zero_norm.sum())
     warnings = []
     if zero:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .pairs import TILE_ROWS, MatrixSink, PairSummary, sweep
+from .pairs import MatrixSink, PairSummary, sweep
 
 EPS64 = np.finfo(np.float64).eps
 
@@ -99,7 +99,7 @@ class PairCollapse:
 
 
 def mean_pair_metrics(M: np.ndarray, variances: np.ndarray, *, keep_matrix: bool = False,
-                      tile_rows: int = TILE_ROWS) -> PairCollapse:
+                      tile_rows: int | None = None) -> PairCollapse:
     """nc1_cdnv and the NC2 measures of the centred means (columns of ``M``, d x C), from one tiled sweep over
     their Gram matrix; with ``keep_matrix`` also the C x C cosines.
 
@@ -132,7 +132,7 @@ def mean_pair_metrics(M: np.ndarray, variances: np.ndarray, *, keep_matrix: bool
     return PairCollapse(metrics, state.cosine, cdnv, None if state.matrix is None else state.matrix.matrix)
 
 
-def row_pair_metrics(vectors: np.ndarray, *, tile_rows: int = TILE_ROWS) -> PairCollapse:
+def row_pair_metrics(vectors: np.ndarray, *, tile_rows: int | None = None) -> PairCollapse:
     """The four NC2 measures of rows ``vectors`` (C x d, e.g. the classifier's rows), from one tiled sweep."""
     V = np.ascontiguousarray(vectors, dtype=np.float64)
     state = _Nc2Sweep(V, False)

@@ -163,10 +163,10 @@ class MatrixSink:
 
 
 def sweep(vectors: np.ndarray, visit: Callable[[int, int, np.ndarray, np.ndarray, np.ndarray], None],
-          tile_rows: int = TILE_ROWS) -> None:
+          tile_rows: int | None = None) -> None:
     """Call ``visit(i0, j0, G_tile, rows, cols)`` for every upper tile of the Gram ``vectors @ vectors.T`` (rows of
     ``vectors`` are the classes); ``rows``/``cols`` index the pairs c < c' inside the tile."""
-    for i0, i1, j0, j1 in tiles(len(vectors), tile_rows):
+    for i0, i1, j0, j1 in tiles(len(vectors), tile_rows or TILE_ROWS):
         block = vectors[i0:i1] @ vectors[j0:j1].T
         rows, cols = upper_pairs(i0, i1, j0, j1)
         visit(i0, j0, block, rows, cols)
