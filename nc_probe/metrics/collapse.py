@@ -33,8 +33,9 @@ def nc1(scatter: np.ndarray, total: int, M: np.ndarray) -> float:
         return float("inf")
     keep = sb > max(d, C) * EPS64 * sb[0]
     U, sb = U[:, keep], sb[keep]
-    sigma_w = scatter / total
-    return float(np.einsum("ij,ik,kj->j", U, sigma_w, U) @ (1.0 / sb) / C)
+    # diag(U^T Sigma_W U) through one BLAS product (an einsum over i, k, j loops d^2 C times in C, 6 s at C=1000)
+    quad = np.einsum("ij,ij->j", U, (scatter / total) @ U)
+    return float(quad @ (1.0 / sb) / C)
 
 
 def nc1_cdnv(M: np.ndarray, variances: np.ndarray) -> float:

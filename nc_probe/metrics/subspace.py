@@ -84,6 +84,15 @@ def coding_rate(lam: np.ndarray, dim: int, eps2: float) -> float:
     return float(0.5 * np.sum(np.log1p((dim / eps2) * lam)))
 
 
+def coding_rate_of_matrix(S: np.ndarray, eps2: float) -> float:
+    """``1/2 logdet(I_d + (d/eps2) S)`` of a PSD matrix S by Cholesky: the same number as :func:`coding_rate` of
+    its eigenvalues at a tenth of the cost (no eigendecomposition; ``I + aS`` has every eigenvalue >= 1, so the
+    factorization is well conditioned)."""
+    d = len(S)
+    L = np.linalg.cholesky(np.eye(d) + (d / eps2) * S)
+    return float(np.sum(np.log(np.diagonal(L))))
+
+
 def coding_rate_max(dim: int, eps2: float) -> float:
     """``(d/2) ln(1 + 1/eps2)``: the rate of isotropic unit features, to read models of different d side by side."""
     return 0.5 * dim * float(np.log1p(1.0 / eps2))
