@@ -2,15 +2,16 @@
 
 Every pair needs ``P = U_a^T U_b`` (``k_a x k_b``; its top singular value is cos theta_1), so all pairs together cost
 one product of the stacked bases with themselves, ``(sum k)^2 d / 2`` multiply-adds: the dominant cost at C=1000.
-The products run in float32 tiles of class blocks (twice the speed of float64, and on GPUs the same code); the
-decision per pair is then made in float64:
+The product is taken in tiles of class blocks, in float64 (default) or float32 (``precision``: twice the speed on
+CPUs, more on GPUs); the decision per pair is always made in float64:
 
-- ``cos^2 theta_1`` is the top eigenvalue of the smaller Gram matrix of ``P``, promoted to float64 before the Gram is
-  formed, by a batched float64 eigensolver. Float32 rounding of ``P`` moves cos theta_1 by about 1e-9 for unit
-  columns (measured: angles within 1e-8 relative of a float64 computation at d=512..2048, k=45..90);
-- pairs whose smallest angle is below ``EXACT_BELOW_DEGREES`` are recomputed from float64 bases, with sines for the
-  smallest angles (Bjorck & Golub): there the rounding of a cosine near 1 would be amplified by 1/sin(theta);
-- the affinity ``||P||_F^2 / min(k_a, k_b)`` is summed in float64 from the float32 entries.
+- ``cos^2 theta_1`` is the top eigenvalue of the smaller Gram matrix of ``P`` (float64), from a batched eigensolver
+  on every core (a GPU's batched solver on CUDA). Float32 rounding of ``P`` moves cos theta_1 by about 1e-9 for unit
+  columns (measured: angles within 2e-8 relative of float64 at d=2048, k=5..26);
+- pairs whose cos^2 exceeds ``EXACT_COS2`` are recomputed from the float64 bases, with sines for the smallest angles
+  (Bjorck & Golub): there the rounding of a cosine near 1 would be amplified by 1/sin(theta). In float64 that is the
+  sine branch below ~5.7 degrees; in float32 every pair below 18.5 degrees;
+- the affinity ``||P||_F^2 / min(k_a, k_b)`` is the trace of the same Gram matrix.
 
 Summaries (:class:`~nc_probe.metrics.pairs.PairSummary`) are kept for every pair; the full matrices only when asked.
 """
@@ -68,7 +69,8 @@ def all_pair_angles(bases: list[np.ndarray], *, keep_matrices: bool = False, dev
     ks = k[order]
     offsets = np.concatenate([[0], np.cumsum(ks)])
     for (a0, a1), (b0, b1) in _class_tiles(ks, tile_columns or TILE_COLUMNS):
-        P = (U[:, offsets[a0]:offsets[a1]].T @ U[:, offsets[b0]:offsets[b1]]).cpu().double()
+        # the tile stays where U is (a GPU's batched eigensolver takes the pairs there); float64 from here on
+        P = (U[:, offsets[a0]:offsets[a1]].T @ U[:, offsets[b0]:offsets[b1]]).double()
         cos2, ssq, pa, pb = _tile_gram_tops(P, ks, offsets, (a0, a1), (b0, b1))
         _record(result, cos2, ssq, order[pa], order[pb], k, bases, d, EXACT_COS2[precision])
     return result
@@ -99,8 +101,8 @@ def _tile_gram_tops(P: torch.Tensor, k: np.ndarray, offsets: np.ndarray, rows: t
     (a0, a1), (b0, b1) = rows, cols
     ka, kb = k[a0:a1], k[b0:b1]
     ma, mb = int(ka.max()), int(kb.max())
-    rpad = _padded_index(ka, offsets[a0:a1] - offsets[a0], ma)
-    cpad = _padded_index(kb, offsets[b0:b1] - offsets[b0], mb)
+    rpad = _padded_index(ka, offsets[a0:a1] - offsets[a0], ma).to(P.device)
+    cpad = _padded_index(kb, offsets[b0:b1] - offsets[b0], mb).to(P.device)
     Pp = torch.nn.functional.pad(P, (0, 1, 0, 1))  # index -1 (the padding) reads the zero row/column
     blocks = Pp[rpad.reshape(-1)][:, cpad.reshape(-1)].reshape(a1 - a0, ma, b1 - b0, mb).permute(0, 2, 1, 3)
     if a0 == b0:
@@ -111,12 +113,17 @@ def _tile_gram_tops(P: torch.Tensor, k: np.ndarray, offsets: np.ndarray, rows: t
     ssq = np.empty(len(pa))
 
     def batch(sel: np.ndarray) -> None:
-        B = blocks[pa[sel], pb[sel]]
+        B = blocks[torch.from_numpy(pa[sel]).to(P.device), torch.from_numpy(pb[sel]).to(P.device)]
         G = B @ B.transpose(1, 2) if ma <= mb else B.transpose(1, 2) @ B
-        cos2[sel] = torch.linalg.eigvalsh(G)[:, -1].numpy()
-        ssq[sel] = torch.diagonal(G, dim1=1, dim2=2).sum(1).numpy()
+        cos2[sel] = torch.linalg.eigvalsh(G)[:, -1].cpu().numpy()
+        ssq[sel] = torch.diagonal(G, dim1=1, dim2=2).sum(1).cpu().numpy()
 
-    parallel_map(batch, [np.arange(s, min(s + PAIR_BATCH, len(pa))) for s in range(0, len(pa), PAIR_BATCH)])
+    batches = [np.arange(s, min(s + PAIR_BATCH, len(pa))) for s in range(0, len(pa), PAIR_BATCH)]
+    if P.device.type == "cpu":
+        parallel_map(batch, batches)  # single-threaded LAPACK per thread: every core busy on small problems
+    else:
+        for sel in batches:
+            batch(sel)
     return cos2, ssq, pa + a0, pb + b0
 
 
