@@ -90,7 +90,8 @@ def _finite(v) -> float | None:
 
 
 def _class_mean(report: Report, key: str) -> float | None:
-    vals = [v for v in (report.per_class.get(key) or []) if v is not None]
+    column = report.per_class.get(key)
+    vals = [v for v in ([] if column is None else column) if v is not None]
     return float(np.mean(vals)) if vals else None
 
 

@@ -47,7 +47,8 @@ def test_analyze_writes_json_and_tables_matching_the_api(feature_npz, tmp_path):
     direct = nc_probe.analyze_features(H, y, W, b)
     for key, value in direct.metrics.items():
         assert report.metrics[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
-    assert sorted(p.name for p in out.iterdir()) == ["angles.csv", "metrics.csv", "per_class.csv", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["angles.csv", "metrics.csv", "pairs.csv", "per_class.csv",
+                                                     "report.json"]
     per_class = pd.read_csv(out / "per_class.csv")
     assert list(per_class["n"]) == list(np.bincount(y))
     assert per_class["rank_energy95"].tolist() == direct.per_class["rank_energy95"]

@@ -129,7 +129,7 @@ def test_text_exports_hold_every_metric(report, fmt, tmp_path):
     written = exports.write_exports(report, tmp_path, fmt)
     suffix = exports.SUFFIX[fmt]
     assert sorted(p.name for p in written) == sorted(["report.json", f"metrics.{suffix}", f"per_class.{suffix}",
-                                                      f"angles.{suffix}"])
+                                                      f"angles.{suffix}", f"pairs.{suffix}"])
     if fmt == "json":
         rows = json.loads((tmp_path / "metrics.json").read_text())
         assert {r["metric"]: r["value"] for r in rows}["nc1"] == pytest.approx(report.metrics["nc1"])

@@ -141,8 +141,14 @@ def test_views_without_data_are_left_out(report):
     for key in ("pca2d", "mean_cosine", "spectrum"):
         data["per_class"].pop(key)
     data["angles"] = {"class_ids": [], "angle_min": None, "subspace_affinity": None}
+    data.pop("pairs")  # a report from before the pair summaries
     old = nc_probe.Report.from_dict(data)
     assert set(plots.report_figures(old)) == {"metrics", "coding_rate"}
+    # the same report with its pair summaries: their distributions stand in for the heatmaps
+    summaries = nc_probe.Report.from_dict({**data, "pairs": report.pairs})
+    figs = plots.report_figures(summaries)
+    assert set(figs) == {"metrics", "coding_rate", "angle_min", "mean_cosine"}
+    assert not [im for ax in figs["angle_min"].axes for im in ax.get_images()]
 
 
 def test_save_plots_png_and_svg(report, tmp_path):

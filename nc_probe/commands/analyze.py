@@ -21,7 +21,8 @@ Input = Annotated[Path | None, typer.Argument(
          "report JSON, or a shipped sample: sample:ce, sample:mcr2, sample:ce_epoch20, ... Default: sample:ce.",
     show_default=False)]
 OutDir = Annotated[Path | None, typer.Option(
-    "--out", help="Write report.json, metrics.csv, per_class.csv and angles.csv into this folder.",
+    "--out", help="Write report.json, metrics.csv, per_class.csv, angles.csv and pairs.csv (the most "
+                  "extreme class pairs) into this folder.",
     rich_help_panel=o.OUTPUT)]
 Format = Annotated[str | None, typer.Option(
     "--format", help="Tables as csv, parquet (needs pyarrow), markdown or json: into --out DIR, or (text formats, "

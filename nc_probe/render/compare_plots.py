@@ -9,6 +9,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from ..report import Report
+from . import pair_data as pdata
+from . import pair_plots as pp
 from .plots import (
     ANGLE_KEYS,
     COLLAPSE_KEYS,
@@ -19,6 +21,7 @@ from .plots import (
     _names,
     _spectrum_array,
     _value,
+    angle_references,
     etf_target,
     heatmap,
     log_floor,
@@ -68,7 +71,7 @@ def compare_spectra(reports: dict[str, Report]) -> Figure:
     ax = fig.subplots()
     styles = ["-", "--", ":", "-."]
     for j, (color, (label, rep)) in enumerate(zip(_input_colors(len(reports)), reports.items())):
-        spec = _spectrum_array(rep.per_class.get("spectrum") or [])
+        spec = _spectrum_array(rep.per_class.get("spectrum"))
         if spec.size == 0:
             continue
         x = np.arange(1, spec.shape[1] + 1)
@@ -89,7 +92,13 @@ def compare_spectra(reports: dict[str, Report]) -> Figure:
 
 def compare_heatmaps(reports: dict[str, Report], key: str = "angle_min") -> Figure:
     """``angle_min`` (or ``mean_cosine``, then with the simplex ETF target last) heatmaps side by side on one colour
-    scale; inputs lacking it are blank."""
+    scale; inputs lacking it are blank. With many classes (or a report without the matrix), one distribution curve
+    per input instead."""
+    if any(pdata.pair_view(rep, key) == "distribution" for rep in reports.values()):
+        C = next(iter(reports.values())).inputs.get("num_classes") or 0
+        refs = angle_references(C) if key == "angle_min" else (
+            [(-1 / (C - 1), "ETF -1/(C-1)")] if key == "mean_cosine" and C >= 2 else [])
+        return pp.compare_pair_cdf(reports, key, refs)
     n = len(reports) + (key == "mean_cosine")
     fig = _figure(4.2 * n + 1.2, 4.4)
     axes = np.atleast_1d(fig.subplots(1, n))
@@ -127,7 +136,7 @@ def compare_heatmaps(reports: dict[str, Report], key: str = "angle_min") -> Figu
 
 
 def compare_coding_rate(reports: dict[str, Report]) -> Figure:
-    """Grouped bars of R_c per class, one colour per input."""
+    """Grouped bars of R_c per class, one colour per input; sorted lines (one per input) for many classes."""
     labels = list(reports)
     first = next(iter(reports.values()))
     ids = first.per_class.get("subspace_class_ids") or []
@@ -135,6 +144,16 @@ def compare_coding_rate(reports: dict[str, Report]) -> Figure:
     width = 0.8 / len(labels)
     fig = _figure(7.5, 4.0)
     ax = fig.subplots()
+    if any(len(r.per_class.get("subspace_class_ids") or []) > pdata.CLASS_LIMIT for r in reports.values()):
+        for color, (label, rep) in zip(_input_colors(len(labels)), reports.items()):
+            pp.draw_sorted(ax, rep.per_class.get("coding_rate_class"),
+                           _names(rep, rep.per_class.get("subspace_class_ids") or []), color=color, label=label,
+                           annotate=False)
+        ax.set_ylabel("R_c (nats)")
+        ax.set_title(f"MCR^2 coding rate per class, sorted ({len(ids):,} classes)")
+        ax.legend(title="input", fontsize=8)
+        fig.nc_probe_view = "sorted"  # type: ignore[attr-defined]  # read by the HTML captions
+        return fig
     for j, (color, (label, rep)) in enumerate(zip(_input_colors(len(labels)), reports.items())):
         lookup = dict(zip(rep.per_class.get("subspace_class_ids") or [], rep.per_class.get("coding_rate_class") or []))
         vals = [_value(lookup.get(c)) for c in ids]
@@ -164,13 +183,12 @@ def comparison_figures(comparison) -> dict[str, Figure]:
     """The views of a :class:`nc_probe.compare.Comparison`, by name."""
     reports = comparison.reports
     figs = {"metrics": compare_metrics(reports)}
-    if any(r.per_class.get("spectrum") for r in reports.values()):
+    if any(pdata.has_rows(r.per_class.get("spectrum")) for r in reports.values()):
         figs["spectra"] = compare_spectra(reports)
-    if any(r.angles.get("angle_min") is not None for r in reports.values()):
-        figs["angle_min"] = compare_heatmaps(reports, "angle_min")
-    if any(r.per_class.get("mean_cosine") is not None for r in reports.values()):
-        figs["mean_cosine"] = compare_heatmaps(reports, "mean_cosine")
-    if any(r.per_class.get("coding_rate_class") for r in reports.values()):
+    for key in ("angle_min", "mean_cosine"):
+        if any(pdata.pair_view(r, key) for r in reports.values()):
+            figs[key] = compare_heatmaps(reports, key)
+    if any(pdata.has_rows(r.per_class.get("coding_rate_class")) for r in reports.values()):
         figs["coding_rate"] = compare_coding_rate(reports)
     cka = comparison.cka
     if cka:

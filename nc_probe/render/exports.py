@@ -1,4 +1,5 @@
-"""The report's tables (metrics, per class, class pairs) as csv, parquet, markdown or json, for files or stdout.
+"""The report's tables (metrics, per class, class-pair angles, the most extreme pairs) as csv, parquet, markdown or
+json, for files or stdout.
 
 parquet needs ``pyarrow`` (an optional extra, a clear error without it); markdown uses ``DataFrame.to_markdown``
 when ``tabulate`` is installed and a small built-in writer otherwise, so neither is a dependency.
@@ -17,7 +18,7 @@ import pandas as pd
 from ..errors import InputError, parameter_name
 from ..files import atomic_write_text, json_safe
 from ..report import Report
-from .tables import angles_frame, metrics_frame, per_class_frame, write_tables
+from .tables import angles_frame, metrics_frame, pairs_frame, per_class_frame, write_tables
 from .terminal import expected
 
 FORMATS = ("csv", "parquet", "markdown", "json")
@@ -25,11 +26,14 @@ SUFFIX = {"csv": "csv", "parquet": "parquet", "markdown": "md", "json": "json"}
 
 
 def frames(report: Report) -> dict[str, pd.DataFrame]:
-    """``metrics`` (with the 'collapsed / MCR^2' expectation), ``per_class`` and ``angles`` tables."""
+    """``metrics`` (with the 'collapsed / MCR^2' expectation), ``per_class``, ``angles`` (every pair of the angle
+    matrices, empty when the report did not keep them) and ``pairs`` (the most extreme pairs of each class-pair
+    quantity, by name) tables."""
     metrics = metrics_frame(report)
     C = report.inputs.get("num_classes")
     metrics.insert(2, "collapsed / MCR^2", [expected(k, C) for k in metrics["metric"]])
-    return {"metrics": metrics, "per_class": per_class_frame(report), "angles": angles_frame(report)}
+    return {"metrics": metrics, "per_class": per_class_frame(report), "angles": angles_frame(report),
+            "pairs": pairs_frame(report)}
 
 
 def check_format(fmt: str) -> str:
@@ -81,7 +85,7 @@ def _md_cell(v) -> str:
 
 
 def report_text(report: Report, fmt: str) -> str:
-    """All three tables in one text document (markdown: headed sections; csv: blank-line separated; json: one
+    """All the tables in one text document (markdown: headed sections; csv: blank-line separated; json: one
     object of record lists)."""
     fmt = check_format(fmt)
     tabs = frames(report)
@@ -95,7 +99,8 @@ def report_text(report: Report, fmt: str) -> str:
 
 
 def write_exports(report: Report, out_dir, fmt: str = "csv") -> list[Path]:
-    """Write report.json and metrics, per_class and angles tables in ``fmt`` into ``out_dir`` (atomically)."""
+    """Write report.json (and its side file of large matrices) and the metrics, per_class, angles and pairs tables
+    in ``fmt`` into ``out_dir`` (atomically)."""
     fmt = check_format(fmt)
     out = Path(out_dir)
     written = [report.save(out / "report.json")]

@@ -19,7 +19,8 @@ from ..text import format_number as fmt
 from ..text import plain_number
 from .terminal import expected
 
-MAX_TABLE_ROWS = 500  # per-class and pair tables longer than this are cut (the CSV/JSON exports hold them all)
+MAX_TABLE_ROWS = 200  # above this many classes, the per-class table is a summary and the lowest/highest rows
+EDGE_ROWS = 25  # the lowest and the highest rows shown of a cut per-class table
 MAX_PAIR_ROWS = 50
 
 CSS = """
@@ -45,6 +46,8 @@ figure { background: #fff; margin: 0 14px 18px 0; padding: 10px; vertical-align:
 figure.half { max-width: calc(50% - 38px); } figure img { max-width: 100%; height: auto; display: block; }
 figcaption { color: #5b6372; font-size: 13px; width: 0; min-width: 100%; }  /* never wider than its plot */
 .wide-scroll { overflow-x: auto; max-width: 100%; }
+.pairs { display: flex; flex-wrap: wrap; gap: 0 18px; } .pairs h3 { font-size: 14px; margin: 10px 0 2px; }
+tr.gap td { text-align: center; color: #5b6372; font-style: italic; }
 .scroll { max-height: 520px; overflow: auto; display: inline-block; max-width: 100%; }
 pre { background: #fff; padding: 8px; overflow: auto; max-height: 300px; }
 footer { color: #8a91a0; font-size: 12px; margin-top: 40px; }
@@ -63,6 +66,20 @@ CAPTIONS = {
     "pca2d": "2-D PCA of a deterministic subsample of the features, coloured by class (axes: top-2 principal "
              "components of all features).",
     "cka": "Linear CKA (Kornblith et al. 2019) between inputs that hold features of the same samples.",
+    # many classes: distributions over class pairs instead of heatmaps, sorted values instead of bars
+    "angle_min:distribution": "Smallest principal angle between class subspaces (degrees) over all class pairs "
+                              "(histogram of the matrix, or the quantiles of the report's summary when the matrix was "
+                              "not kept), and the closest pairs by name.",
+    "mean_cosine:distribution": "Cosines of the centered class means over all class pairs, against the simplex ETF "
+                                "value -1/(C-1), and the most aligned pairs by name.",
+    "subspace_affinity:distribution": "Subspace affinity over all class pairs, and the most overlapping pairs by "
+                                      "name.",
+    "cdnv:distribution": "Class-distance normalized variance over all class pairs (small = well separated), and the "
+                         "least separated pairs by name.",
+    "spectra:bands": "Normalized eigenvalue spectra (log scale) over classes: the median class, the middle half and "
+                     "the full range; a collapsed class puts nearly all energy in one direction.",
+    "coding_rate:sorted": "MCR^2 coding rate R_c of each class, sorted from the highest, with the within-class rate Rc "
+                          "and the total rate R.",
 }
 COMPARE_CAPTIONS = {
     **CAPTIONS,
@@ -74,6 +91,11 @@ COMPARE_CAPTIONS = {
     "mean_cosine": "Cosines of the centered class means of each input, and the simplex ETF target (-1/(C-1) off "
                    "the diagonal) last.",
     "coding_rate": "MCR^2 coding rate R_c of each class, one colour per input.",
+    "angle_min:distribution": "Smallest principal angle between class subspaces (degrees): the fraction of class "
+                              "pairs at or below each angle, one curve per input.",
+    "mean_cosine:distribution": "Cosines of the centered class means: the fraction of class pairs at or below each "
+                                "value, one curve per input.",
+    "coding_rate:sorted": "MCR^2 coding rate R_c of each class, sorted from the highest, one line per input.",
 }
 
 
@@ -105,9 +127,11 @@ def _figures_html(figures: dict, captions: dict = CAPTIONS) -> str:
         wide = fig.get_figwidth() > 7.5
         sup = getattr(fig, "_suptitle", None)
         title = sup.get_text() if sup is not None else fig.axes[0].get_title().replace("\n", " ")
+        view = getattr(fig, "nc_probe_view", None)
+        caption = captions.get(f"{name}:{view}") or captions.get(name, title)
         parts.append(f'<figure id="plot-{escape(name)}" class="{"wide" if wide else "half"}">'
                      f'<img src="{figure_data_uri(fig)}" alt="{escape(title)}">'
-                     f"<figcaption>{escape(captions.get(name, title))}</figcaption></figure>")
+                     f"<figcaption>{escape(caption)}</figcaption></figure>")
     return "\n".join(parts)
 
 
@@ -139,33 +163,95 @@ def summary_rows(report: Report) -> list[list[str]]:
              f'<td class="meaning">{escape(METRIC_DOCS.get(k, ""))}</td>'] for k, v in report.metrics.items()]
 
 
+PER_CLASS_COLUMNS = ("class_id", "class_name", "n", "acc_model", "acc_ncc", "rank_energy95", "rank_energy99",
+                     "rank_effective", "rank_numerical", "coding_rate_class", "within_class_variance", "mean_norm")
+
+
+def _rows_html(df, cols: list[str]) -> list[list[str]]:
+    return [[f"<td>{escape(str(rec[c]))}</td>" if c == "class_name" else _num_cell(plain_number(rec[c]))
+             for c in cols] for rec in df[cols].to_dict(orient="records")]
+
+
 def _per_class_html(report: Report) -> str:
+    """Every class, up to MAX_TABLE_ROWS; above that a summary of each column and the EDGE_ROWS lowest and highest
+    classes (by accuracy), so the page stays small whatever C is."""
     from .tables import per_class_frame
 
     df = per_class_frame(report)
-    cols = [c for c in ("class_id", "class_name", "n", "acc_model", "acc_ncc", "rank_energy95", "rank_energy99",
-                        "rank_effective", "rank_numerical", "coding_rate_class", "within_class_variance",
-                        "mean_norm") if c in df.columns]
+    cols = [c for c in PER_CLASS_COLUMNS if c in df.columns and df[c].notna().any()]
+    if len(df) <= MAX_TABLE_ROWS:
+        return f'<div class="scroll">{_table(cols, _rows_html(df, cols))}</div>'
+    key = next((c for c in ("acc_model", "acc_ncc", "n") if c in cols), "n")
+    ranked = df.sort_values(key, kind="stable", na_position="first")
+    left = len(df) - 2 * EDGE_ROWS
+    rows = _rows_html(ranked.head(EDGE_ROWS), cols)
+    rows.append([f'<td colspan="{len(cols)}">... {left:,} classes left out ...</td>'])
+    rows += _rows_html(ranked.tail(EDGE_ROWS), cols)
+    body = "\n".join(("<tr class=gap>" if len(r) == 1 else "<tr>") + "".join(r) + "</tr>" for r in rows)
+    head = "".join(f"<th>{escape(h)}</th>" for h in cols)
+    return (f"<p class=sub>{len(df):,} classes: each column over all of them, then the {EDGE_ROWS} lowest and the "
+            f"{EDGE_ROWS} highest by <code>{key}</code>. {left:,} classes are left out here; the per-class CSV and "
+            f"the report JSON hold every class.</p>{_column_summary(df, cols)}"
+            f'<div class="wide-scroll"><table><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table></div>')
+
+
+def _column_summary(df, cols: list[str]) -> str:
+    stats = ["classes", "mean", "min", "5%", "median", "95%", "max"]
     rows = []
-    for rec in df[cols].head(MAX_TABLE_ROWS).to_dict(orient="records"):
-        rows.append([f"<td>{escape(str(rec[c]))}</td>" if c == "class_name" else _num_cell(plain_number(rec[c]))
-                     for c in cols])
-    note = (f"<p class=sub>First {MAX_TABLE_ROWS} of {len(df)} classes; the CSV/JSON exports hold all.</p>"
-            if len(df) > MAX_TABLE_ROWS else "")
-    return f'<div class="scroll">{_table(cols, rows)}</div>{note}'
+    for c in cols:
+        if c in ("class_id", "class_name"):
+            continue
+        v = df[c].astype(float).dropna()
+        q = v.quantile([0.05, 0.5, 0.95]).tolist() if len(v) else [None] * 3
+        vals = [len(v), v.mean() if len(v) else None, v.min() if len(v) else None, *q, v.max() if len(v) else None]
+        rows.append([f"<td><code>{escape(c)}</code></td>"] + [_num_cell(plain_number(x)) for x in vals])
+    return _table(["column"] + stats, rows)
 
 
 def _pairs_html(report: Report) -> str:
+    """Each class-pair quantity: its statistics over all pairs and its most extreme pairs by name; for few classes,
+    also the closest class subspaces with both of their measures."""
+    parts = []
+    pairs = {k: s for k, s in (report.pairs or {}).items() if isinstance(s, dict) and s.get("count")}
+    if pairs:
+        parts.append("<p class=sub>Statistics over every class pair (c &lt; c'); quantiles found as the "
+                     "<i>method</i> column says.</p>" + _pair_stats_html(pairs))
+        tops = []
+        for key, s in pairs.items():
+            rows = [[_num_cell(r), f"<td>{escape(str(t.get('a_name')))}</td>",
+                     f"<td>{escape(str(t.get('b_name')))}</td>", _num_cell(t.get("value"))]
+                    for r, t in enumerate(s.get("top") or [], 1)]
+            tops.append(f"<div><h3>{escape(key)}: the {len(rows)} {escape(str(s.get('top_kind')))}</h3>"
+                        + _table(["#", "class a", "class b", key], rows) + "</div>")
+        parts.append('<div class="pairs">' + "".join(tops) + "</div>")
+    parts.append(_closest_subspaces_html(report))
+    return "\n".join(p for p in parts if p) or ("<p class=sub>No class-pair quantities in this report.</p>")
+
+
+def _pair_stats_html(pairs: dict) -> str:
+    levels = sorted({q for s in pairs.values() for q in (s.get("quantiles") or {})}, key=float)
+    rows = []
+    for key, s in pairs.items():
+        q = s.get("quantiles") or {}
+        rows.append([f"<td><code>{escape(key)}</code></td>", _num_cell(s.get("count"))]
+                    + [_num_cell(s.get(k)) for k in ("mean", "std", "min")] + [_num_cell(q.get(lv)) for lv in levels]
+                    + [_num_cell(s.get("max")), f"<td>{escape(str(s.get('quantile_method') or '-'))}</td>"])
+    header = ["quantity", "pairs", "mean", "std", "min"] + [f"{100 * float(lv):g}%" for lv in levels] + ["max",
+                                                                                                        "method"]
+    return f'<div class="wide-scroll">{_table(header, rows)}</div>'
+
+
+def _closest_subspaces_html(report: Report) -> str:
+    from .pair_data import HEATMAP_LIMIT, pair_view
     from .tables import angles_frame
 
-    df = angles_frame(report)
-    if df.empty:
-        return "<p class=sub>No principal angles in this report (subspace metrics were skipped).</p>"
-    df = df.sort_values("angle_min").head(MAX_PAIR_ROWS)
+    if pair_view(report, "angle_min") != "heatmap" or len(report.angles["class_ids"]) > HEATMAP_LIMIT:
+        return ""
+    df = angles_frame(report).sort_values("angle_min").head(MAX_PAIR_ROWS)
     names = dict(zip(report.inputs.get("class_ids") or [], report.inputs.get("class_names") or []))
     rows = [[f"<td>{escape(str(names.get(a, a)))}</td>", f"<td>{escape(str(names.get(b, b)))}</td>", _num_cell(ang),
              _num_cell(aff)] for a, b, ang, aff in df.itertuples(index=False)]
-    return (f"<p class=sub>The {len(df)} closest class pairs (smallest angle first).</p>"
+    return (f"<p class=sub>The {len(df)} closest class subspaces (smallest angle first).</p>"
             + _table(["class a", "class b", "angle_min (deg)", "subspace_affinity"], rows))
 
 
@@ -205,7 +291,7 @@ def report_html(report: Report, figures: dict | None = None, spell=parameter_nam
 {_figures_html(figures)}
 <h2 id="per-class">Per class</h2>
 {_per_class_html(report)}
-<h2 id="pairs">Closest class subspaces</h2>
+<h2 id="pairs">Class pairs</h2>
 {_pairs_html(report)}
 <h2 id="inputs">Inputs</h2>
 {_kv_table(report.inputs)}

@@ -7,6 +7,11 @@ Agg canvas), with a title, axis labels and, for colour scales, a colour bar. A f
 Views of one report: ``metrics`` (NC metric overview), ``spectra`` (per-class normalized eigenvalue spectra of the
 unit features, log scale), ``angle_min`` (principal-angle heatmap), ``mean_cosine`` (centered class-mean cosines
 beside the simplex ETF target), ``coding_rate`` (R_c per class), ``pca2d`` (2-D PCA of a feature subsample).
+
+Many classes (see :mod:`nc_probe.render.pair_plots`): above ``HEATMAP_LIMIT`` classes, or when the report kept no
+matrix, ``angle_min`` and ``mean_cosine`` are the distribution of the pair values beside the most extreme pairs by
+name, and ``subspace_affinity`` and ``cdnv`` join them; above ``CLASS_LIMIT`` classes, ``coding_rate`` is a sorted
+line and ``spectra`` bands over classes.
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ matplotlib.use("Agg", force=False)  # headless; a no-op when pyplot already runs
 
 import numpy as np  # noqa: E402
 from matplotlib import colormaps  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from ..report import Report  # noqa: E402
+from . import pair_data as pdata  # noqa: E402
+from . import pair_plots as pp  # noqa: E402
 
 COLLAPSE_KEYS = ["nc1", "nc1_cdnv", "nc2_equinorm_M", "nc2_equiangle_M", "nc2_maxangle_M", "nc2_etf_M",
                  "nc2_equinorm_W", "nc2_equiangle_W", "nc2_maxangle_W", "nc2_etf_W", "nc3", "nc4"]
@@ -38,13 +44,8 @@ LOG_FLOOR = 1e-8  # the lowest floor of a log axis: zeros sit a decade below the
 SPECTRUM_FLOOR = 1e-10  # spectra are drawn down to this energy fraction (below it: float rounding, not geometry)
 TICK_LIMIT = 30  # label at most this many classes on an axis
 LEGEND_LIMIT = 10  # above this many classes a colour bar replaces the legend
-DPI = 100
-
-
-def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
+DPI = pp.DPI
+_figure = pp.new_figure
 
 
 def _names(report: Report, ids) -> list[str]:
@@ -59,7 +60,7 @@ def _class_colors(n: int):
     if n <= LEGEND_LIMIT:
         return [colormaps["tab10"](i) for i in range(n)], None
     cmap = colormaps["viridis"]
-    return [cmap(i / max(n - 1, 1)) for i in range(n)], cmap
+    return list(cmap(np.linspace(0, 1, n) if n > 1 else np.zeros(n))), cmap
 
 
 def _class_ticks(ax, names, axis="both"):
@@ -164,11 +165,17 @@ def _source(report: Report) -> str:
 
 
 def _spectrum_array(spectra) -> np.ndarray:
-    """Ragged per-class spectra -> (classes, k) float array, NaN where a class has fewer values or a zero."""
-    k = max((len(s) for s in spectra), default=0)
-    out = np.full((len(spectra), k), np.nan)
-    for i, s in enumerate(spectra):
-        out[i, :len(s)] = [np.nan if v is None else v for v in s]
+    """Ragged per-class spectra (lists, or the side file's NaN-padded array) -> (classes, k) float array, NaN where a
+    class has fewer values or a zero."""
+    if spectra is None:
+        return np.full((0, 0), np.nan)
+    if isinstance(spectra, np.ndarray):
+        out = np.array(spectra, dtype=float).reshape(len(spectra), -1)
+    else:
+        k = max((len(s) for s in spectra), default=0)
+        out = np.full((len(spectra), k), np.nan)
+        for i, s in enumerate(spectra):
+            out[i, :len(s)] = [np.nan if v is None else v for v in s]
     out[~(out > SPECTRUM_FLOOR)] = np.nan
     return out
 
@@ -178,20 +185,25 @@ def spectra_plot(report: Report) -> Figure:
     sigma^2 of the class's unit-feature matrix), log scale: a collapsed class is one point near 1."""
     pc = report.per_class
     ids = pc.get("subspace_class_ids") or []
-    spec = _spectrum_array(pc.get("spectrum") or [])
-    names = _names(report, ids)
+    spec = _spectrum_array(pc.get("spectrum"))
     fig = _figure(6.4, 4.2)
     ax = fig.subplots()
+    ax.set_yscale("log")
+    ax.set_xlabel("component j (eigenvalues in decreasing order)")
+    ax.set_ylabel("normalized eigenvalue  lambda_j / sum lambda")
+    ax.grid(True, which="major", alpha=0.3)
+    if len(spec) > pdata.CLASS_LIMIT:  # many classes: bands over classes, not a line each
+        pp.draw_spectrum_bands(ax, spec)
+        fig.nc_probe_view = "bands"  # type: ignore[attr-defined]  # read by the HTML captions
+        ax.set_title(f"Per-class spectra of unit features (log scale; {len(spec):,} classes)")
+        return fig
+    ax.set_title("Per-class spectra of unit features (log scale)")
+    names = _names(report, ids)
     colors, cmap = _class_colors(len(ids))
     x = np.arange(1, spec.shape[1] + 1)
     for i, name in enumerate(names):
         ax.plot(x, spec[i], color=colors[i], lw=1.2, marker="." if spec.shape[1] <= 16 else None,
                 label=name if cmap is None else None)
-    ax.set_yscale("log")
-    ax.set_xlabel("component j (eigenvalues in decreasing order)")
-    ax.set_ylabel("normalized eigenvalue  lambda_j / sum lambda")
-    ax.set_title("Per-class spectra of unit features (log scale)")
-    ax.grid(True, which="major", alpha=0.3)
     if cmap is None:
         ax.legend(title="class", fontsize=8, ncols=2 if len(ids) > 5 else 1)
     else:
@@ -201,7 +213,8 @@ def spectra_plot(report: Report) -> Figure:
 
 def heatmap(ax, matrix, names, *, vmin, vmax, cmap, annotate: bool | None = None, fmt="{:.0f}") -> Any:
     """A class x class matrix on ``ax`` with class ticks; returns the image (for the colour bar)."""
-    mat = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
+    mat = pdata.as_matrix(matrix)
+    assert mat is not None, "a heatmap needs a matrix"
     im = ax.imshow(mat, vmin=vmin, vmax=vmax, cmap=cmap, interpolation="nearest")
     _class_ticks(ax, names)
     if annotate is None:
@@ -217,8 +230,31 @@ def heatmap(ax, matrix, names, *, vmin, vmax, cmap, annotate: bool | None = None
     return im
 
 
+def angle_references(num_classes) -> list[tuple[float, str]]:
+    etf = etf_angle(num_classes)
+    return ([(etf, f"ETF {etf:.1f}")] if etf is not None else []) + [(90.0, "orthogonal 90")]
+
+
+def pair_distribution(report: Report, key: str) -> Figure:
+    """A class-pair quantity of many classes (or without its matrix): distribution and the most extreme pairs."""
+    mat, ids = pdata.pair_matrix(report, key)
+    C = report.inputs.get("num_classes") or len(report.per_class.get("class_ids") or [])
+    refs = {"angle_min": angle_references(C),
+            "mean_cosine": [(-1 / (C - 1), f"ETF -1/(C-1) = {-1 / (C - 1):.3g}")] if C >= 2 else []}.get(key, [])
+    title = {"angle_min": "Smallest principal angle between class subspaces",
+             "subspace_affinity": "Subspace affinity between class subspaces",
+             "mean_cosine": "Class-mean cosines (centered means)", "cdnv": "CDNV between class pairs"}[key]
+    title += f" ({len(ids):,} of {C:,} classes)" if len(ids) < C and key in ("angle_min", "subspace_affinity") else (
+        f" ({C:,} classes)")
+    if key == "mean_cosine" and report.metrics.get("nc2_etf_M") is not None:
+        title += f"; nc2_etf_M = {report.metrics['nc2_etf_M']:.3g}"
+    return pp.pair_figure(key, mat, pdata.pair_summary(report, key), ids, _names(report, ids), refs=refs, title=title)
+
+
 def angle_heatmap(report: Report) -> Figure:
-    """The ``angle_min`` matrix (degrees, 0..90) over ``angles["class_ids"]``."""
+    """The ``angle_min`` matrix (degrees, 0..90) over ``angles["class_ids"]``; its distribution for many classes."""
+    if pdata.pair_view(report, "angle_min") == "distribution":
+        return pair_distribution(report, "angle_min")
     a = report.angles
     names = _names(report, a["class_ids"])
     fig = _figure(6.0, 5.0)
@@ -240,7 +276,10 @@ def etf_target(num_classes: int) -> np.ndarray:
 
 
 def mean_cosine_plot(report: Report) -> Figure:
-    """Cosines of the centered class means beside the simplex ETF target, one colour scale (-1..1)."""
+    """Cosines of the centered class means beside the simplex ETF target, one colour scale (-1..1); their
+    distribution for many classes."""
+    if pdata.pair_view(report, "mean_cosine") == "distribution":
+        return pair_distribution(report, "mean_cosine")
     cos = report.per_class["mean_cosine"]
     ids = report.per_class["class_ids"]
     names = _names(report, ids)
@@ -265,11 +304,18 @@ def coding_rate_plot(report: Report) -> Figure:
     pc = report.per_class
     ids = pc["subspace_class_ids"]
     names = _names(report, ids)
-    vals = [_value(v) for v in pc["coding_rate_class"]]
+    vals = pdata.as_values(pc["coding_rate_class"])
     fig = _figure(6.4, 4.0)
     ax = fig.subplots()
-    colors, _ = _class_colors(len(ids))
-    ax.bar(range(len(ids)), vals, color=colors)
+    many = len(ids) > pdata.CLASS_LIMIT
+    if many:  # a sorted line, not a bar per class
+        pp.draw_sorted(ax, vals, names)
+        fig.nc_probe_view = "sorted"  # type: ignore[attr-defined]
+    else:
+        colors, _ = _class_colors(len(ids))
+        ax.bar(range(len(ids)), vals, color=colors)
+        _class_ticks(ax, names, axis="x")
+        ax.set_xlabel("class")
     m = report.metrics
     if m.get("coding_rate_within") is not None:
         ax.axhline(m["coding_rate_within"], color="0.2", ls="--", lw=1, label=f"Rc = {m['coding_rate_within']:.3g}")
@@ -277,11 +323,10 @@ def coding_rate_plot(report: Report) -> Figure:
         ax.axhline(m["coding_rate"], color="tab:red", ls=":", lw=1, label=f"R (all classes) = {m['coding_rate']:.3g}")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="upper right")
-    _class_ticks(ax, names, axis="x")
-    ax.set_xlabel("class")
     ax.set_ylabel("R_c (nats)")
     ax.set_ylim(0, max([v for v in vals if np.isfinite(v)] + [m.get("coding_rate") or 0, 1e-9]) * 1.15)
-    ax.set_title(f"MCR^2 coding rate per class (eps^2={report.settings.get('eps2')})")
+    ax.set_title(f"MCR^2 coding rate per class (eps^2={report.settings.get('eps2')})"
+                 + (f"\n{len(ids):,} classes, sorted" if many else ""))
     return fig
 
 
@@ -317,22 +362,22 @@ def pca_plot(report: Report) -> Figure:
 
 def report_figures(report: Report) -> dict[str, Figure]:
     """Every view the report has data for, by name (the file stem of :func:`save_figures`)."""
-    pc, a = report.per_class, report.angles
+    pc = report.per_class
     figs = {"metrics": metric_overview(report)}
-    if pc.get("spectrum"):
+    if pdata.has_rows(pc.get("spectrum")):
         figs["spectra"] = spectra_plot(report)
-    if a and a.get("angle_min") is not None:
+    if pdata.pair_view(report, "angle_min"):
         figs["angle_min"] = angle_heatmap(report)
-    if pc.get("mean_cosine") is not None and len(pc.get("class_ids") or []) >= 2:
+    if pdata.pair_view(report, "mean_cosine"):
         figs["mean_cosine"] = mean_cosine_plot(report)
-    if pc.get("coding_rate_class"):
+    for key in ("subspace_affinity", "cdnv"):  # no heatmap of their own; for many classes, their distributions
+        if pdata.pair_view(report, key) and len(pdata.pair_ids(report, key)) > pdata.HEATMAP_LIMIT:
+            figs[key] = pair_distribution(report, key)
+    if pdata.has_rows(pc.get("coding_rate_class")):
         figs["coding_rate"] = coding_rate_plot(report)
     if pc.get("pca2d") and pc["pca2d"].get("points"):
         figs["pca2d"] = pca_plot(report)
     return figs
-
-
-# ---------------------------------------------------------------------------------------------- several reports
 
 
 # ---------------------------------------------------------------------------------------------- output

@@ -1,4 +1,5 @@
-"""Rich terminal rendering of a Report: a header, the metric summary and (for few classes) a per-class table."""
+"""Rich terminal rendering of a Report: a header, the metric summary, the class pairs (statistics and the most extreme
+pairs by name) and a per-class table (every class when few, the lowest and highest by accuracy when many)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from ..text import format_number as fmt
 from ..text import plain_number
 from .tables import per_class_frame
 
-MAX_CLASS_ROWS = 20
+MAX_CLASS_ROWS = 20  # above this many classes, the table shows the lowest and highest half of this by accuracy
+TOP_PAIRS = 5  # the most extreme pairs printed per class-pair quantity
+PAIR_NAME_CHARS = 18  # longer class names are shortened in the pairs table
 # Short headers keep the per-class table inside 80 columns; the caption spells them out.
 CLASS_COLUMNS = {"class_name": "class", "n": "n", "acc_model": "acc", "acc_ncc": "acc_ncc", "rank_energy95": "r95",
                  "rank_energy99": "r99", "rank_effective": "r_eff", "coding_rate_class": "R_c"}
@@ -74,28 +77,80 @@ def summary_table(report: Report, width: int = 200) -> Table:
     return table
 
 
+def _ranked(df, limit: int) -> tuple[list, str | None]:
+    """(row blocks to show, the column they are ranked by): every row up to ``limit``; above it, the ``limit // 2``
+    lowest and the rest of ``limit`` highest by accuracy (model, else nearest class centre, else samples)."""
+    if len(df) <= limit:
+        return [df], None
+    key = next((c for c in ("acc_model", "acc_ncc", "n") if c in df.columns and df[c].notna().any()), "n")
+    ranked = df.sort_values(key, kind="stable", na_position="first")
+    return [ranked.head(limit // 2), ranked.tail(limit - limit // 2)], key
+
+
 def class_table(report: Report, limit: int = MAX_CLASS_ROWS) -> Table | None:
+    """Every class up to ``limit``; above it the lowest and highest classes by accuracy, a gap row between them
+    (:func:`class_note` says how many were left out)."""
     df = per_class_frame(report)
-    if len(df) > limit:
+    if df.empty:
         return None
     cols = [c for c in CLASS_COLUMNS if c in df.columns and c != "rank_energy99"]
-    table = Table(title="Per class", title_justify="left",
+    blocks, key = _ranked(df, limit)
+    table = Table(title="Per class" if key is None else f"Per class: lowest and highest {key} of {len(df):,}",
+                  title_justify="left",
                   caption="  ".join(f"{CLASS_COLUMNS[c]}={c}" for c in cols if CLASS_COLUMNS[c] not in (c, "class")))
     for c in cols:
         table.add_column(CLASS_COLUMNS[c], justify="left" if c == "class_name" else "right")
-    for _, row in df[cols].iterrows():
-        table.add_row(*[str(row[c]) if c == "class_name" else fmt(plain_number(row[c])) for c in cols])
+    for k, block in enumerate(blocks):
+        if k:
+            table.add_row(*(["..."] + [""] * (len(cols) - 1)), style="dim")
+        for _, row in block[cols].iterrows():
+            table.add_row(*[str(row[c]) if c == "class_name" else fmt(plain_number(row[c])) for c in cols])
     return table
 
 
+def class_note(report: Report, limit: int = MAX_CLASS_ROWS, spell=parameter_name) -> Text | None:
+    """The line under a cut per-class table: how many classes it leaves out, and where all of them are."""
+    n = len(report.per_class.get("class_ids") or [])
+    if n <= limit:
+        return None
+    text = (f"{n - limit:,} of {n:,} classes left out of the table above; every class is in per_class.csv "
+            "(write it with {out=DIR}) and in the report JSON")
+    return Text(spell_text(text, spell), style="dim")
+
+
+def pairs_table(report: Report, top: int = TOP_PAIRS) -> Table | None:
+    """Each class-pair quantity: pairs, mean, min, max and its ``top`` most extreme pairs by name."""
+    pairs = {k: s for k, s in (report.pairs or {}).items() if isinstance(s, dict) and s.get("count")}
+    if not pairs:
+        return None
+    table = Table(title=f"Class pairs (the {top} most extreme of each)", title_justify="left",
+                  caption="the report JSON's pairs hold more of them, and quantiles")
+    table.add_column("quantity", style="cyan", no_wrap=True)
+    table.add_column("over all pairs", no_wrap=True)
+    table.add_column("pair")
+    table.add_column("value", justify="right", no_wrap=True)
+    for key, s in pairs.items():
+        shown = (s.get("top") or [])[:top]
+        stats = [f"{int(s['count']):,} pairs"] + [f"{k} {fmt(plain_number(s.get(k)))}" for k in ("mean", "min", "max")]
+        table.add_row(f"{key}\n({s.get('top_kind') or '-'} first)", "\n".join(stats),
+                      "\n".join(f"{_short(t.get('a_name'))} – {_short(t.get('b_name'))}" for t in shown) or "-",
+                      "\n".join(fmt(plain_number(t.get("value"))) for t in shown))
+    return table
+
+
+def _short(name, width: int = PAIR_NAME_CHARS) -> str:
+    text = str(name)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 def render_report(report: Report, console: Console | None = None, spell=parameter_name) -> None:
-    """The header, metric summary, per-class table (for few classes) and warnings; ``spell`` spells the settings
-    that warnings name (see nc_probe.errors)."""
+    """The header, metric summary, class pairs, per-class table (cut for many classes) and warnings; ``spell``
+    spells the settings that notes and warnings name (see nc_probe.errors)."""
     console = console or Console()
     parts: list = [header(report), summary_table(report, console.width)]
-    ct = class_table(report)
-    if ct is not None:
-        parts.append(ct)
+    for part in (pairs_table(report), class_table(report), class_note(report, spell=spell)):
+        if part is not None:
+            parts.append(part)
     for w in report.warnings:
         parts.append(Text(f"warning: {spell_text(w, spell)}", style="yellow"))
     console.print(Group(*parts))
