@@ -8,7 +8,11 @@ on a laptop and a server:
   goal >= 20x faster, both on the same in-memory features, nc-probe computing every metric, the loop only NC1-NC4);
 - extraction + statistics vs a bare forward loop over the same batches (``bench/extract.py``; goal <= 1.05);
 - peak RSS at N=1M vs N=100k (``bench/metrics.py``; goal <= 1.1);
-- 2 torchrun processes vs 1 process on the same feature file (wall time; on a 2-core machine expect ~1).
+- 2 torchrun processes vs 1 process on the same feature file (wall time; on a 2-core machine expect ~1);
+- the field's shapes (``bench/scale.py``: ImageNet-1k/ResNet-50, a 32k-token LM head, a full-rank 1000-class layer):
+  analysis vs one float64 X^T X (goals <= 20 and <= 60), peak RSS at 5x N vs N (goal <= 1.1), and, with
+  ``--rhubarbwu DIR``, nc-probe vs rhubarbwu/neural-collapse computing the same collapse metrics. The full shapes
+  take a while (the LM head most); ``--no-scale`` skips them.
 """
 
 from __future__ import annotations
@@ -89,10 +93,47 @@ def processes(n: int, d: int = 256, C: int = 50) -> dict:
             "max_rel_diff": diff}
 
 
+def scale_rows(sc: dict) -> list[tuple[str, str, str, str]]:
+    """The suite's rows of ``bench/scale.py``'s figures."""
+    rows = []
+    for name, s in sc["shapes"].items():
+        r, goals = s["cases"].get(name, {}), s["goals"]
+        if "failed" in r:
+            rows.append((f"scale {name}: analysis", "FAILED", "", f"status {r['failed']}"))
+            continue
+        ck = r["check"]
+        rss_goal = f" (goal <= {goals['rss'] / 2**30:.0f} GiB)" if goals["rss"] else ""
+        json_goal = f" (goal <= {goals['json'] / 2**20:.0f} MiB)" if goals["json"] else ""
+        details = (f"N={s['n']:,} d={s['d']} C={ck['expected_classes']:,}, {r['analysis_s']:.1f} s, peak RSS "
+                   f"{r['peak_rss'] / 2**20:.0f} MiB{rss_goal}, JSON {r['json_bytes'] / 2**20:.1f} MiB{json_goal}, "
+                   f"{'complete' if ck['complete'] else 'INCOMPLETE'}")
+        ratio = f"{r['ratio_vs_xtx']:.1f}" if r.get("ratio_vs_xtx") else "-"
+        rows.append((f"scale {name}: analysis / float64 X^T X", ratio,
+                     f"<= {goals['xtx']:g}" if goals["xtx"] else "", details))
+        flat = s.get("flat")
+        if flat and flat.get("ratio") is not None:
+            rows.append((f"scale {name}: peak RSS N=5x / N", f"{flat['ratio']:.3f}", f"<= {goals['flat']:g}",
+                         f"{flat['peak_rss_small'] / 2**20:.0f} vs {flat['peak_rss_big'] / 2**20:.0f} MiB at "
+                         f"N={flat['n_big']:,}"))
+        rh = s.get("rhubarbwu")
+        if rh and "ratio_collapse_only" in rh:
+            agree = max(rh["rel_diff"].values(), default=float("nan"))
+            rows.append((f"scale {name}: nc-probe collapse / rhubarbwu", f"{rh['ratio_collapse_only']:.2f}", "",
+                         f"every metric / rhubarbwu: {rh.get('ratio_all_metrics', float('nan')):.2f}, "
+                         f"values agree to {agree:.0e}"))
+        elif rh:
+            rows.append((f"scale {name}: nc-probe / rhubarbwu", "-", "",
+                         rh.get("skipped") or f"their run failed: status {rh['theirs'].get('failed')}"))
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes)")
     ap.add_argument("--json", type=Path, help="write all figures here")
+    ap.add_argument("--no-scale", action="store_true", help="skip the field-scale shapes (bench/scale.py)")
+    ap.add_argument("--rhubarbwu", type=Path, default=None,
+                    help="export of rhubarbwu/neural-collapse for bench/scale.py's comparison (default: skipped)")
     args = ap.parse_args(argv)
     quick = ["--quick"] if args.quick else []
     rows, figures = [], {}
@@ -113,6 +154,11 @@ def main(argv=None) -> int:
     p = figures["processes"] = processes(100_000 if args.quick else 400_000)
     rows.append(("2 torchrun processes / 1 process", f"{p['ratio']:.2f}", "",
                  f"N={p['n']:,} d={p['d']} C={p['C']}, reports agree to {p['max_rel_diff']:.0e}"))
+
+    if not args.no_scale:
+        extra = ["--rhubarbwu", str(args.rhubarbwu.resolve())] if args.rhubarbwu else []
+        sc = figures["scale"] = _module("scale", "--shape", "all", *quick, *extra)
+        rows.extend(scale_rows(sc))
 
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
     figures["machine"] = machine

@@ -77,13 +77,14 @@ def all_pair_angles(bases: list[np.ndarray], *, keep_matrices: bool = False, dev
 
 
 def _class_tiles(k: np.ndarray, tile_columns: int):
-    """Ranges of classes whose stacked columns fit a tile side, and every upper-triangular pair of ranges."""
-    ranges, start, width = [], 0, 0
+    """Ranges of classes (sorted by ascending k) whose columns, padded to the range's largest k, fit a tile side,
+    and every upper-triangular pair of ranges. Counting the padding bounds the padded blocks of
+    :func:`_tile_gram_tops` (with Zipf-sized classes, k runs from 1 to ~90: unpadded ranges made 2 GB blocks)."""
+    ranges, start = [], 0
     for c, kc in enumerate(k):
-        if width and width + kc > tile_columns:
+        if c > start and (c - start + 1) * kc > tile_columns:
             ranges.append((start, c))
-            start, width = c, 0
-        width += kc
+            start = c
     ranges.append((start, len(k)))
     for i, a in enumerate(ranges):
         for b in ranges[i:]:
@@ -143,9 +144,14 @@ def _record(result: AngleResult, cos2, ssq, pa, pb, k, bases, d: int, exact_cos2
     forced = (k[pa] + k[pb]) > d
     angles[forced] = 0.0  # two subspaces whose dimensions add up to more than d share a direction
     exact = np.flatnonzero((cos2 > exact_cos2) & ~forced)
-    for p in exact:
-        a, b = int(pa[p]), int(pb[p])
-        angles[p], affinity[p] = _smallest_angle(bases[a], bases[b], bases[a].T @ bases[b])
+
+    def recompute(p: int) -> tuple[float, float]:
+        Ua, Ub = bases[int(pa[p])], bases[int(pb[p])]
+        return _smallest_angle(Ua, Ub, (torch.from_numpy(Ua).T @ torch.from_numpy(Ub)).numpy())
+
+    # near-parallel pairs can be many (high-rank classes): on every core, single-threaded LAPACK each
+    for p, (angle, aff) in zip(exact, parallel_map(recompute, exact)):
+        angles[p], affinity[p] = angle, aff
     result.forced_zero_pairs += int(forced.sum())
     result.exact_pairs += len(exact)
     lo, hi = np.minimum(pa, pb), np.maximum(pa, pb)

@@ -104,7 +104,7 @@ class MetricSettings:
     everywhere, as a GPU runs it). min_class_count: classes with fewer samples are left out of every metric.
     angle_classes: principal angles for the K most frequent classes (None: all, up to 1000; 0: none).
     angle_precision: "float64" (exact) or "float32" products for the angles (faster; affinities to ~1e-5).
-    matrices: keep the C x C matrices ("auto": up to 4096 classes; "always"; "never": summaries only).
+    matrices: keep the C x C matrices ("auto": up to 2048 classes; "always"; "never": summaries only).
     """
 
     eps2: float = 0.5

@@ -25,7 +25,7 @@ from .text import format_bytes
 
 AUTO_ANGLE_CLASSES = 1000  # above this many classes, principal angles for the most frequent ones only
 INLINE_MATRIX_CLASSES = 100  # up to this many classes, the C x C matrices are in the report JSON itself
-KEEP_MATRIX_CLASSES = 4096  # up to this many, they go to the side file by default (64 MiB per matrix)
+KEEP_MATRIX_CLASSES = 2048  # up to this many, they go to the side file by default (32 MiB per matrix)
 
 
 @dataclass

@@ -77,7 +77,7 @@ AnglePrecision = Annotated[str | None, _option(
     "--angle-precision", "float64 (exact) or float32 products for the principal angles (about twice as fast on "
                          "CPUs; affinities to ~1e-5) [default: float64].", METRICS)]
 Matrices = Annotated[str | None, _option(
-    "--matrices", "Keep the class x class matrices (cosines, angles): auto (up to 4096 classes; above 100 in a side "
+    "--matrices", "Keep the class x class matrices (cosines, angles): auto (up to 2048 classes; above 100 in a side "
                   "file beside the JSON), always, or never (summaries only) [default: auto].", METRICS)]
 
 # ------------------------------------------------------------------------------------------------- model settings
