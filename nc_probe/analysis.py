@@ -18,6 +18,7 @@ import torch
 from . import compute, distributed, subspace_report
 from ._version import __version__
 from .errors import InputError
+from .metrics import probe
 from .pass2 import second_pass
 from .pca import PCASample
 from .report import Report
@@ -122,8 +123,13 @@ class _Analysis:
         t = time.perf_counter()
         self.pca = PCASample(stats, self.c.ids, store.num_samples)
         first = _group_feeder(splan, 0, stats)
+        self.layer_metrics, self.probe = _layer_metrics(stats, self.c.ids, self.keep, s)
+        observers = [o for o in (first, self.probe) if o is not None]
         self.tally = second_pass(store, stats, self.c.ids, self.W, self.rows, self.pca, keep=self.keep,
-                                 observers=[first] if first is not None else [])
+                                 observers=observers)
+        if self.probe is not None:
+            distributed.sync(self.probe)
+            self.layer_metrics["acc_linear_probe"] = self.probe.accuracy
         timings["pass2_nc4"] = time.perf_counter() - t
         t = time.perf_counter()
         if job is not None:
@@ -139,7 +145,8 @@ class _Analysis:
     def report(self, layer, inputs) -> Report:
         c, stats, s = self.c, self.stats, self.s
         sub, sub_lists, angles, sub_pairs, sub_warnings = self.subspace
-        metrics = {**c.metrics, **compute.prediction_metrics(self.tally, int(c.n.sum())), **sub}
+        metrics = {**c.metrics, **compute.prediction_metrics(self.tally, int(c.n.sum())), **self.layer_metrics,
+                   **sub}
         data_warnings, empty, excluded = compute.data_warnings(stats, c.ids, s.min_class_count, self.counts)
         report_inputs = _inputs(self.store, stats, c, self.sha, self.num_classes, layer, empty, self.W is not None)
         report_inputs["excluded_classes"] = excluded
@@ -150,6 +157,17 @@ class _Analysis:
                       angles=angles, timings=self.timings, warnings=sub_warnings + data_warnings,
                       pairs=compute.pair_summaries(c, sub_pairs, names, angles["class_ids"],
                                                    dict(zip(c.ids.tolist(), names))))
+
+
+def _layer_metrics(stats: ClassStats, ids: np.ndarray, keep: np.ndarray, s: MetricSettings
+                   ) -> tuple[dict, probe.ProbeTally | None]:
+    """``rank_numerical_total``, and the linear probe's pass-2 observer when ``linear_probe`` is on (its accuracy
+    is filled in after pass 2)."""
+    metrics = compute.total_metrics(stats, ids, s.rank_tol)
+    if not s.linear_probe:
+        return metrics, None
+    W, b = probe.ridge_probe(*compute.class_moments(stats, ids))
+    return metrics, probe.ProbeTally(W, b, ids, None if keep.all() else keep)
 
 
 def _global_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 from . import subspace_report
 from ._version import __version__
 from .errors import InputError
-from .metrics import collapse
+from .metrics import collapse, probe
 from .metrics.pairs import PairSummary
 from .metrics.predictions import PredictionTally
 from .report import Report
@@ -68,6 +68,19 @@ def collapse_metrics(stats: ClassStats, W=None, *, source=None, min_count: int =
                                        *(f"nc2_{k}_W" for k in NC2_KINDS), "nc3")}
     pairs = {"mean_cosine": means.cosine, "cdnv": means.cdnv} if means.cdnv is not None else {}
     return Collapse(ids, n, M, variances, ordered, pairs, means.cosine_matrix)
+
+
+def class_moments(stats: ClassStats, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(counts, means, within-class scatter)`` of the classes ``ids`` as float64 numpy arrays."""
+    return (stats.count.cpu().numpy()[ids].astype(np.float64), stats.mean.cpu().numpy()[ids],
+            stats.scatter.cpu().numpy())
+
+
+def total_metrics(stats: ClassStats, ids: np.ndarray, rank_tol: float) -> dict:
+    """``rank_numerical_total`` (numerical rank of the total covariance of the features: a layer's rank, as the
+    tunnel-effect papers measure it) and the slot of ``acc_linear_probe`` (filled by pass 2 when asked)."""
+    sigma, _ = probe.total_covariance(*class_moments(stats, ids))
+    return {"rank_numerical_total": probe.numerical_rank(sigma, rank_tol), "acc_linear_probe": None}
 
 
 def prediction_metrics(tally: PredictionTally | None, n_total: int) -> dict:
@@ -172,7 +185,8 @@ def report_from_stats(stats: ClassStats, *, W=None, b=None, tally: PredictionTal
     c = collapse_metrics(stats, W, keep_matrix=len(stats.count) <= subspace_report.INLINE_MATRIX_CLASSES)
     count = stats.count.cpu().numpy()
     sub, sub_lists, angles, sub_pairs, sub_warnings = subspace_part(stats, count, settings)
-    metrics = {**c.metrics, **prediction_metrics(tally, int(c.n.sum())), **sub}
+    metrics = {**c.metrics, **prediction_metrics(tally, int(c.n.sum())), **total_metrics(stats, c.ids,
+                                                                                           settings.rank_tol), **sub}
     warnings, empty, _ = data_warnings(stats, c.ids)
     names = [str(class_names[i]) for i in c.ids] if class_names is not None else [str(i) for i in c.ids]
     inputs = {"source": "<ClassStats>", "num_samples": int(c.n.sum()), "num_classes": len(c.ids),
@@ -192,4 +206,5 @@ def settings_record(settings: MetricSettings, stats: ClassStats, rows: int | Non
             "memory_budget": settings.memory_budget,
             "subspace_classes": None if settings.classes is None else list(settings.classes), "chunk_rows": rows,
             "device": str(stats.device), "min_class_count": settings.min_class_count,
-            "angle_classes": settings.angle_classes, "angle_precision": settings.angle_precision}
+            "angle_classes": settings.angle_classes, "angle_precision": settings.angle_precision,
+            "linear_probe": settings.linear_probe}

@@ -11,6 +11,7 @@ The taps themselves are in :mod:`nc_probe.taps`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -100,13 +101,14 @@ class _Run:
     """The state of one :func:`extract` run, batch by batch."""
 
     def __init__(self, tap: Tap, device, context: BatchContext, settings: ExtractionSettings,
-                 metrics: MetricSettings, save_features):
-        self.tap, self.ctx, self.metrics = tap, context, metrics
+                 metrics: MetricSettings, save_features, *, accumulate: bool = True, spill_threshold=None):
+        self.tap, self.ctx, self.metrics, self.accumulate = tap, context, metrics, accumulate
         self.device = torch.device(device)
         self.non_blocking = self.device.type == "cuda"
         self.amp = amp_context(settings.amp, self.device)
         self.feeder = _StatsFeeder(stats_device(self.device))
-        self.sink = _FeatureSink(save_features, context.class_names, settings.spill_threshold)
+        self.sink = _FeatureSink(save_features, context.class_names,
+                                 settings.spill_threshold if spill_threshold is None else spill_threshold)
         self.stats: ClassStats | None = None
         self.warnings: list[str] = []
         self.done, self.top = 0, -1
@@ -118,6 +120,10 @@ class _Run:
         x = _to_device(x, self.device, self.non_blocking)
         with self.amp:
             feats, logits = self.tap(x)
+        self.consume(feats, logits, y)
+
+    def consume(self, feats: torch.Tensor, logits, y: torch.Tensor) -> None:
+        """One batch's tapped features (and the model's output) into the statistics and the store."""
         feats = self._checked(feats, len(y)).float()
         if self.first:
             self._start(feats, logits)
@@ -165,7 +171,7 @@ class _Run:
                                      "of the classifier's class names, one per line, or JSON {folder: index})")
         sizes = [s for s in (ctx.declared_classes, tap.num_outputs if tap.W is not None else None,
                              self.logit_columns) if s]
-        if sizes:
+        if sizes and self.accumulate:
             C, d = max(sizes), feats.shape[1]
             tracked = pass1_classes(C, d, self.metrics)
             with torch.inference_mode(False):  # normal tensors: callers may merge into them later
@@ -201,6 +207,56 @@ class _Run:
         sizes = [self.top + 1] + ([len(tap.W)] if tap.W is not None else []) + (
             [self.logit_columns] if self.logit_columns is not None else [])
         return fit_stats(self.stats, max(sizes))
+
+
+class _LayerView(Tap):
+    """One layer of a :class:`~nc_probe.taps.layers.LayerTaps`, as :class:`_Run` sees a tap: its name, and the
+    classifier's W and b for the penultimate layer only (the classifier reads that layer)."""
+
+    def __init__(self, taps, name: str):
+        self.taps, self.layer = taps, name
+
+    def sync(self) -> None:
+        from .taps.select import PENULTIMATE
+
+        self.num_outputs = self.taps.num_outputs
+        if self.layer == PENULTIMATE:
+            self.W, self.b = self.taps.W, self.taps.b
+
+
+def extract_layers(taps, batches: Iterable, *, device="cpu", context: BatchContext | None = None,
+                   settings: ExtractionSettings | None = None, metrics: MetricSettings | None = None
+                   ) -> dict[str, Extraction]:
+    """:func:`extract` for every layer of ``taps`` (a :class:`~nc_probe.taps.layers.LayerTaps`) from one forward
+    pass per batch: a FeatureStore per layer (spilled to a temporary file once the layers together pass the spill
+    threshold), no statistics (each layer's analysis accumulates its own, with the whole memory budget)."""
+    context = context or BatchContext()
+    settings = settings or ExtractionSettings()
+    views = {n: _LayerView(taps, n) for n in taps.names}
+    share = max(1, settings.spill_threshold // max(len(views), 1))
+    quiet = dataclasses.replace(context, progress=None)
+    runs = {n: _Run(v, device, context if i == 0 else quiet, settings, metrics or MetricSettings(), None,
+                    accumulate=False, spill_threshold=share) for i, (n, v) in enumerate(views.items())}
+    first = next(iter(runs.values()))
+    t0 = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            for x, y in batches:
+                x = _to_device(x, first.device, first.non_blocking)
+                with first.amp:
+                    feats, logits = taps(x)
+                for name, run in runs.items():
+                    views[name].sync()
+                    run.consume(feats[name], logits, y)
+        seconds = time.perf_counter() - t0
+        stores = {n: run.close() for n, run in runs.items()}
+    except BaseException:
+        for run in runs.values():
+            run.sink.abort()
+        raise
+    return {n: Extraction(store=stores[n], stats=None, layer=n, num_samples=run.done, seconds=seconds,
+                          warnings=run.warnings + run.sink.warnings, spill_dir=run.sink.spill_dir)
+            for n, run in runs.items()}
 
 
 class _FeatureSink:

@@ -128,7 +128,7 @@ def _run(loaded: LoadedModel, s: Settings, *, save_features, progress: bool, sha
     if save_features is not None and distributed.active():
         raise InputError("{save_features} under torchrun would keep only one process's share of the samples",
                          path=save_features, fix="extract the features once in a single process")
-    source = _open_source(loaded, s.data, s.model.trust_checkpoint)
+    source = open_source(loaded, s.data, s.model.trust_checkpoint)
     dev = resolve_device(s.extraction.device)
     tap = make_tap(loaded.model, layer=s.extraction.layer)
     tap.to(dev, channels_last=True)
@@ -141,7 +141,7 @@ def _run(loaded: LoadedModel, s: Settings, *, save_features, progress: bool, sha
         return {k: v for k, v in info.items() if v is not None}
 
     total = len(source) if source.sized else None
-    bar = _Progress(total, f"{os.path.basename(loaded.source)} on {source.spec}") \
+    bar = ProgressBar(total, f"{os.path.basename(loaded.source)} on {source.spec}") \
         if progress and distributed.is_main() else None
     context = BatchContext(source=loaded.source, declared_classes=source.num_classes,
                            data_name=source.spec if source.split is None else f"{source.spec} ({source.split})",
@@ -158,7 +158,7 @@ def _run(loaded: LoadedModel, s: Settings, *, save_features, progress: bool, sha
     return _RunResult(ext, source, dev)
 
 
-def _open_source(loaded: LoadedModel, data: DataSettings, trust: bool) -> DataSource:
+def open_source(loaded: LoadedModel, data: DataSettings, trust: bool) -> DataSource:
     """The data to run on: the caller's settings, filled in from the checkpoint's metadata."""
     meta = loaded.metadata
     spec, split = _data_spec(loaded, data.data, data.split, trust)
@@ -194,7 +194,7 @@ def _data_spec(loaded: LoadedModel, data, split, trust: bool):
     return spec, split if split is not None else (meta_split if isinstance(meta_split, str) else None)
 
 
-class _Progress:
+class ProgressBar:
     """A rich progress bar on stderr with samples/s; a callable ``(done, total)``."""
 
     def __init__(self, total: int | None, description: str):

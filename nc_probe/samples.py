@@ -38,6 +38,8 @@ DIGITS_PATH = DATA_DIR / "digits.npz"
 SAMPLE_PACKAGE = "nc_probe.sample_checkpoints"
 #: The input of ``nc-probe analyze`` without arguments.
 DEFAULT_SAMPLE = "sample:ce"
+#: The input of ``nc-probe layers`` without arguments: the deeper sample, whose depth trend is visible.
+DEFAULT_LAYER_SAMPLE = "sample:ce"
 SPLITS = ("train", "test", "all")
 DIGITS_CLASS_NAMES = [str(i) for i in range(10)]
 DIGITS_DATASET = "digits 8x8 (UCI via scikit-learn)"

@@ -28,6 +28,7 @@ GiB = 1024**3
 AMP_MODES = ("off", "bf16", "fp16")
 BACKENDS = ("auto", "torch")
 PRECISIONS = ("float64", "float32")
+POOLS = ("auto", "gap", "cls", "mean")
 MATRIX_MODES = ("auto", "always", "never")
 
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20, "g": 1e9,
@@ -105,6 +106,9 @@ class MetricSettings:
     angle_classes: principal angles for the K most frequent classes (None: all, up to 1000; 0: none).
     angle_precision: "float64" (exact) or "float32" products for the angles (faster; affinities to ~1e-5).
     matrices: keep the C x C matrices ("auto": up to 2048 classes; "always"; "never": summaries only).
+    linear_probe: also compute ``acc_linear_probe`` (a closed-form ridge probe, scored in the second pass) and
+    ``rank_numerical_total`` (on by default in layer analyses; at a 32k-way head the probe's scores cost as much as
+    the classifier's).
     """
 
     eps2: float = 0.5
@@ -118,6 +122,7 @@ class MetricSettings:
     angle_classes: int | None = None
     angle_precision: str = "float64"
     matrices: str = "auto"
+    linear_probe: bool = False
 
     def __post_init__(self):
         _set(self, "classes", parse_ids(self.classes, "classes"))
@@ -144,6 +149,8 @@ class MetricSettings:
                "use {angle_precision=float64}")
         _check(self.matrices in MATRIX_MODES, f"{{matrices}} {self.matrices!r} is not one of "
                f"{', '.join(MATRIX_MODES)}", "use {matrices=auto}")
+        _check(isinstance(self.linear_probe, bool), f"{{linear_probe}} must be true or false, got "
+               f"{self.linear_probe!r}", "use {linear_probe=true}")
 
 
 @dataclass(frozen=True)
@@ -202,7 +209,10 @@ class ExtractionSettings:
     """How inference runs: ``layer`` (the module whose output is tapped; default: the input of the final
     nn.Linear), ``device`` (auto, cpu, cuda[:N], mps), ``batch_size``, ``workers`` (DataLoader processes), ``amp``
     (off, bf16, fp16), ``spill_threshold`` (bytes of extracted features kept in memory; beyond it they go to a
-    temporary file for the analysis)."""
+    temporary file for the analysis). Layer analyses: ``layers`` (which modules: names, globs, re:REGEX, indices,
+    @blocks, @penultimate; default "@blocks,@penultimate"), ``pool`` (auto, gap, cls, mean: how conv maps and token
+    outputs become one vector per sample), ``max_dim`` (wider layers are randomly projected to this many
+    dimensions)."""
 
     layer: str | None = None
     device: str = "auto"
@@ -210,6 +220,9 @@ class ExtractionSettings:
     workers: int = 0
     amp: str = "off"
     spill_threshold: int = 2 * GiB
+    layers: str | None = None
+    pool: str = "auto"
+    max_dim: int = 2048
 
     def __post_init__(self):
         _set(self, "spill_threshold", parse_bytes(self.spill_threshold, "spill_threshold"))
@@ -221,6 +234,9 @@ class ExtractionSettings:
                "pass {amp=bf16}, {amp=fp16} or {amp=off}")
         _check(self.spill_threshold > 0, f"{{spill_threshold}} must be positive, got {self.spill_threshold}",
                "use e.g. {spill_threshold=2GiB}")
+        _check(self.pool in POOLS, f"{{pool}} {self.pool!r} is not one of {', '.join(POOLS)}", "use {pool=auto}")
+        _check(isinstance(self.max_dim, int) and self.max_dim >= 1,
+               f"{{max_dim}} must be a positive integer, got {self.max_dim!r}", "use e.g. {max_dim=2048}")
 
 
 GROUPS = {"model": ModelSettings, "data": DataSettings, "extraction": ExtractionSettings, "metrics": MetricSettings}

@@ -73,12 +73,16 @@ def test_shortcuts_route_to_their_group_and_unknown_names_are_type_errors():
 
 def test_every_setting_has_one_flag_that_every_analyzing_command_takes():
     internal = {"chunk_rows", "backend"}  # Python-only knobs
+    layer_only = {"layers", "pool", "max_dim"}  # how nc-probe layers taps many layers
     assert set(FIELD_GROUP) - internal <= set(FLAGS)
     runner = CliRunner()
     for command in ("analyze", "gate", "baseline", "compare"):
         text = runner.invoke(app, [command, "--help"], terminal_width=300).output
-        for param in set(FIELD_GROUP) - internal:
+        for param in set(FIELD_GROUP) - internal - layer_only:
             assert FLAGS[param] in text, (command, param)
+    text = runner.invoke(app, ["layers", "--help"], terminal_width=300).output
+    for param in set(FIELD_GROUP) - internal - {"layer", "linear_probe"}:  # one tap; the probe is always on
+        assert FLAGS[param] in text, ("layers", param)
 
 
 def test_the_same_error_reads_as_python_or_as_a_command_line():

@@ -32,9 +32,10 @@ FLAGS = {
     "workers": "--workers", "amp": "--amp", "spill_threshold": "--spill-threshold",
     "save_features": "--save-features", "fmt": "--format", "out": "--out",
     "min_class_count": "--min-class-count", "angle_classes": "--angle-classes",
-    "angle_precision": "--angle-precision", "matrices": "--matrices",
+    "angle_precision": "--angle-precision", "matrices": "--matrices", "layers": "--layers", "pool": "--pool",
+    "max_dim": "--max-dim", "linear_probe": "--linear-probe",
 }
-SWITCHES = {"trust_checkpoint"}  # flags that take no value
+SWITCHES = {"trust_checkpoint", "linear_probe"}  # flags that take no value
 
 
 def flag_name(param: str, value: str | None) -> str:
@@ -122,6 +123,20 @@ SpillThreshold = Annotated[str | None, _option(
     "--spill-threshold", f"Extracted features kept in memory up to this size, e.g. 2GiB; beyond it they go to a "
                          f"temporary file for the analysis [default: {format_bytes(_e.spill_threshold)}].",
     EXTRACTION)]
+Layers = Annotated[str | None, _option(
+    "--layers", "Layers to tap, comma-separated: full module names, globs (layer*.1, blocks.*), re:REGEX, indices "
+                "(-1), @blocks (the repeated blocks) and @penultimate (the classifier's input) "
+                "[default: @blocks,@penultimate].", EXTRACTION)]
+Pool = Annotated[str | None, _option(
+    "--pool", "How a layer's output becomes one vector per sample: gap (average over conv positions or tokens), "
+              "cls (a ViT's class token), mean (token mean) or auto (gap for conv maps; cls when the model has a "
+              "class token, else mean, for tokens) [default: auto].", EXTRACTION)]
+MaxDim = Annotated[int | None, _option(
+    "--max-dim", f"Wider layers are projected to this many dimensions by a seeded random map [default: "
+                 f"{_e.max_dim}].", EXTRACTION)]
+LinearProbe = Annotated[bool, _option(
+    "--linear-probe", "Also compute acc_linear_probe: a closed-form ridge probe scored in the second pass (on by "
+                      "default in nc-probe layers).", METRICS)]
 SaveFeatures = Annotated[Path | None, _option(
     "--save-features", "Keep the extracted features here, so later runs need no model.", EXTRACTION)]
 

@@ -18,7 +18,8 @@ COLLAPSED, SEPARATED, COMPRESSED, DIVERSE, ACCURATE = (
 class Metric:
     """One public metric key.
 
-    ``shape``: "scalar", "per_class" (a list over classes) or "pair" (a class x class matrix). ``direction``:
+    ``shape``: "scalar", "per_class" (a list over classes), "pair" (a class x class matrix), "layer" (one value per
+    layer of a layer report) or "fit" (a depth law fitted over the layers). ``direction``:
     "lower" or "higher", the way the value moves as the features get ``word``; None for metrics without one.
     """
 
@@ -88,6 +89,16 @@ CATALOG: dict[str, Metric] = {m.key: m for m in [
        unit="degrees", direction="higher", word=SEPARATED),
     _m("angle_min_min", "smallest principal angle of any class pair, degrees", unit="degrees",
        direction="higher", word=SEPARATED),
+    _m("rank_numerical_total", "numerical rank of the total feature covariance: eigenvalues above rank_tol times "
+       "the largest", unit="dimensions", direction="lower", word=COMPRESSED),
+    _m("acc_linear_probe", "accuracy of a closed-form ridge probe (one-hot targets, lambda = 1e-3 Tr(Sigma)/d) "
+       "on the analysed features", unit="fraction", direction="higher", word=ACCURATE),
+    _m("D_l", "per layer: separation fuzziness Tr(Sigma_W Sigma_B^+) = C * nc1 (He & Su)", "layer",
+       direction="lower", word=COLLAPSED),
+    _m("rho", "depth law ln D_l = a - rho * l: decay of the fuzziness per layer", "fit", direction="higher",
+       word=COLLAPSED),
+    _m("a", "depth law ln D_l = a - rho * l: the intercept", "fit"),
+    _m("r2", "depth law: R^2 of the least-squares fit of ln D_l against l", "fit"),
 ]}
 
 METRIC_DOCS = {k: m.doc for k, m in CATALOG.items()}

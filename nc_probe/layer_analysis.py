@@ -1,0 +1,127 @@
+"""Checkpoint -> LayerReport: every selected layer of a model from one forward pass per batch
+(``nc-probe layers CHECKPOINT``).
+
+The flow is the single-layer one, widened: :mod:`~nc_probe.loading` and :mod:`~nc_probe.datasets` feed
+:func:`~nc_probe.extraction.extract_layers` (a FeatureStore per layer, spilled to temporary files past the spill
+threshold), and each layer's store goes through :func:`~nc_probe.analysis.analyze_store` with the linear probe on,
+one layer at a time, so each gets the whole memory budget and the same exactness as ``analyze``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from . import distributed
+from .analysis import analyze_store
+from .batches import iter_batches
+from .devices import resolve_device, stats_device
+from .extraction import BatchContext, Extraction, extract_layers
+from .files import file_sha256
+from .layer_report import LayerReport
+from .pipeline import ProgressBar, load, open_source
+from .settings import Settings, checkpoint_settings
+from .taps.layers import LayerTaps
+from .taps.select import DEFAULT_LAYERS, PENULTIMATE, select_layers
+
+__all__ = ["analyze_layers"]
+
+
+def analyze_layers(path, settings: Settings | None = None, *, progress: bool = False, **shortcuts) -> LayerReport:
+    """Load a checkpoint (or take an ``nn.Module``), run it once over its data with a tap on every selected layer,
+    and analyze each layer's features.
+
+    ``settings`` or its fields as keywords, as :func:`nc_probe.analyze_checkpoint` takes them, plus ``layers``
+    (default ``"@blocks,@penultimate"``), ``pool`` and ``max_dim``. Every layer's metrics include
+    ``acc_linear_probe``; the report fits the depth law of ``D_l`` and finds where accuracy stops improving.
+    """
+    s = checkpoint_settings(settings, **shortcuts)
+    s = s.with_(linear_probe=True)
+    t0 = time.perf_counter()
+    loaded = load(path, s.model)
+    t_load = time.perf_counter() - t0
+    with ThreadPoolExecutor(1) as pool:
+        sha = pool.submit(file_sha256, loaded.source) if os.path.isfile(loaded.source) else None
+        source = open_source(loaded, s.data, s.model.trust_checkpoint)
+        dev = resolve_device(s.extraction.device)
+        names = select_layers(loaded.model, s.extraction.layers)
+        with LayerTaps(loaded.model, names, pool=s.extraction.pool, max_dim=s.extraction.max_dim) as taps:
+            taps.to(dev)
+            exts = _extract(taps, loaded, source, s, dev, progress)
+        digest = sha.result() if sha is not None else None
+    infos = {n: taps.infos[n].to_dict() for n in exts}
+    notes = _drop_duplicate_penultimate(exts, infos, taps)
+    t_extract = next(iter(exts.values())).seconds if exts else 0.0
+    reports = []
+    t1 = time.perf_counter()
+    try:
+        for name in list(exts):
+            ext = exts[name]
+            store = ext.store.shard(0, ext.store.num_samples) if distributed.active() else ext.store
+            report = analyze_store(store, s.metrics, device=str(stats_device(dev)), layer=name, sha256=digest)
+            report.warnings[:0] = ext.warnings
+            reports.append((infos[name], report))
+            ext.cleanup()
+    finally:
+        for ext in exts.values():
+            ext.cleanup()
+    first = reports[0][1] if reports else None
+    inputs = {"source": loaded.source, "sha256": digest, "data": source.spec, "split": source.split,
+              "arch": loaded.arch, "format": loaded.format, "layers": s.extraction.layers or DEFAULT_LAYERS,
+              "pool": s.extraction.pool, "max_dim": s.extraction.max_dim, "head": taps.head_name(),
+              "num_samples": None if first is None else first.inputs["num_samples"],
+              "num_classes": None if first is None else first.inputs["num_classes"],
+              "class_names": None if first is None else first.inputs["class_names"]}
+    settings_record = {} if first is None else dict(first.settings)
+    settings_record.update({"device": str(dev), "batch_size": s.extraction.batch_size, "amp": s.extraction.amp})
+    out = LayerReport.from_reports(reports, inputs, settings_record)
+    out.warnings = list(loaded.notes) + list(source.notes) + notes
+    out.timings = {"load_model": t_load, "extraction": t_extract, "analysis": time.perf_counter() - t1,
+                   "total": time.perf_counter() - t0}
+    return out
+
+
+def _extract(taps: LayerTaps, loaded, source, s: Settings, dev, progress: bool) -> dict[str, Extraction]:
+    """Every layer's features, keyed in forward order (the order the hooks fired on the first batch)."""
+    total = len(source) if source.sized else None
+    bar = ProgressBar(total, f"{os.path.basename(loaded.source)} on {source.spec}") \
+        if progress and distributed.is_main() else None
+    context = BatchContext(source=loaded.source, declared_classes=source.num_classes,
+                           data_name=source.spec if source.split is None else f"{source.spec} ({source.split})",
+                           class_names=source.class_names, metadata={"source": loaded.source, "data": source.spec},
+                           progress=bar, total=total)
+    try:
+        batches = iter_batches(source, batch_size=s.extraction.batch_size, workers=s.extraction.workers,
+                               pin_memory=dev.type == "cuda")
+        exts = extract_layers(taps, batches, device=dev, context=context, settings=s.extraction, metrics=s.metrics)
+    finally:
+        if bar is not None:
+            bar.close()
+    return {n: exts[n] for n in taps.forward_order() if n in exts}
+
+
+def _drop_duplicate_penultimate(exts: dict[str, Extraction], infos: dict, taps: LayerTaps) -> list[str]:
+    """When the last selected module's features are the head's input itself (a ReLU feeding the classifier, a
+    ResNet's last block after pooling), keep that module and give it the classifier: one layer, not two."""
+    if PENULTIMATE not in exts or len(exts) < 2:
+        return []
+    names = list(exts)
+    last = names[names.index(PENULTIMATE) - 1] if names.index(PENULTIMATE) > 0 else None
+    if last is None:
+        return []
+    a, b = exts[last].store, exts[PENULTIMATE].store
+    if a.dim != b.dim or a.num_samples != b.num_samples:
+        return []
+    step = 1 << 16
+    for start in range(0, a.num_samples, step):
+        stop = min(start + step, a.num_samples)
+        if not np.array_equal(a.read("features", start, stop), b.read("features", start, stop)):
+            return []
+    a.W, a.b = taps.W, taps.b
+    infos[last]["head_input"] = True
+    exts.pop(PENULTIMATE).cleanup()
+    return [f"@penultimate (the input of the classifier {taps.head_name()}) is the output of {last}: analysed "
+            "once, under that name, with the classifier"]

@@ -1,0 +1,129 @@
+"""LayerReport: the metrics of every tapped layer of one model, the depth laws fitted over them, and their JSON and
+tidy (long) forms (``docs/metrics.md``, "Layers").
+
+Each layer carries the scalar metrics of a single-layer :class:`~nc_probe.report.Report` of its features, plus
+``D_l`` (= C * nc1) and the means over classes of the per-class ranks; the full module name is the key.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import InputError, spell
+from .files import atomic_write_text, json_safe
+from .metrics import depth
+from .report import Report
+
+LAYER_SCHEMA_VERSION = "layers-1.0"
+CLASS_MEANS = ("rank_energy95", "rank_numerical", "rank_effective")
+
+
+@dataclass
+class LayerReport:
+    """The result of one layer analysis.
+
+    - ``inputs``: source, sha256, data, split, arch, format, num_samples, num_classes, class_names, layers (the
+      spec), pool, max_dim.
+    - ``layers``: one dict per layer in forward order: ``name`` (full module name, or ``@penultimate`` for the
+      input of the final nn.Linear when no selected module gives it), ``depth`` (1..L), ``shape`` (raw output per
+      sample), ``pool``, ``raw_dim``, ``dim``, ``projection_seed``, ``metrics``, ``warnings``.
+    - ``laws``: ``D_l`` (``rho``, ``a``, ``r2``, ``layers``: the fit of ln D_l = a - rho * depth) and the plateau
+      layers of ``acc_ncc`` and ``acc_linear_probe`` (``{"depth", "name"}``).
+    """
+
+    inputs: dict
+    settings: dict
+    layers: list = field(default_factory=list)
+    laws: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+    kind: str = "layers"
+    schema_version: str = LAYER_SCHEMA_VERSION
+
+    @classmethod
+    def from_reports(cls, reports: list[tuple[dict, Report]], inputs: dict, settings: dict) -> LayerReport:
+        """Layers from ``(layer info, single-layer report)`` pairs in forward order; fits the depth laws."""
+        layers = []
+        for i, (info, report) in enumerate(reports, start=1):
+            layers.append({**info, "depth": i, "metrics": layer_metrics(report), "warnings": list(report.warnings)})
+        out = cls(inputs=inputs, settings=settings, layers=layers)
+        out.laws = out.fit_laws()
+        return out
+
+    def fit_laws(self) -> dict:
+        depths = [layer["depth"] for layer in self.layers]
+        laws: dict = {"D_l": depth.fit_decay(depths, self.values("D_l"))}
+        for key in ("acc_ncc", "acc_linear_probe"):
+            i = depth.plateau_start(self.values(key))
+            laws[f"plateau_{key}"] = None if i is None else {"depth": self.layers[i]["depth"],
+                                                             "name": self.layers[i]["name"]}
+        return laws
+
+    def values(self, key: str) -> list:
+        """One metric over the layers, in forward order (None where absent)."""
+        return [layer["metrics"].get(key) for layer in self.layers]
+
+    @property
+    def names(self) -> list[str]:
+        return [layer["name"] for layer in self.layers]
+
+    # ------------------------------------------------------------------------------------------------ forms
+    def tidy(self, model: str | None = None) -> pd.DataFrame:
+        """Long format: one row per (model, layer, depth, metric, value); the fitted laws as rows of layer ""."""
+        model = model or self.inputs.get("label") or Path(str(self.inputs.get("source", "model"))).stem
+        rows = [(model, layer["name"], layer["depth"], key, value) for layer in self.layers
+                for key, value in layer["metrics"].items()]
+        for key in ("rho", "a", "r2"):
+            rows.append((model, "", None, key, self.laws.get("D_l", {}).get(key)))
+        return pd.DataFrame(rows, columns=["model", "layer", "depth", "metric", "value"])
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["warnings"] = [spell(str(w)) for w in self.warnings]
+        for layer in data["layers"]:
+            layer["warnings"] = [spell(str(w)) for w in layer["warnings"]]
+        return json_safe(data)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    def save(self, path) -> Path:
+        return atomic_write_text(Path(path), self.to_json())
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LayerReport:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def load(cls, path) -> LayerReport:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InputError(f"not a readable report JSON ({e.__class__.__name__})", path=path,
+                             fix="write it with nc-probe layers --json") from None
+        if not is_layer_report(data):
+            raise InputError("is JSON but not an nc-probe layer report", path=path,
+                             fix="write it with nc-probe layers --json")
+        return cls.from_dict(data)
+
+
+def is_layer_report(data) -> bool:
+    return isinstance(data, dict) and data.get("kind") == "layers" and isinstance(data.get("layers"), list)
+
+
+def layer_metrics(report: Report) -> dict:
+    """A layer's row: the report's scalar metrics, ``D_l = C * nc1`` and per-class rank means."""
+    m = dict(report.metrics)
+    C = report.inputs.get("num_classes")
+    nc1 = m.get("nc1")
+    m["D_l"] = None if nc1 is None or C is None else nc1 * C
+    for key in CLASS_MEANS:
+        column = report.per_class.get(key)
+        values = [v for v in ([] if column is None else column) if v is not None]
+        m[f"{key}_mean"] = sum(values) / len(values) if values else None
+    return m

@@ -1,0 +1,86 @@
+"""A linear probe without a training loop, and the numerical rank of a layer (``docs/metrics.md``, "Layers").
+
+``acc_linear_probe``: ridge regression of one-hot labels on centred features, ``beta = (Sigma + lambda I)^-1
+X_c^T Y_c / N`` with ``Sigma`` the total covariance and ``lambda = 1e-3 Tr(Sigma) / d``; the prediction is the
+argmax of ``(h - mu)^T beta + n_c/N`` (the intercept is the mean of the one-hot targets). Both sufficient statistics
+come from :class:`~nc_probe.stats.ClassStats`: ``Sigma`` is the within-class scatter plus the count-weighted
+scatter of the class means about the sample mean ``mu``, and column c of ``X_c^T Y_c`` is ``n_c (mu_c - mu)``.
+Scoring the rows needs the final ``beta``, so it happens in the second pass (:class:`ProbeTally`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+import numpy as np
+import torch
+
+RIDGE = 1e-3  # lambda = RIDGE * Tr(Sigma) / d
+
+
+def total_covariance(count: np.ndarray, means: np.ndarray, scatter: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(Sigma_T, mu)``: the covariance of all rows about their sample mean, and that mean, from per-class counts
+    and means (classes with samples) and the within-class scatter (d x d, summed over rows)."""
+    N = count.sum()
+    mu = count @ means / N
+    D = means - mu
+    return scatter / N + (D.T * (count / N)) @ D, mu
+
+
+def ridge_probe(count: np.ndarray, means: np.ndarray, scatter: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(W, b)`` (C x d, C) of the ridge probe: the scores of a row h are ``W h + b``."""
+    sigma, mu = total_covariance(count, means, scatter)
+    d = len(sigma)
+    N = count.sum()
+    lam = RIDGE * np.trace(sigma) / d
+    prior = count / N
+    if lam <= 0:  # every feature is constant: the probe predicts the most frequent class
+        return np.zeros_like(means), prior
+    rhs = ((means - mu) * prior[:, None]).T  # d x C: X_c^T Y_c / N
+    L = np.linalg.cholesky(sigma + lam * np.eye(d))
+    beta = np.linalg.solve(L.T, np.linalg.solve(L, rhs))
+    W = beta.T
+    return W, prior - W @ mu
+
+
+def numerical_rank(sigma: np.ndarray, rank_tol: float) -> int:
+    """Eigenvalues of ``sigma`` above ``rank_tol`` times the largest (the layer's numerical rank)."""
+    lam = np.linalg.eigvalsh(sigma)
+    return int(np.sum(lam > rank_tol * lam[-1])) if len(lam) and lam[-1] > 0 else 0
+
+
+class ProbeTally:
+    """Pass-2 observer counting the probe's correct predictions (float64 scores; ties to the lowest class).
+
+    ``add(start, h, y)`` takes every row a pass reads; rows of classes outside ``keep`` are skipped.
+    """
+
+    def __init__(self, W: np.ndarray, b: np.ndarray, class_ids: np.ndarray, keep: np.ndarray | None = None):
+        self.Wt = torch.from_numpy(np.ascontiguousarray(W.T))
+        self.b = torch.from_numpy(b)
+        self.ids = torch.from_numpy(np.asarray(class_ids, dtype=np.int64))
+        self.keep = keep
+        self.correct = torch.zeros(1, dtype=torch.long)
+        self.total = torch.zeros(1, dtype=torch.long)
+
+    def add(self, start: int, h: torch.Tensor, y: torch.Tensor) -> None:
+        y = y.cpu()
+        if self.keep is not None and not self.keep.all():
+            sel = torch.from_numpy(self.keep[y.numpy()])
+            h, y = h[sel.to(h.device)], y[sel]
+        if len(y) == 0:
+            return
+        scores = h.to("cpu", torch.float64) @ self.Wt + self.b
+        pred = self.ids[torch.argmax(scores, dim=1)]
+        self.correct += int((pred == y).sum())
+        self.total += len(y)
+
+    def sync_steps(self) -> Generator[tuple[str, Any], Any, None]:
+        """The :func:`nc_probe.distributed.sync` protocol: counts add."""
+        yield "sum", [self.correct, self.total]
+
+    @property
+    def accuracy(self) -> float | None:
+        total = int(self.total)
+        return int(self.correct) / total if total else None

@@ -1,0 +1,138 @@
+"""matplotlib figures of layer reports: metrics against depth, one line per model (``nc-probe layers``, and
+``compare`` of layer reports).
+
+Views: ``fuzziness`` (D_l on a log scale with the fitted law ln D_l = a - rho * l), ``rates`` (R, Rc and dR per layer,
+as in the CRATE and ReduNet figures), ``ranks`` (mean per-class rank and the layer's numerical rank),
+``accuracy`` (nearest-class-center and linear-probe accuracy, with the layer after which each stops improving),
+``collapse`` (nc1, nc1_cdnv and the ETF distance of the means, log scale).
+"""
+
+from __future__ import annotations
+
+import math
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from ..layer_report import LayerReport
+from .plots import LOG_FLOOR
+
+TICK_NAMES = 24  # up to this many layers the x axis names them; beyond, depth numbers
+STYLES = ("-", "--", "-.", ":")
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f")
+
+
+def depth_figures(reports: dict[str, LayerReport]) -> dict[str, Figure]:
+    """Every view, each with one line (or set of lines) per labelled report; views without data are left out."""
+    figs = {"fuzziness": _fuzziness(reports), "rates": _series(reports, "rates"), "ranks": _series(reports, "ranks"),
+            "accuracy": _accuracy(reports), "collapse": _series(reports, "collapse")}
+    return {k: f for k, f in figs.items() if f is not None}
+
+
+SERIES = {
+    "rates": ("MCR^2 coding rates through depth", "nats", False,
+              [("coding_rate", "R"), ("coding_rate_within", "Rc"), ("rate_reduction", "dR = R - Rc")]),
+    "ranks": ("Ranks through depth", "dimensions", True,
+              [("rank_energy95_mean", "per-class rank_energy95 (mean)"),
+               ("rank_numerical_total", "numerical rank of the layer")]),
+    "collapse": ("Collapse through depth (0 = collapsed)", "value (log scale)", True,
+                 [("nc1", "nc1"), ("nc1_cdnv", "nc1_cdnv"), ("nc2_etf_M", "nc2_etf_M")]),
+}
+
+
+def _new(title: str, ylabel: str, log: bool) -> tuple[Figure, Axes]:
+    fig = Figure(figsize=(7.2, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
+def _xaxis(ax: Axes, reports: dict[str, LayerReport]) -> None:
+    first = next(iter(reports.values()))
+    depths = [layer["depth"] for layer in first.layers]
+    same = all(r.names == first.names for r in reports.values())
+    if same and len(depths) <= TICK_NAMES:
+        ax.set_xticks(depths, first.names, rotation=45, ha="right", fontsize=8)
+        ax.set_xlabel("layer (forward order)")
+    else:
+        ax.set_xlabel("depth l (layers in forward order)")
+
+
+def _points(report: LayerReport, key: str, log: bool) -> tuple[list, list]:
+    xs, ys = [], []
+    for layer in report.layers:
+        v = layer["metrics"].get(key)
+        if v is None or not math.isfinite(v):
+            continue
+        xs.append(layer["depth"])
+        ys.append(max(v, LOG_FLOOR) if log else v)
+    return xs, ys
+
+
+def _series(reports: dict[str, LayerReport], view: str) -> Figure | None:
+    title, ylabel, log, keys = SERIES[view]
+    fig, ax = _new(title, ylabel, log)
+    drawn = 0
+    for m, (label, report) in enumerate(reports.items()):
+        for k, (key, name) in enumerate(keys):
+            xs, ys = _points(report, key, log)
+            if xs:
+                tag = name if len(reports) == 1 else f"{label}: {name}"
+                ax.plot(xs, ys, STYLES[m % len(STYLES)], marker="o", ms=3.5, color=COLORS[k % len(COLORS)],
+                        label=tag)
+                drawn += 1
+    if not drawn:
+        return None
+    _xaxis(ax, reports)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _fuzziness(reports: dict[str, LayerReport]) -> Figure | None:
+    fig, ax = _new("Separation fuzziness D_l = Tr(Sigma_W Sigma_B^+) through depth", "D_l (log scale)", True)
+    drawn = 0
+    for m, (label, report) in enumerate(reports.items()):
+        xs, ys = _points(report, "D_l", True)
+        if not xs:
+            continue
+        color = COLORS[m % len(COLORS)]
+        ax.plot(xs, ys, "o", color=color, label=label if len(reports) > 1 else "D_l")
+        law = report.laws.get("D_l") or {}
+        if law.get("rho") is not None:
+            fit = [math.exp(law["a"] - law["rho"] * x) for x in xs]
+            r2 = law.get("r2")
+            ax.plot(xs, fit, "-", color=color, alpha=0.7,
+                    label=f"{label + ': ' if len(reports) > 1 else ''}fit rho={law['rho']:.3g}"
+                          + (f", R^2={r2:.3f}" if r2 is not None else ""))
+        drawn += 1
+    if not drawn:
+        return None
+    _xaxis(ax, reports)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _accuracy(reports: dict[str, LayerReport]) -> Figure | None:
+    fig, ax = _new("Accuracy through depth", "accuracy", False)
+    drawn = 0
+    for m, (label, report) in enumerate(reports.items()):
+        for k, (key, name) in enumerate([("acc_ncc", "nearest class center"), ("acc_linear_probe", "linear probe")]):
+            xs, ys = _points(report, key, False)
+            if not xs:
+                continue
+            color = COLORS[k % len(COLORS)]
+            tag = name if len(reports) == 1 else f"{label}: {name}"
+            ax.plot(xs, ys, STYLES[m % len(STYLES)], marker="o", ms=3.5, color=color, label=tag)
+            plateau = report.laws.get(f"plateau_{key}")
+            if plateau:
+                ax.axvline(plateau["depth"], color=color, ls=STYLES[m % len(STYLES)], alpha=0.35, lw=1)
+            drawn += 1
+    if not drawn:
+        return None
+    _xaxis(ax, reports)
+    ax.legend(fontsize=8, title="vertical lines: no gain after", title_fontsize=8)
+    return fig
