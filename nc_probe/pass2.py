@@ -22,6 +22,8 @@ from .store import FeatureStore
 
 PASS2_BLOCK = 4096  # CPU pass 2: rows cast to float64 and scored at a time (a cache-sized block)
 PASS2_READ_ROWS = 16384  # CPU pass 2: rows per read
+SCORE_BYTES = 64 << 20  # CPU pass 2: at most this much float64 score matrix per block
+DEVICE_SCORE_BYTES = 512 << 20  # GPU pass 2: the same, per block of a chunk
 
 
 class Observer(Protocol):
@@ -54,8 +56,17 @@ def second_pass(store: FeatureStore, stats: ClassStats, ids, W, rows: int, pca: 
         if keep is not None and not keep.all():
             sel = torch.from_numpy(keep[y.numpy()])
             h, y, logits = h[sel.to(dev)], y[sel], None if logits is None else logits[sel.numpy()]
-        tally.add(y, *predictor.predict(h, logits))
+        step = _block_rows(predictor.cols.shape[1], DEVICE_SCORE_BYTES)
+        for s in range(0, len(y), step):
+            tally.add(y[s:s + step], *predictor.predict(h[s:s + step], None if logits is None else logits[s:s + step]))
     return tally.sync()
+
+
+def _block_rows(columns: int, score_bytes: int = SCORE_BYTES) -> int:
+    """Rows scored at a time: ``PASS2_BLOCK``, fewer when the score matrix (rows x the means and classifier rows)
+    would pass ``SCORE_BYTES`` in float64 (a 32k-way head: 4096 rows would make 1.6 GB of scores and their copies)."""
+    return int(min(PASS2_BLOCK if score_bytes == SCORE_BYTES else 1 << 20,
+                   max(64, score_bytes // (8 * max(columns, 1)))))
 
 
 def _model_outputs(store: FeatureStore, start: int, stop: int):
@@ -89,7 +100,8 @@ def _second_pass_host(store, stats, ids, W, rows, keep, observers) -> Prediction
     exact = predictor.positions
     screen = Float32Screen(predictor.cols, predictor.sq, predictor.K, predictor.b)
     tally = PredictionTally(stats.num_classes)
-    buf = torch.empty(min(PASS2_BLOCK, store.num_samples), store.dim, dtype=torch.float64)
+    block_rows = _block_rows(predictor.cols.shape[1])
+    buf = torch.empty(min(block_rows, store.num_samples), store.dim, dtype=torch.float64)
     rows = min(rows, PASS2_READ_ROWS)  # pass 2 needs no large chunks: less memory beside the subspace metrics
     read_buf = store.read_buffer("features", rows)
 
@@ -104,8 +116,8 @@ def _second_pass_host(store, stats, ids, W, rows, keep, observers) -> Prediction
             sel = keep[labels.numpy()]
             feats, labels = feats[torch.from_numpy(sel)], labels[torch.from_numpy(sel)]
             logits = None if logits is None else logits[sel]
-        for s in range(0, len(labels), PASS2_BLOCK):
-            e = min(s + PASS2_BLOCK, len(labels))
+        for s in range(0, len(labels), block_rows):
+            e = min(s + block_rows, len(labels))
             block = feats[s:e]
             h = None
             screened = screen(block) if block.dtype == torch.float32 else None

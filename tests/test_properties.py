@@ -247,8 +247,9 @@ def test_gpu_code_paths_run_on_the_cpu_give_the_same_report():
     y = rng.integers(0, C, n)
     H = (rng.normal(size=(C, d))[y] * 3 + 1e2 + rng.normal(size=(n, d))).astype(np.float32)
     W, b = rng.normal(size=(C, d)), rng.normal(size=C)
-    host = nc_probe.analyze_features(H, y, W, b, chunk_rows=97)
-    torch_path = nc_probe.analyze_features(H, y, W, b, chunk_rows=97, backend="torch")
+    host = nc_probe.analyze_features(H, y, W, b, chunk_rows=97, linear_probe=True)
+    torch_path = nc_probe.analyze_features(H, y, W, b, chunk_rows=97, backend="torch", linear_probe=True)
+    assert host.metrics["acc_linear_probe"] is not None
     for key, value in host.metrics.items():
         assert torch_path.metrics[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
     for key in ("rank_energy95", "rank_effective", "coding_rate_class", "acc_model", "acc_ncc"):

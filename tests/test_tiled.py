@@ -104,6 +104,22 @@ def test_pair_summary_does_not_depend_on_how_pairs_are_split_into_tiles(seed, n,
     assert top == sorted(values, reverse=True)[:pairs.TOP_PAIRS]
 
 
+@SETTINGS
+@given(seed=st.integers(0, 2**31), n=st.integers(1, 400), parts=st.integers(1, 9),
+       extreme=st.sampled_from(["largest", "smallest"]))
+def test_kept_pairs_are_one_global_sort_whatever_the_tiling_even_with_ties(seed, n, parts, extreme):
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, 4, size=n).astype(float)  # many ties
+    a, b = rng.permutation(n), np.arange(n) + n  # distinct pairs
+    order = rng.permutation(n)
+    s = PairSummary(bounds=(0, 4), extreme=extreme)
+    for part in np.array_split(order, parts):
+        s.add(values[part], a[part], b[part])
+    sign = -1 if extreme == "largest" else 1
+    expected = sorted(zip(values, a, b), key=lambda t: (sign * t[0], t[1], t[2]))[:pairs.TOP_PAIRS]
+    assert [(v, x, y) for v, x, y in s._top] == [(float(v), int(x), int(y)) for v, x, y in expected]
+
+
 def test_histogram_quantiles_beyond_the_exact_limit(monkeypatch):
     """Past EXACT_QUANTILE_PAIRS the quantiles come from the histogram: the centre of the bin holding the exact
     quantile (the smallest value whose share of pairs at or below it reaches q), so within half a bin of it."""
@@ -235,10 +251,10 @@ _BASE: dict = {}
 def test_same_report_whatever_the_memory_budget_chunk_and_tile(budget, chunk, tile):
     H, y, W, b = _grouped_case(1)
     if "base" not in _BASE:
-        _BASE["base"] = nc_probe.analyze_features(H, y, W, b)
+        _BASE["base"] = nc_probe.analyze_features(H, y, W, b, linear_probe=True)
     base = _BASE["base"]
     with mock.patch.object(angles, "TILE_COLUMNS", tile), mock.patch.object(pairs, "TILE_ROWS", tile):
-        r = nc_probe.analyze_features(H, y, W, b, memory_budget=budget, chunk_rows=chunk)
+        r = nc_probe.analyze_features(H, y, W, b, memory_budget=budget, chunk_rows=chunk, linear_probe=True)
     for key, value in base.metrics.items():
         assert r.metrics[key] == pytest.approx(value, rel=1e-10, abs=1e-12), key
     for key in ("rank_energy95", "rank_numerical", "basis_dim"):

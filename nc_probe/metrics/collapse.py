@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .pairs import MatrixSink, PairSummary, sweep
+from .pairs import MatrixSink, PairSummary, Tile, sweep
 
 EPS64 = np.finfo(np.float64).eps
 
@@ -114,17 +114,21 @@ def mean_pair_metrics(M: np.ndarray, variances: np.ndarray, *, keep_matrix: bool
     cdnv = PairSummary(bounds=(1e-12, 1e12), extreme="largest", log=True)
     cdnv_sum = [0.0]
 
-    def visit(i0, j0, G, rows, cols):
-        state.visit(i0, j0, G, rows, cols)
-        a, b = rows + i0, cols + j0
-        dist2 = np.maximum(sq[a] + sq[b] - 2 * G[rows, cols], 0)
-        close = np.flatnonzero(dist2 < 1e-3 * (sq[a] + sq[b]))
-        if len(close):
-            dist2[close] = np.square(V[a[close]] - V[b[close]]).sum(1)
+    def visit(tile: Tile, G: np.ndarray) -> None:
+        state.visit(tile, G)
+        (i0, j0), (n, m) = (tile.i0, tile.j0), G.shape
+        sa, sb = sq[i0:i0 + n, None], sq[None, j0:j0 + m]
+        dist2 = np.maximum(sa + sb - 2 * G, 0)
+        close = dist2 < 1e-3 * (sa + sb)
+        if tile.mask is not None:
+            close &= tile.mask
+        r, c = np.nonzero(close)
+        if len(r):
+            dist2[r, c] = np.square(V[r + i0] - V[c + j0]).sum(1)
         with np.errstate(divide="ignore", invalid="ignore"):
-            term = (variances[a] + variances[b]) / (2 * dist2)
+            term = tile.values((variances[i0:i0 + n, None] + variances[None, j0:j0 + m]) / (2 * dist2))
         cdnv_sum[0] += float(term.sum())
-        cdnv.add(term, a, b)
+        cdnv.add(term, tile.locate)
 
     sweep(V, visit, tile_rows)
     metrics = state.metrics()
@@ -136,7 +140,7 @@ def mean_pair_metrics(M: np.ndarray, variances: np.ndarray, *, keep_matrix: bool
 def row_pair_metrics(vectors: np.ndarray, *, tile_rows: int | None = None) -> PairCollapse:
     """The four NC2 measures of rows ``vectors`` (C x d, e.g. the classifier's rows), from one tiled sweep."""
     V = np.ascontiguousarray(vectors, dtype=np.float64)
-    state = _Nc2Sweep(V, False)
+    state = _Nc2Sweep(V, False, light=True)
     sweep(V, state.visit, tile_rows)
     return PairCollapse(state.metrics(), state.cosine)
 
@@ -145,7 +149,7 @@ class _Nc2Sweep:
     """Accumulates equiangle (std of pairwise cosines), maxangle (mean |cos + 1/(C-1)|) and the distance of the
     normalized Gram to the simplex ETF, tile by tile."""
 
-    def __init__(self, V: np.ndarray, keep_matrix: bool):
+    def __init__(self, V: np.ndarray, keep_matrix: bool, light: bool = False):
         C = len(V)
         self.C = C
         self.norms = np.linalg.norm(V, axis=1)
@@ -154,21 +158,21 @@ class _Nc2Sweep:
         self.gnorm = float(np.linalg.norm(V.T @ V))
         self.e_off = -1.0 / (C * np.sqrt(C - 1))
         self.e_diag = (1.0 - 1.0 / C) / np.sqrt(C - 1)
-        self.cosine = PairSummary(bounds=(-1.0, 1.0), extreme="largest")
+        self.cosine = PairSummary(bounds=(-1.0, 1.0), extreme="largest", light=light)
         self.abs_dev = 0.0
         self.etf_off = 0.0
         self.matrix = MatrixSink(C, 1.0) if keep_matrix else None
 
-    def visit(self, i0, j0, G, rows, cols) -> None:
-        a, b = rows + i0, cols + j0
-        g = G[rows, cols]
-        cos = g / (self.safe[a] * self.safe[b])
-        self.cosine.add(cos, a, b)
+    def visit(self, tile: Tile, G: np.ndarray) -> None:
+        (i0, j0), (n, m) = (tile.i0, tile.j0), G.shape
+        cos2d = G / (self.safe[i0:i0 + n, None] * self.safe[None, j0:j0 + m])
+        cos = tile.values(cos2d)
+        self.cosine.add(cos, tile.locate)
         self.abs_dev += float(np.abs(cos + 1.0 / (self.C - 1)).sum())
         if self.gnorm > 0:
-            self.etf_off += float(np.square(g / self.gnorm - self.e_off).sum())
+            self.etf_off += float(np.square(tile.values(G) / self.gnorm - self.e_off).sum())
         if self.matrix is not None:
-            self.matrix.put(i0, j0, G / np.outer(self.safe[i0:i0 + G.shape[0]], self.safe[j0:j0 + G.shape[1]]))
+            self.matrix.put(i0, j0, cos2d)
 
     def metrics(self) -> dict:
         norms, pairs = self.norms, self.C * (self.C - 1) / 2

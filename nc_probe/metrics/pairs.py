@@ -9,6 +9,7 @@ The full matrices are written to a side file only when a caller asks (:class:`Ma
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -28,11 +29,37 @@ def tiles(n: int, size: int = TILE_ROWS) -> Iterator[tuple[int, int, int, int]]:
             yield i0, min(i0 + size, n), j0, min(j0 + size, n)
 
 
-def upper_pairs(i0: int, i1: int, j0: int, j1: int) -> tuple[np.ndarray, np.ndarray]:
-    """Local (row, column) indices of the pairs c < c' inside a tile."""
-    rows, cols = np.indices((i1 - i0, j1 - j0))
-    keep = (rows + i0) < (cols + j0)
-    return rows[keep], cols[keep]
+class Tile:
+    """One tile of a C x C pair matrix, rows ``i0..`` and columns ``j0..``: on a diagonal tile (``i0 == j0``) only the
+    pairs c < c' count; an off-diagonal tile (``j0 >= i1``) is all pairs. Values are taken from 2-D blocks without
+    gathering index arrays (the pairs of a 2048 x 2048 tile are 4 million); :meth:`locate` turns positions in the
+    taken values back into class positions, for the few pairs a summary keeps."""
+
+    def __init__(self, i0: int, j0: int, shape: tuple[int, int]):
+        self.i0, self.j0, self.shape = i0, j0, shape
+        self._upper = _upper_indices(shape[0]) if i0 == j0 else None
+
+    def values(self, block: np.ndarray) -> np.ndarray:
+        """The block's pair values as a flat array (a view for an off-diagonal tile)."""
+        return block[self._upper] if self._upper is not None else block.reshape(-1)
+
+    def locate(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Class positions ``(a, b)``, a < b, of the values at ``idx``."""
+        if self._upper is not None:
+            r, c = self._upper[0][idx], self._upper[1][idx]
+        else:
+            r, c = np.divmod(idx, self.shape[1])
+        return r + self.i0, c + self.j0
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        """Boolean mask of the counted entries of a diagonal tile (None: every entry counts)."""
+        return None if self._upper is None else np.triu(np.ones(self.shape, dtype=bool), 1)
+
+
+@functools.lru_cache(maxsize=4)
+def _upper_indices(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.triu_indices(n, 1)
 
 
 @dataclass
@@ -48,6 +75,7 @@ class PairSummary:
     bounds: tuple[float, float] = (-1.0, 1.0)
     extreme: str = "largest"
     log: bool = False
+    light: bool = False  # only count, mean, std, min and max (no quantiles, no pairs)
     count: int = 0
     mean: float = 0.0
     m2: float = 0.0
@@ -58,26 +86,29 @@ class PairSummary:
     _hist: np.ndarray | None = None
     _top: list = field(default_factory=list)  # (value, a, b)
 
-    def add(self, values: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
-        """Add the values of some pairs (``a``, ``b``: their class positions)."""
+    def add(self, values: np.ndarray, a, b=None) -> None:
+        """Add the values of some pairs: ``a``, ``b`` their class positions, or ``a`` a function from positions in
+        ``values`` to ``(a, b)`` (e.g. :meth:`Tile.locate`), asked only for the pairs kept."""
         values = np.asarray(values, dtype=np.float64).ravel()
-        n = len(values)
-        if n == 0:
+        if len(values) == 0:
             return
-        finite = values[np.isfinite(values)]
-        m = float(finite.mean()) if len(finite) else 0.0
-        m2 = float(np.square(finite - m).sum()) if len(finite) else 0.0
+        locate = a if b is None else (lambda idx: (a[idx], b[idx]))
+        finite = values if bool(np.isfinite(values).all()) else values[np.isfinite(values)]
         k = len(finite)
-        total = self.count + k
-        if total:  # Chan et al.: merge this tile's mean and squared deviations into the running ones
-            delta = m - self.mean
+        if k:
+            m = float(finite.mean())
+            dev = finite - m
+            m2 = float(np.dot(dev, dev))
+            total = self.count + k
+            delta = m - self.mean  # Chan et al.: merge this tile's mean and squared deviations into the running ones
             self.m2 += m2 + delta * delta * self.count * k / total
             self.mean += delta * k / total
-        self.count = total
-        if k:
+            self.count = total
             self.lo, self.hi = min(self.lo, float(finite.min())), max(self.hi, float(finite.max()))
+        if self.light:
+            return
         self._keep_for_quantiles(values)
-        self._keep_top(values, a, b)
+        self._keep_top(values, locate)
 
     def _keep_for_quantiles(self, values: np.ndarray) -> None:
         if self._hist is None and self._kept + len(values) <= EXACT_QUANTILE_PAIRS:
@@ -104,13 +135,31 @@ class PairSummary:
         lo, hi = self.bounds
         return (float(np.log(lo)), float(np.log(hi))) if self.log else (lo, hi)
 
-    def _keep_top(self, values: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
-        key = values if self.extreme == "largest" else -values
-        key = np.where(np.isfinite(key), key, -np.inf)
-        take = min(TOP_PAIRS, len(values))
-        idx = np.argpartition(-key, take - 1)[:take] if take < len(values) else np.arange(len(values))
-        merged = self._top + [(float(values[i]), int(a[i]), int(b[i])) for i in idx]
-        merged.sort(key=lambda t: (-t[0] if self.extreme == "largest" else t[0], t[1], t[2]))
+    def _keep_top(self, values: np.ndarray, locate) -> None:
+        """Merge the tile's most extreme finite values into the kept ones, ties broken by the lower class pair, so
+        that the kept pairs are those of one global sort whatever the tiling. Once TOP_PAIRS are kept, only values at
+        or beyond the current last one are candidates (one comparison pass instead of a partition of the tile)."""
+        largest = self.extreme == "largest"
+        if len(self._top) >= TOP_PAIRS:
+            worst = self._top[-1][0]
+            cand = np.flatnonzero(values >= worst if largest else values <= worst)
+        else:
+            cand = np.arange(len(values))
+        cand = cand[np.isfinite(values[cand])]
+        if len(cand) > TOP_PAIRS:
+            key = values[cand] if largest else -values[cand]
+            kth = np.partition(key, len(key) - TOP_PAIRS)[len(key) - TOP_PAIRS]
+            better, tied = cand[key > kth], cand[key == kth]
+            room = TOP_PAIRS - len(better)
+            if len(tied) > room:  # the lowest pairs among the values tied at the threshold
+                ta, tb = locate(tied)
+                tied = tied[np.lexsort((tb, ta))[:room]]
+            cand = np.concatenate([better, tied])
+        if len(cand) == 0:
+            return
+        a, b = locate(cand)
+        merged = self._top + [(float(values[i]), int(x), int(y)) for i, x, y in zip(cand, a, b)]
+        merged.sort(key=lambda t: (-t[0] if largest else t[0], t[1], t[2]))
         self._top = merged[:TOP_PAIRS]
 
     @property
@@ -162,11 +211,9 @@ class MatrixSink:
             np.fill_diagonal(self.matrix[i0:i1, j0:j1], self.diagonal)
 
 
-def sweep(vectors: np.ndarray, visit: Callable[[int, int, np.ndarray, np.ndarray, np.ndarray], None],
-          tile_rows: int | None = None) -> None:
-    """Call ``visit(i0, j0, G_tile, rows, cols)`` for every upper tile of the Gram ``vectors @ vectors.T`` (rows of
-    ``vectors`` are the classes); ``rows``/``cols`` index the pairs c < c' inside the tile."""
+def sweep(vectors: np.ndarray, visit: Callable[[Tile, np.ndarray], None], tile_rows: int | None = None) -> None:
+    """Call ``visit(tile, G_block)`` for every upper tile of the Gram ``vectors @ vectors.T`` (rows of ``vectors``
+    are the classes)."""
     for i0, i1, j0, j1 in tiles(len(vectors), tile_rows or TILE_ROWS):
         block = vectors[i0:i1] @ vectors[j0:j1].T
-        rows, cols = upper_pairs(i0, i1, j0, j1)
-        visit(i0, j0, block, rows, cols)
+        visit(Tile(i0, j0, block.shape), block)
