@@ -236,6 +236,7 @@ def _subspace_groups(store: FeatureStore, stats: ClassStats, splan, results, s: 
                 del chunk
         distributed.sync(feeder.acc)
         results.add_group(feeder.acc, s, angle_set)
+        feeder.acc = None  # type: ignore[assignment]  # a group's rows are freed before the next group is read
 
 
 def _inputs(store: FeatureStore, stats: ClassStats, c: compute.Collapse, sha, num_classes: int, layer, empty,

@@ -58,7 +58,7 @@ class Float32Screen:
         tiny = self.tiny + self.tiny_h * hn
         # nearest center: D_c = ||mu_c||^2 - 2 h.mu_c (in float32), smallest wins; unsure when the runner-up is
         # within twice the bound of the products plus the float32 rounding of ||mu_c||^2 and of the subtraction
-        dist = torch.sub(self.sq32, s[:, :K], alpha=2.0)
+        dist = s[:, :K].mul_(-2.0).add_(self.sq32)  # in place: at a 32k-way head the scores are the memory
         top = torch.topk(dist, 2, dim=1, largest=False)
         ncc = top.indices[:, 0]
         bound = 2 * (self.gamma * hn * self.mean_norm + tiny) + 2 * eps * (self.sq_max + 2 * hn * self.mean_norm)
@@ -66,7 +66,7 @@ class Float32Screen:
         unsure |= tiny_rows
         model = None
         if self.has_w:
-            logit = s[:, K:] if self.bias32 is None else s[:, K:] + self.bias32
+            logit = s[:, K:] if self.bias32 is None else s[:, K:].add_(self.bias32)
             top = torch.topk(logit, 2, dim=1)
             model = top.indices[:, 0]
             bound = (self.gamma * hn * self.w_norm + tiny) + 2 * eps * (self.b_max + hn * self.w_norm)
