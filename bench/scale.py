@@ -228,11 +228,12 @@ def completeness(report, expect: int, needs: str) -> dict:
     ranks = pc.get("rank_energy95") or []
     ranks_ok = len(pc.get("subspace_class_ids") or []) == expect and all(r is not None for r in ranks)
     angle_classes = len(report.angles.get("class_ids") or [])
+    ks = [k for k in pc.get("basis_dim") or [] if k is not None]  # the k of each class's basis: angles cost ~k^2
     everything = collapse_ok and not missing and ranks_ok and angle_classes == expect
     return {"complete": collapse_ok if needs == "collapse" else everything, "collapse_complete": collapse_ok,
             "missing_metrics": missing, "classes_analysed": report.inputs["num_classes"], "expected_classes": expect,
             "classes_with_ranks": len(ranks), "ranks_complete": ranks_ok, "angle_classes": angle_classes,
-            "everything_complete": everything}
+            "mean_basis_dim": float(np.mean(ks)) if ks else None, "everything_complete": everything}
 
 
 def child_ours(path: Path, out_dir: Path, expect: int, needs: str, collapse_only: bool, xtx_repeats: int,
@@ -452,7 +453,9 @@ def _ours(path: Path, tmp: Path, tag: str, expect: int, shape: Shape, xtx_repeat
 def _brief(r: dict) -> str:
     if "failed" in r:
         return f"FAILED (status {r['failed']}): {r['stderr'].strip().splitlines()[-1:]}"
+    k = r["check"].get("mean_basis_dim") if "check" in r else None
     return (f"{r['analysis_s']:.1f} s, peak RSS {r['peak_rss'] / MiB:.0f} MiB, complete={r['check']['complete']}"
+            + (f", mean basis k {k:.1f}" if k is not None else "")
             if "check" in r else f"{r['total_s']:.1f} s, peak RSS {r['peak_rss'] / MiB:.0f} MiB")
 
 

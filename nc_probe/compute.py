@@ -78,9 +78,10 @@ def class_moments(stats: ClassStats, ids: np.ndarray) -> tuple[np.ndarray, np.nd
 
 def total_metrics(stats: ClassStats, ids: np.ndarray, rank_tol: float) -> dict:
     """``rank_numerical_total`` (numerical rank of the total covariance of the features: a layer's rank, as the
-    tunnel-effect papers measure it) and the slot of ``acc_linear_probe`` (filled by pass 2 when asked)."""
+    tunnel-effect papers measure it). ``acc_linear_probe`` is added by pass 2 only when asked: an absent key, not a
+    ``None``, so reports without it compare and gate exactly as before."""
     sigma, _ = probe.total_covariance(*class_moments(stats, ids))
-    return {"rank_numerical_total": probe.numerical_rank(sigma, rank_tol), "acc_linear_probe": None}
+    return {"rank_numerical_total": probe.numerical_rank(sigma, rank_tol)}
 
 
 def prediction_metrics(tally: PredictionTally | None, n_total: int) -> dict:

@@ -365,6 +365,8 @@ def absent_reason(report, metric: str) -> str:
     if not isinstance(report, Report):
         return "it is null or missing"
     inputs, settings = report.inputs, report.settings
+    if metric == "acc_linear_probe" and metric not in report.metrics:
+        return "it is computed only when asked; gate with {linear_probe}"
     if metric not in report.metrics:
         return (f"the report (schema {report.schema_version}) has no such key; analyze the input again with this "
                 "version of nc-probe")
