@@ -105,6 +105,28 @@ def ncprobe_run(model, x, y, batch_size: int) -> tuple[float, object]:
     return time.perf_counter() - t, ext
 
 
+#: ~20 taps of the ResNet-18: the stem, every block and every block's first convolution (conv maps, pooled in the
+#: hook), and the penultimate features: the layer-wise goal is <= 1.3x the bare forward
+LAYER_SPEC = "stem,layers.*.*,layers.*.*.conv1,@penultimate"
+
+
+def layers_run(model, x, y, batch_size: int, spec: str) -> tuple[float, dict]:
+    """The extraction of ``nc-probe layers``: one forward pass per batch with a hook on every selected layer (each
+    output pooled and copied in its hook), a FeatureStore per layer."""
+    from nc_probe.batches import iter_batches
+    from nc_probe.datasets import open_data
+    from nc_probe.extraction import BatchContext, extract_layers
+    from nc_probe.taps.layers import LayerTaps
+    from nc_probe.taps.select import select_layers
+
+    t = time.perf_counter()
+    source = open_data((x, y))
+    with LayerTaps(model, select_layers(model, spec)) as taps:
+        exts = extract_layers(taps, iter_batches(source, batch_size=batch_size), device="cpu",
+                              context=BatchContext(declared_classes=source.num_classes))
+    return time.perf_counter() - t, exts
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help=f"{N_QUICK} images instead of {N_FULL}")
@@ -113,6 +135,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats of each loop (default 5)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--json", type=Path, default=None, help="write the figures to this JSON file")
+    ap.add_argument("--layers", nargs="?", const=LAYER_SPEC, default=None,
+                    help=f"also time the layer-wise extraction of these taps (default spec: {LAYER_SPEC})")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -130,13 +154,22 @@ def main(argv=None) -> int:
 
     bare_loop(model, batches[:2])  # warm-up: allocator, kernels
     ncprobe_run(model, x[: 2 * bs], y[: 2 * bs], bs)
-    base, ours = [], []
+    if args.layers:
+        layers_run(model, x[: 2 * bs], y[: 2 * bs], bs, args.layers)
+    base, ours, multi = [], [], []
+    exts: dict = {}
     for r in range(args.repeats):
         base.append(bare_loop(model, batches))
         t, ext = ncprobe_run(model, x, y, bs)
         ours.append(t)
-        print(f"  repeat {r + 1}: bare {base[-1]:.2f} s, nc-probe {ours[-1]:.2f} s, ratio {ours[-1] / base[-1]:.3f}")
+        line = f"  repeat {r + 1}: bare {base[-1]:.2f} s, nc-probe {ours[-1]:.2f} s, ratio {ours[-1] / base[-1]:.3f}"
+        if args.layers:
+            t, exts = layers_run(model, x, y, bs, args.layers)
+            multi.append(t)
+            line += f"; {len(exts)} taps {t:.2f} s, ratio {t / base[-1]:.3f}"
+        print(line)
     assert ext.num_samples == n and ext.stats is not None and ext.stats.total == n and ext.store.dim == 512
+    assert all(e.num_samples == n for e in exts.values())
     tb, to = min(base), min(ours)
     ratios = [o / b for o, b in zip(ours, base)]
     figures = {
@@ -149,6 +182,13 @@ def main(argv=None) -> int:
     print(f"nc-probe extraction + stats: {to:.2f} s ({n / to:,.1f} images/s), fastest of {args.repeats}")
     print(f"ratio (goal <= 1.05): {to / tb:.3f} (fastest runs); median of per-repeat ratios "
           f"{statistics.median(ratios):.3f}")
+    if args.layers:
+        tl = min(multi)
+        figures.update({"layers_spec": args.layers, "layers_taps": len(exts), "layers_s": tl,
+                        "layers_ratio": tl / tb, "layers_median_ratio": statistics.median(
+                            [m / b for m, b in zip(multi, base)]), "layers_all_s": multi})
+        print(f"nc-probe layers extraction, {len(exts)} taps ({args.layers}): {tl:.2f} s; ratio (goal <= 1.3): "
+              f"{tl / tb:.3f}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0

@@ -268,7 +268,8 @@ def main(argv=None) -> int:
         "samples_per_s": n / total, "stages_s": stages, "rss": rss,
         "result_summary": runs[-1]["summary"], "rank_energy95_median": runs[-1]["rank_energy95_median"],
         "engine": timed["engine"],
-        "machine": {"cpus": os.cpu_count(), "torch_threads": timed["torch_threads"], "python": platform.python_version(),
+        "machine": {"cpus": os.cpu_count(), "torch_threads": timed["torch_threads"],
+                    "python": platform.python_version(),
                     "numpy": np.__version__, "loadavg_end": os.getloadavg()},
     }
 

@@ -22,6 +22,7 @@ def naive_nc(H: np.ndarray, y: np.ndarray, W: np.ndarray, b: np.ndarray, batch_s
     counts = [0] * C
     Sw = torch.zeros(d, d, dtype=torch.float64)
     net_correct = ncc_match = 0
+    M_rows = torch.empty(0)  # the class means, set after the "Mean" pass, read by the "Cov" pass
     for computation in ("Mean", "Cov"):
         for h, target in batches:
             output = h @ W.T + b

@@ -18,6 +18,7 @@ _EXPORTS = {
     "InputError": "errors",
     "analyze_checkpoint": "pipeline", "extract_features": "pipeline",
     "inspect_checkpoint": "inspection",
+    "analyze_layers": "layer_analysis", "LayerReport": "layer_report", "compare_layers": "layer_compare",
     "PredictionTally": "metrics.predictions",
     "Report": "report",
     "DataSettings": "settings", "ExtractionSettings": "settings", "MetricSettings": "settings",

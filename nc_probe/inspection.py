@@ -13,14 +13,17 @@ from .pipeline import load
 from .settings import ModelSettings
 from .taps import ExportTap, ScriptTap
 from .taps.export import _clean_path
+from .taps.select import PENULTIMATE, select_layers
 
 __all__ = ["inspect_checkpoint"]
 
 
-def inspect_checkpoint(path, settings: ModelSettings | None = None, *, input_shape=None, **shortcuts) -> list[dict]:
+def inspect_checkpoint(path, settings: ModelSettings | None = None, *, input_shape=None, layers: str | None = None,
+                       **shortcuts) -> list[dict]:
     """One row per module: ``name`` ("" for the whole model), ``type``, ``output_shape`` (per sample, without the
-    batch dimension; None when unknown), ``params`` (including sub-modules) and ``default_tap`` (True on the
-    nn.Linear whose input analyze taps by default).
+    batch dimension; None when unknown), ``params`` (including sub-modules), ``default_tap`` (True on the
+    nn.Linear whose input analyze taps by default) and ``layer_tap`` (True on the modules ``nc-probe layers`` taps
+    with ``layers``, default ``@blocks,@penultimate``; ``@penultimate`` marks the head, whose input it is).
 
     Output shapes come from one forward pass of a zero batch of ``input_shape`` (per sample; default: the
     checkpoint's metadata ``input_shape``, else guessed from the first layer). TorchScript archives give only the
@@ -33,7 +36,7 @@ def inspect_checkpoint(path, settings: ModelSettings | None = None, *, input_sha
         return _inspect_export(model)
     if isinstance(model, torch.jit.ScriptModule):
         return _inspect_script(model, shape)
-    return _inspect_module(model, shape, loaded.arch)
+    return _inspect_module(model, shape, loaded.arch, layers)
 
 
 def _params(module) -> int:
@@ -71,7 +74,7 @@ def _first_tensor(out):
     return None
 
 
-def _inspect_module(model: nn.Module, input_shape, arch) -> list[dict]:
+def _inspect_module(model: nn.Module, input_shape, arch, layers: str | None = None) -> list[dict]:
     names = {m: n for n, m in model.named_modules()}
     shapes: dict[str, Any] = {}
     order: list[str] = []
@@ -109,8 +112,11 @@ def _inspect_module(model: nn.Module, input_shape, arch) -> list[dict]:
     else:
         linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         tap = linears[-1] if linears else ""
+    chosen = set(select_layers(model, layers))
+    if PENULTIMATE in chosen:
+        chosen.add(tap)
     return [{"name": n, "type": type(m).__name__, "output_shape": shapes.get(n), "params": _params(m),
-             "default_tap": n == tap} for n, m in model.named_modules()]
+             "default_tap": n == tap, "layer_tap": n in chosen} for n, m in model.named_modules()]
 
 
 def _inspect_script(model, input_shape) -> list[dict]:

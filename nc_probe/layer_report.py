@@ -79,7 +79,9 @@ class LayerReport:
                 for key, value in layer["metrics"].items()]
         for key in ("rho", "a", "r2"):
             rows.append((model, "", None, key, self.laws.get("D_l", {}).get(key)))
-        return pd.DataFrame(rows, columns=["model", "layer", "depth", "metric", "value"])
+        df = pd.DataFrame(rows, columns=["model", "layer", "depth", "metric", "value"])
+        df["depth"] = df["depth"].astype("Int64")  # whole layers; empty on the law rows
+        return df
 
     def to_dict(self) -> dict:
         data = asdict(self)

@@ -39,13 +39,15 @@ SAMPLE_PACKAGE = "nc_probe.sample_checkpoints"
 #: The input of ``nc-probe analyze`` without arguments.
 DEFAULT_SAMPLE = "sample:ce"
 #: The input of ``nc-probe layers`` without arguments: the deeper sample, whose depth trend is visible.
-DEFAULT_LAYER_SAMPLE = "sample:ce"
+DEFAULT_LAYER_SAMPLE = "sample:deep"
 SPLITS = ("train", "test", "all")
 DIGITS_CLASS_NAMES = [str(i) for i in range(10)]
 DIGITS_DATASET = "digits 8x8 (UCI via scikit-learn)"
 #: keyword arguments of :func:`digits_net` used by the shipped checkpoints
 CE_KWARGS = {"num_classes": 10, "hidden": 128, "feat_dim": 64, "normalize": False}
 MCR2_KWARGS = {"num_classes": 10, "hidden": 128, "feat_dim": 64, "normalize": True}
+#: keyword arguments of :func:`digits_deep_net` used by ``sample:deep``
+DEEP_KWARGS = {"num_classes": 10, "width": 64, "depth": 8}
 
 
 # ---------------------------------------------------------------------------------------------------------- data
@@ -149,8 +151,38 @@ def digits_net(num_classes: int = 10, hidden: int = 128, feat_dim: int = 64, nor
     return DigitsNet(num_classes=num_classes, hidden=hidden, feat_dim=feat_dim, normalize=normalize, in_dim=in_dim)
 
 
+class DeepBlock(nn.Module):
+    """``ReLU(BatchNorm(Linear(x)))`` as one module, so that ``@blocks`` finds the blocks of :class:`DigitsDeepNet`
+    (a plain ``nn.Sequential`` per block would make the stem and the block list look like two repeated blocks)."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.linear = nn.Linear(in_dim, out_dim)
+        self.norm = nn.BatchNorm1d(out_dim)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.linear(x)))
+
+
+class DigitsDeepNet(nn.Sequential):
+    """``stem`` (a :class:`DeepBlock` 64 -> width), ``blocks`` (``depth`` blocks width -> width), ``head``
+    (``nn.Linear`` width -> classes): the deep sample, deep enough for the layer-wise laws to show (the
+    separation fuzziness of each block's output falls geometrically with depth)."""
+
+    def __init__(self, num_classes: int = 10, width: int = 64, depth: int = 8, in_dim: int = 64):
+        blocks = nn.Sequential(*[DeepBlock(width, width) for _ in range(depth)])
+        super().__init__(OrderedDict(stem=DeepBlock(in_dim, width), blocks=blocks,
+                                     head=nn.Linear(width, num_classes)))
+
+
+def digits_deep_net(num_classes: int = 10, width: int = 64, depth: int = 8, in_dim: int = 64) -> DigitsDeepNet:
+    """The MLP of ``sample:deep``: a stem and ``depth`` Linear-BatchNorm-ReLU blocks of ``width``, then the head."""
+    return DigitsDeepNet(num_classes=num_classes, width=width, depth=depth, in_dim=in_dim)
+
+
 #: Factories a checkpoint's metadata may name without the user's consent (see nc_probe.trust): exact names only.
-FACTORIES = {"nc_probe.samples:digits_net": digits_net}
+FACTORIES = {"nc_probe.samples:digits_net": digits_net, "nc_probe.samples:digits_deep_net": digits_deep_net}
 
 
 # --------------------------------------------------------------------------------------------------- checkpoints
@@ -184,13 +216,14 @@ def sample_checkpoints() -> list[Path]:
     return [sample_path(n) for n in sample_names()]
 
 
-def load_sample_checkpoint(path) -> tuple[DigitsNet, dict]:
+def load_sample_checkpoint(path) -> tuple[nn.Module, dict]:
     """``(model in eval mode, metadata)`` of a checkpoint written by ``scripts/train_samples.py``."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     meta = ckpt["nc_probe"]
-    if meta.get("arch") != "nc_probe.samples:digits_net":
-        raise ValueError(f"{path} was not built with nc_probe.samples:digits_net (arch={meta.get('arch')!r})")
-    model = digits_net(**meta.get("arch_kwargs", {}))
+    if meta.get("arch") not in FACTORIES:
+        raise ValueError(f"{path} was not built with a sample factory ({', '.join(FACTORIES)}; "
+                         f"arch={meta.get('arch')!r})")
+    model = FACTORIES[meta["arch"]](**meta.get("arch_kwargs", {}))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), meta
 

@@ -26,7 +26,7 @@ import re
 from .errors import InputError
 
 #: The factories of the shipped samples, the only import paths a file may name by itself.
-SAMPLE_FACTORIES = ("nc_probe.samples:digits_net",)
+SAMPLE_FACTORIES = ("nc_probe.samples:digits_net", "nc_probe.samples:digits_deep_net")
 #: Model names as the registries spell them: ``resnet18``, ``vit_base_patch16_224.augreg_in21k``. No ``:`` (timm
 #: reads ``hf-hub:`` names from the network), no ``/``, no leading dot.
 REGISTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-.]*")

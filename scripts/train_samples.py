@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Rebuild nc-probe's sample checkpoints (cross-entropy vs MCR^2 on the 8x8 digits), deterministically on a CPU.
 
-    python scripts/train_samples.py                     # writes sample_checkpoints/{ce,ce_epoch*,mcr2}.pt
+    python scripts/train_samples.py                     # writes sample_checkpoints/{ce,ce_epoch*,mcr2,deep}.pt
     python scripts/train_samples.py --out /tmp/samples  # somewhere else
     python scripts/train_samples.py --digits-csv PATH   # first rebuild nc_probe/data/digits.npz from
                                                         # scikit-learn's sklearn/datasets/data/digits.csv.gz
@@ -15,8 +15,11 @@ Both checkpoints use the same backbone, ``nc_probe.samples.digits_net``: an MLP 
 - ``mcr2``: L2-normalized features (Linear -> normalize, no ReLU/BatchNorm right before it) trained with the MCR^2
   rate reduction (Yu et al. 2020), eps^2 = 0.5, 600 full-batch Adam steps (lr 1e-3); the linear head is then fitted
   by cross-entropy on the frozen features (300 full-batch Adam steps) so that NC3/NC4 are defined.
+- ``deep``: ``nc_probe.samples.digits_deep_net``, a stem and 8 Linear-BatchNorm-ReLU blocks of width 64, trained
+  like ``ce`` (cross-entropy, SGD with momentum, weight decay 1e-3, 300 epochs): the sample of ``nc-probe layers``,
+  deep enough for the separation fuzziness to fall block by block.
 
-About 15-25 s in all on one CPU thread.
+About 30-45 s in all on one CPU thread.
 
 MCR^2 with the definitions of ``docs/metrics.md`` (Z the d x N matrix of unit features):
 ``R = 1/2 logdet(I + d/(N eps2) Z Z^T)``, ``Rc = sum_c (n_c/N) 1/2 logdet(I + d/(n_c eps2) Z_c Z_c^T)``,
@@ -50,6 +53,7 @@ DIGITS_CSV_SHA256 = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e2
 
 CE = {"epochs": 350, "snapshots": (1, 5, 20, 100, 300), "batch_size": 128, "lr": 0.05, "momentum": 0.9,
       "weight_decay": 1e-3}
+DEEP = {"epochs": 300, "batch_size": 128, "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-3}
 MCR2 = {"epochs": 600, "lr": 1e-3, "eps2": 0.5, "head_epochs": 300, "head_lr": 0.01, "head_weight_decay": 5e-4}
 
 
@@ -105,8 +109,9 @@ def setup(threads: int = 1) -> None:
     torch.manual_seed(SEED)
 
 
-def metadata(loss: str, epoch: int, kwargs: dict, extra: dict | None = None) -> dict:
-    return {"arch": "nc_probe.samples:digits_net", "arch_kwargs": dict(kwargs), "data": "sample:digits",
+def metadata(loss: str, epoch: int, kwargs: dict, extra: dict | None = None,
+             arch: str = "nc_probe.samples:digits_net") -> dict:
+    return {"arch": arch, "arch_kwargs": dict(kwargs), "data": "sample:digits",
             "split": "train", "class_names": list(samples.DIGITS_CLASS_NAMES), "loss": loss, "epoch": epoch,
             "seed": SEED, "dataset": samples.DIGITS_DATASET, **(extra or {})}
 
@@ -121,24 +126,36 @@ def train_accuracy(model, x, y) -> float:
         return (model(x).argmax(1) == y).double().mean().item()
 
 
-def train_ce(x, y, out: Path, log=print) -> None:
-    torch.manual_seed(SEED)
-    model = samples.digits_net(**samples.CE_KWARGS)
-    opt = torch.optim.SGD(model.parameters(), lr=CE["lr"], momentum=CE["momentum"], weight_decay=CE["weight_decay"])
+def sgd_epochs(model, x, y, config: dict):
+    """Cross-entropy by minibatch SGD with momentum and weight decay at a constant rate; yields ``(epoch, loss)``
+    after each epoch, the model in eval mode."""
+    opt = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"],
+                          weight_decay=config["weight_decay"])
     gen = torch.Generator().manual_seed(SEED)
-    extra = {"optimizer": "SGD", "lr": CE["lr"], "momentum": CE["momentum"], "weight_decay": CE["weight_decay"],
-             "batch_size": CE["batch_size"], "lr_schedule": "constant"}
-    first_perfect = None
-    for epoch in range(1, CE["epochs"] + 1):
+    for epoch in range(1, config["epochs"] + 1):
         model.train()
         perm = torch.randperm(len(y), generator=gen)
-        for start in range(0, len(y), CE["batch_size"]):
-            idx = perm[start:start + CE["batch_size"]]
+        for start in range(0, len(y), config["batch_size"]):
+            idx = perm[start:start + config["batch_size"]]
             loss = F.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         model.eval()
+        yield epoch, loss
+
+
+def sgd_metadata(config: dict) -> dict:
+    return {"optimizer": "SGD", "lr": config["lr"], "momentum": config["momentum"],
+            "weight_decay": config["weight_decay"], "batch_size": config["batch_size"], "lr_schedule": "constant"}
+
+
+def train_ce(x, y, out: Path, log=print) -> None:
+    torch.manual_seed(SEED)
+    model = samples.digits_net(**samples.CE_KWARGS)
+    extra = sgd_metadata(CE)
+    first_perfect = None
+    for epoch, loss in sgd_epochs(model, x, y, CE):
         acc = train_accuracy(model, x, y)
         if acc == 1.0 and first_perfect is None:
             first_perfect = epoch
@@ -148,6 +165,19 @@ def train_ce(x, y, out: Path, log=print) -> None:
             name = "ce.pt" if epoch == CE["epochs"] else f"ce_epoch{epoch}.pt"
             save(model, meta, out / name)
             log(f"  ce epoch {epoch:4d}  loss {loss.item():.4g}  train acc {acc:.4f}  -> {name}")
+
+
+def train_deep(x, y, out: Path, log=print) -> None:
+    torch.manual_seed(SEED)
+    model = samples.digits_deep_net(**samples.DEEP_KWARGS)
+    for epoch, loss in sgd_epochs(model, x, y, DEEP):
+        if epoch % 100 == 0:
+            log(f"  deep epoch {epoch:4d}  loss {loss.item():.4g}")
+    acc = train_accuracy(model, x, y)
+    meta = metadata("ce", DEEP["epochs"], samples.DEEP_KWARGS, {**sgd_metadata(DEEP), "train_acc": acc},
+                    arch="nc_probe.samples:digits_deep_net")
+    save(model, meta, out / "deep.pt")
+    log(f"  deep: train acc {acc:.4f}  -> deep.pt")
 
 
 def train_mcr2(x, y, out: Path, log=print) -> None:
@@ -193,6 +223,7 @@ def train_all(out: Path, threads: int = 1, log=print) -> float:
     x, y = torch.from_numpy(xa), torch.from_numpy(ya)
     train_ce(x, y, out, log)
     train_mcr2(x, y, out, log)
+    train_deep(x, y, out, log)
     return time.perf_counter() - t0
 
 

@@ -105,3 +105,20 @@ def test_compare_under_torchrun_matches_the_single_process_reports(tmp_path):
     for label, path in (("ce", CE), ("mcr2", mcr2)):
         single = nc_probe.analyze_checkpoint(path, device="cpu")
         assert_same_report(single, nc_probe.Report.from_dict(reports[label]))
+
+
+def test_two_processes_give_the_single_process_layer_report(tmp_path):
+    single = nc_probe.analyze_layers("sample:deep", device="cpu")
+    proc = torchrun("layers", "sample:deep", "--device", "cpu", "-q", "--json", tmp_path / "l.json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    multi = nc_probe.LayerReport.load(tmp_path / "l.json")
+    assert multi.names == single.names and multi.inputs["num_samples"] == single.inputs["num_samples"]
+    for a, b in zip(single.layers, multi.layers):
+        for key, value in a["metrics"].items():
+            if value is None:
+                assert b["metrics"][key] is None, (a["name"], key)
+            else:
+                assert b["metrics"][key] == pytest.approx(value, rel=1e-9, abs=1e-12), (a["name"], key)
+    for key in ("rho", "a", "r2"):
+        assert multi.laws["D_l"][key] == pytest.approx(single.laws["D_l"][key], rel=1e-9)
+    assert multi.laws["plateau_acc_linear_probe"] == single.laws["plateau_acc_linear_probe"]

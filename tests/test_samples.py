@@ -24,6 +24,7 @@ import pytest
 import torch
 from torch import nn
 
+import nc_probe
 from nc_probe import analyze_features, samples
 from nc_probe.pipeline import analyze_checkpoint
 
@@ -142,6 +143,20 @@ def test_checkpoint_format(name):
     model.load_state_dict(ckpt["state_dict"])  # strict
 
 
+def test_deep_sample_checkpoint():
+    path = samples.sample_path("deep")
+    assert path.stat().st_size < 512 * 1024
+    meta = torch.load(path, map_location="cpu", weights_only=True)["nc_probe"]
+    assert META_KEYS <= set(meta) and meta["arch"] == "nc_probe.samples:digits_deep_net"
+    assert meta["arch_kwargs"] == samples.DEEP_KWARGS and meta["loss"] == "ce" and meta["data"] == "sample:digits"
+    model, _ = samples.load_sample_checkpoint(path)  # strict load
+    assert len(model.blocks) == samples.DEEP_KWARGS["depth"]
+    x, y = samples.digits_arrays("test")
+    with torch.no_grad():
+        acc = (model(torch.from_numpy(x)).argmax(1).numpy() == y).mean()
+    assert acc >= 0.95  # measured: 0.976
+
+
 def test_same_backbone_for_both_losses():
     ce, mcr2 = samples.CE_KWARGS, samples.MCR2_KWARGS
     assert {k: v for k, v in ce.items() if k != "normalize"} == {k: v for k, v in mcr2.items() if k != "normalize"}
@@ -235,6 +250,7 @@ def test_training_is_deterministic_on_this_machine(tmp_path, monkeypatch):
     monkeypatch.setitem(script.CE, "snapshots", (1, 5))
     monkeypatch.setitem(script.MCR2, "epochs", 15)
     monkeypatch.setitem(script.MCR2, "head_epochs", 10)
+    monkeypatch.setitem(script.DEEP, "epochs", 4)
     threads = torch.get_num_threads()
     try:
         for run in ("a", "b"):
@@ -243,7 +259,7 @@ def test_training_is_deterministic_on_this_machine(tmp_path, monkeypatch):
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(False)
     names = sorted(p.name for p in (tmp_path / "a").glob("*.pt"))
-    assert names == ["ce.pt", "ce_epoch1.pt", "ce_epoch5.pt", "mcr2.pt"]
+    assert names == ["ce.pt", "ce_epoch1.pt", "ce_epoch5.pt", "deep.pt", "mcr2.pt"]
     for name in names:
         a, b = (torch.load(tmp_path / run / name, weights_only=True) for run in ("a", "b"))
         assert a["nc_probe"] == b["nc_probe"]
@@ -275,3 +291,11 @@ def test_retraining_reproduces_shipped_samples(tmp_path):
     assert mcr2["rate_reduction"] > 2 * ce["rate_reduction"]
     nc1 = [retrained[f"ce_epoch{e}"].metrics["nc1"] for e in CE_EPOCHS] + [ce["nc1"]]
     assert all(a > b for a, b in zip(nc1, nc1[1:])), nc1
+    # the deep sample: its layer report's depth law within the same tolerance, and the same shape
+    new, old = (nc_probe.analyze_layers(p, device="cpu") for p in (tmp_path / "deep.pt", samples.sample_path("deep")))
+    assert torch.load(tmp_path / "deep.pt", weights_only=True)["nc_probe"] == \
+        torch.load(samples.sample_path("deep"), weights_only=True)["nc_probe"]
+    for key in ("rho", "a"):
+        assert new.laws["D_l"][key] == pytest.approx(old.laws["D_l"][key], rel=RETRAIN_REL_TOL), key
+    D = new.values("D_l")
+    assert all(a > b for a, b in zip(D, D[1:])) and new.laws["D_l"]["r2"] > 0.9, D

@@ -26,15 +26,27 @@ def compare(
     image_size: o.ImageSize = None, mean: o.Mean = None, std: o.Std = None, class_map: o.ClassMap = None,
     layer: o.Layer = None, device: o.Device = None, batch_size: o.BatchSize = None, workers: o.Workers = None,
     amp: o.Amp = None, spill_threshold: o.SpillThreshold = None,
+    layers: o.Layers = None, pool: o.Pool = None, max_dim: o.MaxDim = None,
 ) -> None:
-    """Compare analyses side by side: metric deltas (and which way each moved), CKA, plots."""
+    """Compare analyses side by side: metric deltas (and which way each moved), CKA, plots. With --layers, or
+    layer-report JSONs as inputs, compare layer analyses: depth laws side by side and depth curves overlaid."""
     from ..compare import compare_inputs, parse_specs
+    from ..layer_compare import wants_layers
     from ..render.comparison import render_comparison
     from .outputs import OutputSet
 
     settings = o.build_settings(locals())
+    paths = parse_specs(inputs)
     outputs = OutputSet({"--json": json_path, "--html": html, "--plots": plots}, dirs=("--plots",),
-                        inputs=[*parse_specs(inputs).values(), data])
+                        inputs=[*paths.values(), data])
+    if wants_layers(paths, layers):
+        if len(paths) < 2:
+            from ..errors import InputError
+
+            raise InputError(f"compare needs at least 2 inputs, got {len(paths)}",
+                             fix="pass LABEL=PATH LABEL=PATH")
+        _compare_layers(paths, settings, outputs, json_path, quiet)
+        return
     comparison = compare_inputs(inputs, settings, cka=cka, progress=not quiet)
     with outputs.transaction() as staged:
         if plots is not None or html is not None:
@@ -49,6 +61,19 @@ def compare(
             comparison.save(staged["--json"])
     if not quiet:
         render_comparison(comparison, out_console, spell=o.flag_name)
+
+
+def _compare_layers(paths, settings, outputs, json_path, quiet: bool) -> None:
+    from ..layer_compare import compare_layer_inputs
+    from ..render.layer_outputs import render_layer_comparison, write_layer_comparison
+
+    comparison = compare_layer_inputs(paths, settings, progress=not quiet)
+    with outputs.transaction() as staged:
+        write_layer_comparison(comparison, plots=staged.get("--plots"), html=staged.get("--html"))
+        if json_path is not None:
+            comparison.save(staged["--json"])
+    if not quiet:
+        render_layer_comparison(comparison, out_console)
 
 
 def register(app: typer.Typer) -> None:

@@ -14,13 +14,15 @@ Checkpoint = Annotated[Path, typer.Argument(help="Checkpoint to inspect (or samp
 
 
 def inspect(checkpoint: Checkpoint, arch: o.Arch = None, arch_kwargs: o.ArchKwargs = None,
-            strip_prefix: o.StripPrefix = None, trust_checkpoint: o.TrustCheckpoint = False) -> None:
-    """List a checkpoint's modules with output shapes and parameter counts, and which layer analyze taps."""
+            strip_prefix: o.StripPrefix = None, trust_checkpoint: o.TrustCheckpoint = False,
+            layers: o.Layers = None) -> None:
+    """List a checkpoint's modules with output shapes and parameter counts, which layer analyze taps, and which
+    modules nc-probe layers taps (with --layers, that selection)."""
     from ..inspection import inspect_checkpoint
     from ..render.terminal import modules_table
 
     settings = o.build_settings(locals())
-    rows = inspect_checkpoint(checkpoint, settings.model)
+    rows = inspect_checkpoint(checkpoint, settings.model, layers=layers)
     out_console.print(modules_table(rows, str(checkpoint)))
 
 

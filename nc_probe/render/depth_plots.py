@@ -13,6 +13,7 @@ import math
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ..layer_report import LayerReport
 from .plots import LOG_FLOOR
@@ -59,6 +60,7 @@ def _xaxis(ax: Axes, reports: dict[str, LayerReport]) -> None:
         ax.set_xticks(depths, first.names, rotation=45, ha="right", fontsize=8)
         ax.set_xlabel("layer (forward order)")
     else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # depths are whole layers
         ax.set_xlabel("depth l (layers in forward order)")
 
 

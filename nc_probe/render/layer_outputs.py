@@ -150,3 +150,46 @@ def layers_html(reports: dict[str, LayerReport], figures: dict) -> str:
         parts += [f"<p>{escape(line)}</p>" for line in law_lines(report)]
         parts += [f'<div class="warn">{escape(str(w))}</div>' for w in report.warnings]
     return _page("nc-probe layers", "\n".join(parts))
+
+
+# ------------------------------------------------------------------------------------------ layer comparisons
+def render_layer_comparison(comparison, console) -> None:
+    """Each model's depth law and plateaus, then D_l and the probe accuracy by depth, one column per model."""
+    laws = Table(title="depth laws: ln D_l = a - rho * l", caption="plateau: the layer after which the accuracy "
+                                                                    "gains at most one point")
+    for head in ("model", "layers", "rho", "a", "R^2", "NCC plateau", "probe plateau"):
+        laws.add_column(head, justify="left" if head in ("model", "NCC plateau", "probe plateau") else "right")
+    for row in comparison.laws().to_dict(orient="records"):
+        laws.add_row(row["model"], str(row["layers"]), fmt(row["rho"]), fmt(row["a"]), fmt(row["r2"]),
+                     row["plateau_acc_ncc"] or "-", row["plateau_acc_linear_probe"] or "-")
+    console.print(laws)
+    reports = comparison.reports
+    depth = max(len(r.layers) for r in reports.values())
+    table = Table(title="by depth: D_l / linear-probe accuracy")
+    table.add_column("l", justify="right")
+    for label in reports:
+        table.add_column(label, justify="right")
+    for i in range(depth):
+        cells = []
+        for r in reports.values():
+            if i < len(r.layers):
+                m = r.layers[i]["metrics"]
+                cells.append(f"{fmt(m.get('D_l'))} / {fmt(m.get('acc_linear_probe'))}")
+            else:
+                cells.append("")
+        table.add_row(str(i + 1), *cells)
+    console.print(table)
+
+
+def write_layer_comparison(comparison, *, plots=None, html=None) -> None:
+    """Depth curves of every model on shared axes (PNG and SVG into ``plots``), and the HTML page."""
+    if plots is None and html is None:
+        return
+    from .depth_plots import depth_figures
+    from .plots import save_figures
+
+    figures = depth_figures(comparison.reports)
+    if plots is not None:
+        save_figures(figures, plots)
+    if html is not None:
+        atomic_write_text(Path(html), layers_html(comparison.reports, figures))

@@ -157,12 +157,13 @@ def render_report(report: Report, console: Console | None = None, spell=paramete
 
 
 def modules_table(rows: list[dict], title: str) -> Table:
-    """The rows of :func:`nc_probe.inspection.inspect_checkpoint`: module, type, output shape, params, tap."""
+    """The rows of :func:`nc_probe.inspection.inspect_checkpoint`: module, type, output shape, params, and which
+    taps use it ("default tap": analyze's, the input of the head; "layers": nc-probe layers')."""
     table = Table(title=title, title_justify="left")
     for col in ("module", "type", "output shape", "params", "tap"):
         table.add_column(col, justify="right" if col == "params" else "left")
     for r in rows:
         shape = "-" if r.get("output_shape") is None else "x".join(str(s) for s in r["output_shape"])
-        table.add_row(r["name"] or "(model)", r["type"], shape, f"{r.get('params', 0):,}",
-                      "default tap" if r.get("default_tap") else "")
+        taps = [t for t, on in (("default tap", r.get("default_tap")), ("layers", r.get("layer_tap"))) if on]
+        table.add_row(r["name"] or "(model)", r["type"], shape, f"{r.get('params', 0):,}", ", ".join(taps))
     return table

@@ -94,17 +94,27 @@ def _match(pat: list[str], parts: list[str]) -> bool:
 def repeated_blocks(model: nn.Module) -> list[str]:
     """The network's repeated blocks: in every ``nn.Sequential``/``nn.ModuleList``, the composite children whose
     type appears at least twice there (ResNet's ``layer1.0 ... layer4.1``, a ViT's ``blocks.0 ... blocks.11``),
-    without descending into them. A network without such containers (a plain MLP) gives the outputs of its
+    without descending into them; when those children are themselves plain containers with repeated blocks inside
+    (stages written as a Sequential of Sequentials), the blocks inside. A network without such containers (a plain MLP) gives the outputs of its
     activation modules instead, and one without those its ``nn.Linear``/convolution layers except the last."""
     found: list[str] = []
 
     def visit(module: nn.Module, prefix: str) -> None:
         kids = list(module.named_children())
-        if isinstance(module, (nn.Sequential, nn.ModuleList)):
+        if isinstance(module, CONTAINERS):
             counts = Counter(type(m) for _, m in kids if _composite(m))
             repeated = {t for t, k in counts.items() if k >= 2}
             if repeated:
-                found.extend(prefix + n for n, m in kids if type(m) in repeated)
+                blocks = [(prefix + n, m) for n, m in kids if type(m) in repeated]
+                if all(isinstance(m, CONTAINERS) for _, m in blocks):
+                    # stages of blocks (Sequential of Sequentials, as ResNets are often written): the blocks
+                    # inside them when they have repeated blocks of their own, else the stages themselves
+                    mark = len(found)
+                    for name, m in blocks:
+                        visit(m, f"{name}.")
+                    if len(found) > mark:
+                        return
+                found.extend(name for name, _ in blocks)
                 return
         for n, m in kids:
             visit(m, f"{prefix}{n}.")
@@ -117,6 +127,9 @@ def repeated_blocks(model: nn.Module) -> list[str]:
         return activations
     layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
     return layers[:-1]
+
+
+CONTAINERS = (nn.Sequential, nn.ModuleList)
 
 
 def _composite(module: nn.Module) -> bool:
