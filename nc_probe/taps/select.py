@@ -95,8 +95,9 @@ def repeated_blocks(model: nn.Module) -> list[str]:
     """The network's repeated blocks: in every ``nn.Sequential``/``nn.ModuleList``, the composite children whose
     type appears at least twice there (ResNet's ``layer1.0 ... layer4.1``, a ViT's ``blocks.0 ... blocks.11``),
     without descending into them; when those children are themselves plain containers with repeated blocks inside
-    (stages written as a Sequential of Sequentials), the blocks inside. A network without such containers (a plain MLP) gives the outputs of its
-    activation modules instead, and one without those its ``nn.Linear``/convolution layers except the last."""
+    (stages written as a Sequential of Sequentials), the blocks inside. A network without such containers (a plain
+    MLP) gives the outputs of its activation modules instead, and one without those its ``nn.Linear``/convolution
+    layers except the last."""
     found: list[str] = []
 
     def visit(module: nn.Module, prefix: str) -> None:
