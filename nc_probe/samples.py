@@ -22,8 +22,8 @@ Checkpoints carry ``{"state_dict": ..., "nc_probe": {"arch": "nc_probe.samples:d
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -183,7 +183,8 @@ def digits_deep_net(num_classes: int = 10, width: int = 64, depth: int = 8, in_d
 
 
 #: Factories a checkpoint's metadata may name without the user's consent (see nc_probe.trust): exact names only.
-FACTORIES: dict[str, Callable[..., nn.Module]] = {"nc_probe.samples:digits_net": digits_net, "nc_probe.samples:digits_deep_net": digits_deep_net}
+FACTORIES: dict[str, Callable[..., nn.Module]] = {"nc_probe.samples:digits_net": digits_net,
+                                                 "nc_probe.samples:digits_deep_net": digits_deep_net}
 
 
 # --------------------------------------------------------------------------------------------------- checkpoints
