@@ -104,7 +104,8 @@ class _Analysis:
             t = time.perf_counter()
             self.W = None if store.W is None else np.asarray(store.W, dtype=np.float64)
             analysed = int(np.count_nonzero(self.keep & (stats.count.cpu().numpy() > 0)))
-            self.c = compute.collapse_metrics(stats, self.W, source=store.source, min_count=s.min_class_count,
+            self.c = compute.collapse_metrics(stats, self.W, b=store.b, source=store.source,
+                                              min_count=s.min_class_count,
                                               keep_matrix=_keep_cosines(analysed, s))
             timings["collapse_metrics"] = time.perf_counter() - t
             self._passes(pool)

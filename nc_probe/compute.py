@@ -16,7 +16,7 @@ import numpy as np
 from . import subspace_report
 from ._version import __version__
 from .errors import InputError
-from .metrics import collapse, probe
+from .metrics import collapse, literature, probe
 from .metrics.pairs import PairSummary
 from .metrics.predictions import PredictionTally
 from .report import Report
@@ -39,9 +39,10 @@ class Collapse:
     mean_cosine: np.ndarray | None = None
 
 
-def collapse_metrics(stats: ClassStats, W=None, *, source=None, min_count: int = 1,
+def collapse_metrics(stats: ClassStats, W=None, *, b=None, source=None, min_count: int = 1,
                      keep_matrix: bool = True) -> Collapse:
-    """nc1, nc1_cdnv, the NC2 measures of the means (and of W's rows) and nc3, from pass 1's statistics.
+    """nc1, nc1_cdnv, the NC2 measures of the means (and of W's rows), nc3 and the literature's other collapse
+    measures (:mod:`nc_probe.metrics.literature`), from pass 1's statistics.
 
     The pair-based ones come from tiled sweeps over the C x C Gram matrices (:mod:`nc_probe.metrics.pairs`);
     ``keep_matrix`` also keeps the C x C cosines of the means.
@@ -52,11 +53,16 @@ def collapse_metrics(stats: ClassStats, W=None, *, source=None, min_count: int =
         raise InputError(f"only {len(ids)} class has samples; the metrics compare classes", path=source,
                          fix="pass features of at least 2 classes")
     n = count[ids]
-    M = collapse.centered_means(stats.mean.cpu().numpy()[ids])
+    raw_means = stats.mean.cpu().numpy()[ids]
+    M = collapse.centered_means(raw_means)
     variances = stats.m2.cpu().numpy()[ids] / n
     means = collapse.mean_pair_metrics(M, variances, keep_matrix=keep_matrix)
-    metrics: dict[str, float | None] = {"nc1": collapse.nc1(stats.scatter.cpu().numpy(), int(n.sum()), M),
-                                        **means.metrics}
+    scatter = stats.scatter.cpu().numpy()
+    metrics: dict[str, float | None] = {"nc1": collapse.nc1(scatter, int(n.sum()), M), **means.metrics}
+    W64 = None if W is None else np.asarray(W, dtype=np.float64)
+    more = literature.literature_metrics(M, scatter, int(n.sum()), n, W64,
+                                         None if b is None else np.asarray(b, dtype=np.float64),
+                                         raw_means.mean(0), ids)
     if W is not None:
         W = np.asarray(W, dtype=np.float64)
         metrics.update({f"{k}_W": v for k, v in collapse.row_pair_metrics(W[ids]).metrics.items()})
@@ -66,6 +72,7 @@ def collapse_metrics(stats: ClassStats, W=None, *, source=None, min_count: int =
         metrics["nc3"] = None
     ordered = {k: metrics[k] for k in ("nc1", "nc1_cdnv", *(f"nc2_{k}_M" for k in NC2_KINDS),
                                        *(f"nc2_{k}_W" for k in NC2_KINDS), "nc3")}
+    ordered |= {k: more[k] for k in literature.LITERATURE_KEYS}
     pairs = {"mean_cosine": means.cosine, "cdnv": means.cdnv} if means.cdnv is not None else {}
     return Collapse(ids, n, M, variances, ordered, pairs, means.cosine_matrix)
 
@@ -183,7 +190,7 @@ def report_from_stats(stats: ClassStats, *, W=None, b=None, tally: PredictionTal
     ``W``: the final classifier (``b`` is the tally's business)."""
     settings = metric_settings(settings, **shortcuts)
     stats.all_reduce()
-    c = collapse_metrics(stats, W, keep_matrix=len(stats.count) <= subspace_report.INLINE_MATRIX_CLASSES)
+    c = collapse_metrics(stats, W, b=b, keep_matrix=len(stats.count) <= subspace_report.INLINE_MATRIX_CLASSES)
     count = stats.count.cpu().numpy()
     sub, sub_lists, angles, sub_pairs, sub_warnings = subspace_part(stats, count, settings)
     metrics = {**c.metrics, **prediction_metrics(tally, int(c.n.sum())), **total_metrics(stats, c.ids,

@@ -57,6 +57,25 @@ CATALOG: dict[str, Metric] = {m.key: m for m in [
       for k, doc in _NC2.items()],
     _m("nc3", "self-duality: ||W^T/||W|| - M/||M|| ||_F^2 between classifier and centered means (0 = dual)",
        direction="lower", word=COLLAPSED),
+    _m("nc1_quot", "Tr(Sigma_W) / Tr(Sigma_B): NC1 without the pseudo-inverse (Tirer et al. 2023; 0 = collapsed)",
+       direction="lower", word=COLLAPSED),
+    _m("nc3_etf", "|| W M / ||W M||_F - E ||_F, E the simplex-ETF Gram: NC3 as tding1 and rhubarbwu compute it "
+       "(0 = dual)", direction="lower", word=COLLAPSED),
+    _m("unc3", "variance over classes of cos(w_c, m_c): uniform duality (Wu & Papyan 2024; 0 = uniform)",
+       direction="lower", word=COLLAPSED),
+    _m("gnc2_log_mean", "mean over class pairs of log(1/||u_c - u_c'||), u_c the normalized centred means: "
+       "hyperspherical energy (Liu et al. 2023; lower = more uniform)", direction="lower", word=SEPARATED),
+    _m("gnc2_log_var", "variance over class pairs of log(1/||u_c - u_c'||) (0 = equidistant means)",
+       direction="lower", word=COLLAPSED),
+    _m("bias_collapse", "|| W mu_G + b ||: the classifier's output at the global mean (Zhu et al. 2021; 0 = "
+       "collapsed)", direction="lower", word=COLLAPSED),
+    _m("vci", "variability collapse index 1 - Tr(Sigma_T^+ Sigma_B)/min(d, C-1) (Xu & Liu 2023; 0 = collapsed; "
+       "unchanged by invertible linear maps)", direction="lower", word=COLLAPSED),
+    _m("minority_norm_spearman", "Spearman correlation of classifier-row norms ||w_c|| with class counts n_c "
+       "(minority collapse, Fang et al. 2021; None when counts are equal)"),
+    _m("minority_cosine_mean", "mean pairwise cosine of the classifier rows of the least frequent quarter of the "
+       "classes (1 = minority rows collapsed together; None when counts are equal)", direction="higher",
+       word=COLLAPSED),
     _m("nc4", "fraction of samples where the classifier and the nearest class center disagree (0 = agree)",
        unit="fraction", direction="lower", word=COLLAPSED),
     _m("acc_model", "accuracy of the model's final linear classifier", unit="fraction", direction="higher",

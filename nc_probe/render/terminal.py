@@ -35,6 +35,8 @@ EXPECTED = {
     "coding_rate_within": ("small", "larger"), "rate_reduction": ("small", "large"), "coding_rate_max": ("-", "-"),
     "angle_min": ("{etf}", "~90"), "subspace_affinity": ("~0", "~0"), "angle_min_mean": ("{etf}", "~90"),
     "angle_min_min": ("{etf}", "~90"),
+    "nc1_quot": ("0", "large"), "vci": ("0", "large"), "nc3_etf": ("0", "any"), "unc3": ("0", "any"),
+    "gnc2_log_var": ("0", "any"), "bias_collapse": ("0", "any"),
 }
 
 
