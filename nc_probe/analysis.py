@@ -125,12 +125,16 @@ class _Analysis:
         self.pca = PCASample(stats, self.c.ids, store.num_samples)
         first = _group_feeder(splan, 0, stats)
         self.layer_metrics, self.probe = _layer_metrics(stats, self.c.ids, self.keep, s)
-        observers = [o for o in (first, self.probe) if o is not None]
+        self.mahalanobis = _mahalanobis_tally(stats, self.c.ids, self.keep)
+        observers = [o for o in (first, self.probe, self.mahalanobis) if o is not None]
         self.tally = second_pass(store, stats, self.c.ids, self.W, self.rows, self.pca, keep=self.keep,
                                  observers=observers)
         if self.probe is not None:
             distributed.sync(self.probe)
             self.layer_metrics["acc_linear_probe"] = self.probe.accuracy
+        if self.mahalanobis is not None:
+            distributed.sync(self.mahalanobis)
+        self.layer_metrics["acc_ncc_mahalanobis"] = None if self.mahalanobis is None else self.mahalanobis.accuracy
         timings["pass2_nc4"] = time.perf_counter() - t
         t = time.perf_counter()
         if job is not None:
@@ -169,6 +173,15 @@ def _layer_metrics(stats: ClassStats, ids: np.ndarray, keep: np.ndarray, s: Metr
         return metrics, None
     W, b = probe.ridge_probe(*compute.class_moments(stats, ids))
     return metrics, probe.ProbeTally(W, b, ids, None if keep.all() else keep)
+
+
+def _mahalanobis_tally(stats: ClassStats, ids: np.ndarray, keep: np.ndarray) -> probe.ProbeTally | None:
+    """The pass-2 observer of ``acc_ncc_mahalanobis``, when its product is small enough (see
+    :data:`~nc_probe.metrics.probe.MAHALANOBIS_MAX_WORK`)."""
+    if stats.dim * len(ids) > probe.MAHALANOBIS_MAX_WORK:
+        return None
+    W, b = probe.mahalanobis_classifier(*compute.class_moments(stats, ids))
+    return probe.ProbeTally(W, b, ids, None if keep.all() else keep)
 
 
 def _global_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -41,9 +41,9 @@ def reference(H, y, W, b):
     rank = lambda v: np.argsort(np.argsort(v)).astype(float)  # noqa: E731 - distinct values in these tests
     out["minority_norm_spearman"] = np.corrcoef(rank(norms), rank(counts))[0, 1]
     k = max(2, C // 4)
-    low = classes[np.argsort(counts, kind="stable")[:k]]
+    low = classes[counts <= np.sort(counts)[k - 1]]
     Wl = W[low] / np.linalg.norm(W[low], axis=1, keepdims=True)
-    out["minority_cosine_mean"] = np.mean([Wl[i] @ Wl[j] for i in range(k) for j in range(i + 1, k)])
+    out["minority_cosine_mean"] = np.mean([Wl[i] @ Wl[j] for i in range(len(low)) for j in range(i + 1, len(low))])
     return out
 
 
@@ -121,7 +121,39 @@ def test_gnc2_is_exact_for_nearly_equal_directions():
     assert out["gnc2_log_mean"] == pytest.approx(np.mean(logs), rel=1e-6)
 
 
+def test_minority_ties_at_the_threshold_all_join():
+    rng = np.random.default_rng(0)
+    W = rng.normal(size=(8, 3))
+    counts = np.array([5, 5, 5, 9, 9, 9, 9, 9])  # k = 2, but three classes share the smallest count
+    U = W[:3] / np.linalg.norm(W[:3], axis=1, keepdims=True)
+    expected = np.mean([U[0] @ U[1], U[0] @ U[2], U[1] @ U[2]])
+    assert literature.minority(W, counts)["minority_cosine_mean"] == pytest.approx(expected, rel=1e-12)
+
+
 def test_spearman_with_ties():
     assert literature.spearman(np.array([1, 2, 2, 3.0]), np.array([10, 20, 20, 30.0])) == pytest.approx(1.0)
     assert literature.spearman(np.array([1, 2, 3.0]), np.array([3, 2, 1.0])) == pytest.approx(-1.0)
     assert literature.spearman(np.array([1, 1, 1.0]), np.array([1, 2, 3.0])) is None
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mahalanobis_ncc_matches_its_definition_and_differs_from_euclidean(seed):
+    rng = np.random.default_rng(seed)
+    C, d, n = 5, 6, 400
+    y = rng.integers(0, C, n)
+    A = np.diag([6.0, 3.0, 1.0, 0.3, 0.2, 0.1]) @ np.linalg.qr(rng.normal(size=(d, d)))[0]
+    H = rng.normal(size=(C, d))[y] + rng.normal(size=(n, d)) @ A  # strongly anisotropic within-class spread
+    r = nc_probe.analyze_features(H, y)
+    mus = np.stack([H[y == c].mean(0) for c in range(C)])
+    R = H - mus[y]
+    S = np.linalg.pinv(R.T @ R / n)
+    D = np.stack([np.einsum("nd,de,ne->n", H - mus[c], S, H - mus[c]) for c in range(C)], axis=1)
+    acc = float(np.mean(np.argmin(D, axis=1) == y))
+    assert r.metrics["acc_ncc_mahalanobis"] == pytest.approx(acc, abs=1e-12)
+    assert r.metrics["acc_ncc_mahalanobis"] > r.metrics["acc_ncc"] + 0.05  # the whitening matters here
+
+
+def test_mahalanobis_is_skipped_above_its_work_limit():
+    H, y, W, b = _data(4)
+    with mock.patch("nc_probe.metrics.probe.MAHALANOBIS_MAX_WORK", 10):
+        assert nc_probe.analyze_features(H, y, W, b).metrics["acc_ncc_mahalanobis"] is None

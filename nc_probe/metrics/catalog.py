@@ -108,6 +108,9 @@ CATALOG: dict[str, Metric] = {m.key: m for m in [
        unit="degrees", direction="higher", word=SEPARATED),
     _m("angle_min_min", "smallest principal angle of any class pair, degrees", unit="degrees",
        direction="higher", word=SEPARATED),
+    _m("acc_ncc_mahalanobis", "accuracy of the nearest class mean under the shared within-class covariance, "
+       "argmin (h - mu_c)^T Sigma_W^+ (h - mu_c) (Lee et al. 2018)", unit="fraction", direction="higher",
+       word=ACCURATE),
     _m("rank_numerical_total", "numerical rank of the total feature covariance: eigenvalues above rank_tol times "
        "the largest", unit="dimensions", direction="lower", word=COMPRESSED),
     _m("acc_linear_probe", "accuracy of a closed-form ridge probe (one-hot targets, lambda = 1e-3 Tr(Sigma)/d) "

@@ -130,20 +130,22 @@ def vci(scatter: np.ndarray, total: int, M: np.ndarray) -> float | None:
 
 def minority(W: np.ndarray, counts: np.ndarray) -> dict:
     """Minority collapse (Fang et al. 2021): the Spearman correlation of the classifier-row norms with the class
-    counts, and the mean pairwise cosine of the rows of the least frequent classes (the bottom quarter by count,
-    ties by class order, at least 2). Both None when every class has the same count (no minority)."""
+    counts, and the mean pairwise cosine of the rows of the least frequent classes (those with at most the k-th
+    smallest count, k the bottom quarter, at least 2: classes tied at the threshold all count). Both None when
+    every class has the same count (no minority)."""
     counts = np.asarray(counts, dtype=np.float64)
     if len(counts) < 2 or np.all(counts == counts[0]):
         return {"minority_norm_spearman": None, "minority_cosine_mean": None}
     norms = np.linalg.norm(W, axis=1)
     k = max(2, len(counts) // MINORITY_FRACTION)
-    rows = W[np.argsort(counts, kind="stable")[:k]]
+    # every class as rare as the k-th rarest: ties at the threshold all join, so no label order decides
+    rows = W[counts <= np.sort(counts)[k - 1]]
     rn = np.linalg.norm(rows, axis=1)
     cos_mean = None
     if np.all(rn > 0):
         U = rows / rn[:, None]
         G = U @ U.T
-        cos_mean = float(G[np.triu_indices(k, 1)].mean())
+        cos_mean = float(G[np.triu_indices(len(rows), 1)].mean())
     return {"minority_norm_spearman": spearman(norms, counts), "minority_cosine_mean": cos_mean}
 
 

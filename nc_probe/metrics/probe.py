@@ -1,4 +1,5 @@
-"""A linear probe without a training loop, and the numerical rank of a layer (``docs/metrics.md``, "Layers").
+"""Linear classifiers from sufficient statistics, without a training loop: the ridge probe, the Mahalanobis
+nearest class mean; and the numerical rank of a layer (``docs/metrics.md``, "Layers" and "More collapse measures").
 
 ``acc_linear_probe``: ridge regression of one-hot labels on centred features, ``beta = (Sigma + lambda I)^-1
 X_c^T Y_c / N`` with ``Sigma`` the total covariance and ``lambda = 1e-3 Tr(Sigma) / d``; the prediction is the
@@ -42,6 +43,34 @@ def ridge_probe(count: np.ndarray, means: np.ndarray, scatter: np.ndarray) -> tu
     beta = np.linalg.solve(L.T, np.linalg.solve(L, rhs))
     W = beta.T
     return W, prior - W @ mu
+
+
+#: ``acc_ncc_mahalanobis`` is scored when d * C is at most this (its pass-2 product is as large as NCC's: an
+#: ImageNet head, d=2048 and C=1000, is in; a 32k-way language-model head is out)
+MAHALANOBIS_MAX_WORK = 1 << 21
+
+
+def mahalanobis_classifier(count: np.ndarray, means: np.ndarray, scatter: np.ndarray
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """``(W, b)`` (C x d, C) whose argmax is ``argmin_c (h - mu_c)^T Sigma_W^+ (h - mu_c)`` (Lee et al. 2018's
+    Mahalanobis nearest class mean with the shared within-class covariance): the squared distance is
+    ``h^T S h - 2 h^T S mu_c + mu_c^T S mu_c`` with ``S = Sigma_W^+``, and the first term is the same for every
+    class, so ``W = 2 (S mu_c)^T`` and ``b = -mu_c^T S mu_c`` after moving the origin to the mean of the class means
+    (which changes every distance by nothing). Eigenvalues of ``Sigma_W`` below ``max(d, C) * eps64`` times the
+    largest are dropped, as for nc1."""
+    N = count.sum()
+    d, C = scatter.shape[0], len(means)
+    lam, V = np.linalg.eigh(scatter / N)
+    if lam[-1] <= 0:  # no within-class spread at all: the Euclidean rule is the limit
+        S = np.eye(d)
+    else:
+        keep = lam > max(d, C) * np.finfo(np.float64).eps * lam[-1]
+        S = (V[:, keep] / lam[keep]) @ V[:, keep].T
+    mu_G = means.mean(0)
+    m = means - mu_G
+    Sm = m @ S  # C x d (S is symmetric)
+    W = 2 * Sm
+    return W, -np.einsum("cd,cd->c", Sm, m) - W @ mu_G
 
 
 def numerical_rank(sigma: np.ndarray, rank_tol: float) -> int:
