@@ -22,7 +22,7 @@ from . import distributed
 from .errors import InputError
 from .files import atomic_write_text, json_safe
 from .metrics import CATALOG, PER_CLASS_KEYS, SCALAR_KEYS, metric
-from .metrics.cka import cka_matrix
+from .metrics.cka import cka_matrix, unbiased_cka_matrix
 from .report import Report
 from .settings import Settings
 
@@ -135,11 +135,13 @@ def check_class_sets(reports: Mapping[str, Report]) -> list[str]:
 
 
 def compare_reports(reports: Mapping[str, Report], *, features: Mapping | None = None,
-                    chunk_rows: int | None = None) -> Comparison:
+                    chunk_rows: int | None = None, unbiased_cka: bool = False) -> Comparison:
     """Compare ``reports`` (label -> Report, the first is the baseline); InputError if their class sets differ.
 
     ``features``: label -> FeatureStore (or path of a feature file) for the inputs whose features are at hand;
-    linear CKA is computed between those that hold the same samples (same N and identical labels in order).
+    linear CKA is computed between those that hold the same samples (same N and identical labels in order), from
+    the biased HSIC estimator of Kornblith et al. or, with ``unbiased_cka``, the unbiased one (which does not
+    drift with N).
     """
     reports = dict(reports)
     if len(reports) < 2:
@@ -170,12 +172,13 @@ def compare_reports(reports: Mapping[str, Report], *, features: Mapping | None =
                      "moved": moved})
     cka = None
     if features:
-        cka, cka_warnings = _cka_for(labels, features, chunk_rows)
+        cka, cka_warnings = _cka_for(labels, features, chunk_rows, unbiased_cka)
         warnings += cka_warnings
     return Comparison(reports=reports, rows=rows, cka=cka, warnings=warnings)
 
 
-def _cka_for(labels: list[str], features: Mapping, chunk_rows) -> tuple[dict | None, list[str]]:
+def _cka_for(labels: list[str], features: Mapping, chunk_rows, unbiased: bool = False
+             ) -> tuple[dict | None, list[str]]:
     """CKA between the inputs whose features share samples: grouped by (N, labels), one pass per group."""
     from .store import open_store
 
@@ -201,7 +204,7 @@ def _cka_for(labels: list[str], features: Mapping, chunk_rows) -> tuple[dict | N
     for _, members in groups:
         if len(members) < 2:
             continue
-        m = cka_matrix([stores[lab] for lab in members], chunk_rows=chunk_rows)
+        m = (unbiased_cka_matrix if unbiased else cka_matrix)([stores[lab] for lab in members], chunk_rows=chunk_rows)
         for i, a in enumerate(members):
             for j, b in enumerate(members):
                 matrix[labels.index(a)][labels.index(b)] = _finite(m[i, j])
@@ -212,7 +215,7 @@ def _cka_for(labels: list[str], features: Mapping, chunk_rows) -> tuple[dict | N
     if lone:
         warnings.append(f"no CKA for {', '.join(lone)}: no other input holds features of the same samples "
                         "(same N and labels in the same order)")
-    return {"labels": labels, "matrix": matrix}, warnings
+    return {"labels": labels, "matrix": matrix, "estimator": "unbiased" if unbiased else "biased"}, warnings
 
 
 def parse_specs(specs: Sequence[str]) -> dict[str, Path]:
@@ -234,7 +237,7 @@ def parse_specs(specs: Sequence[str]) -> dict[str, Path]:
 
 
 def compare_inputs(specs: Mapping[str, object] | Sequence[str], settings: Settings | None = None, *,
-                   cka: bool = True, progress: bool = False, **shortcuts) -> Comparison:
+                   cka: bool = True, unbiased_cka: bool = False, progress: bool = False, **shortcuts) -> Comparison:
     """Compare checkpoints, feature files, report JSONs and samples (label -> path, or ``LABEL=PATH`` strings).
 
     Every input is analyzed with the same ``settings`` (or their fields as keywords); checkpoints keep their
@@ -262,4 +265,4 @@ def compare_inputs(specs: Mapping[str, object] | Sequence[str], settings: Settin
             elif keep is not None and keep.exists():
                 features[label] = keep
         return compare_reports(reports, features=features if cka else None,
-                               chunk_rows=settings.metrics.chunk_rows)
+                               chunk_rows=settings.metrics.chunk_rows, unbiased_cka=unbiased_cka)

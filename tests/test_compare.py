@@ -223,3 +223,46 @@ def test_comparison_figures_carry_each_input(reports):
     bars = figs["metrics"].axes[0]
     assert bars.get_yscale() == "log" and [t.get_text() for t in bars.get_legend().get_texts()] == ["loose", "tight"]
     np.testing.assert_allclose(figs["cka"].axes[0].get_images()[0].get_array(), [[1, 0.8], [0.8, 1]])
+
+
+def _hsic_u(K, L):
+    n = len(K)
+    K, L = K.copy(), L.copy()
+    np.fill_diagonal(K, 0)
+    np.fill_diagonal(L, 0)
+    one = np.ones(n)
+    return (np.trace(K @ L) + (one @ K @ one) * (one @ L @ one) / ((n - 1) * (n - 2))
+            - 2 / (n - 2) * one @ K @ L @ one) / (n * (n - 3))
+
+
+@pytest.mark.parametrize("chunk", [3, 7, 1000])
+def test_unbiased_cka_matches_the_gram_formula_in_any_chunking(chunk):
+    from nc_probe.metrics.cka import unbiased_cka_matrix
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 12)) + 3.0
+    Y = X @ rng.normal(size=(12, 5)) + 2 * rng.normal(size=(30, 5))
+    K, L = X @ X.T, Y @ Y.T
+    ref = _hsic_u(K, L) / np.sqrt(_hsic_u(K, K) * _hsic_u(L, L))
+    m = unbiased_cka_matrix([X, Y, X * 2.5 + 7.0], chunk_rows=chunk)
+    assert m[0, 1] == pytest.approx(ref, rel=1e-9)
+    assert m[0, 2] == pytest.approx(1.0, rel=1e-12) and np.allclose(np.diag(m), 1.0)  # self-CKA, scale, shift
+    assert np.array_equal(m, unbiased_cka_matrix([X, Y, X * 2.5 + 7.0], chunk_rows=chunk))  # deterministic
+
+
+def test_unbiased_cka_does_not_drift_with_few_samples():
+    from nc_probe.metrics.cka import cka_matrix, unbiased_cka_matrix
+
+    rng = np.random.default_rng(1)
+    X, Z = rng.normal(size=(40, 60)), rng.normal(size=(40, 60))  # independent: the true CKA is 0
+    assert cka_matrix([X, Z])[0, 1] > 0.5  # the biased estimator's known bias at N ~ d
+    assert abs(unbiased_cka_matrix([X, Z])[0, 1]) < 0.1
+
+
+def test_cli_unbiased_cka(files, tmp_path):
+    res = CliRunner().invoke(app, ["compare", f"tight={files['tight']}", f"loose={files['loose']}",
+                                   "--unbiased-cka", "--json", str(tmp_path / "c.json")])
+    assert res.exit_code == 0, res.output
+    cka = json.loads((tmp_path / "c.json").read_text())["cka"]
+    assert cka["estimator"] == "unbiased" and "unbiased HSIC" in res.output
+    assert cka["matrix"][0][0] == 1.0 and -1 < cka["matrix"][0][1] < 1

@@ -11,11 +11,14 @@ from .shell import out_console, user_errors
 
 Cka = Annotated[bool, typer.Option("--cka/--no-cka", help="Linear CKA between inputs that hold features of the "
                                                           "same samples.", rich_help_panel=o.OUTPUT)]
+UnbiasedCka = Annotated[bool, typer.Option(
+    "--unbiased-cka", help="CKA from the unbiased HSIC estimator (does not drift with the number of samples; "
+                           "the default is Kornblith et al.'s biased one).", rich_help_panel=o.OUTPUT)]
 
 
 def compare(
     inputs: o.Inputs, json_path: o.JsonOut = None, html: o.HtmlOut = None, plots: o.PlotsOut = None, cka: Cka = True,
-    quiet: o.Quiet = False,
+    unbiased_cka: UnbiasedCka = False, quiet: o.Quiet = False,
     eps2: o.Eps2 = None, subspace_dim: o.SubspaceDim = None, rank_tol: o.RankTol = None, classes: o.Classes = None,
     memory_budget: o.MemoryBudget = None, min_class_count: o.MinClassCount = None,
     angle_classes: o.AngleClasses = None, angle_precision: o.AnglePrecision = None, matrices: o.Matrices = None,
@@ -47,7 +50,7 @@ def compare(
                              fix="pass LABEL=PATH LABEL=PATH")
         _compare_layers(paths, settings, outputs, json_path, quiet)
         return
-    comparison = compare_inputs(inputs, settings, cka=cka, progress=not quiet)
+    comparison = compare_inputs(inputs, settings, cka=cka, unbiased_cka=unbiased_cka, progress=not quiet)
     with outputs.transaction() as staged:
         if plots is not None or html is not None:
             from ..render.compare_plots import comparison_figures

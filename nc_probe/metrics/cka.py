@@ -77,3 +77,67 @@ def linear_cka(X, Y, *, chunk_rows: int | None = None) -> float:
     1 for identical representations; invariant to orthogonal transforms and isotropic scaling of either input.
     """
     return float(cka_matrix([X, Y], chunk_rows=chunk_rows)[0, 1])
+
+
+def unbiased_cka_matrix(sources: Sequence, *, chunk_rows: int | None = None) -> np.ndarray:
+    """Linear CKA from the unbiased HSIC estimator (Song et al. 2012; as Nguyen, Raghu & Kornblith 2021 use it),
+    between every pair of representations of the same N >= 4 samples, in one pass over row chunks.
+
+    The biased estimator above drifts with N (two independent representations score well above 0 when N is not
+    much larger than d); this one does not. With ``K = X X^T`` and ``L = Y Y^T`` with zeroed diagonals,
+    ``HSIC_u = [tr(K L) + 1^T K 1 1^T L 1 / ((N-1)(N-2)) - 2 1^T K L 1 / (N-2)] / (N (N-3))``; every term is a sum
+    of feature-space products (``X^T Y``, ``sum x``, ``sum ||x||^2 y``, ``sum ||x||^2 ||y||^2``), so memory stays
+    ``sum_ij d_i d_j``. The estimator does not change when a constant is added to a representation, so rows are
+    shifted by the first chunk's mean before the products (less cancellation). Self-similarity is 1; a value can be
+    slightly negative; a representation with no variance gives NaN.
+    """
+    k = len(sources)
+    n_rows = {_num_rows(s) for s in sources}
+    if len(n_rows) != 1:
+        raise InputError(f"CKA needs the same samples in every input, got {sorted(n_rows)} rows",
+                         fix="extract the features of the same data set")
+    N = n_rows.pop()
+    if N < 4:
+        raise InputError(f"the unbiased CKA estimator needs at least 4 samples, got {N}",
+                         fix="compare more samples, or use the biased estimator")
+    dims = [_rows(s, 0, 1).shape[1] for s in sources]
+    rows = chunk_rows or max(64, CKA_CHUNK_BYTES // (8 * max(sum(dims), 1)))
+    shift: list[np.ndarray] = []
+    A = {(i, j): np.zeros((dims[i], dims[j])) for i in range(k) for j in range(i, k)}
+    s = [np.zeros(d) for d in dims]
+    q = np.zeros(k)  # sum over rows of ||x||^2
+    qq = np.zeros((k, k))  # sum over rows of ||x_i||^2 ||x_j||^2
+    xq = {(i, j): np.zeros(dims[i]) for i in range(k) for j in range(k)}  # sum over rows of x_i ||x_j||^2
+    for start in range(0, N, rows):
+        stop = min(start + rows, N)
+        chunk = [_rows(src, start, stop) for src in sources]
+        if any(not np.all(np.isfinite(c)) for c in chunk):
+            raise InputError(f"features contain NaN or Inf (rows {start}..{stop - 1})",
+                             fix="check the model for overflow or drop those samples")
+        if not shift:
+            shift = [c.mean(0) for c in chunk]
+        chunk = [c - m for c, m in zip(chunk, shift)]
+        norms = np.stack([np.einsum("ij,ij->i", c, c) for c in chunk])  # k x rows
+        for (i, j), a in A.items():
+            a += chunk[i].T @ chunk[j]
+        for i in range(k):
+            s[i] += chunk[i].sum(0)
+            for j in range(k):
+                xq[i, j] += chunk[i].T @ norms[j]
+        q += norms.sum(1)
+        qq += norms @ norms.T
+    hsic = np.zeros((k, k))
+    for (i, j), a in A.items():
+        trace = float(np.sum(a * a)) - qq[i, j]
+        ones_k, ones_l = float(s[i] @ s[i]) - q[i], float(s[j] @ s[j]) - q[j]
+        kl = float(s[i] @ a @ s[j]) - float(s[i] @ xq[i, j]) - float(s[j] @ xq[j, i]) + qq[i, j]
+        value = (trace + ones_k * ones_l / ((N - 1) * (N - 2)) - 2.0 * kl / (N - 2)) / (N * (N - 3))
+        hsic[i, j] = hsic[j, i] = value
+    out = np.eye(k)
+    for i in range(k):
+        for j in range(i + 1, k):
+            denom = hsic[i, i] * hsic[j, j]
+            out[i, j] = out[j, i] = hsic[i, j] / np.sqrt(denom) if denom > 0 else float("nan")
+        if not hsic[i, i] > 0:
+            out[i, i] = float("nan")
+    return out

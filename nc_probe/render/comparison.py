@@ -85,7 +85,9 @@ def render_comparison(comparison, console=None, spell=parameter_name) -> None:
                       f"(docs/metrics.md); Δ words compare with {comparison.baseline}; (mean): mean over classes",
                       style="dim"))
     if comparison.cka:
-        parts.append(Text("Linear CKA (1 = the same representation up to rotation and scale)", style="italic"))
+        estimator = "unbiased HSIC" if comparison.cka.get("estimator") == "unbiased" else "biased HSIC"
+        parts.append(Text(f"Linear CKA, {estimator} estimator (1 = the same representation up to rotation and "
+                          "scale)", style="italic"))
         parts.append(cka_table(comparison))
     for w in comparison.warnings:
         parts.append(Text(f"warning: {spell_text(w, spell)}", style="yellow"))

@@ -334,8 +334,9 @@ def comparison_html(comparison, figures: dict | None = None, spell=parameter_nam
     cka = ""
     if comparison.cka:
         c = comparison.cka
+        est = "unbiased" if c.get("estimator") == "unbiased" else "biased"
         cka = ("<h2 id=cka>Linear CKA</h2><p class=sub>1 = the same representation up to rotation and isotropic "
-               "scale; '-' where two inputs do not hold features of the same samples.</p>"
+               f"scale ({est} HSIC estimator); '-' where two inputs do not hold features of the same samples.</p>"
                + _table([""] + c["labels"], [[f"<td>{escape(a)}</td>"] + [_num_cell(v) for v in row]
                                              for a, row in zip(c["labels"], c["matrix"])]))
     inputs = []
