@@ -62,7 +62,8 @@ def collapse_metrics(stats: ClassStats, W=None, *, b=None, source=None, min_coun
     W64 = None if W is None else np.asarray(W, dtype=np.float64)
     more = literature.literature_metrics(M, scatter, int(n.sum()), n, W64,
                                          None if b is None else np.asarray(b, dtype=np.float64),
-                                         raw_means.mean(0), ids)
+                                         raw_means.mean(0), ids, with_gnc2=False)
+    more |= {k: means.metrics.pop(k) for k in ("gnc2_log_mean", "gnc2_log_var")}  # from the NC2 sweep
     if W is not None:
         W = np.asarray(W, dtype=np.float64)
         metrics.update({f"{k}_W": v for k, v in collapse.row_pair_metrics(W[ids]).metrics.items()})

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .literature import LogEnergy
 from .pairs import MatrixSink, PairSummary, Tile, sweep
 
 EPS64 = np.finfo(np.float64).eps
@@ -101,8 +102,8 @@ class PairCollapse:
 
 def mean_pair_metrics(M: np.ndarray, variances: np.ndarray, *, keep_matrix: bool = False,
                       tile_rows: int | None = None) -> PairCollapse:
-    """nc1_cdnv and the NC2 measures of the centred means (columns of ``M``, d x C), from one tiled sweep over
-    their Gram matrix; with ``keep_matrix`` also the C x C cosines.
+    """nc1_cdnv, the NC2 measures of the centred means (columns of ``M``, d x C) and their log energy
+    (``gnc2_log_*``), from one tiled sweep over their Gram matrix; with ``keep_matrix`` also the C x C cosines.
 
     CDNV: distances come from the centred means' Gram (centring removes a common offset before the expansion, so it
     does not cancel when the means sit far from the origin); pairs that nearly coincide (distance^2 under 1e-3 of
@@ -111,11 +112,13 @@ def mean_pair_metrics(M: np.ndarray, variances: np.ndarray, *, keep_matrix: bool
     V = np.ascontiguousarray(M.T)
     sq = np.einsum("ij,ij->i", V, V)
     state = _Nc2Sweep(V, keep_matrix)
+    energy = LogEnergy(V)
     cdnv = PairSummary(bounds=(1e-12, 1e12), extreme="largest", log=True)
     cdnv_sum = [0.0]
 
     def visit(tile: Tile, G: np.ndarray) -> None:
         state.visit(tile, G)
+        energy.visit(tile, G)
         (i0, j0), (n, m) = (tile.i0, tile.j0), G.shape
         sa, sb = sq[i0:i0 + n, None], sq[None, j0:j0 + m]
         dist2 = np.maximum(sa + sb - 2 * G, 0)
@@ -133,7 +136,8 @@ def mean_pair_metrics(M: np.ndarray, variances: np.ndarray, *, keep_matrix: bool
     sweep(V, visit, tile_rows)
     metrics = state.metrics()
     C = len(V)
-    metrics = {"nc1_cdnv": cdnv_sum[0] / (C * (C - 1) / 2), **{f"{k}_M": v for k, v in metrics.items()}}
+    metrics = {"nc1_cdnv": cdnv_sum[0] / (C * (C - 1) / 2), **{f"{k}_M": v for k, v in metrics.items()},
+               **energy.metrics()}
     return PairCollapse(metrics, state.cosine, cdnv, None if state.matrix is None else state.matrix.matrix)
 
 

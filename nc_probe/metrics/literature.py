@@ -19,8 +19,9 @@ import math
 
 import numpy as np
 
-from .collapse import EPS64
 from .pairs import PairSummary, Tile, sweep
+
+EPS64 = np.finfo(np.float64).eps
 
 LITERATURE_KEYS = ("nc1_quot", "nc3_etf", "unc3", "gnc2_log_mean", "gnc2_log_var", "bias_collapse", "vci",
                    "minority_norm_spearman", "minority_cosine_mean")
@@ -29,13 +30,16 @@ MINORITY_FRACTION = 4  # the bottom quarter of the classes by count (at least 2)
 
 def literature_metrics(M: np.ndarray, scatter: np.ndarray, total: int, counts: np.ndarray,
                        W: np.ndarray | None = None, b: np.ndarray | None = None, mu_G: np.ndarray | None = None,
-                       present: np.ndarray | None = None, tile_rows: int | None = None) -> dict:
+                       present: np.ndarray | None = None, tile_rows: int | None = None,
+                       with_gnc2: bool = True) -> dict:
     """Every key of :data:`LITERATURE_KEYS`. ``M``: centred means of the C classes analysed (d x C); ``scatter``:
     the pooled within-class scatter (d x d, a sum over the ``total`` rows); ``counts``: their counts; ``W``, ``b``:
     the classifier (all its rows), ``present``: the rows of the analysed classes, ``mu_G``: the mean of the class
-    means. Keys that need W are None without it."""
+    means. Keys that need W are None without it. ``gnc2_log_*`` are left to the NC2 sweep (:class:`LogEnergy`)
+    unless ``with_gnc2``."""
     out: dict = {"nc1_quot": nc1_quot(scatter, total, M), "vci": vci(scatter, total, M)}
-    out.update(gnc2_log(M, tile_rows))
+    if with_gnc2:
+        out.update(gnc2_log(M, tile_rows))
     none = dict.fromkeys(("nc3_etf", "unc3", "bias_collapse", "minority_norm_spearman", "minority_cosine_mean"))
     if W is None:
         return {**out, **none}
@@ -73,39 +77,54 @@ def unc3(W: np.ndarray, M: np.ndarray) -> float | None:
     return float(np.var(cos))
 
 
-def gnc2_log(M: np.ndarray, tile_rows: int | None = None) -> dict:
-    """Mean and population variance over pairs c < c' of ``log(1 / ||u_c - u_c'||)``, ``u_c = m_c / ||m_c||``,
-    from a tiled sweep over the cosines (no C x C matrix). ``||u - u'||^2 = 2 - 2 cos`` cancels for nearly equal
-    directions, so those pairs (distance^2 under 1e-3) are recomputed as direct differences; coinciding directions
-    give an infinite mean."""
-    norms = np.linalg.norm(M, axis=0)
-    if np.any(norms == 0):
-        return {"gnc2_log_mean": None, "gnc2_log_var": None}
-    U = np.ascontiguousarray((M / norms).T)
-    summary = PairSummary(bounds=(-10.0, 10.0), light=True)
-    coincide = [False]
+class LogEnergy:
+    """``gnc2_log_mean`` and ``gnc2_log_var`` accumulated tile by tile from the Gram of the centred means, so the
+    NC2 sweep (:func:`nc_probe.metrics.collapse.mean_pair_metrics`) gives them without a second C x C product.
+    ``||u - u'||^2 = 2 - 2 cos`` cancels for nearly equal directions, so those pairs (distance^2 under 1e-3) are
+    recomputed as direct differences of the normalized rows; coinciding directions give an infinite mean."""
 
-    def visit(tile: Tile, G: np.ndarray) -> None:
+    def __init__(self, V: np.ndarray):
+        norms = np.linalg.norm(V, axis=1)
+        self.defined = bool(np.all(norms > 0))
+        self.norms = np.where(norms > 0, norms, 1.0)
+        self.U = V / self.norms[:, None]
+        self.summary = PairSummary(bounds=(-10.0, 10.0), light=True)
+        self.coincide = False
+
+    def visit(self, tile: Tile, G: np.ndarray) -> None:
+        if not self.defined or self.coincide:
+            return
         i0, j0 = tile.i0, tile.j0
-        dist2 = np.maximum(2.0 - 2.0 * G, 0.0)
+        n, m = G.shape
+        cos = G / self.norms[i0:i0 + n, None] / self.norms[None, j0:j0 + m]
+        dist2 = np.maximum(2.0 - 2.0 * cos, 0.0)
         close = dist2 < 1e-3
         if tile.mask is not None:
             close &= tile.mask
         r, c = np.nonzero(close)
         if len(r):
-            dist2[r, c] = np.square(U[r + i0] - U[c + j0]).sum(1)
+            dist2[r, c] = np.square(self.U[r + i0] - self.U[c + j0]).sum(1)
         values = tile.values(dist2)
         if np.any(values == 0):
-            coincide[0] = True
+            self.coincide = True
             return
-        summary.add(-0.5 * np.log(values), tile.locate)
+        self.summary.add(-0.5 * np.log(values), tile.locate)
 
-    sweep(U, visit, tile_rows)
-    if coincide[0]:
-        return {"gnc2_log_mean": math.inf, "gnc2_log_var": None}
-    if not summary.count:
-        return {"gnc2_log_mean": None, "gnc2_log_var": None}
-    return {"gnc2_log_mean": summary.mean, "gnc2_log_var": summary.m2 / summary.count}
+    def metrics(self) -> dict:
+        if not self.defined or not self.summary.count:
+            return {"gnc2_log_mean": None, "gnc2_log_var": None}
+        if self.coincide:
+            return {"gnc2_log_mean": math.inf, "gnc2_log_var": None}
+        return {"gnc2_log_mean": self.summary.mean, "gnc2_log_var": self.summary.m2 / self.summary.count}
+
+
+def gnc2_log(M: np.ndarray, tile_rows: int | None = None) -> dict:
+    """Mean and population variance over pairs c < c' of ``log(1 / ||u_c - u_c'||)``, ``u_c = m_c / ||m_c||``
+    (columns of ``M``), from its own tiled sweep (see :class:`LogEnergy`)."""
+    V = np.ascontiguousarray(M.T)
+    energy = LogEnergy(V)
+    sweep(V, energy.visit, tile_rows)
+    return energy.metrics()
 
 
 def bias_collapse(W: np.ndarray, b: np.ndarray, mu_G: np.ndarray) -> float:
