@@ -49,10 +49,15 @@ def analyze(
     from ..render.exports import check_output_options, write_outputs
     from ..render.terminal import render_report
     from ..samples import DEFAULT_SAMPLE
+    from ..splits import parse_splits
     from .outputs import OutputSet
 
-    settings = o.build_settings(locals())
+    splits = parse_splits(split)
+    settings = o.build_settings({**locals(), "split": None} if splits else locals())
     source = input if input is not None else Path(DEFAULT_SAMPLE)
+    if splits:
+        _analyze_splits(source, splits, settings, json_path, out, fmt, plots, html, save_features, data, quiet)
+        return
     check_output_options(fmt, out)
     outputs = OutputSet({"--json": json_path, "--out": out, "--plots": plots, "--html": html,
                          "--save-features": save_features}, dirs=("--out", "--plots"), inputs=[source, data])
@@ -68,6 +73,39 @@ def analyze(
         typer.echo(text, nl=False)
     elif not quiet:
         render_report(report, out_console, spell=o.flag_name)
+
+
+def _analyze_splits(source, splits, settings, json_path, out, fmt, plots, html, save_features, data, quiet) -> None:
+    """``--split train,test``: both splits side by side (a comparison) with the test-collapse measures."""
+    from ..errors import InputError
+    from ..inputs import input_kind
+    from ..render.comparison import render_comparison
+    from ..splits import analyze_splits
+    from .outputs import OutputSet
+
+    for flag, value in (("--out", out), ("--format", fmt), ("--save-features", save_features)):
+        if value is not None:
+            raise InputError(f"{flag} writes one split's report; with two splits the result is a comparison",
+                             fix="write it with --json, --html or --plots, or analyze one --split at a time")
+    if input_kind(source) != "checkpoint":
+        raise InputError("two splits need a checkpoint to run on its data; this input is not one", path=source,
+                         fix="pass the checkpoint, or analyze the feature files of each split with compare")
+    outputs = OutputSet({"--json": json_path, "--html": html, "--plots": plots}, dirs=("--plots",),
+                        inputs=[source, data])
+    comparison = analyze_splits(str(source), settings, splits=splits, progress=not quiet)
+    with outputs.transaction() as staged:
+        if plots is not None or html is not None:
+            from ..render.compare_plots import comparison_figures
+            from ..render.html import write_comparison_html
+            from ..render.plots import write_visuals
+
+            write_visuals(comparison, plots=staged.get("--plots"), html=staged.get("--html"),
+                          figures_of=comparison_figures,
+                          write_page=lambda c, path, figures: write_comparison_html(c, path, figures, o.flag_name))
+        if json_path is not None:
+            comparison.save(staged["--json"])
+    if not quiet:
+        render_comparison(comparison, out_console, spell=o.flag_name)
 
 
 def register(app: typer.Typer) -> None:

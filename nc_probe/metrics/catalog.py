@@ -111,6 +111,15 @@ CATALOG: dict[str, Metric] = {m.key: m for m in [
     _m("acc_ncc_mahalanobis", "accuracy of the nearest class mean under the shared within-class covariance, "
        "argmin (h - mu_c)^T Sigma_W^+ (h - mu_c) (Lee et al. 2018)", unit="fraction", direction="higher",
        word=ACCURATE),
+    _m("nc1_test", "test rows' within-class scatter about the TRAIN class means against the train Sigma_B^+, / C "
+       "(Hui et al. 2022; --split train,test)", direction="lower", word=COLLAPSED),
+    _m("nc1_cdnv_test", "CDNV of the test rows about the train class means, over the train means' distances",
+       direction="lower", word=COLLAPSED),
+    _m("acc_ncc_test", "accuracy of the nearest TRAIN class mean on the test rows", unit="fraction",
+       direction="higher", word=ACCURATE),
+    _m("nc1_test_ratio", "nc1_test / the train split's nc1 (1 = test collapses as far as train)"),
+    _m("nc1_cdnv_test_ratio", "nc1_cdnv_test / the train split's nc1_cdnv"),
+    _m("acc_ncc_test_ratio", "acc_ncc_test / the train split's acc_ncc"),
     _m("rank_numerical_total", "numerical rank of the total feature covariance: eigenvalues above rank_tol times "
        "the largest", unit="dimensions", direction="lower", word=COMPRESSED),
     _m("acc_linear_probe", "accuracy of a closed-form ridge probe (one-hot targets, lambda = 1e-3 Tr(Sigma)/d) "

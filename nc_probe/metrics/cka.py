@@ -21,6 +21,28 @@ def _num_rows(source) -> int:
     return source.num_samples if hasattr(source, "num_samples") else len(source)
 
 
+def _layout(sources: Sequence, chunk_rows: int | None) -> tuple[int, list[int], int]:
+    """``(N, dims, rows per chunk)`` of representations of the same samples (InputError otherwise)."""
+    n_rows = {_num_rows(s) for s in sources}
+    if len(n_rows) != 1:
+        raise InputError(f"CKA needs the same samples in every input, got {sorted(n_rows)} rows",
+                         fix="extract the features of the same data set")
+    N = n_rows.pop()
+    dims = [_rows(s, 0, 1).shape[1] if N else 0 for s in sources]
+    return N, dims, chunk_rows or max(64, CKA_CHUNK_BYTES // (8 * max(sum(dims), 1)))
+
+
+def _chunks(sources: Sequence, N: int, rows: int):
+    """Row chunks of every representation, float64, checked for NaN/Inf."""
+    for start in range(0, N, rows):
+        stop = min(start + rows, N)
+        chunk = [_rows(s, start, stop) for s in sources]
+        if any(not np.all(np.isfinite(c)) for c in chunk):
+            raise InputError(f"features contain NaN or Inf (rows {start}..{stop - 1})",
+                             fix="check the model for overflow or drop those samples")
+        yield chunk
+
+
 def cka_matrix(sources: Sequence, *, chunk_rows: int | None = None) -> np.ndarray:
     """Linear CKA between every pair of representations of the same N samples, in one pass over row chunks.
 
@@ -31,23 +53,12 @@ def cka_matrix(sources: Sequence, *, chunk_rows: int | None = None) -> np.ndarra
     variance gives NaN.
     """
     k = len(sources)
-    n_rows = {_num_rows(s) for s in sources}
-    if len(n_rows) != 1:
-        raise InputError(f"CKA needs the same samples in every input, got {sorted(n_rows)} rows",
-                         fix="extract the features of the same data set")
-    N = n_rows.pop()
-    dims = [_rows(s, 0, 1).shape[1] if N else 0 for s in sources]
-    rows = chunk_rows or max(64, CKA_CHUNK_BYTES // (8 * max(sum(dims), 1)))
+    N, dims, rows = _layout(sources, chunk_rows)
     mean = [np.zeros(d) for d in dims]
     G = {(i, j): np.zeros((dims[i], dims[j])) for i in range(k) for j in range(i, k)}
     n = 0
-    for start in range(0, N, rows):
-        stop = min(start + rows, N)
-        chunk = [_rows(s, start, stop) for s in sources]
-        if any(not np.all(np.isfinite(c)) for c in chunk):
-            raise InputError(f"features contain NaN or Inf (rows {start}..{stop - 1})",
-                             fix="check the model for overflow or drop those samples")
-        nb = stop - start
+    for chunk in _chunks(sources, N, rows):
+        nb = len(chunk[0])
         cm = [c.mean(0) for c in chunk]
         cc = [c - m for c, m in zip(chunk, cm)]
         delta = [b - a for a, b in zip(mean, cm)]
@@ -92,28 +103,17 @@ def unbiased_cka_matrix(sources: Sequence, *, chunk_rows: int | None = None) -> 
     slightly negative; a representation with no variance gives NaN.
     """
     k = len(sources)
-    n_rows = {_num_rows(s) for s in sources}
-    if len(n_rows) != 1:
-        raise InputError(f"CKA needs the same samples in every input, got {sorted(n_rows)} rows",
-                         fix="extract the features of the same data set")
-    N = n_rows.pop()
+    N, dims, rows = _layout(sources, chunk_rows)
     if N < 4:
         raise InputError(f"the unbiased CKA estimator needs at least 4 samples, got {N}",
                          fix="compare more samples, or use the biased estimator")
-    dims = [_rows(s, 0, 1).shape[1] for s in sources]
-    rows = chunk_rows or max(64, CKA_CHUNK_BYTES // (8 * max(sum(dims), 1)))
     shift: list[np.ndarray] = []
     A = {(i, j): np.zeros((dims[i], dims[j])) for i in range(k) for j in range(i, k)}
     s = [np.zeros(d) for d in dims]
     q = np.zeros(k)  # sum over rows of ||x||^2
     qq = np.zeros((k, k))  # sum over rows of ||x_i||^2 ||x_j||^2
     xq = {(i, j): np.zeros(dims[i]) for i in range(k) for j in range(k)}  # sum over rows of x_i ||x_j||^2
-    for start in range(0, N, rows):
-        stop = min(start + rows, N)
-        chunk = [_rows(src, start, stop) for src in sources]
-        if any(not np.all(np.isfinite(c)) for c in chunk):
-            raise InputError(f"features contain NaN or Inf (rows {start}..{stop - 1})",
-                             fix="check the model for overflow or drop those samples")
+    for chunk in _chunks(sources, N, rows):
         if not shift:
             shift = [c.mean(0) for c in chunk]
         chunk = [c - m for c, m in zip(chunk, shift)]
