@@ -19,7 +19,7 @@ _EXPORTS = {
     "analyze_checkpoint": "pipeline", "extract_features": "pipeline",
     "inspect_checkpoint": "inspection",
     "analyze_layers": "layer_analysis", "LayerReport": "layer_report", "compare_layers": "layer_compare",
-    "analyze_splits": "splits",
+    "analyze_splits": "splits", "run_trajectory": "trajectory",
     "PredictionTally": "metrics.predictions",
     "Report": "report",
     "DataSettings": "settings", "ExtractionSettings": "settings", "MetricSettings": "settings",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 
 from ._version import __version__
-from .commands import analyze, compare, gate, inspect, layers
+from .commands import analyze, compare, gate, inspect, layers, trajectory
 
 app = typer.Typer(
     name="nc-probe",
@@ -35,5 +35,5 @@ def _root(
     """nc-probe: neural collapse and subspace geometry of classifier features."""
 
 
-for _command in (analyze, layers, inspect, gate, compare):
+for _command in (analyze, layers, trajectory, inspect, gate, compare):
     _command.register(app)

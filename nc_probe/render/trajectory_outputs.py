@@ -1,0 +1,157 @@
+"""The outputs of a trajectory: a terminal table, the tidy table and JSON, metric-against-epoch plots in the style
+of Papyan, Han & Donoho (2020, figures 2-7: NC1-NC4 on log scales against epoch, train solid, test dashed) and an
+HTML page."""
+
+from __future__ import annotations
+
+import math
+from html import escape
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from rich.table import Table
+
+from ..files import atomic_write_text
+from ..text import format_number as fmt
+from ..trajectory import Trajectory
+
+TABLE_KEYS = [("nc1", "nc1"), ("nc3", "nc3"), ("nc4", "nc4"), ("acc_model", "acc")]
+TEST_KEYS = [("nc1_test", "nc1 test"), ("acc_ncc_test", "ncc test")]
+PANELS = [("NC1: Tr(Sigma_W Sigma_B^+)/C", [("nc1", "nc1")]),
+          ("NC2: means towards a simplex ETF", [("nc2_equinorm_M", "equinorm"), ("nc2_equiangle_M", "equiangle"),
+                                                 ("nc2_maxangle_M", "maxangle")]),
+          ("NC3: classifier towards the means", [("nc3", "nc3")]),
+          ("NC4: classifier vs nearest class center", [("nc4", "nc4")])]
+STYLES = {0: "-", 1: "--"}
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
+
+
+def trajectory_table(traj: Trajectory) -> Table:
+    splits = traj.splits
+    table = Table(title=f"trajectory: {len(traj.points)} checkpoints ({', '.join(splits)})",
+                  caption="acc: the model's accuracy (every metric: --out, --plots); test: the test rows against "
+                          "the train class means (nc1_test, acc_ncc_test)")
+    for head in ("epoch", "checkpoint", *[h for _, h in TABLE_KEYS]):
+        table.add_column(head, justify="left" if head == "checkpoint" else "right", no_wrap=True)
+    test = len(splits) > 1
+    if test:
+        for _, head in TEST_KEYS:
+            table.add_column(head, justify="right", no_wrap=True)
+    for p in traj.points:
+        m = p.reports[splits[0]].metrics
+        cells = [fmt(p.epoch) if p.epoch is not None else "-", p.label, *[_short(m.get(k)) for k, _ in TABLE_KEYS]]
+        if test:
+            mt = p.reports[splits[1]].metrics
+            cells += [_short(mt.get(k)) for k, _ in TEST_KEYS]
+        table.add_row(*cells)
+    return table
+
+
+def _short(value) -> str:
+    """Three significant digits: the table keeps a row per checkpoint inside 80 columns."""
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _xs(traj: Trajectory) -> tuple[list[float], str, bool]:
+    """x values (epochs, or positions when an epoch is unknown), their label, and whether to use a log axis."""
+    if all(p.epoch is not None for p in traj.points):
+        xs = [float(p.epoch) for p in traj.points]  # type: ignore[arg-type]
+        log = min(xs) > 0 and max(xs) / min(xs) >= 50
+        return xs, "epoch", log
+    return [float(i + 1) for i in range(len(traj.points))], "checkpoint (order given)", False
+
+
+def _line(ax, traj: Trajectory, xs: list[float], key: str, split: str, style: str, color: str, label: str,
+          log: bool = False) -> bool:
+    """One metric's curve; on a log axis exact zeros (nc4 once every decision agrees) are left out, not drawn at
+    an arbitrary floor."""
+    pts = [(x, v) for x, v in zip(xs, traj.values(key, split))
+           if v is not None and math.isfinite(v) and (v > 0 or not log)]
+    if not pts:
+        return False
+    ax.plot(*zip(*pts), style, marker="o", ms=3.5, color=color, label=label)
+    return True
+
+
+def trajectory_figures(traj: Trajectory) -> dict[str, Figure]:
+    """``collapse`` (NC1-NC4 panels, log scale), ``accuracy`` and ``rates`` against epoch."""
+    xs, xlabel, logx = _xs(traj)
+    splits = traj.splits
+    figs: dict[str, Figure] = {}
+    fig = Figure(figsize=(10, 7), layout="constrained")
+    axes = fig.subplots(2, 2)
+    for ax, (title, keys) in zip(axes.flat, PANELS):
+        for s_i, split in enumerate(splits):
+            for k_i, (key, name) in enumerate(keys):
+                tag = name if len(splits) == 1 else f"{name} ({split})"
+                _line(ax, traj, xs, key, split, STYLES.get(s_i, ":"), COLORS[k_i % len(COLORS)], tag, log=True)
+        ax.set_title(title + (" (zeros not drawn)" if title.startswith("NC4") else ""), fontsize=10)
+        ax.set_yscale("log")
+        if logx:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    figs["collapse"] = fig
+    for name, title, keys in (
+            ("accuracy", "Accuracy against epoch", [("acc_model", "model"), ("acc_ncc", "nearest class center")]),
+            ("rates", "MCR^2 coding rates against epoch", [("coding_rate", "R"), ("coding_rate_within", "Rc"),
+                                                          ("rate_reduction", "dR")])):
+        fig = Figure(figsize=(7.2, 4.2), layout="constrained")
+        ax = fig.add_subplot()
+        drawn = False
+        for s_i, split in enumerate(splits):
+            for k_i, (key, label) in enumerate(keys):
+                tag = label if len(splits) == 1 else f"{label} ({split})"
+                drawn |= _line(ax, traj, xs, key, split, STYLES.get(s_i, ":"), COLORS[k_i % len(COLORS)], tag)
+        if not drawn:
+            continue
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        if logx:
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        figs[name] = fig
+    return figs
+
+
+def trajectory_html(traj: Trajectory, figures: dict) -> str:
+    from .html import _figures_html, _page, _table
+
+    captions = {"collapse": "NC1-NC4 against epoch on log scales (Papyan, Han & Donoho 2020); with two splits the "
+                            "second is dashed.",
+                "accuracy": "The model's and the nearest class center's accuracy against epoch.",
+                "rates": "Coding rate R, within-class rate Rc and rate reduction dR against epoch."}
+    splits = traj.splits
+    heads = ["epoch", "checkpoint", *[h for _, h in TABLE_KEYS]] + ([h for _, h in TEST_KEYS] if len(splits) > 1
+                                                                    else [])
+    rows = []
+    for p in traj.points:
+        m = p.reports[splits[0]].metrics
+        cells = [fmt(p.epoch) if p.epoch is not None else "-", p.label, *[fmt(m.get(k)) for k, _ in TABLE_KEYS]]
+        if len(splits) > 1:
+            cells += [fmt(p.reports[splits[1]].metrics.get(k)) for k, _ in TEST_KEYS]
+        rows.append([f"<td>{escape(c)}</td>" for c in cells])
+    parts = [f"<h1>nc-probe trajectory: {len(traj.points)} checkpoints</h1>", _figures_html(figures, captions),
+             _table(heads, rows)]
+    return _page("nc-probe trajectory", "\n".join(parts))
+
+
+def write_trajectory_outputs(traj: Trajectory, *, out=None, plots=None, html=None) -> None:
+    """``out``: trajectory.csv (checkpoint, epoch, split, metric, value) and trajectory.json; ``plots``: PNG and
+    SVG; ``html``: one page."""
+    if out is not None:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / "trajectory.csv", traj.tidy().to_csv(index=False))
+        traj.save(folder / "trajectory.json")
+    if plots is not None or html is not None:
+        from .plots import save_figures
+
+        figures = trajectory_figures(traj)
+        if plots is not None:
+            save_figures(figures, plots)
+        if html is not None:
+            atomic_write_text(Path(html), trajectory_html(traj, figures))
