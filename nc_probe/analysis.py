@@ -18,7 +18,7 @@ import torch
 from . import compute, distributed, subspace_report
 from ._version import __version__
 from .errors import InputError
-from .metrics import probe
+from .metrics import nearest_subspace, probe
 from .pass2 import second_pass
 from .pca import PCASample
 from .report import Report
@@ -116,7 +116,10 @@ class _Analysis:
         """Pass 2, the subspace spectra (on the pool's thread meanwhile, when pass 1 gathered them) or the group
         passes, then the coding rates and angles."""
         store, s, splan, stats, timings = self.store, self.s, self.splan, self.stats, self.timings
-        results = subspace_report.SubspaceResults()
+        analysed = np.flatnonzero(self.keep & (stats.count.cpu().numpy() > 0))
+        results = subspace_report.SubspaceResults(
+            keep_ns=set(analysed.tolist()) <= set(splan.classes) and nearest_subspace.wanted(len(analysed),
+                                                                                               stats.dim))
         job = None
         if splan.in_pass1:
             acc = subspace_report.pass1_accumulator(stats, splan.classes)
@@ -146,6 +149,8 @@ class _Analysis:
         count = np.where(self.keep, stats.count.cpu().numpy(), 0)
         self.subspace = subspace_report.finish(stats, count, splan, results, s)
         timings["subspace_angles"] = time.perf_counter() - t
+        self.layer_metrics["acc_nearest_subspace"] = _nearest_subspace(store, results, analysed, self.keep,
+                                                                       self.rows)
 
     def report(self, layer, inputs) -> Report:
         c, stats, s = self.c, self.stats, self.s
@@ -173,6 +178,20 @@ def _layer_metrics(stats: ClassStats, ids: np.ndarray, keep: np.ndarray, s: Metr
         return metrics, None
     W, b = probe.ridge_probe(*compute.class_moments(stats, ids))
     return metrics, probe.ProbeTally(W, b, ids, None if keep.all() else keep)
+
+
+def _nearest_subspace(store: FeatureStore, results, ids: np.ndarray, keep: np.ndarray, rows: int) -> float | None:
+    """``acc_nearest_subspace``: one more pass, scoring every row against the classes' nearest-subspace bases
+    (which exist only after the spectra; None when they were not kept, see ``nearest_subspace.wanted``)."""
+    if not results.keep_ns:
+        return None
+    tally = nearest_subspace.NearestSubspaceTally([results.spectra[c].ns_basis for c in ids], ids,
+                                                  None if keep.all() else keep)
+    for chunk in store.iter_chunks(rows, reuse=True):
+        tally.add(chunk.start, torch.from_numpy(np.asarray(chunk.features)), torch.from_numpy(chunk.labels))
+        del chunk
+    distributed.sync(tally)
+    return tally.accuracy
 
 
 def _mahalanobis_tally(stats: ClassStats, ids: np.ndarray, keep: np.ndarray) -> probe.ProbeTally | None:

@@ -194,8 +194,10 @@ def report_from_stats(stats: ClassStats, *, W=None, b=None, tally: PredictionTal
     c = collapse_metrics(stats, W, b=b, keep_matrix=len(stats.count) <= subspace_report.INLINE_MATRIX_CLASSES)
     count = stats.count.cpu().numpy()
     sub, sub_lists, angles, sub_pairs, sub_warnings = subspace_part(stats, count, settings)
-    # acc_ncc_mahalanobis needs a pass-2 rule built from the final statistics; the caller's tally has none
+    # acc_ncc_mahalanobis and acc_nearest_subspace need rules built from the final statistics and a pass of their
+    # own; the caller's tally has none
     metrics = {**c.metrics, **prediction_metrics(tally, int(c.n.sum())), "acc_ncc_mahalanobis": None,
+               "acc_nearest_subspace": None,
                **total_metrics(stats, c.ids, settings.rank_tol), **sub}
     warnings, empty, _ = data_warnings(stats, c.ids)
     names = [str(class_names[i]) for i in c.ids] if class_names is not None else [str(i) for i in c.ids]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .metrics import subspace
+from .metrics.nearest_subspace import NS_DIM
 from .settings import MetricSettings
 from .subspaces import SubspaceAccumulator
 
@@ -29,10 +30,13 @@ class ClassSpectrum:
     metrics: dict
     spectrum: list
     basis: np.ndarray | None  # d x k, orthonormal columns (float64)
+    ns_basis: np.ndarray | None = None  # d x min(30, rank_numerical): the nearest-subspace classifier's
 
 
-def class_spectrum(acc: SubspaceAccumulator, c: int, settings: MetricSettings, keep_basis: bool) -> ClassSpectrum:
-    """The spectrum of class ``c`` of ``acc`` and the per-class metrics of ``docs/metrics.md``."""
+def class_spectrum(acc: SubspaceAccumulator, c: int, settings: MetricSettings, keep_basis: bool,
+                   keep_ns: bool = False) -> ClassSpectrum:
+    """The spectrum of class ``c`` of ``acc`` and the per-class metrics of ``docs/metrics.md``; with ``keep_ns``
+    also the nearest-subspace classifier's basis (:mod:`nc_probe.metrics.nearest_subspace`)."""
     d, n = acc.dim, acc.plans[c].count
     if c in acc.moments:
         lam, vec = _eigh_desc(acc.moments[c] / n)
@@ -51,7 +55,11 @@ def class_spectrum(acc: SubspaceAccumulator, c: int, settings: MetricSettings, k
     top = lam_np[:SPECTRUM_KEEP]
     total = lam_np.sum()
     basis = np.ascontiguousarray(basis_of(k).cpu().numpy()) if keep_basis else None
-    return ClassSpectrum(c, metrics, (top / total if total > 0 else top).tolist(), basis)
+    ns = None
+    if keep_ns:
+        ns_k = min(NS_DIM, metrics["rank_numerical"])
+        ns = np.ascontiguousarray(basis_of(ns_k).cpu().numpy()) if ns_k else np.zeros((d, 0))
+    return ClassSpectrum(c, metrics, (top / total if total > 0 else top).tolist(), basis, ns)
 
 
 def _eigh_desc(S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

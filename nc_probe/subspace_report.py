@@ -98,10 +98,12 @@ class SubspaceResults:
 
     spectra: dict[int, ClassSpectrum] = field(default_factory=dict)
 
+    keep_ns: bool = False  # also keep each class's nearest-subspace basis
+
     def add_group(self, acc: SubspaceAccumulator, settings: MetricSettings, angle_classes: set[int]) -> None:
         """Spectra of one group's classes, one eigendecomposition per class on every core."""
         def one(c: int) -> ClassSpectrum:
-            return class_spectrum(acc, c, settings, keep_basis=c in angle_classes)
+            return class_spectrum(acc, c, settings, keep_basis=c in angle_classes, keep_ns=self.keep_ns)
 
         for spec in subspace.parallel_map(one, acc.classes):
             self.spectra[spec.cls] = spec

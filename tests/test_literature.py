@@ -157,3 +157,33 @@ def test_mahalanobis_is_skipped_above_its_work_limit():
     H, y, W, b = _data(4)
     with mock.patch("nc_probe.metrics.probe.MAHALANOBIS_MAX_WORK", 10):
         assert nc_probe.analyze_features(H, y, W, b).metrics["acc_ncc_mahalanobis"] is None
+
+
+def _nearest_subspace_reference(H, y, rank_tol=1e-6):
+    classes = np.unique(y)
+    Z = H / np.linalg.norm(H, axis=1, keepdims=True)
+    bases = []
+    for c in classes:
+        Zc = Z[y == c]
+        lam, V = np.linalg.eigh(Zc.T @ Zc / len(Zc))
+        lam, V = lam[::-1], V[:, ::-1]
+        r = int(np.sum(lam > rank_tol * lam[0]))
+        bases.append(V[:, :min(30, r)])
+    scores = np.stack([np.sum((Z @ U) ** 2, axis=1) for U in bases], axis=1)
+    return float(np.mean(classes[np.argmax(scores, axis=1)] == y))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_nearest_subspace_matches_its_definition(seed):
+    rng = np.random.default_rng(seed)
+    C, d = 4, 40
+    y = np.repeat(np.arange(C), [60, 45, 80, 50])
+    dims = [3, 5, 8, 40]  # three low-rank classes (fewer than 30 directions) and one full-rank one
+    bases = [np.linalg.qr(rng.normal(size=(d, k)))[0] for k in dims]
+    H = np.stack([bases[c] @ rng.normal(size=dims[c]) for c in y]) + rng.normal(size=(len(y), d))
+    m = nc_probe.analyze_features(H, y).metrics
+    ref = _nearest_subspace_reference(H, y)
+    assert 0.3 < ref < 1.0
+    assert m["acc_nearest_subspace"] == pytest.approx(ref, abs=1e-12)
+    with mock.patch("nc_probe.metrics.nearest_subspace.NS_MAX_WORK", 10):
+        assert nc_probe.analyze_features(H, y).metrics["acc_nearest_subspace"] is None

@@ -111,6 +111,9 @@ CATALOG: dict[str, Metric] = {m.key: m for m in [
     _m("acc_ncc_mahalanobis", "accuracy of the nearest class mean under the shared within-class covariance, "
        "argmin (h - mu_c)^T Sigma_W^+ (h - mu_c) (Lee et al. 2018)", unit="fraction", direction="higher",
        word=ACCURATE),
+    _m("acc_nearest_subspace", "accuracy of the MCR^2 papers' nearest-subspace rule: unit feature to the class whose "
+       "top min(30, rank_numerical) eigenvectors of S_c leave the smallest residual (Yu et al. 2020)",
+       unit="fraction", direction="higher", word=ACCURATE),
     _m("nc1_test", "test rows' within-class scatter about the TRAIN class means against the train Sigma_B^+, / C "
        "(Hui et al. 2022; --split train,test)", direction="lower", word=COLLAPSED),
     _m("nc1_cdnv_test", "CDNV of the test rows about the train class means, over the train means' distances",
