@@ -58,6 +58,7 @@ def analyze_layers(path, settings: Settings | None = None, *, progress: bool = F
     reports = []
     t1 = time.perf_counter()
     try:
+        cka, cka_note = _layer_cka(exts, s.metrics.memory_budget)
         for name in list(exts):
             ext = exts[name]
             store = ext.store.shard(0, ext.store.num_samples) if distributed.active() else ext.store
@@ -78,10 +79,29 @@ def analyze_layers(path, settings: Settings | None = None, *, progress: bool = F
     settings_record = {} if first is None else dict(first.settings)
     settings_record.update({"device": str(dev), "batch_size": s.extraction.batch_size, "amp": s.extraction.amp})
     out = LayerReport.from_reports(reports, inputs, settings_record)
-    out.warnings = list(loaded.notes) + list(source.notes) + notes
+    out.cka = cka
+    out.warnings = list(loaded.notes) + list(source.notes) + notes + ([cka_note] if cka_note else [])
     out.timings = {"load_model": t_load, "extraction": t_extract, "analysis": time.perf_counter() - t1,
                    "total": time.perf_counter() - t0}
     return out
+
+
+def _layer_cka(exts: dict[str, Extraction], memory_budget: int) -> tuple[dict | None, str | None]:
+    """Linear CKA between every pair of layers (Kornblith et al. 2019's layer-by-layer heatmap), streamed over the
+    layers' stores, when the cross products (``(sum_l d_l)^2`` float64 numbers) fit a quarter of the memory budget
+    and all samples are in this process."""
+    from .metrics.cka import cka_matrix
+    from .text import format_bytes
+
+    if len(exts) < 2 or distributed.active():
+        return None, None
+    need = 8 * sum(e.store.dim for e in exts.values()) ** 2
+    if need > memory_budget // 4:
+        return None, (f"no CKA between layers: its cross products need {format_bytes(need)}, more than a quarter of "
+                      "{memory_budget}; select fewer {layers} or lower {max_dim}")
+    m = cka_matrix([e.store for e in exts.values()])
+    return {"layers": list(exts), "matrix": [[None if not np.isfinite(v) else float(v) for v in row] for row in m]}, \
+        None
 
 
 def _extract(taps: LayerTaps, loaded, source, s: Settings, dev, progress: bool) -> dict[str, Extraction]:

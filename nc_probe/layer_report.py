@@ -41,6 +41,7 @@ class LayerReport:
     laws: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
+    cka: dict | None = None  # {"layers", "matrix"}: linear CKA between every pair of layers
     kind: str = "layers"
     schema_version: str = LAYER_SCHEMA_VERSION
 

@@ -372,3 +372,30 @@ def test_compare_overlays_layer_reports(tmp_path, deep_report):
     single = nc_probe.analyze_checkpoint("sample:ce", device="cpu").save(tmp_path / "single.json")
     res = run("compare", f"deep={deep_json}", f"single={single}", "--json", tmp_path / "e.json")
     assert res.exit_code == 2 and "single-layer report" in res.output and not (tmp_path / "e.json").exists()
+
+
+def test_cka_between_layers_matches_the_definition(deep_report):
+    model, meta = samples.load_sample_checkpoint(samples.sample_path("deep"))
+    x, _ = samples.digits_arrays(meta["split"])
+    feats = []
+    hooks = [b.register_forward_hook(lambda m, a, out: feats.append(out.detach().double().numpy()))
+             for b in model.blocks]
+    with torch.no_grad():
+        model(torch.from_numpy(x))
+    for h in hooks:
+        h.remove()
+    cen = [f - f.mean(0) for f in feats]
+
+    def cka(X, Y):  # Kornblith et al.'s linear CKA, centred Gram form
+        return np.linalg.norm(Y.T @ X) ** 2 / (np.linalg.norm(X.T @ X) * np.linalg.norm(Y.T @ Y))
+
+    ref = np.array([[cka(a, b) for b in cen] for a in cen])
+    got = np.array(deep_report.cka["matrix"], dtype=float)
+    assert deep_report.cka["layers"] == deep_report.names
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-9)  # the features were float32 at the taps
+    assert 0.5 < got[0, 7] < got[0, 1] < 1.0  # nearby blocks are more alike than distant ones
+
+
+def test_cka_between_layers_is_skipped_beyond_the_budget():
+    r = nc_probe.analyze_layers("sample:ce", device="cpu", memory_budget=4 * 8 * (3 * 64) ** 2 - 4)
+    assert r.cka is None and any("no CKA between layers" in w for w in r.warnings)

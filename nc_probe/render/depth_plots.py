@@ -26,7 +26,8 @@ COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17
 def depth_figures(reports: dict[str, LayerReport]) -> dict[str, Figure]:
     """Every view, each with one line (or set of lines) per labelled report; views without data are left out."""
     figs = {"fuzziness": _fuzziness(reports), "rates": _series(reports, "rates"), "ranks": _series(reports, "ranks"),
-            "accuracy": _accuracy(reports), "collapse": _series(reports, "collapse")}
+            "accuracy": _accuracy(reports), "collapse": _series(reports, "collapse"),
+            "cka": _cka(next(iter(reports.values()))) if len(reports) == 1 else None}
     return {k: f for k, f in figs.items() if f is not None}
 
 
@@ -137,4 +138,25 @@ def _accuracy(reports: dict[str, LayerReport]) -> Figure | None:
         return None
     _xaxis(ax, reports)
     ax.legend(fontsize=8, title="vertical lines: no gain after", title_fontsize=8)
+    return fig
+
+
+def _cka(report: LayerReport) -> Figure | None:
+    """The layer-by-layer linear CKA heatmap of one model (Kornblith et al. 2019, figure 2)."""
+    cka = report.cka
+    if not cka or len(cka["layers"]) < 2:
+        return None
+    import numpy as np
+
+    names = cka["layers"]
+    M = np.array([[np.nan if v is None else v for v in row] for row in cka["matrix"]], dtype=float)
+    size = min(3.5 + 0.35 * len(names), 12.0)
+    fig = Figure(figsize=(size + 1.2, size), layout="constrained")
+    ax = fig.add_subplot()
+    im = ax.imshow(M, vmin=0.0, vmax=1.0, cmap="magma", origin="lower")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="linear CKA")
+    ticks = range(len(names)) if len(names) <= TICK_NAMES else range(0, len(names), max(1, len(names) // 12))
+    ax.set_xticks(list(ticks), [names[i] for i in ticks], rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(list(ticks), [names[i] for i in ticks], fontsize=8)
+    ax.set_title("Linear CKA between layers")
     return fig

@@ -138,7 +138,9 @@ def layers_html(reports: dict[str, LayerReport], figures: dict) -> str:
                 "ranks": "Mean per-class rank_energy95 and the numerical rank of each layer's features.",
                 "accuracy": "Nearest-class-center and linear-probe accuracy per layer; a vertical line marks the "
                             "layer after which the accuracy gains at most one point (the tunnel's start).",
-                "collapse": "nc1, nc1_cdnv and the ETF distance of the class means per layer (log scale)."}
+                "collapse": "nc1, nc1_cdnv and the ETF distance of the class means per layer (log scale).",
+                "cka": "Linear CKA between every pair of layers (Kornblith et al. 2019): blocks of high similarity "
+                       "are layers that change the representation little."}
     parts = [f"<h1>nc-probe layers: {escape(', '.join(reports))}</h1>", _figures_html(figures, captions)]
     for label, report in reports.items():
         rows = [[f"<td>{layer['depth']}</td>", f"<td><code>{escape(layer['name'])}</code></td>",
