@@ -367,6 +367,9 @@ def absent_reason(report, metric: str) -> str:
     inputs, settings = report.inputs, report.settings
     if metric == "acc_linear_probe" and metric not in report.metrics:
         return "it is computed only when asked; gate with {linear_probe}"
+    if metric.endswith(("_test", "_test_ratio")) and metric not in report.metrics:
+        return ("it compares a test split with a train split, which nc-probe analyze --split train,test does; the "
+                "gate analyses one split")
     if metric not in report.metrics:
         return (f"the report (schema {report.schema_version}) has no such key; analyze the input again with this "
                 "version of nc-probe")

@@ -130,8 +130,11 @@ def test_evaluate_pass_fail_error_and_exit_code(files):
 
 def test_baseline_round_trip_and_report_as_baseline(files, tmp_path):
     b = g.make_baseline(files["good_report"])
-    # acc_linear_probe is computed only with --linear-probe: absent from a default report, and from its baseline
-    assert set(b.metrics) == set(SCALAR_KEYS) - {"acc_linear_probe"} and b.settings["eps2"] == 0.5
+    # acc_linear_probe is computed only with --linear-probe, the test-collapse keys only with two splits: absent from
+    # a default report, and from its baseline
+    from nc_probe.splits import TEST_KEYS
+
+    assert set(b.metrics) == set(SCALAR_KEYS) - {"acc_linear_probe", *TEST_KEYS} and b.settings["eps2"] == 0.5
     g.save_baseline(b, tmp_path / "b.json")
     back = g.load_baseline(tmp_path / "b.json")
     assert back.metrics == pytest.approx(b.metrics) and back.inputs["num_classes"] == 4

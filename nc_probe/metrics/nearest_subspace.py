@@ -1,7 +1,9 @@
 """The MCR^2 papers' nearest-subspace classifier (Yu et al. 2020, ``evaluate.py``): each class's subspace is the
 span of the top ``min(30, rank_numerical)`` eigenvectors of its uncentred second moment of unit features ``S_c``;
 a unit feature ``z`` goes to the class whose subspace leaves the smallest residual ``||z - U_c U_c^T z||``, i.e.
-the largest ``||U_c^T z||^2`` (ties to the lowest class). ``acc_nearest_subspace`` is its accuracy."""
+the largest ``||U_c^T z||^2``. ``acc_nearest_subspace`` is its accuracy. Ties are common here (a class spanning all
+of R^d scores every z at 1; so does a one-sample class its own sample), so classes whose scores are within
+``TIE`` of the best share the row: the true class among k tied ones counts 1/k, whatever the labels' order."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ NS_DIM = 30  # the MCR^2 code's default number of components per class
 #: scored when NS_DIM * C * d is at most this (a pass of N x NS_DIM*C x d products): the samples and CIFAR-sized
 #: heads are in, an ImageNet head is out (null)
 NS_MAX_WORK = 1 << 23
+TIE = 1e-12  # scores are squared norms of projections of unit vectors, in [0, 1]
 
 
 def wanted(num_classes: int, dim: int) -> bool:
@@ -30,7 +33,7 @@ class NearestSubspaceTally:
         self.owner = torch.from_numpy(np.repeat(np.arange(len(bases)), [b.shape[1] for b in bases]))
         self.ids = torch.from_numpy(np.asarray(ids, dtype=np.int64))
         self.keep = keep
-        self.correct = torch.zeros(1, dtype=torch.long)
+        self.correct = torch.zeros(1, dtype=torch.float64)  # fractional: tied classes share a row
         self.total = torch.zeros(1, dtype=torch.long)
 
     def add(self, start: int, h: torch.Tensor, y: torch.Tensor) -> None:
@@ -45,8 +48,12 @@ class NearestSubspaceTally:
         z = h / torch.where(norms > 0, norms, torch.ones_like(norms))
         energy = (z @ self.B) ** 2
         scores = torch.zeros(len(y), len(self.ids), dtype=torch.float64).index_add_(1, self.owner, energy)
-        pred = self.ids[torch.argmax(scores, dim=1)]
-        self.correct += int((pred == y).sum())
+        best = scores.max(dim=1, keepdim=True).values
+        tied = scores >= best - TIE
+        own = torch.searchsorted(self.ids, y)
+        known = (own < len(self.ids)) & (self.ids[own.clamp(max=len(self.ids) - 1)] == y)
+        hit = known & tied.gather(1, own.clamp(max=len(self.ids) - 1)[:, None])[:, 0]
+        self.correct += float((hit.double() / tied.sum(1)).sum())
         self.total += len(y)
 
     def sync_steps(self) -> Generator[tuple[str, Any], Any, None]:
@@ -56,4 +63,4 @@ class NearestSubspaceTally:
     @property
     def accuracy(self) -> float | None:
         total = int(self.total)
-        return int(self.correct) / total if total else None
+        return float(self.correct) / total if total else None
