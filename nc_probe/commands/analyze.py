@@ -79,8 +79,8 @@ def _analyze_splits(source, splits, settings, json_path, out, fmt, plots, html, 
     """``--split train,test``: both splits side by side (a comparison) with the test-collapse measures."""
     from ..errors import InputError
     from ..inputs import input_kind
-    from ..render.comparison import render_comparison
     from ..splits import analyze_splits
+    from .compare import write_comparison
     from .outputs import OutputSet
 
     for flag, value in (("--out", out), ("--format", fmt), ("--save-features", save_features)):
@@ -93,19 +93,7 @@ def _analyze_splits(source, splits, settings, json_path, out, fmt, plots, html, 
     outputs = OutputSet({"--json": json_path, "--html": html, "--plots": plots}, dirs=("--plots",),
                         inputs=[source, data])
     comparison = analyze_splits(str(source), settings, splits=splits, progress=not quiet)
-    with outputs.transaction() as staged:
-        if plots is not None or html is not None:
-            from ..render.compare_plots import comparison_figures
-            from ..render.html import write_comparison_html
-            from ..render.plots import write_visuals
-
-            write_visuals(comparison, plots=staged.get("--plots"), html=staged.get("--html"),
-                          figures_of=comparison_figures,
-                          write_page=lambda c, path, figures: write_comparison_html(c, path, figures, o.flag_name))
-        if json_path is not None:
-            comparison.save(staged["--json"])
-    if not quiet:
-        render_comparison(comparison, out_console, spell=o.flag_name)
+    write_comparison(comparison, outputs, quiet)
 
 
 def register(app: typer.Typer) -> None:

@@ -35,7 +35,6 @@ def compare(
     layer-report JSONs as inputs, compare layer analyses: depth laws side by side and depth curves overlaid."""
     from ..compare import compare_inputs, parse_specs
     from ..layer_compare import wants_layers
-    from ..render.comparison import render_comparison
     from .outputs import OutputSet
 
     settings = o.build_settings(locals())
@@ -51,8 +50,15 @@ def compare(
         _compare_layers(paths, settings, outputs, json_path, quiet)
         return
     comparison = compare_inputs(inputs, settings, cka=cka, unbiased_cka=unbiased_cka, progress=not quiet)
+    write_comparison(comparison, outputs, quiet)
+
+
+def write_comparison(comparison, outputs, quiet: bool) -> None:
+    """A Comparison's --json, --html and --plots (staged, all or nothing), then the table unless quiet."""
+    from ..render.comparison import render_comparison
+
     with outputs.transaction() as staged:
-        if plots is not None or html is not None:
+        if "--plots" in staged or "--html" in staged:
             from ..render.compare_plots import comparison_figures
             from ..render.html import write_comparison_html
             from ..render.plots import write_visuals
@@ -60,7 +66,7 @@ def compare(
             write_visuals(comparison, plots=staged.get("--plots"), html=staged.get("--html"),
                           figures_of=comparison_figures,
                           write_page=lambda c, path, figures: write_comparison_html(c, path, figures, o.flag_name))
-        if json_path is not None:
+        if "--json" in staged:
             comparison.save(staged["--json"])
     if not quiet:
         render_comparison(comparison, out_console, spell=o.flag_name)

@@ -79,19 +79,19 @@ def numerical_rank(sigma: np.ndarray, rank_tol: float) -> int:
     return int(np.sum(lam > rank_tol * lam[-1])) if len(lam) and lam[-1] > 0 else 0
 
 
-class ProbeTally:
-    """Pass-2 observer counting the probe's correct predictions (float64 scores; ties to the lowest class).
+class AccuracyTally:
+    """A pass observer counting a rule's correct predictions: ``add(start, h, y)`` takes every row a pass reads,
+    skips rows of classes outside ``keep``, and hands the rest to :meth:`credit` (the rule's correct count for those
+    rows, possibly fractional). Synced across ranks by adding the counts."""
 
-    ``add(start, h, y)`` takes every row a pass reads; rows of classes outside ``keep`` are skipped.
-    """
-
-    def __init__(self, W: np.ndarray, b: np.ndarray, class_ids: np.ndarray, keep: np.ndarray | None = None):
-        self.Wt = torch.from_numpy(np.ascontiguousarray(W.T))
-        self.b = torch.from_numpy(b)
+    def __init__(self, class_ids: np.ndarray, keep: np.ndarray | None = None):
         self.ids = torch.from_numpy(np.asarray(class_ids, dtype=np.int64))
         self.keep = keep
-        self.correct = torch.zeros(1, dtype=torch.long)
+        self.correct = torch.zeros(1, dtype=torch.float64)
         self.total = torch.zeros(1, dtype=torch.long)
+
+    def credit(self, h: torch.Tensor, y: torch.Tensor) -> float:
+        raise NotImplementedError
 
     def add(self, start: int, h: torch.Tensor, y: torch.Tensor) -> None:
         y = y.cpu()
@@ -100,9 +100,7 @@ class ProbeTally:
             h, y = h[sel.to(h.device)], y[sel]
         if len(y) == 0:
             return
-        scores = h.to("cpu", torch.float64) @ self.Wt + self.b
-        pred = self.ids[torch.argmax(scores, dim=1)]
-        self.correct += int((pred == y).sum())
+        self.correct += self.credit(h.to("cpu", torch.float64), y)
         self.total += len(y)
 
     def sync_steps(self) -> Generator[tuple[str, Any], Any, None]:
@@ -112,4 +110,17 @@ class ProbeTally:
     @property
     def accuracy(self) -> float | None:
         total = int(self.total)
-        return int(self.correct) / total if total else None
+        return float(self.correct) / total if total else None
+
+
+class ProbeTally(AccuracyTally):
+    """The accuracy of a linear rule ``argmax W h + b`` (float64 scores; ties to the lowest class)."""
+
+    def __init__(self, W: np.ndarray, b: np.ndarray, class_ids: np.ndarray, keep: np.ndarray | None = None):
+        super().__init__(class_ids, keep)
+        self.Wt = torch.from_numpy(np.ascontiguousarray(W.T))
+        self.b = torch.from_numpy(b)
+
+    def credit(self, h: torch.Tensor, y: torch.Tensor) -> float:
+        pred = self.ids[torch.argmax(h @ self.Wt + self.b, dim=1)]
+        return float((pred == y).sum())
