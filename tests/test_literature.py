@@ -189,3 +189,12 @@ def test_nearest_subspace_matches_its_definition(seed):
     assert m["acc_nearest_subspace"] == pytest.approx(ref, abs=1e-12)
     with mock.patch("nc_probe.metrics.nearest_subspace.NS_MAX_WORK", 10):
         assert nc_probe.analyze_features(H, y).metrics["acc_nearest_subspace"] is None
+
+
+def test_nc3_etf_without_c_by_c_matrices_agrees_with_the_direct_form():
+    H, y, W, b = _data(5, C=12, d=9)
+    mus = np.stack([H[y == c].mean(0) for c in range(12)])
+    M = (mus - mus.mean(0)).T
+    direct = literature.nc3_etf(W[:12], M)
+    with mock.patch.object(literature, "DIRECT_ETF_CLASSES", 3):
+        assert literature.nc3_etf(W[:12], M) == pytest.approx(direct, rel=1e-9)

@@ -61,11 +61,28 @@ def etf_gram(C: int) -> np.ndarray:
     return (np.eye(C) - 1.0 / C) / math.sqrt(C - 1)
 
 
+#: up to this many classes nc3_etf is taken from the C x C matrices themselves; beyond, from d x d products
+DIRECT_ETF_CLASSES = 4096
+
+
 def nc3_etf(W: np.ndarray, M: np.ndarray) -> float | None:
-    """``|| W M / ||W M||_F - E ||_F`` (C x C; rows of W and columns of M are the same classes)."""
-    WM = W @ M
-    norm = np.linalg.norm(WM)
-    return None if norm == 0 else float(np.linalg.norm(WM / norm - etf_gram(len(WM))))
+    """``|| W M / ||W M||_F - E ||_F`` (C x C; rows of W and columns of M are the same classes).
+
+    Above :data:`DIRECT_ETF_CLASSES` the C x C matrices are not formed (a 32k-way head would need 8 GB each):
+    both terms have unit norm, so the square is ``2 - 2 <W M, E> / ||W M||_F``; ``M`` is centred (``M 1 = 0``), so
+    ``<W M, E> = tr(W M) / sqrt(C - 1)``, and ``||W M||_F^2 = <W^T W, M M^T>`` from d x d products. Near 0 that form
+    loses digits to cancellation (about 1e-8 absolute), which the direct form below the threshold does not.
+    """
+    C = W.shape[0]
+    if C <= DIRECT_ETF_CLASSES:
+        WM = W @ M
+        norm = np.linalg.norm(WM)
+        return None if norm == 0 else float(np.linalg.norm(WM / norm - etf_gram(len(WM))))
+    norm2 = float(np.sum((W.T @ W) * (M @ M.T)))
+    if norm2 <= 0:
+        return None
+    trace = float(np.einsum("cd,dc->", W, M))
+    return math.sqrt(max(0.0, 2.0 - 2.0 * trace / (math.sqrt(C - 1) * math.sqrt(norm2))))
 
 
 def unc3(W: np.ndarray, M: np.ndarray) -> float | None:
@@ -162,9 +179,11 @@ def minority(W: np.ndarray, counts: np.ndarray) -> dict:
     rn = np.linalg.norm(rows, axis=1)
     cos_mean = None
     if np.all(rn > 0):
-        U = rows / rn[:, None]
-        G = U @ U.T
-        cos_mean = float(G[np.triu_indices(len(rows), 1)].mean())
+        # the mean over pairs from the sum of the unit rows, ||sum u||^2 = k + 2 sum_{pairs} cos: no k x k Gram
+        # (the singletons of a 32k-way head, all tied at the threshold, are thousands of rows)
+        k = len(rows)
+        total = (rows / rn[:, None]).sum(0)
+        cos_mean = float((total @ total - k) / (k * (k - 1)))
     return {"minority_norm_spearman": spearman(norms, counts), "minority_cosine_mean": cos_mean}
 
 
