@@ -15,7 +15,7 @@ from .commands import analyze, compare, gate, inspect, layers, trajectory
 app = typer.Typer(
     name="nc-probe",
     help="Measure the geometry of what a classifier learned: neural collapse NC1-NC4, class subspace ranks, "
-    "MCR^2 coding rates and principal angles of its penultimate features.",
+    "MCR^2 coding rates and principal angles of its features: the penultimate layer, every layer, through training.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
