@@ -100,6 +100,10 @@ COMMANDS = {
     "gate": lambda f: ["gate", str(f), "--rule", "nc1<=1"],
     "baseline": lambda f: ["baseline", str(f), "-o", "base.json"],
     "compare": lambda f: ["compare", f"a={f}", "b=sample:ce"],
+    "layers": lambda f: ["layers", str(f)],
+    "compare-layers": lambda f: ["compare", f"a={f}", "b=sample:ce", "--layers", "@blocks"],
+    "trajectory": lambda f: ["trajectory", str(f), "sample:ce"],
+    "two-splits": lambda f: ["analyze", str(f), "--split", "train,test"],
 }
 
 
