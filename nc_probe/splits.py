@@ -70,12 +70,15 @@ def analyze_splits(path, settings: Settings | None = None, *, splits=("train", "
     return compare_reports(reports)
 
 
-def _class_stats(store: FeatureStore, num_classes: int, rows: int) -> ClassStats:
+def _class_stats(store: FeatureStore, num_classes: int, rows: int, observer=None) -> ClassStats:
+    """The ClassStats of every row of ``store``; ``observer`` (a pass observer) sees the same rows."""
     stats = ClassStats(num_classes, store.dim)
-    for start in range(0, store.num_samples, rows):
-        stop = min(start + rows, store.num_samples)
-        h = torch.from_numpy(np.asarray(store.read("features", start, stop), dtype=np.float64))
-        stats.update(h, torch.from_numpy(store.labels_chunk(start, stop)))
+    for chunk in store.iter_chunks(rows, reuse=True):
+        h, y = torch.from_numpy(np.asarray(chunk.features, dtype=np.float64)), torch.from_numpy(chunk.labels)
+        stats.update(h, y)
+        if observer is not None:
+            observer.add(chunk.start, h, y)
+        del chunk
     return stats
 
 
@@ -85,12 +88,17 @@ def heldout_collapse(train: FeatureStore, test: FeatureStore, train_metrics: dic
     rows belong to classes the train split lacks."""
     rows = chunk_rows or READ_ROWS
     C = int(max(train.labels().max(initial=0), test.labels().max(initial=0))) + 1
-    tr, te = _class_stats(train, C, rows), _class_stats(test, C, rows)
-    n_tr, n_te = tr.count.numpy(), te.count.numpy()
+    tr = _class_stats(train, C, rows)
+    n_tr = tr.count.numpy()
     ids = np.flatnonzero(n_tr > 0)
     if len(ids) < 2:
         raise InputError("the reference split has fewer than 2 classes", fix="use a larger reference split")
-    mu_tr, mu_te = tr.mean.numpy(), te.mean.numpy()
+    mu_tr = tr.mean.numpy()
+    # the test split in one pass: its statistics, and the nearest train mean's decisions (argmin ||h - mu_c||;
+    # ties to the lowest class)
+    ncc = probe.ProbeTally(*probe.nearest_mean_rule(mu_tr[ids]), ids)
+    te = _class_stats(test, C, rows, ncc)
+    n_te, mu_te = te.count.numpy(), te.mean.numpy()
     M = collapse.centered_means(mu_tr[ids])  # d x C, train
     both = ids[n_te[ids] > 0]
     diff = mu_te[both] - mu_tr[both]
@@ -111,7 +119,7 @@ def heldout_collapse(train: FeatureStore, test: FeatureStore, train_metrics: dic
             variances = (te.m2.numpy()[both] + n_te[both] * np.square(diff).sum(1)) / n_te[both]
             sub = collapse.centered_means(mu_tr[both])
             out["nc1_cdnv_test"] = collapse.mean_pair_metrics(sub, variances).metrics["nc1_cdnv"]
-    out["acc_ncc_test"] = _ncc_accuracy(test, mu_tr[ids], ids, rows)
+    out["acc_ncc_test"] = ncc.accuracy
     for key in ("nc1", "nc1_cdnv", "acc_ncc"):
         a, b = out[f"{key}_test"], train_metrics.get(key)
         out[f"{key}_test_ratio"] = a / b if a is not None and b else None
@@ -121,25 +129,10 @@ def heldout_collapse(train: FeatureStore, test: FeatureStore, train_metrics: dic
 def _scatter_of(store: FeatureStore, classes: np.ndarray, means: np.ndarray, rows: int) -> np.ndarray:
     """The within-class scatter of ``classes``' rows alone."""
     S = np.zeros((store.dim, store.dim))
-    for start in range(0, store.num_samples, rows):
-        stop = min(start + rows, store.num_samples)
-        y = store.labels_chunk(start, stop)
-        sel = np.isin(y, classes)
+    for chunk in store.iter_chunks(rows, reuse=True):
+        sel = np.isin(chunk.labels, classes)
         if sel.any():
-            h = np.asarray(store.read("features", start, stop), dtype=np.float64)[sel] - means[y[sel]]
+            h = np.asarray(chunk.features, dtype=np.float64)[sel] - means[chunk.labels[sel]]
             S += h.T @ h
+        del chunk
     return S
-
-
-def _ncc_accuracy(store: FeatureStore, means: np.ndarray, ids: np.ndarray, rows: int) -> float | None:
-    """Accuracy of ``argmin_c ||h - mu_c||`` over ``means`` (rows, classes ``ids``) on every row of ``store``: the
-    linear rule ``2 m_c^T h - ||m_c||^2`` about the mean of the means (ties to the lowest class)."""
-    mu_G = means.mean(0)
-    m = means - mu_G
-    W = 2 * m
-    tally = probe.ProbeTally(W, -np.einsum("cd,cd->c", m, m) - W @ mu_G, ids)
-    for start in range(0, store.num_samples, rows):
-        stop = min(start + rows, store.num_samples)
-        h = torch.from_numpy(np.asarray(store.read("features", start, stop), dtype=np.float64))
-        tally.add(start, h, torch.from_numpy(store.labels_chunk(start, stop)))
-    return tally.accuracy

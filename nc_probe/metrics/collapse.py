@@ -117,8 +117,7 @@ def mean_pair_metrics(M: np.ndarray, variances: np.ndarray, *, keep_matrix: bool
     cdnv_sum = [0.0]
 
     def visit(tile: Tile, G: np.ndarray) -> None:
-        state.visit(tile, G)
-        energy.visit(tile, G)
+        energy.visit(tile, state.visit(tile, G))
         (i0, j0), (n, m) = (tile.i0, tile.j0), G.shape
         sa, sb = sq[i0:i0 + n, None], sq[None, j0:j0 + m]
         dist2 = np.maximum(sa + sb - 2 * G, 0)
@@ -167,7 +166,8 @@ class _Nc2Sweep:
         self.etf_off = 0.0
         self.matrix = MatrixSink(C, 1.0) if keep_matrix else None
 
-    def visit(self, tile: Tile, G: np.ndarray) -> None:
+    def visit(self, tile: Tile, G: np.ndarray) -> np.ndarray:
+        """Accumulate one Gram tile; returns its cosine block (the log energy reads it too)."""
         (i0, j0), (n, m) = (tile.i0, tile.j0), G.shape
         cos2d = G / (self.safe[i0:i0 + n, None] * self.safe[None, j0:j0 + m])
         cos = tile.values(cos2d)
@@ -177,6 +177,7 @@ class _Nc2Sweep:
             self.etf_off += float(np.square(tile.values(G) / self.gnorm - self.e_off).sum())
         if self.matrix is not None:
             self.matrix.put(i0, j0, cos2d)
+        return cos2d
 
     def metrics(self) -> dict:
         norms, pairs = self.norms, self.C * (self.C - 1) / 2

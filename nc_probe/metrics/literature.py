@@ -95,25 +95,23 @@ def unc3(W: np.ndarray, M: np.ndarray) -> float | None:
 
 
 class LogEnergy:
-    """``gnc2_log_mean`` and ``gnc2_log_var`` accumulated tile by tile from the Gram of the centred means, so the
-    NC2 sweep (:func:`nc_probe.metrics.collapse.mean_pair_metrics`) gives them without a second C x C product.
-    ``||u - u'||^2 = 2 - 2 cos`` cancels for nearly equal directions, so those pairs (distance^2 under 1e-3) are
-    recomputed as direct differences of the normalized rows; coinciding directions give an infinite mean."""
+    """``gnc2_log_mean`` and ``gnc2_log_var`` accumulated tile by tile from the cosines of the centred means, so the
+    NC2 sweep (:func:`nc_probe.metrics.collapse.mean_pair_metrics`) gives them from the cosine block it computes
+    anyway. ``||u - u'||^2 = 2 - 2 cos`` cancels for nearly equal directions, so those pairs (distance^2 under 1e-3)
+    are recomputed as direct differences of the normalized rows; coinciding directions give an infinite mean."""
 
     def __init__(self, V: np.ndarray):
         norms = np.linalg.norm(V, axis=1)
         self.defined = bool(np.all(norms > 0))
-        self.norms = np.where(norms > 0, norms, 1.0)
-        self.U = V / self.norms[:, None]
+        self.U = V / np.where(norms > 0, norms, 1.0)[:, None]
         self.summary = PairSummary(bounds=(-10.0, 10.0), light=True)
         self.coincide = False
 
-    def visit(self, tile: Tile, G: np.ndarray) -> None:
+    def visit(self, tile: Tile, cos: np.ndarray) -> None:
+        """One tile of the cosine matrix (rows ``tile.i0..``, columns ``tile.j0..``)."""
         if not self.defined or self.coincide:
             return
         i0, j0 = tile.i0, tile.j0
-        n, m = G.shape
-        cos = G / self.norms[i0:i0 + n, None] / self.norms[None, j0:j0 + m]
         dist2 = np.maximum(2.0 - 2.0 * cos, 0.0)
         close = dist2 < 1e-3
         if tile.mask is not None:
@@ -137,10 +135,9 @@ class LogEnergy:
 
 def gnc2_log(M: np.ndarray, tile_rows: int | None = None) -> dict:
     """Mean and population variance over pairs c < c' of ``log(1 / ||u_c - u_c'||)``, ``u_c = m_c / ||m_c||``
-    (columns of ``M``), from its own tiled sweep (see :class:`LogEnergy`)."""
-    V = np.ascontiguousarray(M.T)
-    energy = LogEnergy(V)
-    sweep(V, energy.visit, tile_rows)
+    (columns of ``M``), from its own tiled sweep over the unit rows' Gram, i.e. their cosines (:class:`LogEnergy`)."""
+    energy = LogEnergy(np.ascontiguousarray(M.T))
+    sweep(energy.U, energy.visit, tile_rows)
     return energy.metrics()
 
 

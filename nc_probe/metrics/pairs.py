@@ -211,7 +211,7 @@ class MatrixSink:
             np.fill_diagonal(self.matrix[i0:i1, j0:j1], self.diagonal)
 
 
-def sweep(vectors: np.ndarray, visit: Callable[[Tile, np.ndarray], None], tile_rows: int | None = None) -> None:
+def sweep(vectors: np.ndarray, visit: Callable[[Tile, np.ndarray], object], tile_rows: int | None = None) -> None:
     """Call ``visit(tile, G_block)`` for every upper tile of the Gram ``vectors @ vectors.T`` (rows of ``vectors``
     are the classes)."""
     for i0, i1, j0, j1 in tiles(len(vectors), tile_rows or TILE_ROWS):

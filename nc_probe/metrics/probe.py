@@ -62,13 +62,17 @@ def mahalanobis_classifier(count: np.ndarray, means: np.ndarray, scatter: np.nda
     d, C = scatter.shape[0], len(means)
     lam, V = np.linalg.eigh(scatter / N)
     if lam[-1] <= 0:  # no within-class spread at all: the Euclidean rule is the limit
-        S = np.eye(d)
-    else:
-        keep = lam > max(d, C) * np.finfo(np.float64).eps * lam[-1]
-        S = (V[:, keep] / lam[keep]) @ V[:, keep].T
+        return nearest_mean_rule(means)
+    keep = lam > max(d, C) * np.finfo(np.float64).eps * lam[-1]
+    return nearest_mean_rule(means, (V[:, keep] / lam[keep]) @ V[:, keep].T)
+
+
+def nearest_mean_rule(means: np.ndarray, S: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(W, b)`` whose argmax is ``argmin_c (h - mu_c)^T S (h - mu_c)`` (``S`` symmetric; None: the identity,
+    the Euclidean nearest class mean), about the mean of the means for conditioning."""
     mu_G = means.mean(0)
     m = means - mu_G
-    Sm = m @ S  # C x d (S is symmetric)
+    Sm = m if S is None else m @ S  # C x d
     W = 2 * Sm
     return W, -np.einsum("cd,cd->c", Sm, m) - W @ mu_G
 
