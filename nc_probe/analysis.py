@@ -116,7 +116,7 @@ class _Analysis:
         """Pass 2, the subspace spectra (on the pool's thread meanwhile, when pass 1 gathered them) or the group
         passes, then the coding rates and angles."""
         store, s, splan, stats, timings = self.store, self.s, self.splan, self.stats, self.timings
-        analysed = np.flatnonzero(self.keep & (stats.count.cpu().numpy() > 0))
+        analysed = self.c.ids  # the classes with samples that min_class_count keeps
         results = subspace_report.SubspaceResults(
             keep_ns=set(analysed.tolist()) <= set(splan.classes) and nearest_subspace.wanted(len(analysed),
                                                                                                stats.dim))

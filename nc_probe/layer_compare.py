@@ -75,19 +75,14 @@ def compare_layers(specs, settings=None, *, progress: bool = False, **shortcuts)
     ``settings`` (or their fields as keywords). A single-layer report or a feature file has no layers and is
     refused by name."""
     from .compare import parse_specs
+    from .inputs import input_kind
+    from .layer_analysis import analyze_layers
     from .settings import checkpoint_settings
 
     paths = {k: Path(str(v)) for k, v in specs.items()} if isinstance(specs, Mapping) else parse_specs(specs)
     if len(paths) < 2:
         raise InputError(f"compare needs at least 2 inputs, got {len(paths)}", fix="pass LABEL=PATH LABEL=PATH")
-    return compare_layer_inputs(paths, checkpoint_settings(settings, **shortcuts), progress=progress)
-
-
-def compare_layer_inputs(paths: Mapping[str, Path], settings, *, progress: bool = False) -> LayerComparison:
-    """:func:`compare_layers` of parsed inputs and settings."""
-    from .inputs import input_kind
-    from .layer_analysis import analyze_layers
-
+    settings = checkpoint_settings(settings, **shortcuts)
     reports = {}
     for label, path in paths.items():
         if is_layer_json(path):

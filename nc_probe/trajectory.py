@@ -147,40 +147,41 @@ def resume_key(sha256: str, settings: Settings, splits: Sequence[str]) -> str:
 def run_trajectory(inputs: Sequence[str], settings: Settings | None = None, *, splits: Sequence[str] | None = None,
                    reports_dir=None, progress: Callable[[int, int, str, bool], None] | None = None,
                    **shortcuts) -> Trajectory:
-    """Analyse every checkpoint of ``inputs`` in epoch order (see the module docstring). ``splits``: two splits
+    """Analyse every checkpoint of ``inputs`` (in the order given) and return them in epoch order (see the module
+    docstring). ``splits``: two splits
     (e.g. ``["train", "test"]``) for train and test curves with the test-collapse measures; ``reports_dir``: where
     each checkpoint's reports are kept for resuming; ``progress(i, n, label, reused)`` after each checkpoint."""
-    from .locate import resolve_input
     from .pipeline import analyze_checkpoint, load
     from .splits import analyze_splits
 
     s = checkpoint_settings(settings, **shortcuts)
     paths = expand_inputs(inputs)
     taken: set[str] = set()
-    points = []
-    for path in paths:
-        metadata = load(path, s.model).metadata  # the checkpoint's own metadata, read safely
-        epoch, source = epoch_of(metadata, str(resolve_input(path)))
-        points.append(Point(label_of(path, taken), str(path), epoch, source))
-    if all(p.epoch is not None for p in points):
-        points.sort(key=lambda p: p.epoch or 0.0)  # stable: equal epochs keep the order given
     folder = Path(reports_dir) if reports_dir is not None else None
-    for i, p in enumerate(points):
-        key = resume_key(file_sha256(resolve_input(p.path)), s, splits or [])
+    points = []
+    for i, path in enumerate(paths):  # in the order given: the epochs are known only once each is loaded
+        loaded = load(path, s.model)  # read safely once: its metadata gives the epoch, the analysis reuses it
+        epoch, source = epoch_of(loaded.metadata, loaded.source)
+        p = Point(label_of(path, taken), str(path), epoch, source)
+        key = resume_key(file_sha256(loaded.source), s, splits or [])
         saved = folder / f"{p.label}.json" if folder is not None else None
         if saved is not None and saved.is_file():
             p.reports, p.reused = _reuse(saved, key), True
         if not p.reports:
             p.reused = False
             if splits:
-                p.reports = dict(analyze_splits(p.path, s, splits=splits).reports)
+                p.reports = dict(analyze_splits(loaded, s, splits=splits).reports)
             else:
-                report = analyze_checkpoint(p.path, s)
+                report = analyze_checkpoint(loaded, s)
                 p.reports = {str(report.inputs.get("split") or "data"): report}
             if saved is not None:
                 _keep(saved, key, p.reports)
+        del loaded  # one model at a time
+        points.append(p)
         if progress is not None:
-            progress(i + 1, len(points), p.label, p.reused)
+            progress(i + 1, len(paths), p.label, p.reused)
+    if all(p.epoch is not None for p in points):
+        points.sort(key=lambda p: p.epoch or 0.0)  # stable: equal epochs keep the order given
     return Trajectory(points, {"eps2": s.metrics.eps2, "splits": list(splits or []), "data": s.data.data})
 
 

@@ -42,11 +42,6 @@ def compare(
     outputs = OutputSet({"--json": json_path, "--html": html, "--plots": plots}, dirs=("--plots",),
                         inputs=[*paths.values(), data])
     if wants_layers(paths, layers):
-        if len(paths) < 2:
-            from ..errors import InputError
-
-            raise InputError(f"compare needs at least 2 inputs, got {len(paths)}",
-                             fix="pass LABEL=PATH LABEL=PATH")
         _compare_layers(paths, settings, outputs, json_path, quiet)
         return
     comparison = compare_inputs(inputs, settings, cka=cka, unbiased_cka=unbiased_cka, progress=not quiet)
@@ -73,10 +68,10 @@ def write_comparison(comparison, outputs, quiet: bool) -> None:
 
 
 def _compare_layers(paths, settings, outputs, json_path, quiet: bool) -> None:
-    from ..layer_compare import compare_layer_inputs
+    from ..layer_compare import compare_layers
     from ..render.layer_outputs import render_layer_comparison, write_layer_comparison
 
-    comparison = compare_layer_inputs(paths, settings, progress=not quiet)
+    comparison = compare_layers(paths, settings, progress=not quiet)
     with outputs.transaction() as staged:
         write_layer_comparison(comparison, plots=staged.get("--plots"), html=staged.get("--html"))
         if json_path is not None:

@@ -23,6 +23,7 @@ PANELS = [("NC1: Tr(Sigma_W Sigma_B^+)/C", [("nc1", "nc1")]),
           ("NC3: classifier towards the means", [("nc3", "nc3")]),
           ("NC4: classifier vs nearest class center", [("nc4", "nc4")])]
 STYLES = {0: "-", 1: "--"}
+SHORT = 3  # significant digits in the terminal table: a row per checkpoint stays inside 80 columns
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
 
 
@@ -39,17 +40,12 @@ def trajectory_table(traj: Trajectory) -> Table:
             table.add_column(head, justify="right", no_wrap=True)
     for p in traj.points:
         m = p.reports[splits[0]].metrics
-        cells = [fmt(p.epoch) if p.epoch is not None else "-", p.label, *[_short(m.get(k)) for k, _ in TABLE_KEYS]]
+        cells = [fmt(p.epoch) if p.epoch is not None else "-", p.label, *[fmt(m.get(k), SHORT) for k, _ in TABLE_KEYS]]
         if test:
             mt = p.reports[splits[1]].metrics
-            cells += [_short(mt.get(k)) for k, _ in TEST_KEYS]
+            cells += [fmt(mt.get(k), SHORT) for k, _ in TEST_KEYS]
         table.add_row(*cells)
     return table
-
-
-def _short(value) -> str:
-    """Three significant digits: the table keeps a row per checkpoint inside 80 columns."""
-    return "-" if value is None else f"{value:.3g}"
 
 
 def _xs(traj: Trajectory) -> tuple[list[float], str, bool]:
