@@ -1,13 +1,17 @@
-"""File helpers every stage uses: the sha256 of an input, JSON-safe values, and writing a file atomically."""
+"""File helpers every stage uses: the sha256 of an input, JSON-safe values, reading a JSON input, and writing a
+file atomically."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from .errors import InputError
 
 
 def file_sha256(path) -> str:
@@ -17,6 +21,14 @@ def file_sha256(path) -> str:
         for block in iter(lambda: f.read(1 << 24), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def read_json(path, what: str, fix: str) -> Any:
+    """The JSON in ``path``, or one InputError naming the file as "not a readable {what} JSON" and ``fix``."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"not a readable {what} JSON ({e.__class__.__name__})", path=path, fix=fix) from None
 
 
 def atomic_write_text(path, text: str | bytes) -> Path:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from ._version import __version__
 from .errors import InputError
-from .files import atomic_write_text, json_safe
+from .files import atomic_write_text, json_safe, read_json
 from .metrics import PER_CLASS_KEYS, SCALAR_KEYS
 from .report import SCHEMA_VERSION, Report
 from .text import distinct_pair, format_number
@@ -276,10 +276,7 @@ def load_baseline(path) -> Baseline:
     fix = "write one with nc-probe baseline INPUT -o " + path.name
     if not path.exists():
         raise InputError("baseline not found", path=path, fix=fix)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"not a readable baseline JSON ({e.__class__.__name__})", path=path, fix=fix) from None
+    data = read_json(path, "baseline", fix=fix)
     if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict) or not (
             data.get("format") == BASELINE_FORMAT or "schema_version" in data):
         raise InputError("is JSON but neither an nc-probe baseline nor a report", path=path, fix=fix)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import InputError, spell
-from .files import atomic_write_text, json_safe
+from .files import atomic_write_text, json_safe, read_json
 from .metrics import depth
 from .report import Report
 
@@ -104,11 +104,7 @@ class LayerReport:
 
     @classmethod
     def load(cls, path) -> LayerReport:
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputError(f"not a readable report JSON ({e.__class__.__name__})", path=path,
-                             fix="write it with nc-probe layers --json") from None
+        data = read_json(path, "report", fix="write it with nc-probe layers --json")
         if not is_layer_report(data):
             raise InputError("is JSON but not an nc-probe layer report", path=path,
                              fix="write it with nc-probe layers --json")

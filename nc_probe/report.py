@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, spell
-from .files import atomic_write_text, json_safe
+from .files import atomic_write_text, json_safe, read_json
 
 SCHEMA_VERSION = "1.1"
 INLINE_ROWS = 100  # matrices with more rows than this go to the side file
@@ -85,11 +85,7 @@ class Report:
 
     @classmethod
     def load(cls, path) -> Report:
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputError(f"not a readable report JSON ({e.__class__.__name__})", path=path,
-                             fix="write it with nc-probe analyze --json") from None
+        data = read_json(path, "report", fix="write it with nc-probe analyze --json")
         if not isinstance(data, dict) or "schema_version" not in data or "metrics" not in data:
             raise InputError("is JSON but not an nc-probe report", path=path,
                              fix="write it with nc-probe analyze --json")
