@@ -39,6 +39,8 @@ SERIES = {
                ("rank_numerical_total", "numerical rank of the layer")]),
     "collapse": ("Collapse through depth (0 = collapsed)", "value (log scale)", True,
                  [("nc1", "nc1"), ("nc1_cdnv", "nc1_cdnv"), ("nc2_etf_M", "nc2_etf_M")]),
+    "accuracy": ("Accuracy through depth", "accuracy", False,
+                 [("acc_ncc", "nearest class center"), ("acc_linear_probe", "linear probe")]),
 }
 
 
@@ -76,7 +78,9 @@ def _points(report: LayerReport, key: str, log: bool) -> tuple[list, list]:
     return xs, ys
 
 
-def _series(reports: dict[str, LayerReport], view: str) -> Figure | None:
+def _series(reports: dict[str, LayerReport], view: str, decorate=None, legend_title: str | None = None
+            ) -> Figure | None:
+    """One line per (model, key) of the view; ``decorate(ax, report, key, color, style)`` adds to each line."""
     title, ylabel, log, keys = SERIES[view]
     fig, ax = _new(title, ylabel, log)
     drawn = 0
@@ -85,13 +89,15 @@ def _series(reports: dict[str, LayerReport], view: str) -> Figure | None:
             xs, ys = _points(report, key, log)
             if xs:
                 tag = name if len(reports) == 1 else f"{label}: {name}"
-                ax.plot(xs, ys, STYLES[m % len(STYLES)], marker="o", ms=3.5, color=COLORS[k % len(COLORS)],
-                        label=tag)
+                style, color = STYLES[m % len(STYLES)], COLORS[k % len(COLORS)]
+                ax.plot(xs, ys, style, marker="o", ms=3.5, color=color, label=tag)
+                if decorate is not None:
+                    decorate(ax, report, key, color, style)
                 drawn += 1
     if not drawn:
         return None
     _xaxis(ax, reports)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, title=legend_title, title_fontsize=8)
     return fig
 
 
@@ -120,25 +126,12 @@ def _fuzziness(reports: dict[str, LayerReport]) -> Figure | None:
 
 
 def _accuracy(reports: dict[str, LayerReport]) -> Figure | None:
-    fig, ax = _new("Accuracy through depth", "accuracy", False)
-    drawn = 0
-    for m, (label, report) in enumerate(reports.items()):
-        for k, (key, name) in enumerate([("acc_ncc", "nearest class center"), ("acc_linear_probe", "linear probe")]):
-            xs, ys = _points(report, key, False)
-            if not xs:
-                continue
-            color = COLORS[k % len(COLORS)]
-            tag = name if len(reports) == 1 else f"{label}: {name}"
-            ax.plot(xs, ys, STYLES[m % len(STYLES)], marker="o", ms=3.5, color=color, label=tag)
-            plateau = report.laws.get(f"plateau_{key}")
-            if plateau:
-                ax.axvline(plateau["depth"], color=color, ls=STYLES[m % len(STYLES)], alpha=0.35, lw=1)
-            drawn += 1
-    if not drawn:
-        return None
-    _xaxis(ax, reports)
-    ax.legend(fontsize=8, title="vertical lines: no gain after", title_fontsize=8)
-    return fig
+    def plateau_line(ax, report, key, color, style):
+        plateau = report.laws.get(f"plateau_{key}")
+        if plateau:
+            ax.axvline(plateau["depth"], color=color, ls=style, alpha=0.35, lw=1)
+
+    return _series(reports, "accuracy", plateau_line, "vertical lines: no gain after")
 
 
 def _cka(report: LayerReport) -> Figure | None:
