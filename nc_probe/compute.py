@@ -59,13 +59,12 @@ def collapse_metrics(stats: ClassStats, W=None, *, b=None, source=None, min_coun
     means = collapse.mean_pair_metrics(M, variances, keep_matrix=keep_matrix)
     scatter = stats.scatter.cpu().numpy()
     metrics: dict[str, float | None] = {"nc1": collapse.nc1(scatter, int(n.sum()), M), **means.metrics}
-    W64 = None if W is None else np.asarray(W, dtype=np.float64)
-    more = literature.literature_metrics(M, scatter, int(n.sum()), n, W64,
+    W = None if W is None else np.asarray(W, dtype=np.float64)
+    more = literature.literature_metrics(M, scatter, int(n.sum()), n, W,
                                          None if b is None else np.asarray(b, dtype=np.float64),
-                                         raw_means.mean(0), ids, with_gnc2=False)
+                                         raw_means.mean(0), ids)
     more |= {k: means.metrics.pop(k) for k in ("gnc2_log_mean", "gnc2_log_var")}  # from the NC2 sweep
     if W is not None:
-        W = np.asarray(W, dtype=np.float64)
         metrics.update({f"{k}_W": v for k, v in collapse.row_pair_metrics(W[ids]).metrics.items()})
         metrics["nc3"] = collapse.nc3(W[ids], M)
     else:

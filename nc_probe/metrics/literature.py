@@ -30,16 +30,13 @@ MINORITY_FRACTION = 4  # the bottom quarter of the classes by count (at least 2)
 
 def literature_metrics(M: np.ndarray, scatter: np.ndarray, total: int, counts: np.ndarray,
                        W: np.ndarray | None = None, b: np.ndarray | None = None, mu_G: np.ndarray | None = None,
-                       present: np.ndarray | None = None, tile_rows: int | None = None,
-                       with_gnc2: bool = True) -> dict:
-    """Every key of :data:`LITERATURE_KEYS`. ``M``: centred means of the C classes analysed (d x C); ``scatter``:
-    the pooled within-class scatter (d x d, a sum over the ``total`` rows); ``counts``: their counts; ``W``, ``b``:
-    the classifier (all its rows), ``present``: the rows of the analysed classes, ``mu_G``: the mean of the class
-    means. Keys that need W are None without it. ``gnc2_log_*`` are left to the NC2 sweep (:class:`LogEnergy`)
-    unless ``with_gnc2``."""
+                       present: np.ndarray | None = None) -> dict:
+    """Every key of :data:`LITERATURE_KEYS` but ``gnc2_log_*``, which the NC2 sweep gives (:class:`LogEnergy`;
+    :func:`gnc2_log` on its own). ``M``: centred means of the C classes analysed (d x C); ``scatter``: the pooled
+    within-class scatter (d x d, a sum over the ``total`` rows); ``counts``: their counts; ``W``, ``b``: the
+    classifier (all its rows), ``present``: the rows of the analysed classes, ``mu_G``: the mean of the class means.
+    Keys that need W are None without it."""
     out: dict = {"nc1_quot": nc1_quot(scatter, total, M), "vci": vci(scatter, total, M)}
-    if with_gnc2:
-        out.update(gnc2_log(M, tile_rows))
     none = dict.fromkeys(("nc3_etf", "unc3", "bias_collapse", "minority_norm_spearman", "minority_cosine_mean"))
     if W is None:
         return {**out, **none}
