@@ -17,12 +17,11 @@ import numpy as np
 
 from . import distributed
 from .analysis import analyze_store
-from .batches import iter_batches
 from .devices import resolve_device, stats_device
-from .extraction import BatchContext, Extraction, extract_layers
+from .extraction import Extraction, extract_layers
 from .files import file_sha256
 from .layer_report import LayerReport
-from .pipeline import ProgressBar, load, open_source
+from .pipeline import batches_of, load, open_source
 from .settings import Settings, checkpoint_settings
 from .taps.layers import LayerTaps
 from .taps.select import DEFAULT_LAYERS, PENULTIMATE, select_layers
@@ -106,20 +105,9 @@ def _layer_cka(exts: dict[str, Extraction], memory_budget: int) -> tuple[dict | 
 
 def _extract(taps: LayerTaps, loaded, source, s: Settings, dev, progress: bool) -> dict[str, Extraction]:
     """Every layer's features, keyed in forward order (the order the hooks fired on the first batch)."""
-    total = len(source) if source.sized else None
-    bar = ProgressBar(total, f"{os.path.basename(loaded.source)} on {source.spec}") \
-        if progress and distributed.is_main() else None
-    context = BatchContext(source=loaded.source, declared_classes=source.num_classes,
-                           data_name=source.spec if source.split is None else f"{source.spec} ({source.split})",
-                           class_names=source.class_names, metadata={"source": loaded.source, "data": source.spec},
-                           progress=bar, total=total)
-    try:
-        batches = iter_batches(source, batch_size=s.extraction.batch_size, workers=s.extraction.workers,
-                               pin_memory=dev.type == "cuda")
+    with batches_of(loaded, source, s, dev, progress, {"source": loaded.source, "data": source.spec}) \
+            as (batches, context):
         exts = extract_layers(taps, batches, device=dev, context=context, settings=s.extraction, metrics=s.metrics)
-    finally:
-        if bar is not None:
-            bar.close()
     return {n: exts[n] for n in taps.forward_order() if n in exts}
 
 

@@ -13,9 +13,11 @@ arch_kwargs, data, split, class_names, image_size, mean, std, input_shape.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -140,6 +142,20 @@ def _run(loaded: LoadedModel, s: Settings, *, save_features, progress: bool, sha
                 "layer": tap.layer, "num_outputs": tap.num_outputs}
         return {k: v for k, v in info.items() if v is not None}
 
+    try:
+        with batches_of(loaded, source, s, dev, progress, metadata) as (batches, context):
+            ext = extract(tap, batches, device=dev, context=context, settings=s.extraction, metrics=s.metrics,
+                          save_features=save_features)
+    finally:
+        tap.close()
+    return _RunResult(ext, source, dev)
+
+
+@contextlib.contextmanager
+def batches_of(loaded: LoadedModel, source: DataSource, s: Settings, dev, progress: bool, metadata
+               ) -> Iterator[tuple[Iterator, BatchContext]]:
+    """The batches of ``source`` and the BatchContext an extraction reads them with (``metadata``: a dict, or a
+    function asked once extraction is over), with a progress bar on the main process, closed at the end."""
     total = len(source) if source.sized else None
     bar = ProgressBar(total, f"{os.path.basename(loaded.source)} on {source.spec}") \
         if progress and distributed.is_main() else None
@@ -147,15 +163,11 @@ def _run(loaded: LoadedModel, s: Settings, *, save_features, progress: bool, sha
                            data_name=source.spec if source.split is None else f"{source.spec} ({source.split})",
                            class_names=source.class_names, metadata=metadata, progress=bar, total=total)
     try:
-        batches = iter_batches(source, batch_size=s.extraction.batch_size, workers=s.extraction.workers,
-                               pin_memory=dev.type == "cuda")
-        ext = extract(tap, batches, device=dev, context=context, settings=s.extraction, metrics=s.metrics,
-                      save_features=save_features)
+        yield iter_batches(source, batch_size=s.extraction.batch_size, workers=s.extraction.workers,
+                           pin_memory=dev.type == "cuda"), context
     finally:
         if bar is not None:
             bar.close()
-        tap.close()
-    return _RunResult(ext, source, dev)
 
 
 def open_source(loaded: LoadedModel, data: DataSettings, trust: bool) -> DataSource:
