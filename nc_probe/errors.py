@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from .text import printable
+
 #: Fixes that start with a command are typed as written, not capitalized as a sentence.
 COMMANDS = ("pip ", "python ", "nc-probe ", "torchrun ", "--", "{")
 PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*)(?:=([^{}]*))?\}")
@@ -63,7 +65,7 @@ class InputError(ValueError):
             if not starts_with_command:  # a sentence starts upper case; a command is typed as written
                 fix = fix[:1].upper() + fix[1:]
             text += " " + fix + "."
-        return text
+        return printable(text)  # file text inside a message must not drive the terminal or add lines
 
     @property
     def parameters(self) -> list[str]:

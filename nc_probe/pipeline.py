@@ -210,7 +210,6 @@ class ProgressBar:
     """A rich progress bar on stderr with samples/s; a callable ``(done, total)``."""
 
     def __init__(self, total: int | None, description: str):
-        from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -220,9 +219,11 @@ class ProgressBar:
             TimeRemainingColumn,
         )
 
+        from .consoles import console
+
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("{task.fields[rate]} samples/s"), TimeElapsedColumn(), TimeRemainingColumn(),
-                            console=Console(stderr=True), transient=True)
+                            console=console(stderr=True), transient=True)
         self.task = self.bar.add_task(description, total=total or None, rate="-")
         self.t0 = time.perf_counter()
         self.bar.start()

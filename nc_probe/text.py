@@ -4,6 +4,12 @@ and byte sizes as a person reads them."""
 from __future__ import annotations
 
 import math
+import re
+
+#: Characters a terminal interprets rather than shows: C0 and C1 controls (ESC starts an ANSI sequence that can clear
+#: the screen or rewrite a line), DEL, and the Unicode controls that reorder or hide text (bidi overrides, zero-width
+#: and line/paragraph separators).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
 
 
 def few(items, n: int = 5) -> str:
@@ -72,3 +78,28 @@ def plain_number(value):
         return int(value)
     except (TypeError, ValueError):
         return value
+
+
+def printable(text, *, keep_newlines: bool = False) -> str:
+    """``text`` with every control character shown as an escape (``\\x1b``), so that text read from a file can
+    neither drive the terminal (ANSI sequences, carriage returns) nor break a one-line message (newlines), unless
+    ``keep_newlines``."""
+    text = str(text)
+
+    def escape(m: re.Match) -> str:
+        ch = m.group()
+        if keep_newlines and ch == "\n":
+            return ch
+        return {"\n": "\\n", "\r": "\\r", "\t": " "}.get(ch, f"\\x{ord(ch):02x}" if ord(ch) < 256
+                                                           else f"\\u{ord(ch):04x}")
+
+    return _CONTROL.sub(escape, text)
+
+
+def quoted(value, limit: int = 60) -> str:
+    """Text that came from a file, as it goes into one of nc-probe's own sentences: printable, cut to ``limit``
+    characters and in quotes, so a reader can tell the file's words from nc-probe's advice."""
+    text = printable(value)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return "'" + text.replace("'", "\\'") + "'"

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .. import gate as g
+from ..consoles import console as safe_console
 from ..errors import InputError
 from ..metrics import CATALOG, SCALAR_KEYS
 from . import options as o
@@ -132,7 +133,7 @@ def _rules(rule, config, baseline) -> tuple[list, Path | None]:
 
 def _console() -> Console:
     """stdout; 120 columns in CI logs (not a terminal), so that the numbers of the table are never cut."""
-    console = Console(highlight=False)
+    console = safe_console()
     if not console.is_terminal:
         console.width = max(console.width, 120)
     return console

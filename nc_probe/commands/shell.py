@@ -16,16 +16,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from .. import distributed
+from ..consoles import console
 from ..errors import InputError, spell
+from ..text import printable
 from .options import flag_name
 
 USER_ERROR, INTERRUPTED = 2, 130
-out_console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+out_console = console()
+err_console = console(stderr=True)
 
 # Options naming files a command writes; under torchrun only rank 0 writes them (see _quiet_worker).
 OUTPUT_OPTIONS = ("json_path", "out", "plots", "html", "junit", "markdown", "output")
@@ -41,7 +42,7 @@ def error(message: str) -> None:
 
 
 def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {escape(cli_text(message))}", soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/] {escape(printable(cli_text(message)))}", soft_wrap=True)
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -61,7 +62,7 @@ def user_errors(fn: Callable) -> Callable:
         except OSError as e:
             if e.filename is None:
                 raise
-            error(f"{e.filename}: {e.strerror}. Choose a writable path.")
+            error(f"{printable(e.filename)}: {e.strerror}. Choose a writable path.")
             raise typer.Exit(USER_ERROR) from None
         except KeyboardInterrupt:
             err_console.print("nc-probe: interrupted")

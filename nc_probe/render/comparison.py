@@ -64,11 +64,13 @@ def cka_table(comparison) -> Table:
 
 
 def render_comparison(comparison, console=None, spell=parameter_name) -> None:
-    from rich.console import Console, Group
+    from rich.console import Group
     from rich.measure import Measurement
     from rich.text import Text
 
-    console = console or Console()
+    from ..consoles import console as safe_console
+
+    console = console or safe_console()
     parts: list = []
     for lab, rep in comparison.reports.items():
         i = rep.inputs

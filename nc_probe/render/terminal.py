@@ -148,7 +148,9 @@ def _short(name, width: int = PAIR_NAME_CHARS) -> str:
 def render_report(report: Report, console: Console | None = None, spell=parameter_name) -> None:
     """The header, metric summary, class pairs, per-class table (cut for many classes) and warnings; ``spell``
     spells the settings that notes and warnings name (see nc_probe.errors)."""
-    console = console or Console()
+    from ..consoles import console as safe_console
+
+    console = console or safe_console()
     parts: list = [header(report), summary_table(report, console.width)]
     for part in (pairs_table(report), class_table(report), class_note(report, spell=spell)):
         if part is not None:
