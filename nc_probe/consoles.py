@@ -23,10 +23,10 @@ class SafeConsole(Console):
     to the terminal. Newlines in plain strings are kept (they are layout); in one-line messages callers escape them
     with :func:`nc_probe.text.printable`."""
 
-    def render_str(self, text: str, **kwargs: Any):  # type: ignore[override]
+    def render_str(self, text: str, **kwargs: Any):
         return super().render_str(printable(text, keep_newlines=True), **kwargs)
 
-    def render(self, renderable, options=None) -> Iterable[Segment]:  # type: ignore[override]
+    def render(self, renderable, options=None) -> Iterable[Segment]:
         for segment in super().render(renderable, options):
             if segment.control is None and segment.text and segment.text != "\n":
                 text = printable(segment.text, keep_newlines=True)
