@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,3 +146,109 @@ def test_entry_point_catches_an_interrupted_import(monkeypatch, capsys):
     monkeypatch.setattr(sys, "meta_path", [Interrupt(), *sys.meta_path])
     assert entry.main() == 130
     assert capsys.readouterr().err == "nc-probe: interrupted\n"
+
+
+# ---------------------------------------------------------------------------------------------- every input counts
+@pytest.fixture
+def plain_checkpoint(tmp_path):
+    """A bare state_dict (no metadata) and a model file that builds its architecture."""
+    import torch
+
+    from nc_probe.samples import sample_path
+
+    state = torch.load(sample_path("sample:ce"), weights_only=True)["state_dict"]
+    ckpt = tmp_path / "plain.pt"
+    torch.save(state, ckpt)
+    model_file = tmp_path / "mymodel.py"
+    model_file.write_text("from nc_probe.samples import digits_net\n\ndef make():\n    return digits_net()\n")
+    return ckpt, model_file
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
+
+
+def test_every_file_a_run_reads_is_an_input(plain_checkpoint, tmp_path, no_analysis):
+    """The architecture file, the class map, the data and each checkpoint of a series: no output may replace one,
+    and each refusal leaves every file as it was."""
+    ckpt, model_file = plain_checkpoint
+    class_map = tmp_path / "map.json"
+    class_map.write_text('{"0": 0}')
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for name in ("ce_epoch1", "ce_epoch5"):
+        (runs / f"{name}.pt").write_bytes(Path(sample_file(name)).read_bytes())
+    images = tmp_path / "images"
+    (images / "cat").mkdir(parents=True)
+    arch = ["--arch", f"{model_file}:make", "--data", "sample:digits"]
+    cases = [
+        (["analyze", str(ckpt), *arch, "--json", str(model_file)], "overwrite an input"),
+        (["analyze", str(ckpt), *arch, "--class-map", str(class_map), "--html", str(class_map)], "overwrite an input"),
+        (["trajectory", str(runs), "--json", str(runs / "ce_epoch5.pt")], "overwrite an input"),
+        (["analyze", "sample:ce", "--data", str(images), "--plots", str(images / "cat")], "write into the folder"),
+    ]
+    for args, words in cases:
+        before = _snapshot(tmp_path)
+        _user_error(runner.invoke(app, args), words)
+        assert _snapshot(tmp_path) == before, args
+
+
+def sample_file(name):
+    from nc_probe.samples import sample_path
+
+    return sample_path(f"sample:{name}")
+
+
+def test_a_folder_where_a_file_goes_is_refused_before_anything_is_written(features, tmp_path, no_analysis):
+    """mkdir o/out/report.json; analyze --out o/out --json o/r.json: exit 2, nothing written, the user's path named."""
+    (tmp_path / "o" / "out" / "report.json").mkdir(parents=True)
+    (tmp_path / "o" / "out" / "metrics.csv").write_text("old")
+    before = _snapshot(tmp_path)
+    text = _user_error(runner.invoke(app, ["analyze", str(features), "--out", str(tmp_path / "o" / "out"), "--json",
+                                           str(tmp_path / "o" / "r.json")]), "--out", "report.json")
+    assert "staging" not in text
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_failed_move_puts_the_old_files_back(features, tmp_path, monkeypatch):
+    """If a rename fails half-way through the set, the files already moved are taken back and the ones they
+    replaced restored: the folder is as before, and the error names the user's path."""
+    import nc_probe.commands.outputs as outputs
+
+    target = tmp_path / "results"
+    target.mkdir()
+    (target / "report.json").write_text("old report")
+    before = _snapshot(tmp_path)
+    real_replace = os.replace
+
+    def failing(src, dst):
+        if str(dst).endswith("page.html"):
+            raise OSError(28, "No space left on device", str(src))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(outputs.os, "replace", failing)
+    text = _user_error(runner.invoke(app, ["analyze", str(features), "-q", "--json", str(target / "report.json"),
+                                           "--out", str(target / "out"), "--html", str(target / "page.html")]),
+                       "--html")
+    assert "staging" not in text and "No space left" in text
+    assert _snapshot(tmp_path) == before
+
+
+def test_trajectory_outputs_are_one_set_and_checked_first(tmp_path, monkeypatch):
+    """Ctrl-C while the page is written: no trajectory.csv, no --json (only the resume cache of the reports)."""
+    import nc_probe.render.trajectory_outputs as t
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(t, "trajectory_html", interrupted)
+    out = tmp_path / "traj"
+    result = runner.invoke(app, ["trajectory", "sample:ce_epoch1", "sample:ce_epoch5", "-q", "--out", str(out),
+                                 "--json", str(tmp_path / "t.json"), "--html", str(tmp_path / "t.html")])
+    assert result.exit_code == 130, result.output
+    assert not (out / "trajectory.csv").exists() and not (tmp_path / "t.json").exists()
+    assert sorted(p.name for p in (out / "reports").iterdir()) == ["ce_epoch1.json", "ce_epoch5.json"]
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    _user_error(runner.invoke(app, ["trajectory", "sample:ce_epoch1", "--out", str(blocker)]), "--out",
+                "not a folder")

@@ -50,7 +50,7 @@ def analyze(
     from ..render.terminal import render_report
     from ..samples import DEFAULT_SAMPLE
     from ..splits import parse_splits
-    from .outputs import OutputSet
+    from .outputs import OutputSet, settings_inputs
 
     splits = parse_splits(split)
     settings = o.build_settings({**locals(), "split": None} if splits else locals())
@@ -60,7 +60,8 @@ def analyze(
         return
     check_output_options(fmt, out)
     outputs = OutputSet({"--json": json_path, "--out": out, "--plots": plots, "--html": html,
-                         "--save-features": save_features}, dirs=("--out", "--plots"), inputs=[source, data])
+                         "--save-features": save_features}, dirs=("--out", "--plots"),
+                        inputs=[source, *settings_inputs(settings)])
     with outputs.transaction() as staged:
         report = report_for(source, settings, save_features=staged.get("--save-features"), progress=not quiet)
         if save_features is not None and report.inputs.get("features_file"):
@@ -81,7 +82,7 @@ def _analyze_splits(source, splits, settings, json_path, out, fmt, plots, html, 
     from ..inputs import input_kind
     from ..splits import analyze_splits
     from .compare import write_comparison
-    from .outputs import OutputSet
+    from .outputs import OutputSet, settings_inputs
 
     for flag, value in (("--out", out), ("--format", fmt), ("--save-features", save_features)):
         if value is not None:
@@ -91,7 +92,7 @@ def _analyze_splits(source, splits, settings, json_path, out, fmt, plots, html, 
         raise InputError("two splits need a checkpoint to run on its data; this input is not one", path=source,
                          fix="pass the checkpoint, or analyze the feature files of each split with compare")
     outputs = OutputSet({"--json": json_path, "--html": html, "--plots": plots}, dirs=("--plots",),
-                        inputs=[source, data])
+                        inputs=[source, *settings_inputs(settings)])
     comparison = analyze_splits(str(source), settings, splits=splits, progress=not quiet)
     write_comparison(comparison, outputs, quiet)
 

@@ -35,12 +35,12 @@ def compare(
     layer-report JSONs as inputs, compare layer analyses: depth laws side by side and depth curves overlaid."""
     from ..compare import compare_inputs, parse_specs
     from ..layer_compare import wants_layers
-    from .outputs import OutputSet
+    from .outputs import OutputSet, settings_inputs
 
     settings = o.build_settings(locals())
     paths = parse_specs(inputs)
     outputs = OutputSet({"--json": json_path, "--html": html, "--plots": plots}, dirs=("--plots",),
-                        inputs=[*paths.values(), data])
+                        inputs=[*paths.values(), *settings_inputs(settings)])
     if wants_layers(paths, layers):
         _compare_layers(paths, settings, outputs, json_path, quiet)
         return

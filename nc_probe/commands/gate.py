@@ -19,7 +19,7 @@ from ..consoles import console as safe_console
 from ..errors import InputError
 from ..metrics import CATALOG, SCALAR_KEYS
 from . import options as o
-from .outputs import OutputSet
+from .outputs import OutputSet, settings_inputs
 from .shell import cli_text, err_console, user_errors, warn
 
 RULES = "Rules"
@@ -85,7 +85,8 @@ def gate(
     settings = o.build_settings(locals())
     rules, baseline_path = _rules(rule, config, baseline)
     base = g.load_baseline(baseline_path) if baseline_path is not None else None
-    outputs = OutputSet({"--junit": junit, "--markdown": markdown}, inputs=[input, baseline_path, config])
+    outputs = OutputSet({"--junit": junit, "--markdown": markdown},
+                        inputs=[input, baseline_path, config, *_implicit_config(config), *settings_inputs(settings)])
     report = report_for(input, settings, progress=not quiet)
     results = g.evaluate(report, rules, base)
     notes = g.baseline_warnings(report, base) if base is not None else []
@@ -131,6 +132,11 @@ def _rules(rule, config, baseline) -> tuple[list, Path | None]:
     return rules, baseline_path
 
 
+def _implicit_config(config) -> list[Path]:
+    """./pyproject.toml when the gate reads its rules from there (no --config)."""
+    return [Path("pyproject.toml")] if config is None and Path("pyproject.toml").is_file() else []
+
+
 def _console() -> Console:
     """stdout; 120 columns in CI logs (not a terminal), so that the numbers of the table are never cut."""
     console = safe_console()
@@ -156,7 +162,7 @@ def baseline(
     from ..inputs import report_for
 
     settings = o.build_settings(locals())
-    outputs = OutputSet({"--output": output}, inputs=[input])
+    outputs = OutputSet({"--output": output}, inputs=[input, *settings_inputs(settings)])
     report = report_for(input, settings, progress=not quiet)
     b = g.make_baseline(report)
     with outputs.transaction() as staged:

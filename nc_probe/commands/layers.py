@@ -42,13 +42,13 @@ def layers(
     from ..layer_analysis import analyze_layers
     from ..render.layer_outputs import check_layer_format, render_layers, write_layer_outputs
     from ..samples import DEFAULT_LAYER_SAMPLE
-    from .outputs import OutputSet
+    from .outputs import OutputSet, settings_inputs
 
     settings = o.build_settings(locals())
     source = checkpoint if checkpoint is not None else Path(DEFAULT_LAYER_SAMPLE)
     check_layer_format(fmt, out)
     outputs = OutputSet({"--json": json_path, "--out": out, "--plots": plots, "--html": html},
-                        dirs=("--out", "--plots"), inputs=[source, data])
+                        dirs=("--out", "--plots"), inputs=[source, *settings_inputs(settings)])
     with outputs.transaction() as staged:
         report = analyze_layers(str(source), settings, progress=not quiet)
         if json_path is not None:

@@ -41,32 +41,31 @@ def trajectory(
     """Analyze a series of checkpoints (one at a time) and show every metric against the epoch: NC1-NC4 on log
     scales as in Papyan, Han & Donoho 2020; with --split train,test, train and test curves and the test-collapse
     measures."""
-    from ..errors import InputError
     from ..render.trajectory_outputs import trajectory_table, write_trajectory_outputs
     from ..splits import parse_splits
-    from ..trajectory import run_trajectory
-    from .outputs import OutputSet
+    from ..trajectory import expand_inputs, run_trajectory
+    from .outputs import OutputSet, settings_inputs
 
     splits = parse_splits(split)
     settings = o.build_settings({**locals(), "split": None} if splits else locals())
-    if out is not None and out.exists() and not out.is_dir():
-        raise InputError("is a file, not a folder", path=out, fix="give --out a folder (it is created)")
-    outputs = OutputSet({"--json": json_path, "--plots": plots, "--html": html}, dirs=("--plots",),
-                        inputs=[data])
+    series = expand_inputs(checkpoints or DEFAULT_SERIES)
+    # every checkpoint of the series is an input: no output may land on one. The resume cache (--out/reports) is
+    # written as each checkpoint finishes, so that an interrupted run resumes; the rest of the set is staged.
+    outputs = OutputSet({"--out": out, "--json": json_path, "--plots": plots, "--html": html},
+                        dirs=("--out", "--plots"), inputs=[*series, *settings_inputs(settings)])
 
     def progress(i: int, n: int, label: str, reused: bool) -> None:
         if not quiet:
             err_console.print(f"[{i}/{n}] {label}" + (" (report kept from an earlier run)" if reused else ""),
                               highlight=False)
 
-    traj = run_trajectory(checkpoints or DEFAULT_SERIES, settings, splits=splits,
+    traj = run_trajectory(series, settings, splits=splits,
                           reports_dir=None if out is None else out / "reports", progress=progress)
-    if out is not None:
-        write_trajectory_outputs(traj, out=out)
     with outputs.transaction() as staged:
         if json_path is not None:
             traj.save(staged["--json"])
-        write_trajectory_outputs(traj, plots=staged.get("--plots"), html=staged.get("--html"))
+        write_trajectory_outputs(traj, out=staged.get("--out"), plots=staged.get("--plots"),
+                                 html=staged.get("--html"))
     if not quiet:
         out_console.print(trajectory_table(traj))
 
