@@ -234,6 +234,23 @@ def test_pipeline_matches_reference_helper():
 RETRAIN_REL_TOL = 0.15
 
 
+#: Metadata the training run measures (not its configuration): floats of training, different on another CPU (the
+#: deep sample's train_acc read 0.9985 after retraining on an Intel Xeon, 1.0 on the AMD EPYC that trained it).
+MEASURED_METADATA = {"train_acc": 0.01, "first_epoch_100pct_train": 3}
+
+
+def _same_metadata(new_path, old_path) -> None:
+    """A retrained checkpoint's metadata against the shipped one's: its configuration identical, what training
+    measured within MEASURED_METADATA (absolute)."""
+    new, old = (torch.load(p, weights_only=True)["nc_probe"] for p in (new_path, old_path))
+    assert set(new) == set(old), new_path
+    for key, value in old.items():
+        if key in MEASURED_METADATA and value is not None and new[key] is not None:
+            assert new[key] == pytest.approx(value, abs=MEASURED_METADATA[key]), (new_path, key)
+        else:
+            assert new[key] == value, (new_path, key)
+
+
 def _load_script():
     import importlib.util
 
@@ -283,18 +300,16 @@ def test_retraining_reproduces_shipped_samples(tmp_path):
         for key in COMPARED:
             assert new.metrics[key] == pytest.approx(old.metrics[key], rel=RETRAIN_REL_TOL, abs=1e-6), (name, key)
         assert np.abs(np.subtract(new.per_class["rank_energy95"], old.per_class["rank_energy95"])).max() <= 1, name
-        assert torch.load(tmp_path / f"{name}.pt", weights_only=True)["nc_probe"] == \
-            torch.load(samples.sample_path(name), weights_only=True)["nc_probe"]
+        _same_metadata(tmp_path / f"{name}.pt", samples.sample_path(name))
     ce, mcr2 = retrained["ce"].metrics, retrained["mcr2"].metrics
-    assert ce["nc1"] < 0.02 and ce["acc_model"] == 1.0 and max(retrained["ce"].per_class["rank_energy95"]) <= 2
+    assert ce["nc1"] < 0.02 and ce["acc_model"] >= 0.99 and max(retrained["ce"].per_class["rank_energy95"]) <= 2
     assert mcr2["angle_min_mean"] >= 80 and np.mean(retrained["mcr2"].per_class["rank_energy95"]) >= 4.5
     assert mcr2["rate_reduction"] > 2 * ce["rate_reduction"]
     nc1 = [retrained[f"ce_epoch{e}"].metrics["nc1"] for e in CE_EPOCHS] + [ce["nc1"]]
     assert all(a > b for a, b in zip(nc1, nc1[1:])), nc1
     # the deep sample: its layer report's depth law within the same tolerance, and the same shape
     new, old = (nc_probe.analyze_layers(p, device="cpu") for p in (tmp_path / "deep.pt", samples.sample_path("deep")))
-    assert torch.load(tmp_path / "deep.pt", weights_only=True)["nc_probe"] == \
-        torch.load(samples.sample_path("deep"), weights_only=True)["nc_probe"]
+    _same_metadata(tmp_path / "deep.pt", samples.sample_path("deep"))
     for key in ("rho", "a"):
         assert new.laws["D_l"][key] == pytest.approx(old.laws["D_l"][key], rel=RETRAIN_REL_TOL), key
     D = new.values("D_l")
