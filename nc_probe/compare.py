@@ -83,9 +83,14 @@ class Comparison:
 
 
 def _finite(v) -> float | None:
-    if v is None:
+    """A metric value as a finite float; None for absent, true/false, non-finite or non-numbers (a report read back
+    is checked on reading; reports built in memory may hold anything)."""
+    if v is None or isinstance(v, bool):
         return None
-    v = float(v)
+    try:
+        v = float(v)
+    except (TypeError, ValueError, OverflowError):
+        return None
     return v if math.isfinite(v) else None
 
 

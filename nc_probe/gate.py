@@ -36,10 +36,11 @@ from pathlib import Path
 
 from ._version import __version__
 from .errors import InputError
-from .files import atomic_write_text, json_safe, read_json
+from .files import MAX_TOML_BYTES, atomic_write_text, json_safe, read_input, read_json
+from .json_checks import check_baseline
 from .metrics import PER_CLASS_KEYS, SCALAR_KEYS
 from .report import SCHEMA_VERSION, Report
-from .text import distinct_pair, format_number
+from .text import distinct_pair, format_number, quoted
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -122,10 +123,10 @@ def parse_rule(text: str, source: str = "--rule") -> Rule:
     """
     where = f" ({source})" if source and source != "--rule" else ""
     if not isinstance(text, str):
-        raise InputError(f"rule {text!r}{where} is not a string", fix=RULE_EXAMPLES)
+        raise InputError(f"rule {quoted(text)}{where} is not a string", fix=RULE_EXAMPLES)
     m = _RULE_RE.fullmatch(text)
     if not m:
-        raise InputError(f"rule {text!r}{where} is not METRIC OP LIMIT with OP one of <=, >=, <, >",
+        raise InputError(f"rule {quoted(text)}{where} is not METRIC OP LIMIT with OP one of <=, >=, <, >",
                          fix=RULE_EXAMPLES)
     name, op, limit = m.groups()
     metric = _metric_key(name, text, where)
@@ -140,10 +141,10 @@ def parse_rule(text: str, source: str = "--rule") -> Rule:
         else:
             kind, amount = "offset", 0.0
     else:
-        raise InputError(f"rule {text!r}{where}: limit {limit!r} is neither a number nor baseline, baseline*F, "
-                         "baseline+X, baseline-X, baseline+P% or baseline-P%", fix=RULE_EXAMPLES)
+        raise InputError(f"rule {quoted(text)}{where}: limit {quoted(limit)} is neither a number nor baseline, "
+                         "baseline*F, baseline+X, baseline-X, baseline+P% or baseline-P%", fix=RULE_EXAMPLES)
     if not math.isfinite(amount):
-        raise InputError(f"rule {text!r}{where}: the limit must be a finite number", fix=RULE_EXAMPLES)
+        raise InputError(f"rule {quoted(text)}{where}: the limit must be a finite number", fix=RULE_EXAMPLES)
     return Rule(metric, op, kind, amount, source)
 
 
@@ -153,11 +154,11 @@ def _metric_key(name: str, text: str, where: str) -> str:
         return key
     valid = ", ".join(SCALAR_KEYS)
     if name.lower() in {k.lower() for k in PER_CLASS_KEYS} | {"angle_min", "subspace_affinity"}:
-        raise InputError(f"rule {text!r}{where}: {name} is a per-class metric; rules take a scalar metric",
+        raise InputError(f"rule {quoted(text)}{where}: {name} is a per-class metric; rules take a scalar metric",
                          fix=f"use one of: {valid}")
-    close = difflib.get_close_matches(name.lower(), list(_METRICS), n=1)
+    close = difflib.get_close_matches(name.lower()[:100], list(_METRICS), n=1)
     hint = f" (did you mean {_METRICS[close[0]]}?)" if close else ""
-    raise InputError(f"rule {text!r}{where}: unknown metric {name!r}{hint}", fix=f"use one of: {valid}")
+    raise InputError(f"rule {quoted(text)}{where}: unknown metric {quoted(name)}{hint}", fix=f"use one of: {valid}")
 
 
 def parse_rules(texts: Sequence[str], source: str = "--rule") -> list[Rule]:
@@ -193,16 +194,15 @@ def load_config(path, *, table_required: bool = True) -> GateConfig:
     path = Path(path)
     if tomllib is None:  # pragma: no cover - Python 3.10 without tomli
         raise InputError("reading TOML on Python 3.10 needs the tomli package", path=path, fix="pip install tomli")
+    raw = read_input(path, "TOML", "check the path of the gate configuration (a .toml file)", limit=MAX_TOML_BYTES)
     try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError("no such file", path=path, fix="check the path of the gate configuration") from None
-    except IsADirectoryError:
-        raise InputError("is a folder, not a TOML file", path=path, fix="pass a .toml file") from None
+        data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise InputError("is not a text file", path=path, fix="pass a TOML file") from None
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"malformed TOML ({e})", path=path, fix="fix the TOML syntax") from None
+    except RecursionError:
+        raise InputError("malformed TOML (nested too deeply)", path=path, fix="fix the TOML syntax") from None
     table = data
     for key in CONFIG_TABLE:
         table = table.get(key) if isinstance(table, dict) else None
@@ -217,15 +217,15 @@ def load_config(path, *, table_required: bool = True) -> GateConfig:
         raise InputError("tool.nc-probe.gate is not a table", path=path, fix="give it the keys rules and baseline")
     unknown = sorted(set(table) - CONFIG_KEYS)
     if unknown:
-        raise InputError(f"unknown key(s) in the gate settings: {', '.join(unknown)}", path=path,
-                         fix="use rules = [...] and baseline = \"...\"")
+        raise InputError(f"unknown key(s) in the gate settings: {', '.join(quoted(k) for k in unknown[:5])}",
+                         path=path, fix="use rules = [...] and baseline = \"...\"")
     rules = table.get("rules", [])
     if isinstance(rules, str):
         rules = [rules]
     if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
         raise InputError("rules must be a list of strings", path=path, fix="write rules = [\"nc1<=0.05\"]")
     baseline = table.get("baseline")
-    if baseline is not None and not isinstance(baseline, str):
+    if baseline is not None and (not isinstance(baseline, str) or not baseline.strip() or "\0" in baseline):
         raise InputError("baseline must be a path string", path=path, fix="write baseline = \"baseline.json\"")
     return GateConfig(parse_rules(rules, source=str(path)),
                       None if baseline is None else (path.parent / baseline), path)
@@ -273,15 +273,13 @@ def save_baseline(baseline: Baseline | Report, path) -> Path:
 def load_baseline(path) -> Baseline:
     """Read a baseline written by ``nc-probe baseline`` (or a full report JSON, whose metrics serve as one)."""
     path = Path(path)
-    fix = "write one with nc-probe baseline INPUT -o " + path.name
-    if not path.exists():
-        raise InputError("baseline not found", path=path, fix=fix)
-    data = read_json(path, "baseline", fix=fix)
-    if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict) or not (
-            data.get("format") == BASELINE_FORMAT or "schema_version" in data):
-        raise InputError("is JSON but neither an nc-probe baseline nor a report", path=path, fix=fix)
-    return Baseline(metrics=data["metrics"], inputs=data.get("inputs") or {}, settings=data.get("settings") or {},
-                    source=str(path))
+    fix = "write one with nc-probe baseline INPUT -o " + quoted(path.name).strip("'")
+    data = read_json(path, "baseline", fix=fix, missing="baseline not found")
+    if isinstance(data, dict) and data.get("format") != BASELINE_FORMAT and "schema_version" in data:
+        report = Report.from_dict(data, path=path)  # a report JSON serves as a baseline: checked as a report
+        return Baseline(metrics=report.metrics, inputs=report.inputs, settings=report.settings, source=str(path))
+    data = check_baseline(data, path, fix, BASELINE_FORMAT)
+    return Baseline(metrics=data["metrics"], inputs=data["inputs"], settings=data["settings"], source=str(path))
 
 
 def baseline_warnings(report: Report, baseline: Baseline) -> list[str]:
@@ -381,7 +379,7 @@ def absent_reason(report, metric: str) -> str:
                 "{memory_budget}); gate without {classes} or with a larger {memory_budget}")
     if metric in ("angle_min_mean", "angle_min_min"):
         return "it needs subspace statistics of at least two classes ({classes}, {memory_budget})"
-    notes = "; ".join(str(w) for w in report.warnings)
+    notes = "; ".join(quoted(w, 200) for w in report.warnings[:3])
     return "the analysis left it null" + (f" ({notes})" if notes else "")
 
 
@@ -411,7 +409,7 @@ def _number(v) -> float | None:
         return None
     try:
         f = float(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return f if math.isfinite(f) else None
 

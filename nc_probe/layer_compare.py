@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import InputError
-from .files import atomic_write_text, json_safe
+from .files import atomic_write_text, json_safe, read_json
 from .layer_report import LayerReport, is_layer_report
 
 LAYER_COMPARISON_SCHEMA = "layer-comparison-1.0"
@@ -60,12 +60,13 @@ class LayerComparison:
 
 
 def is_layer_json(path: Path) -> bool:
-    """Whether ``path`` is a JSON file holding a layer report (a cheap look at its ``kind``)."""
+    """Whether ``path`` is a JSON file holding a layer report (a look at its ``kind``). Anything that cannot be read
+    as JSON (a pipe, a folder, a file too large, not JSON) is not one: reading it as a report says what is wrong."""
     if Path(path).suffix.lower() != ".json":
         return False
     try:
-        return is_layer_report(json.loads(Path(path).read_text()))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return is_layer_report(read_json(path, "layer report", fix=""))
+    except InputError:
         return False
 
 

@@ -15,10 +15,13 @@ import pandas as pd
 
 from .errors import InputError, spell
 from .files import atomic_write_text, json_safe, read_json
+from .json_checks import Fields, check_inputs, check_settings, check_timings, kind_of
 from .metrics import depth
 from .report import Report
+from .text import quoted
 
 LAYER_SCHEMA_VERSION = "layers-1.0"
+LAYER_FIX = "write it with nc-probe layers --json"
 CLASS_MEANS = ("rank_energy95", "rank_numerical", "rank_effective")
 
 
@@ -79,7 +82,7 @@ class LayerReport:
         rows = [(model, layer["name"], layer["depth"], key, value) for layer in self.layers
                 for key, value in layer["metrics"].items()]
         for key in ("rho", "a", "r2"):
-            rows.append((model, "", None, key, self.laws.get("D_l", {}).get(key)))
+            rows.append((model, "", None, key, (self.laws.get("D_l") or {}).get(key)))
         df = pd.DataFrame(rows, columns=["model", "layer", "depth", "metric", "value"])
         df["depth"] = df["depth"].astype("Int64")  # whole layers; empty on the law rows
         return df
@@ -98,21 +101,72 @@ class LayerReport:
         return atomic_write_text(Path(path), self.to_json())
 
     @classmethod
-    def from_dict(cls, data: dict) -> LayerReport:
+    def from_dict(cls, data: dict, *, path=None) -> LayerReport:
+        """A layer report from its JSON data, every value checked for its type first (:func:`check_layer_report`)."""
+        checked = check_layer_report(data, path)
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in checked.items() if k in known})
 
     @classmethod
     def load(cls, path) -> LayerReport:
-        data = read_json(path, "report", fix="write it with nc-probe layers --json")
-        if not is_layer_report(data):
-            raise InputError("is JSON but not an nc-probe layer report", path=path,
-                             fix="write it with nc-probe layers --json")
-        return cls.from_dict(data)
+        """Read a layer-report JSON (a regular file of at most 256 MiB)."""
+        return cls.from_dict(read_json(path, "layer report", fix=LAYER_FIX), path=path)
 
 
 def is_layer_report(data) -> bool:
     return isinstance(data, dict) and data.get("kind") == "layers" and isinstance(data.get("layers"), list)
+
+
+def check_layer_report(data, path=None) -> dict:
+    """The fields of a layer report's JSON data, every value a renderer uses checked: each layer a name, a depth,
+    metrics (numbers or null) and warnings (text); the laws' numbers and plateau layers; the CKA matrix. One
+    InputError names ``path``, the field and the fix."""
+    f = Fields(path, LAYER_FIX)
+    if not is_layer_report(data):
+        f.fail("", "is JSON but not an nc-probe layer report (no kind \"layers\" with a list of layers)")
+    version = data.get("schema_version", LAYER_SCHEMA_VERSION)
+    if not isinstance(version, str) or not version.startswith("layers-1."):
+        shown = quoted(version) if isinstance(version, str) else kind_of(version)
+        raise InputError(f"schema_version {shown} is not a layer-report schema this nc-probe reads (layers-1.x)",
+                         path=path, fix="analyze the model again with this version of nc-probe layers")
+    out = dict(data)
+    out["inputs"] = check_inputs(f, data.get("inputs", {}))
+    out["settings"] = check_settings(f, data.get("settings", {}))
+    out["timings"] = check_timings(f, data.get("timings", {}))
+    out["warnings"] = f.texts(data.get("warnings", []), "warnings", null=False)
+    out["layers"] = [_layer(f, layer, f"layers[{i}]") for i, layer in enumerate(data["layers"])]
+    laws = out["laws"] = f.mapping(data.get("laws", {}), "laws")
+    law = f.mapping(laws.get("D_l"), "laws.D_l", null=True) or {}
+    for key in ("rho", "a", "r2"):
+        f.number(law.get(key), f"laws.D_l.{key}")
+    f.integer(law.get("layers"), "laws.D_l.layers", minimum=0)
+    for key in ("plateau_acc_ncc", "plateau_acc_linear_probe"):
+        plateau = f.mapping(laws.get(key), f"laws.{key}", null=True)
+        if plateau:
+            f.integer(plateau.get("depth"), f"laws.{key}.depth", null=False)
+            f.label(plateau.get("name"), f"laws.{key}.name")
+    cka = out["cka"] = f.mapping(data.get("cka"), "cka", null=True)
+    if cka is not None:
+        names = f.labels(cka.get("layers"), "cka.layers", null=False)
+        f.matrix(cka.get("matrix"), "cka.matrix", rows=len(names), null=False)
+    return out
+
+
+def _layer(f: Fields, layer, where: str) -> dict:
+    """One layer: name, depth and metrics are required; the rest has the type nc-probe writes."""
+    f.mapping(layer, where)
+    for key in ("name", "depth", "metrics"):
+        if key not in layer:
+            f.fail(where, f"has no {key}")
+    f.text(layer["name"], f"{where}.name", null=False)
+    f.integer(layer["depth"], f"{where}.depth", null=False)
+    f.metrics(layer["metrics"], f"{where}.metrics")
+    f.texts(layer.get("warnings"), f"{where}.warnings")
+    for key in ("raw_dim", "dim", "projection_seed"):
+        f.integer(layer.get(key), f"{where}.{key}")
+    f.label(layer.get("pool"), f"{where}.pool")
+    f.ids(layer.get("shape"), f"{where}.shape", of="dimensions")
+    return layer if "warnings" in layer and layer["warnings"] is not None else {**layer, "warnings": []}
 
 
 def layer_metrics(report: Report) -> dict:

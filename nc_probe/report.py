@@ -13,15 +13,21 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InputError, spell
-from .files import atomic_write_text, json_safe, read_json
+from .files import atomic_write_text, json_safe, open_regular, read_json
+from .json_checks import Fields
+from .report_checks import check_report
+from .text import quoted
 
 SCHEMA_VERSION = "1.1"
+REPORT_FIX = "write it with nc-probe analyze --json"
+SIDE_FIX = "write the report again with nc-probe analyze --json, which writes the side file beside it"
 INLINE_ROWS = 100  # matrices with more rows than this go to the side file
 MATRIX_KEYS = (("angles", "angle_min"), ("angles", "subspace_affinity"), ("per_class", "mean_cosine"),
                ("per_class", "spectrum"))
@@ -75,9 +81,12 @@ class Report:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
     @classmethod
-    def from_dict(cls, data: dict) -> Report:
+    def from_dict(cls, data: dict, *, path=None) -> Report:
+        """A report from its JSON data (this or an older 1.x schema), every value checked for its type first
+        (:func:`nc_probe.json_checks.check_report`): InputError names ``path``, the field and the fix."""
+        checked = check_report(data, path)
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in checked.items() if k in known})
 
     @classmethod
     def from_json(cls, text: str) -> Report:
@@ -85,17 +94,10 @@ class Report:
 
     @classmethod
     def load(cls, path) -> Report:
-        data = read_json(path, "report", fix="write it with nc-probe analyze --json")
-        if not isinstance(data, dict) or "schema_version" not in data or "metrics" not in data:
-            raise InputError("is JSON but not an nc-probe report", path=path,
-                             fix="write it with nc-probe analyze --json")
-        report = cls.from_dict(data)
-        side = Path(path).parent / report.matrices_file if report.matrices_file else None
-        if side is not None and side.is_file():
-            with np.load(side, allow_pickle=False) as z:
-                for section, key in MATRIX_KEYS:
-                    if key in z.files and getattr(report, section).get(key) is None:
-                        getattr(report, section)[key] = z[key]
+        """Read a report JSON (a regular file of at most 256 MiB) and the side file of its large matrices."""
+        report = cls.from_dict(read_json(path, "report", fix=REPORT_FIX), path=path)
+        if report.matrices_file is not None:
+            _read_side_file(report, path)
         return report
 
     def save(self, path) -> Path:
@@ -124,3 +126,45 @@ def _as_array(value) -> np.ndarray:
     for i, row in enumerate(value):
         out[i, :len(row)] = [np.nan if v is None else v for v in row]
     return out
+
+
+def _read_side_file(report: Report, path) -> None:
+    """Fill the report's absent matrices from its side file: a bare ``.npz`` name in the report's folder (checked by
+    :func:`check_report`), a regular file, no pickles, each array a float matrix of the shape its class ids give.
+    A side file that is not there leaves the matrices absent (the pair summaries stand in for them)."""
+    name = str(report.matrices_file)
+    f = Fields(path, SIDE_FIX)
+    handle = open_regular(Path(path).parent / name, "matrices (.npz)", SIDE_FIX, missing=None)
+    if handle is None:
+        return
+    with handle:
+        try:
+            with zipfile.ZipFile(handle) as archive:
+                for section, key in MATRIX_KEYS:
+                    if f"{key}.npy" in archive.namelist() and getattr(report, section).get(key) is None:
+                        getattr(report, section)[key] = _side_matrix(archive, report, section, key, f)
+        except InputError:
+            raise
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError) as e:
+            why = "holds pickled objects" if "pickle" in str(e) else "is not a readable .npz archive"
+            f.fail("matrices_file", f"{quoted(name)} {why}")
+
+
+def _side_matrix(archive: zipfile.ZipFile, report: Report, section: str, key: str, f: Fields) -> np.ndarray:
+    """One matrix of the side file, its header checked before its data is read: a float (or integer) array of
+    rows x rows (``spectrum``: rows x at most the feature dimension)."""
+    ids = (report.per_class.get("subspace_class_ids") if key == "spectrum"
+           else getattr(report, section).get("class_ids")) or []
+    with archive.open(f"{key}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read_header(member)
+    dim = report.inputs.get("dim")
+    wide = key == "spectrum" and len(shape) == 2 and (dim is None or shape[1] <= dim)
+    if dtype.kind not in "fiu" or len(shape) != 2 or shape[0] != len(ids) or not (wide or shape[1] == len(ids)):
+        f.fail(f"matrices_file {quoted(report.matrices_file)}",
+               f"holds {key} as a {dtype} array of shape {shape}, not a {len(ids)} x "
+               f"{'d' if key == 'spectrum' else len(ids)} matrix of numbers")
+    with archive.open(f"{key}.npy") as member:
+        return np.lib.format.read_array(member, allow_pickle=False)

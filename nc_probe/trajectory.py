@@ -6,8 +6,11 @@ Order: the epoch in a checkpoint's metadata (``"epoch"`` of its ``nc_probe`` dic
 paths, folders (their checkpoint files), globs (``runs/*/last.ckpt``) and shipped samples (``sample:ce_epoch*``).
 
 Resuming: with an output folder, each checkpoint's report is written to ``reports/<label>.json`` as soon as it is
-done, with a key made of the checkpoint's sha256 and every setting that changes a number; a later run with the same
-key reads the report back instead of analysing the checkpoint again.
+done, with a key made of the checkpoint's sha256, a fingerprint of the data's contents (:func:`data_fingerprint`)
+and every setting that changes a number; a later run with the same key reads the report back instead of analysing
+the checkpoint again, when the kept report is well formed and names the same checkpoint sha256. Anything else (another
+key, a malformed or unreadable file) is analysed again. Data without a fingerprint (``torchvision:``, a
+``module:function``, a Dataset) is analysed again every time: nothing says its contents did not change.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import fnmatch
 import glob
 import hashlib
 import json
+import math
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,15 +29,18 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import InputError
-from .files import file_sha256, json_safe
+from .files import file_sha256, json_safe, read_json
 from .report import Report
 from .settings import Settings, checkpoint_settings
+from .text import quoted
 
 TRAJECTORY_SCHEMA = "trajectory-1.0"
 EPOCH_IN_NAME = re.compile(r"(?:epoch|ep|step|iter|e)[_=\-]?(\d+)", re.IGNORECASE)
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".pt2", ".bin")
 # settings that do not change any number of a report (where and how fast it runs): left out of the resume key
 RUN_ONLY = {"device", "batch_size", "workers", "memory_budget", "chunk_rows", "spill_threshold", "amp_note"}
+MAX_EPOCH = 1e15  # an epoch (or step) beyond this, or not finite, is not one: the file name or the order decides
+HASHED_DATA_BYTES = 64 * 2**20  # data files up to this size are fingerprinted by their sha256, larger ones by stat
 
 
 @dataclass
@@ -52,6 +60,7 @@ class Point:
 class Trajectory:
     points: list[Point]
     settings: dict
+    notes: list[str] = field(default_factory=list)  # e.g. why kept reports were not reused
 
     @property
     def splits(self) -> list[str]:
@@ -72,7 +81,7 @@ class Trajectory:
                           "points": [{"label": p.label, "path": p.path, "epoch": p.epoch, "epoch_from": p.epoch_from,
                                       "reused": p.reused,
                                       "metrics": {s: r.metrics for s, r in p.reports.items()}}
-                                     for p in self.points]})
+                                     for p in self.points], "notes": self.notes})
 
     def save(self, path) -> Path:
         from .files import atomic_write_text
@@ -115,14 +124,26 @@ def expand_inputs(inputs: Sequence[str]) -> list[str]:
 
 
 def epoch_of(metadata: dict, path: str) -> tuple[float | None, str]:
-    """``(epoch, where it came from)``: the metadata's ``epoch``, else a number in the file name, else unknown."""
-    value = metadata.get("epoch")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value), "metadata"
+    """``(epoch, where it came from)``: the metadata's ``epoch``, else a number in the file name, else unknown. An
+    epoch that is not a finite number of at most :data:`MAX_EPOCH` (``10**400``, NaN) is not one."""
+    value = _epoch(metadata.get("epoch"))
+    if value is not None:
+        return value, "metadata"
     match = EPOCH_IN_NAME.findall(Path(str(path)).stem)
-    if match:
-        return float(match[-1]), "file name"
+    value = _epoch(int(match[-1][:20])) if match else None
+    if value is not None:
+        return value, "file name"
     return None, "order given"
+
+
+def _epoch(value) -> float | None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        f = float(value)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) and abs(f) <= MAX_EPOCH else None
 
 
 def label_of(path: str, taken: set[str]) -> str:
@@ -134,41 +155,98 @@ def label_of(path: str, taken: set[str]) -> str:
     return label
 
 
-def resume_key(sha256: str, settings: Settings, splits: Sequence[str]) -> str:
-    """The checkpoint's digest and every setting that changes a number, hashed."""
+def resume_key(sha256: str, settings: Settings, splits: Sequence[str], data: str | None = None) -> str:
+    """The checkpoint's digest, the data's fingerprint (:func:`data_fingerprint`) and every setting that changes a
+    number, hashed."""
     import dataclasses
 
     record = {group: {k: v for k, v in dataclasses.asdict(getattr(settings, group)).items() if k not in RUN_ONLY}
               for group in ("metrics", "data", "extraction", "model")}
-    text = json.dumps({"sha256": sha256, "settings": record, "splits": list(splits)}, sort_keys=True, default=str)
+    text = json.dumps({"sha256": sha256, "settings": record, "splits": list(splits), "data": data}, sort_keys=True,
+                      default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def data_fingerprint(spec) -> str | None:
+    """What the data's contents are, for the resume key: the sha256 of a data file (of the shipped digits for
+    ``sample:digits``) up to :data:`HASHED_DATA_BYTES`; the size and modification time of a larger file; the names,
+    sizes and modification times of a folder's files. None for data nc-probe cannot fingerprint (``torchvision:``,
+    ``module:function``, a Dataset), whose reports are then never reused."""
+    if not isinstance(spec, (str, os.PathLike)):
+        return None
+    text = str(spec)
+    if text.startswith("sample:"):
+        from .samples import DIGITS_PATH
+
+        return _file_fingerprint(DIGITS_PATH) if text == "sample:digits" else None
+    path = Path(text).expanduser()
+    try:
+        if path.is_dir():
+            return _folder_fingerprint(path)
+        return _file_fingerprint(path) if path.is_file() else None
+    except OSError:
+        return None
+
+
+def _file_fingerprint(path: Path) -> str | None:
+    try:
+        st = path.stat()
+        if st.st_size <= HASHED_DATA_BYTES:
+            return "sha256:" + file_sha256(path)
+    except OSError:
+        return None
+    return f"stat:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _folder_fingerprint(root: Path) -> str:
+    h = hashlib.sha256()
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            st = os.stat(os.path.join(folder, name))
+            rel = os.path.relpath(os.path.join(folder, name), root)
+            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    return "folder:" + h.hexdigest()
 
 
 def run_trajectory(inputs: Sequence[str], settings: Settings | None = None, *, splits: Sequence[str] | None = None,
                    reports_dir=None, progress: Callable[[int, int, str, bool], None] | None = None,
                    **shortcuts) -> Trajectory:
-    """Analyse every checkpoint of ``inputs`` (in the order given) and return them in epoch order (see the module
-    docstring). ``splits``: two splits
-    (e.g. ``["train", "test"]``) for train and test curves with the test-collapse measures; ``reports_dir``: where
-    each checkpoint's reports are kept for resuming; ``progress(i, n, label, reused)`` after each checkpoint."""
+    """Analyse every checkpoint of ``inputs`` and return them in epoch order (see the module docstring); those with
+    an epoch in their file names are analysed in that order, the others where they were given. ``splits``: two
+    splits (e.g. ``["train", "test"]``) for train and test curves with the test-collapse measures; ``reports_dir``:
+    where each checkpoint's reports are kept for resuming; ``progress(i, n, label, reused)`` after each
+    checkpoint."""
     from .pipeline import analyze_checkpoint, load
     from .splits import analyze_splits
 
     s = checkpoint_settings(settings, **shortcuts)
     paths = expand_inputs(inputs)
     taken: set[str] = set()
+    labels = [label_of(path, taken) for path in paths]  # in the order given, whatever the order of analysis
     folder = Path(reports_dir) if reports_dir is not None else None
-    points = []
-    for i, path in enumerate(paths):  # in the order given: the epochs are known only once each is loaded
+    fingerprints: dict[str, str | None] = {}
+    done: list[tuple[int, Point]] = []
+    notes: list[str] = []
+    for i, k in enumerate(_analysis_order(paths)):
+        path = paths[k]
         loaded = load(path, s.model)  # read safely once: its metadata gives the epoch, the analysis reuses it
         epoch, source = epoch_of(loaded.metadata, loaded.source)
-        p = Point(label_of(path, taken), str(path), epoch, source)
-        key = resume_key(file_sha256(loaded.source), s, splits or [])
+        p = Point(labels[k], str(path), epoch, source)
+        sha = file_sha256(loaded.source)
+        spec = s.data.data if s.data.data is not None else loaded.metadata.get("data")
+        if isinstance(spec, (str, os.PathLike)) and str(spec) not in fingerprints:
+            fingerprints[str(spec)] = data_fingerprint(spec)
+        fingerprint = fingerprints.get(str(spec)) if isinstance(spec, (str, os.PathLike)) else None
+        key = resume_key(sha, s, splits or [], fingerprint) if fingerprint is not None else None
         saved = folder / f"{p.label}.json" if folder is not None else None
-        if saved is not None and saved.is_file():
-            p.reports, p.reused = _reuse(saved, key), True
+        if saved is not None and key is not None:
+            p.reports = _reuse(saved, key, sha, splits or [])
+            p.reused = bool(p.reports)
+        elif saved is not None and not notes:
+            notes.append(f"kept reports are not reused: nc-probe cannot tell whether the data {quoted(str(spec))} "
+                         "changed (only data files, folders and sample:digits have a fingerprint)")
         if not p.reports:
-            p.reused = False
             if splits:
                 p.reports = dict(analyze_splits(loaded, s, splits=splits).reports)
             else:
@@ -177,26 +255,52 @@ def run_trajectory(inputs: Sequence[str], settings: Settings | None = None, *, s
             if saved is not None:
                 _keep(saved, key, p.reports)
         del loaded  # one model at a time
-        points.append(p)
+        done.append((k, p))
         if progress is not None:
             progress(i + 1, len(paths), p.label, p.reused)
-    if all(p.epoch is not None for p in points):
-        points.sort(key=lambda p: p.epoch or 0.0)  # stable: equal epochs keep the order given
-    return Trajectory(points, {"eps2": s.metrics.eps2, "splits": list(splits or []), "data": s.data.data})
+    if all(p.epoch is not None for _, p in done):  # equal epochs keep the order given
+        done.sort(key=lambda kp: (kp[1].epoch or 0.0, kp[0]))
+    else:
+        done.sort(key=lambda kp: kp[0])
+    return Trajectory([p for _, p in done], {"eps2": s.metrics.eps2, "splits": list(splits or []),
+                                             "data": s.data.data}, notes)
 
 
-def _reuse(path: Path, key: str) -> dict[str, Report]:
-    """The reports saved at ``path`` when they were made with ``key``, else nothing."""
+def _analysis_order(paths: list[str]) -> list[int]:
+    """Indices of ``paths`` in the order to analyse them: those with an epoch in their file names sorted by it (in
+    the places such paths were given), the others where they were given; so progress goes epoch1, epoch20,
+    epoch100, not in the order of the names."""
+    named = [epoch_of({}, path)[0] for path in paths]
+    slots = [k for k, e in enumerate(named) if e is not None]
+    order = list(range(len(paths)))
+    for slot, k in zip(slots, sorted(slots, key=lambda k: (named[k], k))):
+        order[slot] = k
+    return order
+
+
+def _reuse(path: Path, key: str, sha256: str, splits: Sequence[str]) -> dict[str, Report]:
+    """The reports kept at ``path`` when they were made with ``key``, hold one report per split asked for and name
+    the checkpoint of ``sha256``; else nothing (the checkpoint is analysed again): a missing, unreadable or
+    malformed file never stops the run."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = read_json(path, "kept report", fix="")
+        if not isinstance(data, dict) or data.get("resume_key") != key:
+            return {}
+        kept = data.get("reports")
+        if not isinstance(kept, dict) or not all(isinstance(r, dict) for r in kept.values()):
+            return {}
+        reports = {split: Report.from_dict(r, path=path) for split, r in kept.items()}
+    except InputError:
         return {}
-    if not isinstance(data, dict) or data.get("resume_key") != key:
+    if (set(reports) != set(splits)) if splits else [str(r.inputs.get("split") or "data") for r in
+                                                       reports.values()] != list(reports):
         return {}
-    return {split: Report.from_dict(r) for split, r in data.get("reports", {}).items()}
+    if any(r.inputs.get("sha256") != sha256 for r in reports.values()):
+        return {}
+    return reports
 
 
-def _keep(path: Path, key: str, reports: dict[str, Report]) -> None:
+def _keep(path: Path, key: str | None, reports: dict[str, Report]) -> None:
     from .files import atomic_write_text
 
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,9 @@ def test_series_ordered_by_metadata_epoch_and_reports_equal_analyze():
     traj = run_trajectory(series, device="cpu", progress=lambda i, n, label, reused: calls.append((i, n, label)))
     assert [p.epoch for p in traj.points] == EPOCHS and {p.epoch_from for p in traj.points} == {"metadata"}
     assert [c[0] for c in calls] == [1, 2, 3, 4, 5, 6] and calls[-1][1] == 6
+    # analysed in the order of the epochs in their names (not epoch100 before epoch20); sample:ce has none and
+    # keeps its place
+    assert [c[2] for c in calls] == ["ce", "ce_epoch1", "ce_epoch5", "ce_epoch20", "ce_epoch100", "ce_epoch300"]
     direct = nc_probe.analyze_checkpoint("sample:ce_epoch20", device="cpu")
     got = traj.points[2].reports["train"]
     for key, value in direct.metrics.items():
@@ -52,6 +55,14 @@ def test_epoch_from_the_file_name_then_the_order_given(tmp_path):
     assert epoch_of({}, str(c)) == (None, "order given")
     traj = run_trajectory([str(a), str(c)], device="cpu")
     assert [p.label for p in traj.points] == ["run_epoch_12", "last"]  # an unknown epoch keeps the given order
+
+
+@pytest.mark.parametrize("value", [10**400, -10**400, float("inf"), float("nan"), 1e300, True, "12", [3], None])
+def test_an_absurd_epoch_in_metadata_falls_back_to_the_file_name(value):
+    assert epoch_of({"epoch": value}, "runs/epoch_12.pt") == (12.0, "file name")
+    assert epoch_of({"epoch": value}, "runs/last.pt") == (None, "order given")
+    assert epoch_of({}, "runs/epoch_" + "9" * 400 + ".pt") == (None, "order given")
+    assert epoch_of({"epoch": 7}, "runs/epoch_12.pt") == (7.0, "metadata")
 
 
 def test_inputs_from_folders_globs_and_sample_patterns(tmp_path):
