@@ -23,7 +23,7 @@ from .files import file_sha256
 from .layer_report import LayerReport
 from .pipeline import batches_of, load, open_source
 from .settings import Settings, checkpoint_settings
-from .taps.layers import LayerTaps
+from .taps.layers import LayerTaps, require_eager
 from .taps.select import DEFAULT_LAYERS, PENULTIMATE, select_layers
 
 __all__ = ["analyze_layers"]
@@ -41,6 +41,7 @@ def analyze_layers(path, settings: Settings | None = None, *, progress: bool = F
     s = s.with_(linear_probe=True)
     t0 = time.perf_counter()
     loaded = load(path, s.model)
+    require_eager(loaded.model, loaded.source)  # before anything reads the model's modules or opens the data
     t_load = time.perf_counter() - t0
     with ThreadPoolExecutor(1) as pool:
         sha = pool.submit(file_sha256, loaded.source) if os.path.isfile(loaded.source) else None

@@ -33,14 +33,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import trust as trust_rules
-from .architectures import build_model, resolve_arch
+from .architectures import BuildBudget, FactoryError, arch_factory, construct, resolve_arch
+from .architectures import build_model as build_model  # re-exported: nc_probe.loading.build_model
 from .errors import InputError
 from .pickle_scan import is_pickle
 from .safe_load import is_legacy_torch, is_placeholder, pickled_error, torch_load
 from .settings import ModelSettings
 from .state_dicts import match_state_dict
 from .store import holds_features
-from .text import first_line
+from .text import first_line, quoted
 
 #: Keys under which training scripts nest the state_dict, in the order they are tried.
 NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "network", "state_dict_ema")
@@ -87,7 +88,8 @@ def sniff(path) -> str:
             return "npz"
         if any("/code/" in n or n.endswith("constants.pkl") for n in names):
             return "torchscript"
-        if any(n.endswith(("archive_format", "models/model.json")) or "/models/" in n for n in names):
+        if any(n.endswith(("archive_format", "models/model.json", "serialized_exported_program.json"))
+               or "/models/" in n for n in names):
             return "export"
         return "torch"
     if len(head) >= 9 and head[8:9] == b"{":
@@ -135,7 +137,7 @@ def _safetensors_names(path: str) -> set | None:
         with open(path, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
             header = json.loads(f.read(n))
-    except (struct.error, UnicodeDecodeError, json.JSONDecodeError, MemoryError, OSError):
+    except (struct.error, ValueError, RecursionError, MemoryError, OSError):  # ValueError: bad JSON, huge integers
         return None
     return set(header) - {"__metadata__"} if isinstance(header, dict) else None
 
@@ -163,14 +165,14 @@ def load_model(path, settings: ModelSettings | None = None, **shortcuts) -> Load
     if os.path.getsize(path) == 0:
         raise InputError("file is empty", path=path, fix="save the checkpoint again")
     kind = sniff(path)
-    if kind == "torchscript":
-        return _load_torchscript(path)
-    if kind == "export":
-        return _load_export(path)
+    if kind in PROGRAMS:  # decided from the bytes, before torch.jit.load or torch.export.load sees the file
+        if not s.trust_checkpoint:
+            raise program_error(path, kind)
+        return _load_torchscript(path) if kind == "torchscript" else _load_export(path)
     if kind == "safetensors":
-        state, raw = _load_safetensors(path)
+        state, raw, notes = _load_safetensors(path)
         meta, dropped = trust_rules.clean_metadata(raw)
-        return _from_state_dict(state, meta, path, "safetensors", s, _dropped_note(dropped))
+        return _from_state_dict(state, meta, path, "safetensors", s, notes + _dropped_note(dropped))
     if kind == "npz":
         raise InputError("is a numpy .npz archive, not a model checkpoint", path=path,
                          fix="analyze it as a feature file (arrays H/features and y/labels) or pass a checkpoint")
@@ -235,43 +237,97 @@ def _find_state_dict(obj: dict, path: str):
     tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if len(tensors) >= 2:
         return tensors
-    keys = [str(k) for k in obj][:8]
+    keys = [quoted(k, 40) for k in list(obj)[:8]]
     raise InputError(f"found no state_dict in the checkpoint (top-level keys: {', '.join(keys)})", path=path,
                      fix="save model.state_dict(), bare or under 'state_dict'")
 
 
 # ---------------------------------------------------------------------------------------------- other formats
+#: Formats that carry code: refused unless the user trusts the file (see docs/security.md).
+PROGRAMS = {
+    "torchscript": "a TorchScript archive: loading it runs code the archive carries (its __setstate__ methods), and "
+                   "its forward is arbitrary code",
+    "export": "a torch.export program: loading it can unpickle Python objects stored in it (weights marked "
+              "use_pickle, sample inputs), and its graph runs as code",
+}
+PROGRAM_FIX = ("re-save a state_dict with torch.save(model.state_dict(), path) and pass {arch}, or pass "
+               "{trust_checkpoint=True} if you trust its source")
+
+
+def program_error(path: str, kind: str) -> InputError:
+    """The refusal of a TorchScript archive or torch.export program the user does not trust."""
+    return InputError(f"is {PROGRAMS[kind]}; nc-probe does not run it without your consent", path=path,
+                      fix=PROGRAM_FIX)
+
+
+def _json_object(text) -> dict | None:
+    """A JSON object from a file's metadata string; None when it is not one (bad JSON, too deep, a number too long
+    to convert, or another type)."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError, TypeError):  # ValueError covers JSONDecodeError and the int digit limit
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _safetensors_metadata(path: str) -> dict:
+    """The ``__metadata__`` of a safetensors header, checked as the format defines it (strings to strings) before
+    the safetensors library reads the file, so that a wrong type is named rather than reported as damage."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))  # sniff bounded n
+    except (struct.error, ValueError, RecursionError, MemoryError) as e:
+        raise InputError(f"has a safetensors header that is not valid JSON ({type(e).__name__})", path=path,
+                         fix="write it again with safetensors.torch.save_file") from None
+    if not isinstance(header, dict):
+        raise InputError("has a safetensors header that is not a JSON object", path=path,
+                         fix="write it again with safetensors.torch.save_file")
+    meta = header.get("__metadata__")
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise InputError("has a safetensors __metadata__ that is not a map of strings to strings (the only kind the "
+                         "format allows)", path=path,
+                         fix="write each metadata value as a string (json.dumps for structured values) with "
+                             "safetensors.torch.save_file")
+    return meta
+
+
 def _load_safetensors(path: str):
+    """``(state, nc_probe metadata, notes)`` of a safetensors weights file."""
     try:
         from safetensors import safe_open
     except ImportError:
         raise InputError("reading safetensors weights needs the safetensors package", path=path,
                          fix="pip install safetensors") from None
+    meta = _safetensors_metadata(path)
     try:
         state = {}
         with safe_open(path, framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
             for k in f.keys():
                 state[k] = f.get_tensor(k)
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for damaged files
-        raise InputError(f"is truncated or not a valid safetensors file ({first_line(e, 120)})",
+        raise InputError(f"is truncated or not a valid safetensors file ({quoted(first_line(e, 120), 140)})",
                          path=path, fix="write it again with safetensors.torch.save_file") from None
     names = set(state)
     if holds_features(names):
         raise InputError("is a feature file (features and labels), not model weights", path=path,
                          fix="analyze it directly, without model options")
-    nc = {}
+    nc: dict = {}
+    notes = []
     if "nc_probe" in meta:
-        try:
-            nc = json.loads(meta["nc_probe"])
-        except json.JSONDecodeError:
-            nc = {}
+        found = _json_object(meta["nc_probe"])
+        if found is None:
+            notes.append("ignored the file's nc_probe metadata: it is not a JSON object")
+        nc = found or {}
     elif "arch" in meta:
         nc = {"arch": meta["arch"]}
-    return state, nc if isinstance(nc, dict) else {}
+    return state, nc, notes
 
 
 def _load_torchscript(path: str) -> LoadedModel:
+    """A TorchScript archive, which runs its own code: only for a file the user trusts."""
     import torch
 
     extra = {"nc_probe.json": ""}
@@ -280,41 +336,67 @@ def _load_torchscript(path: str) -> LoadedModel:
             warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated, not its archives
             model = torch.jit.load(path, map_location="cpu", _extra_files=extra)
     except Exception as e:  # noqa: BLE001 - the TorchScript loader raises RuntimeError with long C++ messages
-        raise InputError(f"is a damaged TorchScript archive ({first_line(e, 120)})", path=path,
+        raise InputError(f"could not be loaded as a TorchScript archive ({quoted(first_line(e, 120), 140)})", path=path,
                          fix="save it again with torch.jit.save") from None
-    meta = {}
+    notes = ["loaded a TorchScript archive, trusted (trust_checkpoint): its code runs"]
+    meta: dict = {}
     if extra["nc_probe.json"]:
-        try:
-            meta = json.loads(extra["nc_probe.json"])
-        except (json.JSONDecodeError, TypeError):
-            meta = {}
+        found = _json_object(extra["nc_probe.json"])
+        if found is None:
+            notes.append("ignored the archive's nc_probe.json: it is not a JSON object")
+        meta = found or {}
     meta, dropped = trust_rules.clean_metadata(meta)
-    return LoadedModel(model.eval(), "torchscript", path, metadata=meta, notes=_dropped_note(dropped))
+    return LoadedModel(model.eval(), "torchscript", path, metadata=meta, notes=notes + _dropped_note(dropped))
 
 
 def _dropped_note(dropped: list[str]) -> list[str]:
-    return [f"ignored metadata of an unexpected type: {', '.join(dropped)}"] if dropped else []
+    return [f"ignored metadata of an unexpected type: {', '.join(quoted(k) for k in dropped)}"] if dropped else []
 
 
 def _load_export(path: str) -> LoadedModel:
+    """A torch.export program, which may unpickle objects and runs its graph: only for a file the user trusts."""
     import torch
 
     try:
         program = torch.export.load(path)
     except Exception as e:  # noqa: BLE001 - many failure types (format version, damaged zip, AOTInductor package)
-        raise InputError(f"is not a loadable torch.export program ({first_line(e, 120)})",
+        raise InputError(f"is not a loadable torch.export program ({quoted(first_line(e, 120), 140)})",
                          path=path, fix="save it with torch.export.save (AOTInductor packages are not supported)") \
             from None
-    return LoadedModel(program, "export", path)
+    return LoadedModel(program, "export", path, notes=["loaded a torch.export program, trusted (trust_checkpoint): "
+                                                       "its code runs"])
 
 
 # ---------------------------------------------------------------------------------------------- state dicts
 def _from_state_dict(state, meta, path, fmt, s: ModelSettings, notes) -> LoadedModel:
+    """Build the architecture and load ``state`` into it.
+
+    The model is first built on the meta device (shapes, no memory) and matched to the checkpoint's names and
+    shapes; only a model that fits is built on the CPU. Unless the file is trusted, both builds run under a
+    :class:`~nc_probe.architectures.BuildBudget` relative to the checkpoint's tensors, and a model whose parameters
+    and buffers exceed it is refused: keyword arguments read from a file cannot exhaust memory. A factory that
+    cannot build on the meta device (it reads values of tensors it made) is built on the CPU under the budget.
+    """
     choice = resolve_arch(s.arch, dict(s.arch_kwargs or {}) or None, meta, path, s.trust_checkpoint)
     arch_name, arch_kwargs = choice.arch, choice.kwargs
-    model = build_model(arch_name, arch_kwargs, path=path, consented=choice.consented)
+    factory = arch_factory(arch_name, path=path, consented=choice.consented)
+
+    def budget():
+        return None if s.trust_checkpoint else BuildBudget.for_state(state)
+
+    first = budget()
+    try:
+        model = construct(factory, arch_name, arch_kwargs, path=path, device="meta", budget=first)
+        on_meta = True
+    except FactoryError:  # a factory that reads values of the tensors it made: build for real, under a budget
+        model, on_meta = construct(factory, arch_name, arch_kwargs, path=path, budget=budget()), False
     state, more = match_state_dict(state, model.state_dict(), path=path, strip_prefix=s.strip_prefix,
-                                   arch=arch_name)
+                                   arch=quoted(arch_name))
+    if first is not None:
+        first.check_model(model, arch_name, path)
+    if on_meta:
+        model = construct(factory, arch_name, arch_kwargs, path=path, budget=budget())
+        state, _ = match_state_dict(state, model.state_dict(), path=path, arch=quoted(arch_name))
     model.load_state_dict(state, strict=False)
     return LoadedModel(model.eval(), fmt, path, arch=arch_name, arch_kwargs=arch_kwargs, metadata=meta,
                        notes=notes + more)

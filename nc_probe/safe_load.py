@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import InputError
 from .pickle_scan import is_pickle, pickle_globals
-from .text import few, first_line
+from .text import few, first_line, quoted
 
 
 class _Placeholder:
@@ -64,7 +64,8 @@ def torch_load(path: str, trust: bool) -> tuple[Any, list[str]]:
                     return pickle.load(f), ["loaded a raw pickle, trusted (trust_checkpoint)"]
             return torch.load(path, map_location="cpu", weights_only=False), ["loaded with trust_checkpoint"]
         except (ModuleNotFoundError, AttributeError) as e:
-            raise InputError(f"the pickled objects need code that cannot be imported ({first_line(e)})", path=path,
+            raise InputError("the pickled objects need code that cannot be imported "
+                             f"({quoted(first_line(e), 120)})", path=path,
                              fix="run nc-probe where that code is importable (e.g. add it to PYTHONPATH)") from None
         except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError, ValueError) as e:
             raise _corrupt(path, e) from None
@@ -93,7 +94,7 @@ def torch_load(path: str, trust: bool) -> tuple[Any, list[str]]:
         raise pickled_error(path, names) from None
     if is_placeholder(obj):
         raise pickled_error(path, names)
-    return obj, [f"ignored pickled objects the analysis does not need ({few(names, 3)})"]
+    return obj, [f"ignored pickled objects the analysis does not need ({few(map(quoted, names[:4]), 3)})"]
 
 
 def is_legacy_torch(path: str) -> bool:
@@ -116,13 +117,13 @@ _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER, the 
 
 
 def _corrupt(path: str, error) -> InputError:
-    return InputError(f"is truncated or corrupt: torch.load failed ({first_line(error, 120)})", path=path,
+    return InputError(f"is truncated or corrupt: torch.load failed ({quoted(first_line(error, 120), 140)})", path=path,
                       fix="save or download the checkpoint again")
 
 
 def pickled_error(path: str, names, raw: bool = False) -> InputError:
     classes = [n for n in names if "torch.nn.modules" in n or n.rsplit(".", 1)[-1][:1].isupper()]
-    shown = few(classes or list(names), 4)
+    shown = few(map(quoted, (classes or list(names))[:5]), 4)
     what = "a raw Python pickle (not a torch.save file)" if raw else "a pickled Python object"
     imports = f" (it imports {shown})" if shown else ""
     return InputError(f"holds {what} that would run arbitrary code when loaded{imports}; nc-probe refuses it",

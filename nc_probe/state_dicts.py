@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .errors import InputError
-from .text import few
+from .text import few, quoted
 
 #: Prefixes added by wrappers that are always removed: DistributedDataParallel/DataParallel and torch.compile.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -38,9 +38,9 @@ def match_state_dict(state: dict, expected: dict, *, path=None, strip_prefix=Non
     if strip_prefix:
         kept = {k[len(strip_prefix):]: v for k, v in state.items() if k.startswith(strip_prefix)}
         if not kept:
-            raise InputError(f"no key starts with {{strip_prefix}} {strip_prefix!r} (keys look like "
-                             f"{few(list(state), 3)})", path=path, fix="check the prefix, including its dot")
-        notes.append(f"kept the {len(kept)} keys under {strip_prefix!r} and removed that prefix")
+            raise InputError(f"no key starts with {{strip_prefix}} {quoted(strip_prefix)} (keys look like "
+                             f"{_keys(state, 3)})", path=path, fix="check the prefix, including its dot")
+        notes.append(f"kept the {len(kept)} keys under {quoted(strip_prefix)} and removed that prefix")
         state = kept
     want = set(expected)
     renamed = strip_wrapper_prefixes(state)
@@ -52,15 +52,15 @@ def match_state_dict(state: dict, expected: dict, *, path=None, strip_prefix=Non
         prefix = _covering_prefix(state, want)
         if prefix:
             state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            notes.append(f"used the keys under {prefix!r} (e.g. a Lightning module's attribute)")
+            notes.append(f"used the keys under {quoted(prefix)} (e.g. a Lightning module's attribute)")
     missing = [k for k in expected if k not in state and not k.endswith(IGNORABLE_MISSING)]
     unexpected = [k for k in state if k not in want]
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"{len(missing)} missing ({few(missing, 3)})")
+            parts.append(f"{len(missing)} missing ({_keys(missing, 3)})")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected ({few(unexpected, 3)})")
+            parts.append(f"{len(unexpected)} unexpected ({_keys(unexpected, 3)})")
         fix = "check {arch} and {arch_kwargs}, or pass {strip_prefix} with a wrapper's key prefix"
         raise InputError(f"state_dict keys do not match {arch or 'the architecture'}: " + "; ".join(parts),
                          path=path, fix=fix)
@@ -70,10 +70,15 @@ def match_state_dict(state: dict, expected: dict, *, path=None, strip_prefix=Non
             if len(v.shape) >= 1 and len(state[k].shape) == len(v.shape) and state[k].shape[1:] == v.shape[1:] \
                     and k.endswith(("weight", "bias")):
                 fix = f"""build the model with the checkpoint's size, e.g. {{arch_kwargs}} '{{"num_classes": """ \
-                      f"""{state[k].shape[0]}}}' if {k} is the classifier"""
-            raise InputError(f"shape mismatch for {k}: checkpoint {tuple(state[k].shape)}, {arch or 'model'} "
+                      f"""{state[k].shape[0]}}}' if {quoted(k)} is the classifier"""
+            raise InputError(f"shape mismatch for {quoted(k)}: checkpoint {tuple(state[k].shape)}, {arch or 'model'} "
                              f"{tuple(v.shape)}", path=path, fix=fix)
     return state, notes
+
+
+def _keys(keys, n: int) -> str:
+    """A few state_dict keys, quoted: they are text from the file."""
+    return few([quoted(k) for k in list(keys)[:n + 1]], n)
 
 
 def _covering_prefix(state: dict, want: set) -> str | None:

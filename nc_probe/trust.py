@@ -24,6 +24,7 @@ import os
 import re
 
 from .errors import InputError
+from .text import quoted
 
 #: The factories of the shipped samples, the only import paths a file may name by itself.
 SAMPLE_FACTORIES = ("nc_probe.samples:digits_net", "nc_probe.samples:digits_deep_net")
@@ -36,6 +37,11 @@ FETCHING_KWARGS = ("weights", "pretrained", "weights_backbone", "pretrained_back
                    "pretrained_cfg_overlay", "checkpoint_path", "cache_dir", "pretrained_strict")
 
 CONSENT = "code named by a file is not run without your consent"
+#: How much of a name a refusal shows: enough for a path, which the user may want to type as consent.
+NAME_LIMIT = 200
+#: The fixes of those refusals. The file's own words are never part of nc-probe's advice: the message quotes them.
+CONFIRM_ARCH = "if you trust that code, type the same name as {arch}, or pass {trust_checkpoint=True}"
+CONFIRM_DATA = "if you trust that code, type the same spec as {data}, or pass {trust_checkpoint=True}"
 
 
 def registry_arch(arch: str) -> tuple[str, str] | None:
@@ -54,14 +60,17 @@ def is_allowlisted_arch(arch) -> bool:
 def check_file_arch(arch, kwargs, *, path) -> None:
     """Refuse an architecture (and its keyword arguments) read from the file ``path`` unless allowlisted."""
     if not isinstance(arch, str):
-        raise InputError(f"names its architecture as {arch!r}, not a string", path=path, fix="pass {arch}")
+        raise InputError(f"names its architecture as a {type(arch).__name__}, not a string", path=path,
+                         fix="pass {arch}")
     if not is_allowlisted_arch(arch):
-        raise InputError(f"names its architecture {arch}, which nc-probe would import and call; {CONSENT}",
-                         path=path, fix=f"pass {{arch={arch}}} to confirm (or {{trust_checkpoint=True}})")
+        raise InputError(f"names its architecture {quoted(arch, NAME_LIMIT)}, which nc-probe would import and call; "
+                         f"{CONSENT}",
+                         path=path, fix=CONFIRM_ARCH)
     bad = [k for k, v in (kwargs or {}).items() if not isinstance(k, str) or not _plain(v)]
     if bad:
-        raise InputError(f"gives {arch} keyword arguments that are not plain values ({', '.join(map(str, bad))})",
-                         path=path, fix="pass {arch_kwargs} yourself (or {trust_checkpoint=True})")
+        raise InputError(f"gives {quoted(arch)} keyword arguments that are not plain values "
+                         f"({', '.join(quoted(k) for k in bad[:5])})", path=path,
+                         fix="pass {arch_kwargs} yourself (or {trust_checkpoint=True})")
 
 
 def _plain(value, depth: int = 0) -> bool:
@@ -104,9 +113,10 @@ def check_file_data(spec, *, path) -> None:
     if not isinstance(spec, str):
         raise InputError(f"names its data as a {type(spec).__name__}, not a data spec", path=path,
                          fix="pass {data}")
-    raise InputError(f"names its data as {spec}, which is not shipped sample data, a torchvision dataset or an "
-                     f"existing data file; nc-probe would have to import or call it, and {CONSENT}", path=path,
-                     fix=f"pass {{data={spec}}} to confirm (or {{trust_checkpoint=True}})")
+    raise InputError(f"names its data as {quoted(spec, NAME_LIMIT)}, which is not shipped sample data, a torchvision "
+                     f"dataset or an existing data file; nc-probe would have to import or call it, and {CONSENT}",
+                     path=path,
+                     fix=CONFIRM_DATA)
 
 
 def _ints(value, count: int, top: int) -> bool:
@@ -114,9 +124,18 @@ def _ints(value, count: int, top: int) -> bool:
         isinstance(v, int) and not isinstance(v, bool) and 0 < v <= top for v in value)
 
 
+def _number(value, bound: float) -> bool:
+    """A finite int or float within ``[-bound, bound]`` (NaN fails the comparison; a huge int compares exactly)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and -bound <= value <= bound
+
+
 def _numbers(value, count: int) -> bool:
-    return isinstance(value, (list, tuple)) and 0 < len(value) <= count and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    return isinstance(value, (list, tuple)) and 0 < len(value) <= count and all(_number(v, 1e6) for v in value)
+
+
+def _class_names(value) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) <= 1 << 20 and all(
+        isinstance(c, str) or (isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 1 << 62) for c in value)
 
 
 #: Metadata values nc-probe uses, with the type each must have; a value of another type is dropped (a 10^12-element
@@ -126,11 +145,12 @@ METADATA_CHECKS = {
     "arch_kwargs": lambda v: isinstance(v, dict),
     "data": lambda v: isinstance(v, str),
     "split": lambda v: isinstance(v, str),
-    "class_names": lambda v: isinstance(v, (list, tuple)) and all(isinstance(c, (str, int)) for c in v),
+    "class_names": _class_names,
     "image_size": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 8192,
     "mean": lambda v: _numbers(v, 4),
     "std": lambda v: _numbers(v, 4),
     "input_shape": lambda v: _ints(v, 4, 8192) and math.prod(v) <= 1 << 26,
+    "epoch": lambda v: _number(v, 1e12),  # a trajectory's x axis: 10**400 has no float
 }
 
 

@@ -230,9 +230,9 @@ def test_every_format_analyzes(tmp_path, blobs, kind):
     save_file(state, str(tmp_path / "w.safetensors"))
     files["safetensors"] = (tmp_path / "w.safetensors", {"arch": arch})
     torch.jit.save(torch.jit.script(model), str(tmp_path / "ts.pt"))
-    files["torchscript"] = (tmp_path / "ts.pt", {})
+    files["torchscript"] = (tmp_path / "ts.pt", {"trust_checkpoint": True})  # programs are code
     torch.export.save(torch.export.export(model, (x[:5],)), str(tmp_path / "m.pt2"))  # fixed batch of 5
-    files["export"] = (tmp_path / "m.pt2", {})
+    files["export"] = (tmp_path / "m.pt2", {"trust_checkpoint": True})
     torch.save(model, tmp_path / "full.pt")
     files["pickled"] = (tmp_path / "full.pt", {"trust_checkpoint": True})
     for name, (path, kwargs) in files.items():
@@ -349,10 +349,10 @@ def test_inspect_rows(saved, tmp_path, blobs):
     assert rows[0]["params"] == sum(p.numel() for p in model.parameters()) and rows[0]["output_shape"] == [4]
     assert [r["name"] for r in rows if r["default_tap"]] == ["4"] and rows[3]["output_shape"] == [5]
     torch.jit.save(torch.jit.script(model), str(tmp_path / "ts.pt"))
-    rows = inspect_checkpoint(tmp_path / "ts.pt", input_shape=(6,))
+    rows = inspect_checkpoint(tmp_path / "ts.pt", input_shape=(6,), trust_checkpoint=True)
     assert [r["name"] for r in rows if r["default_tap"]] == ["4"] and rows[0]["output_shape"] == [4]
     torch.export.save(torch.export.export(model, (x[:5],)), str(tmp_path / "m.pt2"))
-    rows = inspect_checkpoint(tmp_path / "m.pt2")
+    rows = inspect_checkpoint(tmp_path / "m.pt2", trust_checkpoint=True)
     by = {r["name"]: r for r in rows}
     assert by["4"]["default_tap"] and by["2"]["output_shape"] == [5] and by["2"]["type"] == "Linear"
     assert by[""]["params"] == rows[0]["params"] == sum(p.numel() for p in model.parameters())

@@ -140,7 +140,8 @@ def test_metadata_arch_outside_safe_namespaces_needs_consent(tmp_path, models):
     torch.save({"state_dict": m.state_dict(), "nc_probe": {"arch": f"{path_py}:mlp"}}, f)
     with pytest.raises(InputError) as err:
         load_model(f)
-    assert "arch=" in _one_line(err, f)
+    text = _one_line(err, f)
+    assert f"'{path_py}:mlp'" in text and "same name as arch" in text and "trust_checkpoint=True" in text
     assert _same_outputs(m, load_model(f, arch=f"{path_py}:mlp").model, torch.randn(2, 8))
     assert _same_outputs(m, load_model(f, trust_checkpoint=True).model, torch.randn(2, 8))
 
@@ -174,7 +175,7 @@ def test_safetensors_weights(tmp_path, models):
 
 
 # ------------------------------------------------------------------------------------------ programs
-def test_torchscript_needs_no_arch(tmp_path, models):
+def test_torchscript_is_code_trusted_it_needs_no_arch(tmp_path, models):
     _, nets = models
     m = nets.conv().eval()
     x = torch.randn(2, 3, 8, 8)
@@ -182,19 +183,25 @@ def test_torchscript_needs_no_arch(tmp_path, models):
         f = tmp_path / f"{kind}.pt"
         torch.jit.save(scripted, str(f), _extra_files={"nc_probe.json": '{"data": "sample:digits"}'})
         assert sniff(f) == "torchscript" and is_checkpoint(f)
-        loaded = load_model(f)
+        with pytest.raises(InputError) as err:
+            load_model(f)
+        assert "TorchScript archive" in _one_line(err, f) and "trust_checkpoint=True" in str(err.value)
+        loaded = load_model(f, trust_checkpoint=True)
         assert loaded.format == "torchscript" and loaded.metadata == {"data": "sample:digits"}
         assert _same_outputs(m, loaded.model, x)
 
 
-def test_export_program_needs_no_arch(tmp_path, models):
+def test_export_program_is_code_trusted_it_needs_no_arch(tmp_path, models):
     _, nets = models
     m = nets.mlp().eval()
     x = torch.randn(4, 8)
     f = tmp_path / "m.pt2"
     torch.export.save(torch.export.export(m, (x,)), str(f))
     assert sniff(f) == "export" and is_checkpoint(f)
-    loaded = load_model(f)
+    with pytest.raises(InputError) as err:
+        load_model(f)
+    assert "torch.export program" in _one_line(err, f) and "trust_checkpoint=True" in str(err.value)
+    loaded = load_model(f, trust_checkpoint=True)
     assert loaded.format == "export"
     assert torch.allclose(loaded.model.module()(x), m(x), atol=1e-6)
 
@@ -233,7 +240,7 @@ def test_fake_torchvision_and_missing_timm(tmp_path, monkeypatch, models):
     f = tmp_path / "tv.pt"
     torch.save({"arch": "resnet18", "state_dict": m.state_dict()}, f)  # the PyTorch ImageNet example's layout
     loaded = load_model(f, arch_kwargs={"num_classes": 5, "pretrained": True})
-    assert calls == [("resnet18", None, {"num_classes": 5})]
+    assert calls == [("resnet18", None, {"num_classes": 5})] * 2  # on the meta device, then for real
     assert _same_outputs(m, loaded.model, torch.randn(2, 8))
     monkeypatch.setitem(sys.modules, "timm", None)
     with pytest.raises(InputError) as err:
@@ -258,7 +265,7 @@ def test_class_count_mismatch_suggests_num_classes(tmp_path, models):
     with pytest.raises(InputError) as err:
         load_model(f, arch=f"{path_py}:mlp")
     text = _one_line(err, f)
-    assert "shape mismatch for 4.weight" in text and '"num_classes": 10' in text
+    assert "shape mismatch for '4.weight'" in text and '"num_classes": 10' in text
     assert load_model(f, arch=f"{path_py}:mlp", arch_kwargs='{"num_classes": 10}').model[4].out_features == 10
 
 
@@ -311,7 +318,7 @@ def test_damaged_files_name_the_file(tmp_path, models):
     torch.jit.save(torch.jit.script(nets.mlp()), str(ts))
     ts.write_bytes(ts.read_bytes()[:-300])
     with pytest.raises(InputError) as err:
-        load_model(ts)
+        load_model(ts, trust_checkpoint=True)
     _one_line(err, ts)
     with pytest.raises(InputError, match="no such file"):
         load_model(tmp_path / "missing.pt")

@@ -46,6 +46,14 @@ class LayerInfo:
                 "dim": self.dim, "projection_seed": self.projection_seed}
 
 
+def require_eager(model, path=None) -> None:
+    """Layer taps hook modules: refuse a TorchScript module or a torch.export program, which have no hooks."""
+    if isinstance(model, torch.jit.ScriptModule) or not isinstance(model, nn.Module):
+        raise InputError("layer taps need an eager nn.Module (a state_dict, Lightning or safetensors checkpoint "
+                         "with its architecture); TorchScript and torch.export files tap one layer", path=path,
+                         fix="save the model's state_dict and pass {arch}, or analyze one {layer} at a time")
+
+
 class LayerTaps:
     """Forward hooks on several modules; ``taps(x)`` returns ``({name: (n, d) features}, logits or None)``.
 
@@ -54,10 +62,7 @@ class LayerTaps:
     """
 
     def __init__(self, model: nn.Module, names: list[str], *, pool: str = "auto", max_dim: int = DEFAULT_MAX_DIM):
-        if isinstance(model, torch.jit.ScriptModule) or not isinstance(model, nn.Module):
-            raise InputError("layer taps need an eager nn.Module (a state_dict, Lightning or safetensors checkpoint "
-                             "with its architecture); TorchScript and torch.export files tap one layer",
-                             fix="save the model's state_dict, or analyze one {layer} at a time")
+        require_eager(model)
         if pool not in POOLS:
             raise InputError(f"{{pool}} {pool!r} is not one of {', '.join(POOLS)}", fix="use {pool=auto}")
         self.model, self.names, self.pool, self.max_dim = model, list(names), pool, int(max_dim)
