@@ -336,8 +336,8 @@ def _load_torchscript(path: str) -> LoadedModel:
             warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated, not its archives
             model = torch.jit.load(path, map_location="cpu", _extra_files=extra)
     except Exception as e:  # noqa: BLE001 - the TorchScript loader raises RuntimeError with long C++ messages
-        raise InputError(f"could not be loaded as a TorchScript archive ({quoted(first_line(e, 120), 140)})", path=path,
-                         fix="save it again with torch.jit.save") from None
+        raise InputError(f"could not be loaded as a TorchScript archive ({quoted(first_line(e, 120), 140)})",
+                         path=path, fix="save it again with torch.jit.save") from None
     notes = ["loaded a TorchScript archive, trusted (trust_checkpoint): its code runs"]
     meta: dict = {}
     if extra["nc_probe.json"]:
