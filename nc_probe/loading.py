@@ -7,11 +7,14 @@ One entry point, :func:`load_model`, detects the format from the file's bytes (n
   the LightningModule's attribute (``model.``), found automatically;
 - safetensors weights plus an architecture;
 - TorchScript archives (``torch.jit.save``) and ``torch.export`` programs (``torch.export.save``, ``.pt2``), which
-  carry their own code and need no architecture;
+  carry their own code and need no architecture: code, so only with ``trust_checkpoint=True``;
 - a fully pickled ``nn.Module``, only with ``trust_checkpoint=True``.
 
-Security: nothing in the file runs code unless the user trusts it (:mod:`nc_probe.safe_load` for pickles,
-:mod:`nc_probe.trust` for names in the metadata, :mod:`nc_probe.architectures` for building the model).
+Security (docs/security.md): nothing in the file runs code unless the user trusts it (:mod:`nc_probe.safe_load` for
+pickles, :mod:`nc_probe.trust` for names in the metadata, :mod:`nc_probe.architectures` for building the model on
+the meta device first, under a budget). TorchScript archives and torch.export programs are recognised by
+:func:`sniff` from their members and refused before ``torch.jit.load`` / ``torch.export.load`` is called; text from
+the file is quoted in messages (:func:`nc_probe.text.quoted`).
 
 Architecture strings: ``torchvision:NAME``, ``timm:NAME``, ``package.module:factory`` or ``path/to/file.py:factory``,
 called with ``arch_kwargs``. Checkpoint metadata (``{"nc_probe": {"arch": ..., "arch_kwargs": ..., "data": ...,
@@ -148,8 +151,9 @@ def load_model(path, settings: ModelSettings | None = None, **shortcuts) -> Load
 
     ``settings`` (or its fields as keywords): ``arch`` / ``arch_kwargs`` build the model for a state_dict (they
     override the checkpoint's metadata); ``strip_prefix`` removes a wrapper's prefix from the keys (``module.`` and
-    ``_orig_mod.`` always are); ``trust_checkpoint`` allows unpickling arbitrary Python objects and code named by
-    the file.
+    ``_orig_mod.`` always are); ``trust_checkpoint`` allows unpickling arbitrary Python objects, loading (and so
+    running) TorchScript archives and torch.export programs, code named by the file, and a model beyond the
+    build budget.
     """
     import dataclasses
 
