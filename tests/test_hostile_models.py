@@ -131,6 +131,8 @@ COMMANDS = {
     "trajectory": lambda f: ["trajectory", str(f), "sample:ce"],
     "gate": lambda f: ["gate", str(f), "--rule", "nc1<=1", "--data", "sample:digits", "--limit", "200"],
     "compare": lambda f: ["compare", f"a={f}", "b=sample:ce"],
+    "compare-layers": lambda f: ["compare", f"a={f}", "b=sample:ce", "--layers", "@blocks"],
+    "baseline": lambda f: ["baseline", str(f), "-o", str(f.parent / "base.json")],
 }
 HOSTILE = ["ts-setstate.pt", "ts-setstate.ckpt", "ts-forward.pt", "ts-forward.pth", "export.pt2", "export.ckpt",
            "export.pt"]
@@ -158,6 +160,7 @@ def test_programs_are_refused_by_every_command(hostile, command, name):
     assert str(path) in text and kind in text, text
     assert "--trust-checkpoint" in text and "torch.save(model.state_dict(), path)" in text and "--arch" in text
     no_marker(hostile)
+    assert not (path.parent / "base.json").exists()
 
 
 def test_a_folder_of_programs_is_refused_by_trajectory(hostile, tmp_path):
