@@ -40,6 +40,7 @@ from .files import MAX_TOML_BYTES, atomic_write_text, json_safe, read_input, rea
 from .json_checks import check_baseline
 from .metrics import PER_CLASS_KEYS, SCALAR_KEYS
 from .report import SCHEMA_VERSION, Report
+from .report_checks import check_report
 from .text import distinct_pair, format_number, quoted
 
 if sys.version_info >= (3, 11):
@@ -276,8 +277,9 @@ def load_baseline(path) -> Baseline:
     fix = "write one with nc-probe baseline INPUT -o " + quoted(path.name).strip("'")
     data = read_json(path, "baseline", fix=fix, missing="baseline not found")
     if isinstance(data, dict) and data.get("format") != BASELINE_FORMAT and "schema_version" in data:
-        report = Report.from_dict(data, path=path)  # a report JSON serves as a baseline: checked as a report
-        return Baseline(metrics=report.metrics, inputs=report.inputs, settings=report.settings, source=str(path))
+        report = check_report(data, path, fix)  # a report JSON serves as a baseline: checked as a report
+        return Baseline(metrics=report["metrics"], inputs=report["inputs"], settings=report["settings"],
+                        source=str(path))
     data = check_baseline(data, path, fix, BASELINE_FORMAT)
     return Baseline(metrics=data["metrics"], inputs=data["inputs"], settings=data["settings"], source=str(path))
 

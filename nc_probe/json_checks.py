@@ -116,6 +116,8 @@ class Fields:
             return self.text(value, field)
         if value is None or isinstance(value, bool):
             return value
+        if not isinstance(value, (int, float)):
+            self.wrong(value, field, "text or a number")
         return self.number(value, field, null=False)
 
     # ------------------------------------------------------------------------------------------------ containers

@@ -126,8 +126,8 @@ def check_layer_report(data, path=None) -> dict:
         f.fail("", "is JSON but not an nc-probe layer report (no kind \"layers\" with a list of layers)")
     version = data.get("schema_version", LAYER_SCHEMA_VERSION)
     if not isinstance(version, str) or not version.startswith("layers-1."):
-        shown = quoted(version) if isinstance(version, str) else kind_of(version)
-        raise InputError(f"schema_version {shown} is not a layer-report schema this nc-probe reads (layers-1.x)",
+        shown = f"{quoted(version)} is" if isinstance(version, str) else f"is {kind_of(version)},"
+        raise InputError(f"schema_version {shown} not a layer-report schema this nc-probe reads (layers-1.x)",
                          path=path, fix="analyze the model again with this version of nc-probe layers")
     out = dict(data)
     out["inputs"] = check_inputs(f, data.get("inputs", {}))

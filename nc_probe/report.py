@@ -164,7 +164,7 @@ def _side_matrix(archive: zipfile.ZipFile, report: Report, section: str, key: st
     wide = key == "spectrum" and len(shape) == 2 and (dim is None or shape[1] <= dim)
     if dtype.kind not in "fiu" or len(shape) != 2 or shape[0] != len(ids) or not (wide or shape[1] == len(ids)):
         f.fail(f"matrices_file {quoted(report.matrices_file)}",
-               f"holds {key} as a {dtype} array of shape {shape}, not a {len(ids)} x "
+               f"holds {key} with dtype {dtype} and shape {shape}, not a {len(ids)} x "
                f"{'d' if key == 'spectrum' else len(ids)} matrix of numbers")
     with archive.open(f"{key}.npy") as member:
         return np.lib.format.read_array(member, allow_pickle=False)

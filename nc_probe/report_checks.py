@@ -48,12 +48,13 @@ def check_report(data: Any, path: object | None = None, fix: str = "write it wit
     if isinstance(kind, str) and kind in OTHER_KINDS:
         what, instead = OTHER_KINDS[kind]
         raise InputError(f"is {what}, not a single report", path=path, fix=instead)
-    if "schema_version" not in data or "metrics" not in data:
-        f.fail("", "is JSON but not an nc-probe report (it has no schema_version and metrics)")
+    missing = [key for key in ("schema_version", "metrics") if key not in data]
+    if missing:
+        f.fail("", f"is JSON but not an nc-probe report (it has no {' and no '.join(missing)})")
     version = data["schema_version"]
     if not isinstance(version, str) or not REPORT_SCHEMA.fullmatch(version):
-        shown = quoted(version) if isinstance(version, str) else kind_of(version)
-        raise InputError(f"schema_version {shown} is not a report schema this nc-probe reads (1.x)", path=path,
+        shown = f"{quoted(version)} is" if isinstance(version, str) else f"is {kind_of(version)},"
+        raise InputError(f"schema_version {shown} not a report schema this nc-probe reads (1.x)", path=path,
                          fix="analyze the input again with this version of nc-probe, or upgrade nc-probe")
     out = dict(data)
     out["inputs"] = check_inputs(f, data.get("inputs", {}))

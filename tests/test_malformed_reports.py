@@ -219,7 +219,7 @@ def test_side_file_is_read_with_its_shapes_checked(good, tmp_path):
     np.testing.assert_array_equal(back.angles["angle_min"], angle)
     for arrays, words in (({"angle_min": np.zeros(3)}, "shape (3,)"),
                           ({"angle_min": np.array([["a"] * 4] * 4)}, "not a 4 x 4 matrix"),
-                          ({"angle_min": np.array([{"a": 1}], dtype=object)}, "angle_min as a object array")):
+                          ({"angle_min": np.array([{"a": 1}], dtype=object)}, "angle_min with dtype object")):
         with pytest.raises(InputError, match="matrices_file") as e:
             Report.load(_side(tmp_path, good, **arrays))
         assert words in str(e.value), str(e.value)
