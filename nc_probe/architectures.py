@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.overrides import TorchFunctionMode
 
 from . import trust as trust_rules
 from .errors import InputError
@@ -97,8 +97,8 @@ def construct(factory, arch: str, kwargs: dict | None = None, *, path=None, devi
     kwargs = trust_rules.drop_fetching_kwargs(dict(kwargs or {}))
     name = quoted(arch)
     try:
-        with torch.device(device) if device is not None else contextlib.nullcontext(), \
-                budget if budget is not None else contextlib.nullcontext():
+        with budget if budget is not None else contextlib.nullcontext(), \
+                torch.device(device) if device is not None else contextlib.nullcontext():
             model = factory(**kwargs)
     except Exception as e:  # noqa: BLE001 - user code, or a registry's: report, do not crash
         if budget is not None and budget.over:
@@ -131,14 +131,15 @@ def module_bytes(model: torch.nn.Module) -> int:
     return sum(seen.values())
 
 
-class BuildBudget(TorchDispatchMode):
+class BuildBudget(TorchFunctionMode):
     """What a factory may create while it builds a model for a checkpoint: at most ``max_tensors`` tensors made
     from nothing (``torch.empty``, ``zeros``, ...) and, on a real device, at most ``max_bytes`` in them, so that a
     keyword argument read from a file (``{"hidden": 10**6}``, ``{"depth": 10**7}``) cannot exhaust memory or time.
-    Sizes are checked before the allocation when the operator takes its size first, as every tensor factory does.
+    The size a tensor factory is asked for is checked before it allocates.
 
     Bounds relative to the checkpoint (:meth:`for_state`): a model that fits it has about one such tensor per entry
-    of its state_dict, and its bytes.
+    of its state_dict, and its bytes. A torch function mode, like ``torch.device``'s own: enter it before the
+    device context so that it sees the device that context adds.
     """
 
     def __init__(self, max_tensors: int, max_bytes: int, *, tensors: int = 0, nbytes: int = 0):
@@ -154,23 +155,24 @@ class BuildBudget(TorchDispatchMode):
         nbytes = sum(t.numel() * t.element_size() for t in tensors)
         return cls(8 * len(tensors) + 10_000, 2 * nbytes + EXTRA_BYTES, tensors=len(tensors), nbytes=nbytes)
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         from torch.utils._pytree import tree_leaves
 
         kwargs = kwargs or {}
         made = not any(isinstance(a, torch.Tensor) for a in tree_leaves((args, kwargs)))
-        if made and not self.over:
-            self.tensors += 1
-            if self.tensors > self.max_tensors:
-                self.over = f"more than {self.max_tensors} tensors"
-            elif self.bytes + _requested_bytes(args, kwargs) > self.max_bytes:
-                self.over = f"more than {format_bytes(self.max_bytes)}"
+        if made and not self.over and self.bytes + _requested_bytes(func, args, kwargs) > self.max_bytes:
+            self.over = f"more than {format_bytes(self.max_bytes)}"
         if self.over:
             raise InputError(f"building the model would create {self.over}")  # the factory may catch it: see over
         out = func(*args, **kwargs)
         if made:
-            self.bytes += sum(t.numel() * t.element_size() for t in tree_leaves(out)
-                              if isinstance(t, torch.Tensor) and t.device.type != "meta")
+            outs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+            self.tensors += len(outs)
+            self.bytes += sum(t.numel() * t.element_size() for t in outs if t.device.type != "meta")
+            if self.tensors > self.max_tensors:
+                self.over = f"more than {self.max_tensors} tensors"
+            elif self.bytes > self.max_bytes:
+                self.over = f"more than {format_bytes(self.max_bytes)}"
         return out
 
     def check_model(self, model: torch.nn.Module, arch: str, path) -> None:
@@ -195,18 +197,26 @@ BUDGET_FIX = ("check the architecture's keyword arguments (pass {arch_kwargs} to
               "{trust_checkpoint=True} if you trust the file")
 
 
-def _requested_bytes(args, kwargs) -> int:
-    """Bytes a tensor factory is asked for, from its size argument, before it allocates; 0 when not known (the
-    meta device takes none)."""
+def _requested_bytes(func, args, kwargs) -> int:
+    """Bytes a tensor factory (``torch.empty(3, 4)``, ``torch.zeros((3, 4))``, ``torch.full(size, v)``) is asked
+    for, before it allocates; 0 for other functions and on the meta device (which takes none)."""
+    if getattr(func, "__name__", "") not in SIZED_FACTORIES:
+        return 0
     device = kwargs.get("device")
     if device is not None and torch.device(device).type == "meta":
         return 0
-    size = args[0] if args else kwargs.get("size")
+    size = kwargs.get("size", args[0] if args else None)
+    if isinstance(size, int) and func.__name__ != "full":
+        size = [a for a in args if isinstance(a, int)] if all(isinstance(a, int) for a in args) else None
     if not isinstance(size, (list, tuple)) or not all(isinstance(n, int) for n in size):
         return 0
     dtype = kwargs.get("dtype")
     itemsize = (dtype if isinstance(dtype, torch.dtype) else torch.get_default_dtype()).itemsize
     return math.prod(max(int(n), 0) for n in size) * itemsize
+
+
+#: Tensor factories whose first argument (or leading integer arguments) is the size.
+SIZED_FACTORIES = ("empty", "zeros", "ones", "full", "rand", "randn", "empty_strided")
 
 
 def _registry_factory(arch: str, scheme: str, name: str, path):
