@@ -81,7 +81,8 @@ class _Analysis:
         self.t_start = time.perf_counter()
         self.store, self.s, self.device = store, s, device
         labels = store.labels()
-        self.num_classes = distributed.all_reduce_max(_num_classes(store, labels))
+        self.num_classes = _num_classes(store, labels)
+        _check_predictions(store, self.num_classes)
         self.counts = counts = _global_counts(labels, self.num_classes)
         del labels  # N int64: not kept through the passes (memory flat in N)
         self.keep = counts >= s.min_class_count  # classes analysed; the others' rows are left out everywhere
@@ -299,20 +300,62 @@ def _timed(fn, *args):
     return fn(*args), time.perf_counter() - t
 
 
+#: Without a classifier W, the class count comes from the labels (or the logits' columns, or the metadata's
+#: ``num_outputs``), and may skip classes, but not reach far beyond the classes present: at most
+#: ``max(2 * present, present + SPARSE_SLACK)`` (a label of 9,999,999 among 3 classes is a mistake that would
+#: otherwise cost 10 million classes' statistics).
+SPARSE_SLACK = 1024
+
+
 def _num_classes(store: FeatureStore, labels: np.ndarray) -> int:
-    top = int(labels.max()) + 1 if len(labels) else 0  # a torchrun shard may be empty
+    """The class count C: the largest of the labels + 1, W's rows, the logits' columns and the metadata's
+    ``num_outputs``, checked against each other (over every torchrun rank: each holds its shard's labels)."""
+    top = distributed.all_reduce_max(int(labels.max()) + 1 if len(labels) else 0)  # a shard may be empty
     if store.W is not None and store.W.shape[0] < top:
         raise InputError(f"the classifier W has {store.W.shape[0]} rows but the labels go up to {top - 1}",
                          path=store.source, fix="pass the W of the model that was trained on these labels")
     if store.class_names is not None and len(store.class_names) < top:
         raise InputError(f"{len(store.class_names)} class names but the labels go up to {top - 1}",
                          path=store.source, fix="give one name per class")
-    sizes = [top] + ([store.W.shape[0]] if store.W is not None else [])
-    if isinstance(store.metadata.get("num_outputs"), int):  # the classifier's width, recorded at extraction
-        sizes.append(store.metadata["num_outputs"])
+    sizes = {"labels": top}
+    outputs = store.metadata.get("num_outputs")
+    if isinstance(outputs, int) and not isinstance(outputs, bool) and outputs > 0:  # the classifier's width
+        sizes["num_outputs"] = outputs
     if store.has_logits:
-        sizes.append(store.read("logits", 0, 1).shape[1])
-        if sizes[-1] < top:
-            raise InputError(f"logits have {sizes[-1]} columns but the labels go up to {top - 1}",
+        sizes["logits"] = store.read("logits", 0, 1).shape[1]
+        if sizes["logits"] < top:
+            raise InputError(f"logits have {sizes['logits']} columns but the labels go up to {top - 1}",
                              path=store.source, fix="store the logits of all classes")
-    return max(sizes)
+    if store.W is not None:
+        return max(*sizes.values(), store.W.shape[0])
+    _check_sparse(store, labels, sizes)
+    return max(sizes.values())
+
+
+def _check_sparse(store: FeatureStore, labels: np.ndarray, sizes: dict) -> None:
+    """Without W, no class count far beyond the classes present (see ``SPARSE_SLACK``)."""
+    largest = max(sizes, key=lambda k: sizes[k])
+    if sizes[largest] <= SPARSE_SLACK:
+        return  # cannot be far beyond: no need to count the classes present
+    local = len(labels) and (np.count_nonzero(np.bincount(labels)) if labels.max() < (1 << 22)
+                             else len(np.unique(labels)))
+    # Under torchrun the sum of each shard's count bounds the classes present from above: every rank decides alike.
+    present = int(distributed.all_reduce_(torch.tensor([int(local)], dtype=torch.long))[0])
+    if sizes[largest] - 1 < max(2 * present, present + SPARSE_SLACK):
+        return
+    what = {"labels": "the labels go up to {}", "num_outputs": "the metadata's num_outputs is {}",
+            "logits": "the logits have {} columns"}[largest].format(sizes[largest] - (largest == "labels"))
+    raise InputError(f"{what} but only {present} classes have samples, and there is no classifier W to say how many "
+                     "classes there are", path=store.source,
+                     fix="relabel the classes 0..K-1, or store the classifier's W (C, d) in the file")
+
+
+def _check_predictions(store: FeatureStore, num_classes: int) -> None:
+    """The stored predictions are classes of this classifier: 0..C-1."""
+    if not store.has_predictions or store.num_samples == 0:
+        return
+    pred = store.read("predictions")
+    lo, hi = int(pred.min()), int(pred.max())
+    if lo < 0 or hi >= num_classes:
+        raise InputError(f"the predictions go from {lo} to {hi} but there are {num_classes} classes", path=store.source,
+                         fix="store the model's predicted class index (0..C-1) per row, or leave the predictions out")

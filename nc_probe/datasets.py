@@ -35,14 +35,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from .array_files import read_array_file
+from .array_data import X_NAMES as X_NAMES  # re-exported: batches reads the names from here
+from .array_data import Y_NAMES as Y_NAMES
+from .array_data import ArrayDataset, as_arrays, read_data_file
+from .array_data import collate as collate
 from .errors import InputError
-from .image_folder import ImageFolderDataset, ImageTransform, _folder_class_index, _norm_tensors
+from .image_folder import ImageFolderDataset, ImageTransform, _folder_class_index
 from .imports import import_object
+from .settings import MAX_CLASS_IDS, class_id_span
 from .text import few, first_line
 
-X_NAMES = ("x", "X", "inputs", "input", "images", "data")
-Y_NAMES = ("y", "Y", "labels", "targets", "label", "target")
 SAFE_DATA_PREFIXES = ("sample:", "torchvision:")
 
 
@@ -82,47 +84,6 @@ class DataSource:
     def sized(self) -> bool:
         """Whether the number of samples is known before iterating."""
         return self.indices is not None or (self.label_filter is None and len(self) > 0)
-
-
-# ---------------------------------------------------------------------------------------------- datasets
-class ArrayDataset(Dataset):
-    """In-memory ``x`` (N, ...) float32 and ``y`` (N,) int64, fetched a whole batch at a time."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, mean=None, std=None):
-        self.x, self.y = x, y
-        self.targets = y.numpy()
-        self.norm = _norm_tensors(mean, std, x.shape[1] if x.ndim >= 2 else 1, x.ndim)
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i):
-        x = self.x[i]
-        if self.norm is not None:
-            x = (x - self.norm[0][0]) / self.norm[1][0]
-        return x, self.y[i]
-
-    def __getitems__(self, indices):
-        # One indexing op per batch instead of one per sample plus a collate of N small tensors.
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        x = self.x[idx]
-        if self.norm is not None:
-            x = (x - self.norm[0]) / self.norm[1]
-        return _Batch(x, self.y[idx])
-
-
-class _Batch(tuple):
-    """A batch already stacked by ``__getitems__``; :func:`collate` passes it through."""
-
-    def __new__(cls, x, y):
-        return super().__new__(cls, (x, y))
-
-
-def collate(items) -> Any:
-    """Default collate, except for batches that a dataset's ``__getitems__`` stacked itself."""
-    if isinstance(items, _Batch):
-        return tuple(items)
-    return torch.utils.data.default_collate(items)
 
 
 # ---------------------------------------------------------------------------------------------- opening
@@ -196,7 +157,7 @@ def _open(spec, split, image_size, mean, std, channels, class_names=None, class_
     if isinstance(spec, Dataset):
         return DataSource(f"<{type(spec).__name__}>", split, dataset=_fast(spec, mean, std), **_declared(spec))
     if isinstance(spec, (tuple, list)) and len(spec) == 2:
-        x, y = _as_arrays(spec[0], spec[1], "<arrays>")
+        x, y = as_arrays(spec[0], spec[1], "<arrays>")
         return DataSource("<arrays>", split, dataset=ArrayDataset(x, y, mean, std))
     if not isinstance(spec, (str, os.PathLike)):
         raise InputError(f"cannot use a {type(spec).__name__} as data",
@@ -228,7 +189,9 @@ def _open(spec, split, image_size, mean, std, channels, class_names=None, class_
         return DataSource(spec, split, dataset=ds, class_names=names, num_classes=count, targets=ds.targets,
                           notes=[note] if note else [], partial_classes=count is None)
     if path.is_file():
-        return _open_arrays(path, split, mean, std)
+        dataset, names, split = read_data_file(path, split, mean, std)
+        return DataSource(str(path), split, dataset=dataset, class_names=names,
+                          num_classes=None if names is None else len(names))
     if spec.startswith("torchvision:"):
         return _open_torchvision(spec, split, image_size, mean, std, channels)
     if is_code_spec(spec):
@@ -296,70 +259,6 @@ def _open_sample(spec, split, mean, std) -> DataSource:
     except FileNotFoundError as e:
         raise InputError(str(e), fix="reinstall nc-probe") from None
     return DataSource(spec, split or "train", dataset=_fast(ds, mean, std), **_declared(ds))
-
-
-def _as_arrays(x, y, where):
-    def tensor(a):
-        if isinstance(a, torch.Tensor):
-            return a.detach().cpu()
-        a = np.asarray(a)
-        if a.dtype.kind not in "biuf":
-            raise InputError(f"holds {a.dtype} data, not numbers", path=where, fix="store numeric arrays")
-        return torch.from_numpy(np.ascontiguousarray(a))
-
-    x, y = tensor(x), tensor(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1 or len(y) != len(x):
-        raise InputError(f"x has {len(x)} rows but y has shape {tuple(y.shape)}", path=where,
-                         fix="store one integer label per row of x")
-    if y.is_floating_point():
-        if not bool(torch.all(y == torch.round(y))):
-            raise InputError("labels y are not whole numbers", path=where, fix="store class indices 0..C-1")
-    y = y.long()
-    if len(y) and int(y.min()) < 0:
-        raise InputError(f"negative label {int(y.min())}", path=where, fix="store class indices 0..C-1")
-    if x.dtype == torch.uint8:
-        x = x.float() / 255.0
-        if x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
-            x = x.permute(0, 3, 1, 2).contiguous()
-    elif x.dtype != torch.float32:
-        x = x.float()
-    if len(x) == 0:
-        raise InputError("holds no samples", path=where, fix="store at least one row")
-    return x, y
-
-
-def _open_arrays(path: Path, split, mean, std) -> DataSource:
-    where = str(path)
-    if path.stat().st_size == 0:
-        raise InputError("file is empty", path=where, fix="save the arrays again")
-    if path.suffix in (".npz", ".pt", ".pth"):
-        arrays = read_array_file(path, example="{'x': x, 'y': y}")
-    else:
-        raise InputError("is not a data file nc-probe reads", path=where,
-                         fix="pass a .npz/.pt of arrays x and y, an image folder or a data spec")
-    suffix = ""
-    splits = sorted({k.split("_", 1)[1] for k in arrays if k.startswith(("x_", "X_")) and "_" in k})
-    if splits:
-        pick = split or ("train" if "train" in splits else splits[0])
-        if pick not in splits:
-            raise InputError(f"has no split {pick!r} (it has {', '.join(splits)})", path=where,
-                             fix=f"pass {{split={splits[0]}}}")
-        suffix, split = f"_{pick}", pick
-    elif split:
-        raise InputError(f"has one set of arrays and no splits, but {{split={split}}} was given", path=where,
-                         fix="leave {split} out, or store x_train/y_train, x_test/y_test")
-    xk = next((k + suffix for k in X_NAMES if k + suffix in arrays), None)
-    yk = next((k + suffix for k in Y_NAMES if k + suffix in arrays), None)
-    if xk is None or yk is None:
-        raise InputError(f"needs arrays x and y (found {', '.join(sorted(map(str, arrays))[:8])})", path=where,
-                         fix="save them as x (inputs) and y (integer labels)")
-    x, y = _as_arrays(arrays[xk], arrays[yk], where)
-    names = arrays.get("class_names", arrays.get("classes"))
-    names = None if names is None else [str(c) for c in np.asarray(names).tolist()]
-    return DataSource(where, split, dataset=ArrayDataset(x, y, mean, std), class_names=names,
-                      num_classes=None if names is None else len(names))
 
 
 def _open_torchvision(spec, split, image_size, mean, std, channels) -> DataSource:
@@ -435,10 +334,12 @@ def parse_class_selection(value, class_names=None, where=None) -> list[int] | No
             out.add(int(item))
             continue
         text = str(item).strip()
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", text)
-        if m:
-            lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-            out.update(range(lo, hi + 1))
+        span = class_id_span(text, value, "data_classes")
+        if span is not None:
+            out.update(span)
+            if len(out) > MAX_CLASS_IDS:
+                raise InputError(f"{{data_classes}} names more than {MAX_CLASS_IDS:,} class ids", path=where,
+                                 fix="name only classes that exist, e.g. 0-999")
         elif class_names and text in class_names:
             out.add(class_names.index(text))
         else:

@@ -11,12 +11,13 @@ The taps themselves are in :mod:`nc_probe.taps`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,7 +29,7 @@ from .settings import ExtractionSettings, MetricSettings
 from .stats import ClassStats, pass1_classes
 from .store import FeatureStore, StoreWriter, open_store
 from .taps import Tap
-from .text import format_bytes
+from .text import first_line, format_bytes
 
 
 @dataclass
@@ -118,7 +119,7 @@ class _Run:
 
     def add(self, x, y: torch.Tensor) -> None:
         x = _to_device(x, self.device, self.non_blocking)
-        with self.amp:
+        with self.amp, first_forward(self.first, x, self.ctx):
             feats, logits = self.tap(x)
         self.consume(feats, logits, y)
 
@@ -162,6 +163,7 @@ class _Run:
         tap, ctx = self.tap, self.ctx
         self.logit_columns = None if logits is None else int(logits.shape[1])
         if tap.W is not None:
+            _check_classifier(tap, ctx)
             self.label_bound = tap.num_outputs
             if ctx.declared_classes is not None and ctx.declared_classes != tap.num_outputs:
                 raise InputError(f"{ctx.data_name} has {ctx.declared_classes} classes but the classifier "
@@ -209,6 +211,34 @@ class _Run:
         return fit_stats(self.stats, max(sizes))
 
 
+def _check_classifier(tap: Tap, ctx: BatchContext) -> None:
+    """A classifier with NaN or Inf weights (a diverged training run) would make every prediction wrong."""
+    for name, a in (("weight", tap.W), ("bias", tap.b)):
+        if a is not None and not np.all(np.isfinite(a)):
+            bad = int(np.count_nonzero(~np.isfinite(a)))
+            raise InputError(f"the classifier {tap.layer} has NaN or Inf in its {name} ({bad} of {a.size} entries)",
+                             path=ctx.source, fix="the training run diverged: analyze an earlier checkpoint")
+
+
+@contextlib.contextmanager
+def first_forward(first: bool, x, ctx: BatchContext) -> Iterator[None]:
+    """Around the first batch's forward pass: the model failing on it (inputs of a shape it cannot take, most
+    often) is one InputError naming the data and the model, not a traceback from deep inside the model."""
+    if not first:
+        yield
+        return
+    try:
+        yield
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        if isinstance(e, (InputError, torch.OutOfMemoryError)):
+            raise
+        shape = tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise InputError(f"the model fails on the first batch of {ctx.data_name}, whose samples have shape {shape} "
+                         f"({type(e).__name__}: {first_line(e, 120)})", path=ctx.source,
+                         fix="pass data of the shape the model was trained on ({data}; {image_size} resizes "
+                             "images)") from None
+
+
 class _LayerView(Tap):
     """One layer of a :class:`~nc_probe.taps.layers.LayerTaps`, as :class:`_Run` sees a tap: its name, and the
     classifier's W and b for the penultimate layer only (the classifier reads that layer)."""
@@ -243,7 +273,7 @@ def extract_layers(taps, batches: Iterable, *, device="cpu", context: BatchConte
         with torch.inference_mode():
             for x, y in batches:
                 x = _to_device(x, first.device, first.non_blocking)
-                with first.amp:
+                with first.amp, first_forward(first.first, x, context):
                     feats, logits = taps(x)
                 for name, run in runs.items():
                     views[name].sync()

@@ -45,23 +45,45 @@ def parse_bytes(value, param: str = "memory_budget") -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+#: At most this many class ids in one ``classes``/``data_classes`` setting: a range such as 0-100000000 is refused
+#: before it is spelled out (it would take gigabytes), not cut to the classes that exist.
+MAX_CLASS_IDS = 1 << 20
+
+
+def class_id_span(text: str, value, param: str) -> range | None:
+    """``"7"`` or ``"5-9"`` (a part of the setting ``value``) as a range of class ids; None when ``text`` is neither.
+    A range that runs backwards or spans more than :data:`MAX_CLASS_IDS` ids is an InputError."""
+    m = re.fullmatch(r"(\d+)(?:-(\d+))?", text)
+    if not m:
+        return None
+    lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+    if hi < lo:
+        raise InputError(f"{{{param}}} {value!r}: range {text} runs backwards", fix=f"write {hi}-{lo}")
+    if hi - lo + 1 > MAX_CLASS_IDS:
+        raise InputError(f"{{{param}}} {value!r}: range {text} spans {hi - lo + 1:,} class ids, more than the "
+                         f"{MAX_CLASS_IDS:,} one setting may name", fix="name only classes that exist, e.g. 0-999")
+    return range(lo, hi + 1)
+
+
 def parse_ids(value, param: str) -> tuple[int, ...] | None:
     """``"0,3,5-9"``, ``[0, 3]`` or None -> sorted unique ids (None stays None)."""
     if value is None:
         return None
     if isinstance(value, str):
-        out: list[int] = []
+        spans = []
         for part in value.split(","):
-            part = part.strip()
-            m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-            if not m:
-                raise InputError(f"{{{param}}} {value!r}: {part!r} is not a class index or range",
+            span = class_id_span(part.strip(), value, param)
+            if span is None:
+                raise InputError(f"{{{param}}} {value!r}: {part.strip()!r} is not a class index or range",
                                  fix="write e.g. 0,3,5-9")
-            lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-            if hi < lo:
-                raise InputError(f"{{{param}}} {value!r}: range {part} runs backwards", fix=f"write {hi}-{lo}")
-            out.extend(range(lo, hi + 1))
-        return tuple(sorted(set(out)))
+            spans.append(span)
+        if sum(len(r) for r in spans) > MAX_CLASS_IDS:
+            raise InputError(f"{{{param}}} {value!r} names more than {MAX_CLASS_IDS:,} class ids",
+                             fix="name only classes that exist, e.g. 0-999")
+        return tuple(sorted({i for r in spans for i in r}))
+    if isinstance(value, (range, list, tuple)) and len(value) > MAX_CLASS_IDS:
+        raise InputError(f"{{{param}}} names {len(value):,} class ids, more than {MAX_CLASS_IDS:,}",
+                         fix="name only classes that exist")
     try:
         ids = sorted({int(v) for v in value})
     except (TypeError, ValueError):

@@ -23,19 +23,18 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .array_files import read_array_file
+from .array_files import read_array_file, string_list
 from .errors import InputError
+from .feature_checks import ALIASES as ALIASES  # re-exported: callers ask the store module
+from .feature_checks import MAX_LABEL, WANTED, canonical_names, check_dtypes, dtype_name, json_metadata, json_names
+from .feature_checks import holds_features as holds_features
 from .files import file_sha256
+from .safetensors_file import DTYPES, SafetensorsFile
 
 FORMAT = "nc-probe-features"
 FORMAT_VERSION = "1"
-ALIASES = {"H": "features", "features": "features", "y": "labels", "labels": "labels", "logits": "logits",
-           "predictions": "predictions",
-           "W": "W", "b": "b", "class_names": "class_names"}
 ROW_ARRAYS = ("features", "labels", "logits", "predictions")
-_ST_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
-              "U8": "u1", "BOOL": "?"}
-_ST_NAMES = {np.dtype(v).str: k for k, v in _ST_DTYPES.items()}
+_ST_NAMES = {np.dtype(v).str: k for k, v in DTYPES.items()}
 
 
 @dataclass
@@ -60,7 +59,7 @@ class FeatureStore:
     has_logits: bool = False
     has_predictions: bool = False  # the model's own predicted class per row (argmax of its output)
     _arrays: dict | None = field(default=None, repr=False)
-    _file: _SafetensorsFile | None = field(default=None, repr=False)
+    _file: SafetensorsFile | None = field(default=None, repr=False)
     _row0: int = field(default=0, repr=False)
     _shard: bool = field(default=False, repr=False)
 
@@ -73,9 +72,12 @@ class FeatureStore:
         if logits is not None:
             arrays["logits"] = _to_numpy(logits)
         if predictions is not None:
-            arrays["predictions"] = _to_numpy(predictions).astype(np.int64)
-        store = cls(source=source, num_samples=0, dim=0, _arrays=arrays,
-                    W=None if W is None else _to_numpy(W), b=None if b is None else _to_numpy(b),
+            arrays["predictions"] = _to_numpy(predictions)
+        W, b = (None if v is None else _to_numpy(v) for v in (W, b))
+        check_dtypes({k: v.dtype for k, v in (*arrays.items(), ("W", W), ("b", b)) if v is not None}, source)
+        if predictions is not None:
+            arrays["predictions"] = arrays["predictions"].astype(np.int64)
+        store = cls(source=source, num_samples=0, dim=0, _arrays=arrays, W=W, b=b,
                     class_names=None if class_names is None else [str(c) for c in class_names],
                     metadata=dict(metadata or {}), has_logits=logits is not None,
                     has_predictions=predictions is not None)
@@ -93,6 +95,9 @@ class FeatureStore:
                              fix="store exactly one integer label per feature row")
         if feats[0] == 0:
             raise InputError("no samples", path=src, fix="store at least one feature row per class")
+        if feats[1] == 0:
+            raise InputError(f"features have shape {tuple(feats)}: no feature dimensions", path=src,
+                             fix="store at least one feature per row")
         self.num_samples, self.dim = int(feats[0]), int(feats[1])
         if "logits" in shapes and (len(shapes["logits"]) != 2 or shapes["logits"][0] != feats[0]):
             raise InputError(f"logits of shape {tuple(shapes['logits'])} do not match {feats[0]} samples", path=src,
@@ -109,6 +114,20 @@ class FeatureStore:
                                  fix="store the bias as (C,) or leave it out")
         elif self.b is not None:
             raise InputError("b is given without W", path=src, fix="store W too, or leave b out")
+        self._validate_classifier()
+
+    def _validate_classifier(self) -> None:
+        """W and b finite (a diverged model's NaN rows would silently make every prediction wrong), and no more
+        class names than W has rows."""
+        for name, a in (("W", self.W), ("b", self.b)):
+            if a is not None and not np.all(np.isfinite(a)):
+                bad = int(np.count_nonzero(~np.isfinite(a)))
+                raise InputError(f"the classifier {name} holds NaN or Inf ({bad} of {a.size} entries)",
+                                 path=self.source, fix="store the weights of a model whose training did not "
+                                                       "diverge, or leave W and b out")
+        if self.W is not None and self.class_names is not None and len(self.class_names) > len(self.W):
+            raise InputError(f"{len(self.class_names)} class names but the classifier W has {len(self.W)} rows",
+                             path=self.source, fix="give one name per row of W")
 
     # ------------------------------------------------------------------ reading
     def read(self, name: str, start: int = 0, stop: int | None = None, out: bytearray | None = None) -> np.ndarray:
@@ -118,9 +137,15 @@ class FeatureStore:
         stop = self.num_samples if stop is None else stop
         start, stop = start + self._row0, stop + self._row0
         if self._arrays is not None:
-            return self._arrays[name][start:stop]
-        assert self._file is not None  # a store holds either arrays or a file
-        return self._file.read_rows(name, start, stop, out)
+            rows = self._arrays[name][start:stop]
+        else:
+            assert self._file is not None  # a store holds either arrays or a file
+            rows = self._file.read_rows(name, start, stop, out)
+        if name == "logits" and not _all_finite(rows):  # their argmax would be the model's prediction
+            bad = start + int(np.argwhere(~np.isfinite(rows))[0][0])
+            raise InputError(f"logits contain NaN or Inf (first at row {bad})", path=self.source,
+                             fix="store the logits of a model whose outputs are finite, or leave them out")
+        return rows
 
     def read_buffer(self, name: str, rows: int) -> bytearray | None:
         """A buffer for :meth:`read` ``(..., out=)`` of up to ``rows`` rows of ``name`` (None: nothing to reuse)."""
@@ -147,8 +172,11 @@ class FeatureStore:
                 raise InputError("labels are not whole numbers", path=self.source,
                                  fix="store class indices 0..C-1 as integers")
         elif raw.dtype.kind not in "iub":
-            raise InputError(f"labels have dtype {raw.dtype}", path=self.source,
+            raise InputError(f"labels have dtype {dtype_name(raw.dtype)}", path=self.source,
                              fix="store class indices 0..C-1 as integers")
+        if raw.dtype.kind in "fu" and raw.size and raw.max() >= MAX_LABEL:
+            raise InputError(f"label {raw.max():.3g} is too large to be a class index", path=self.source,
+                             fix="store class indices 0..C-1")
         y = raw.astype(np.int64)
         if y.size and y.min() < 0:
             raise InputError(f"negative label {int(y.min())}", path=self.source,
@@ -197,84 +225,21 @@ def _to_numpy(x) -> np.ndarray:
         if str(x.dtype) == "torch.bfloat16":
             x = x.float()
         return x.numpy()
-    return np.asarray(x)
+    a = np.asarray(x)
+    return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))  # torch reads native byte order only
 
 
 # ---------------------------------------------------------------------- safetensors
-class _SafetensorsFile:
-    """Minimal reader of the safetensors layout: u64 header length, JSON header, raw little-endian data."""
-
-    def __init__(self, path: str):
-        self.path = path
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise InputError("file is empty or truncated (no safetensors header)", path=path,
-                                 fix="write it again with {save_features} or nc_probe.write_store")
-            (n,) = struct.unpack("<Q", head)
-            if n > size - 8 or n > 100 * 1024**2:
-                raise InputError("safetensors header is larger than the file: the file is truncated or not "
-                                 "safetensors", path=path, fix="write it again")
-            try:
-                header = json.loads(f.read(n))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                raise InputError("safetensors header is not valid JSON: the file is corrupt", path=path,
-                                 fix="write it again") from None
-        self.data_start = 8 + n
-        self.alias: dict[str, str] = {}
-        self.metadata = header.pop("__metadata__", None) or {}
-        self.tensors = {}
-        for name, info in header.items():
-            try:
-                dtype = np.dtype(_ST_DTYPES[info["dtype"]]) if info["dtype"] != "BF16" else "BF16"
-                shape = tuple(int(s) for s in info["shape"])
-                begin, end = (int(o) for o in info["data_offsets"])
-            except (KeyError, TypeError, ValueError):
-                raise InputError(f"tensor {name!r} has an unsupported dtype or a malformed entry", path=path,
-                                 fix="store float32/float64 features and integer labels") from None
-            if self.data_start + end > size:
-                raise InputError(f"the file is truncated: tensor {name!r} ends past its end", path=path,
-                                 fix="write it again")
-            self.tensors[name] = (dtype, shape, begin, end)
-
-    def shape(self, name: str) -> tuple:
-        return self.tensors[name][1]
-
-    def row_nbytes(self, name: str) -> int | None:
-        """Bytes per row of ``name`` as stored (None for BF16, which is converted on reading)."""
-        dtype, shape, _, _ = self.tensors[self.alias.get(name, name)]
-        return None if isinstance(dtype, str) else int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
-
-    def read_rows(self, name: str, start: int, stop: int, out: bytearray | None = None) -> np.ndarray:
-        dtype, shape, begin, _ = self.tensors[self.alias.get(name, name)]
-        row_items = int(np.prod(shape[1:], dtype=np.int64))
-        itemsize = 2 if isinstance(dtype, str) else dtype.itemsize  # the one str dtype: "BF16"
-        count = (stop - start) * row_items
-        buf: memoryview | bytearray
-        if out is not None and dtype != "BF16" and len(out) >= count * itemsize:
-            buf = memoryview(out)[: count * itemsize]
-        else:
-            buf = bytearray(count * itemsize)
-        with open(self.path, "rb") as f:
-            f.seek(self.data_start + begin + start * row_items * itemsize)
-            got = f.readinto(buf)
-        if got != len(buf):
-            raise InputError(f"the file is truncated inside tensor {name!r}", path=self.path, fix="write it again")
-        if dtype == "BF16":
-            raw = np.frombuffer(buf, dtype="<u2").astype(np.uint32) << 16
-            return raw.view(np.float32).reshape((stop - start,) + shape[1:])
-        return np.frombuffer(buf, dtype=dtype).reshape((stop - start,) + shape[1:])
-
-
 def _open_safetensors(path: str) -> FeatureStore:
-    st = _SafetensorsFile(path)
-    names = _canonical_names(list(st.tensors), path)
+    st = SafetensorsFile(path)
+    names = canonical_names(list(st.tensors), path)
+    check_dtypes({k: st.dtype(n) for n, k in names.items()}, path)
     meta = st.metadata
-    small = {k: st.read_rows(n, 0, st.shape(n)[0]) for n, k in names.items() if k in ("W", "b")}
-    class_names = json.loads(meta["class_names"]) if "class_names" in meta else None
+    small = {k: st.read_rows(n, 0, st.shape(n)[0]) if st.shape(n) else st.read_rows(n, 0, 1).reshape(())
+             for n, k in names.items() if k in ("W", "b")}
     store = FeatureStore(source=path, num_samples=0, dim=0, W=small.get("W"), b=small.get("b"),
-                         class_names=class_names, metadata=json.loads(meta.get("metadata", "{}")),
+                         class_names=json_names(meta.get("class_names"), path),
+                         metadata=json_metadata(meta.get("metadata"), path),
                          has_logits="logits" in names.values(),
                          has_predictions="predictions" in names.values())
     st.alias = {k: n for n, k in names.items()}
@@ -283,45 +248,25 @@ def _open_safetensors(path: str) -> FeatureStore:
     return store
 
 
-def holds_features(names) -> bool:
-    """True when the array names include a features and a labels array, in any spelling nc-probe accepts."""
-    kinds = {ALIASES.get(n) for n in names}
-    return "features" in kinds and "labels" in kinds
-
-
-def _canonical_names(names: list[str], path: str) -> dict[str, str]:
-    """Map the file's array names to ours; unknown names and missing features/labels are errors."""
-    unknown = [n for n in names if n not in ALIASES]
-    if unknown:
-        raise InputError(f"unknown array name(s) {unknown}", path=path,
-                         fix="name the arrays H or features, y or labels, and optionally logits, predictions, W, b, "
-                             "class_names")
-    mapped = {n: ALIASES[n] for n in names}
-    for need, spellings in (("features", "H or features"), ("labels", "y or labels")):
-        hits = [n for n, k in mapped.items() if k == need]
-        if not hits:
-            raise InputError(f"no {need} array (found {sorted(names)})", path=path,
-                             fix=f"name the {need} array {spellings}")
-        if len(hits) > 1:
-            raise InputError(f"both {hits[0]!r} and {hits[1]!r} given", path=path, fix=f"keep one {need} array")
-    return mapped
-
-
 def _store_from_dict(arrays: dict, path: str) -> FeatureStore:
-    names = _canonical_names(list(arrays), path)
+    names = canonical_names(list(arrays), path)
     data = {k: arrays[n] for n, k in names.items()}
-    class_names = data.pop("class_names", None)
-    if class_names is not None:
-        class_names = [str(c) for c in _to_numpy(class_names).tolist()] if not isinstance(class_names, list) \
-            else [str(c) for c in class_names]
+    class_names = string_list(data.pop("class_names", None), "class_names", path)
+    for name, value in data.items():
+        data[name] = _array(value, name, path)
+    check_dtypes({k: v.dtype for k, v in data.items()}, path)
+    return FeatureStore.from_arrays(data["features"], data["labels"], logits=data.get("logits"),
+                                    predictions=data.get("predictions"),
+                                    W=data.get("W"), b=data.get("b"), class_names=class_names, source=path)
+
+
+def _array(value, name: str, path: str) -> np.ndarray:
+    """One array of an npz/pt file as numpy (a tensor, an array, or a nested list of numbers)."""
     try:
-        return FeatureStore.from_arrays(data["features"], data["labels"], logits=data.get("logits"),
-                                        predictions=data.get("predictions"),
-                                        W=data.get("W"), b=data.get("b"), class_names=class_names, source=path)
-    except (TypeError, ValueError) as e:
-        if isinstance(e, InputError):
-            raise
-        raise InputError(f"arrays could not be read ({e})", path=path, fix="store plain numeric arrays") from None
+        return _to_numpy(value)
+    except (TypeError, ValueError, RuntimeError, NotImplementedError):
+        raise InputError(f"{name} is a {type(value).__name__} that cannot be read as an array of numbers", path=path,
+                         fix=f"store {WANTED[name]} as a plain (dense, CPU) tensor or array") from None
 
 
 def open_store(path) -> FeatureStore:
@@ -336,7 +281,9 @@ def open_store(path) -> FeatureStore:
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic[:2] == b"PK":
-        return _store_from_dict(read_array_file(path), path)
+        # The names are checked from the archive's directory, before any array is read.
+        return _store_from_dict(read_array_file(path, select=lambda names: list(canonical_names(names, path))),
+                                path)
     if path.endswith((".npz", ".pt", ".pth")):
         raise InputError("file is truncated or not a zip archive", path=path, fix="write it again")
     return _open_safetensors(path)
