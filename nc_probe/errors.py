@@ -18,7 +18,9 @@ from .text import printable
 
 #: Fixes that start with a command are typed as written, not capitalized as a sentence.
 COMMANDS = ("pip ", "python ", "nc-probe ", "torchrun ", "--", "{")
-PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*)(?:=([^{}]*))?\}")
+#: ``{setting}`` or ``{setting=value}``; a doubled brace (``{{``, as :func:`nc_probe.text.quoted` writes the braces of a
+#: file's text) is a literal brace, never a placeholder.
+PLACEHOLDER = re.compile(r"(?<!\{)\{([a-z][a-z0-9_]*)(?:=([^{}]*))?\}(?!\})")
 
 #: How a placeholder is spelled: ``(parameter, value or None) -> text``.
 Namer = Callable[[str, str | None], str]
@@ -33,7 +35,8 @@ def parameter_name(param: str, value: str | None) -> str:
 
 def spell(text: str, name: Namer = parameter_name) -> str:
     """``text`` with each ``{setting}`` placeholder spelled by ``name`` (messages and report warnings alike)."""
-    return PLACEHOLDER.sub(lambda m: name(m.group(1), m.group(2)), text)
+    text = PLACEHOLDER.sub(lambda m: name(m.group(1), m.group(2)), text)
+    return text.replace("{{", "{").replace("}}", "}")
 
 
 def _is_number(text: str) -> bool:

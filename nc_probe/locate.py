@@ -26,6 +26,9 @@ def resolve_input(path) -> Path:
         raise InputError("no such file", path=p, fix="check the path (or name a shipped sample, e.g. sample:ce)")
     if p.is_dir():
         raise InputError("is a folder", path=p, fix="pass a checkpoint, a feature file or a report JSON")
+    if not p.is_file():  # a pipe or a device: reading it could block forever
+        raise InputError("is not a regular file (a pipe or a device)", path=p,
+                         fix="pass a checkpoint, a feature file or a report JSON saved on disk")
     if p.stat().st_size == 0:
         raise InputError("file is empty", path=p, fix="save the checkpoint, feature file or report again")
     return p

@@ -98,8 +98,10 @@ def printable(text, *, keep_newlines: bool = False) -> str:
 
 def quoted(value, limit: int = 60) -> str:
     """Text that came from a file, as it goes into one of nc-probe's own sentences: printable, cut to ``limit``
-    characters and in quotes, so a reader can tell the file's words from nc-probe's advice."""
+    characters and in quotes, so a reader can tell the file's words from nc-probe's advice. For messages that go
+    through :func:`nc_probe.errors.spell` (every InputError does), which turns the doubled braces back."""
     text = printable(value)
     if len(text) > limit:
         text = text[: limit - 3] + "..."
-    return "'" + text.replace("'", "\\'") + "'"
+    # braces doubled: a file's "{trust_checkpoint}" must not become nc-probe's advice "--trust-checkpoint"
+    return "'" + text.replace("'", "\\'").replace("{", "{{").replace("}", "}}") + "'"

@@ -9,7 +9,7 @@ file resolve only through exact allowlists, checked here before anything is impo
   ``torchvision.models``' registry and ``timm:NAME`` through timm's, where NAME is a plain model name;
 - keyword arguments of those factories: plain JSON values, none that makes a registry fetch or read files
   (:data:`FETCHING_KWARGS`);
-- data: ``sample:NAME``, ``torchvision:CLASS:ROOT`` of a dataset class torchvision exports, or a path of a data
+- data: ``sample:NAME`` or a path of a data
   file or folder (arrays are read without unpickling, images decoded by Pillow).
 
 Anything else (an import path, a ``file.py:function``, builtins, os, subprocess) needs the user's consent: the same
@@ -99,8 +99,7 @@ def is_allowlisted_data(spec) -> bool:
     if spec.startswith("sample:"):
         return True  # open_data knows the sample names; an unknown one is an error, not code
     if spec.startswith("torchvision:"):
-        parts = spec.split(":", 2)
-        return len(parts) == 3 and re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", parts[1]) is not None
+        return False  # some torchvision dataset classes unpickle the files under ROOT: the user's call
     if os.path.exists(spec):
         return not spec.endswith(".py")
     return ":" not in spec

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from . import options as o
-from .shell import err_console, out_console, user_errors
+from .shell import err_console, out_console, user_errors, warn
 
 DEFAULT_SERIES = ["sample:ce_epoch*", "sample:ce"]
 
@@ -68,6 +68,8 @@ def trajectory(
                                  html=staged.get("--html"))
     if not quiet:
         out_console.print(trajectory_table(traj))
+    for note in traj.notes:
+        warn(note)
 
 
 def register(app: typer.Typer) -> None:

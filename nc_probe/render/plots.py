@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -387,7 +388,11 @@ def figure_bytes(fig: Figure, fmt: str = "png") -> bytes:
     cache = fig.__dict__.setdefault("_nc_probe_bytes", {})
     if fmt not in cache:
         buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, dpi=DPI if fmt == "png" else None, metadata=_metadata(fmt))
+        with warnings.catch_warnings():
+            # class and layer names come from files: a control character in one has no glyph, and matplotlib's
+            # warning would print it raw
+            warnings.filterwarnings("ignore", message="Glyph .* missing from")
+            fig.savefig(buf, format=fmt, dpi=DPI if fmt == "png" else None, metadata=_metadata(fmt))
         cache[fmt] = buf.getvalue()
     return cache[fmt]
 
