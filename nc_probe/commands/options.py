@@ -90,8 +90,9 @@ ArchKwargs = Annotated[str | None, _option(
 StripPrefix = Annotated[str | None, _option(
     "--strip-prefix", "Remove this prefix from state_dict keys (module. and _orig_mod. always are).", MODEL)]
 TrustCheckpoint = Annotated[bool, _option(
-    "--trust-checkpoint", "Allow unpickling arbitrary code (a fully pickled nn.Module) and code that the "
-                          "checkpoint names. Only for files you trust.", MODEL)]
+    "--trust-checkpoint", "Run code from the checkpoint: unpickle a fully pickled nn.Module, load TorchScript "
+                          "archives and torch.export programs (they are code), and import the architecture or data "
+                          "its metadata names. Only for files you trust (docs/security.md).", MODEL)]
 
 # -------------------------------------------------------------------------------------------------- data settings
 Data = Annotated[str | None, _option(
