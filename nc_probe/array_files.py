@@ -79,8 +79,8 @@ def _check_expansion(infos: list, size: int, path: str) -> None:
 
 def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, path: str) -> np.ndarray:
     """One ``.npy`` member, after its header has been checked against the member's declared size."""
-    if info.is_dir() or not info.filename.endswith(".npy"):
-        raise InputError(f"archive member {quoted(info.filename)} is not a .npy array", path=path,
+    if info.is_dir():
+        raise InputError(f"archive member {quoted(info.filename)} is a folder, not a .npy array", path=path,
                          fix="save plain numeric arrays with np.savez")
     with archive.open(info) as f:
         version = np.lib.format.read_magic(f)
@@ -144,8 +144,8 @@ def _read_pt(path: str, example: str, select: Select | None) -> dict:
 
 
 def string_list(value, what: str, path) -> list[str] | None:
-    """Class names as stored in an array file (a 1-D array of strings, or a list/tuple of strings), else one
-    InputError naming ``what``."""
+    """Class names as stored in an array file (a 1-D array of strings or of integers, or a list/tuple of strings),
+    else one InputError naming ``what``."""
     if value is None:
         return None
     if isinstance(value, (list, tuple)):
@@ -155,10 +155,10 @@ def string_list(value, what: str, path) -> list[str] | None:
                          fix="store one name per class as a 1-D array of strings")
     else:
         a = value
-        if a.ndim != 1 or a.dtype.kind not in "US":
+        if a.ndim != 1 or a.dtype.kind not in "USiu":
             raise InputError(f"{what} is not a list of strings (it is an array of shape {a.shape}, dtype {a.dtype})",
                              path=path, fix="store one name per class as a 1-D array of strings")
-        items = a.tolist()
+        items = a.tolist() if a.dtype.kind in "US" else [str(c) for c in a.tolist()]  # class ids name themselves
     if not all(isinstance(c, (str, bytes)) for c in items):
         bad = next(c for c in items if not isinstance(c, (str, bytes)))
         raise InputError(f"{what} is not a list of strings (it holds a {type(bad).__name__})", path=path,

@@ -224,6 +224,8 @@ FEATURES = [
     ("npz class_names numbers", "f.npz", npz(H=H0, y=Y0, class_names=np.array([0.5, 1.5, 2.5])),
      ["list of strings"]),
     ("npz big-endian arrays", "f.npz", npz(H=H0.astype(">f4"), y=Y0.astype(">i8")), 0),
+    ("npz members without .npy", "f.npz", members({"H": npy_of(H0), "y": npy_of(Y0)}), 0),
+    ("npz class_names as class ids", "f.npz", npz(H=H0, y=Y0, class_names=np.arange(3)), 0),
     ("npz truncated", "f.npz", cut(npz(H=H0, y=Y0), 300), ["truncated"]),
     # pt
     ("pt dict of strings", "f.pt", pt({"H": "abc", "y": 3}), ["string"]),
