@@ -89,6 +89,8 @@ def sniff(path) -> str:
             return "torch"  # a truncated zip: torch.load gives the precise error
         if any(n.endswith(".npy") for n in names) and not any("/" in n for n in names):
             return "npz"
+        if not names:  # an empty archive: np.savez of nothing, or a broken download
+            return "npz" if path.endswith(".npz") else "unknown"
         if any("/code/" in n or n.endswith("constants.pkl") for n in names):
             return "torchscript"
         if any(n.endswith(("archive_format", "models/model.json", "serialized_exported_program.json"))
@@ -123,10 +125,12 @@ def is_checkpoint(path) -> bool:
             if is_pickle(f.read(2)) and not is_legacy_torch(path):
                 return True  # a raw pickle: load_model says what it would import, and refuses it
         try:
-            try:
-                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError:  # mmap needs the zip format; legacy files load without it
-                obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's deprecation notes about the file's tensors: not the user's
+                warnings.simplefilter("ignore")
+                try:
+                    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError:  # mmap needs the zip format; legacy files load without it
+                    obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
             return True  # pickled objects: a checkpoint, and load_model explains what to do
         except Exception:  # noqa: BLE001 - unreadable: whoever opens it reports why
@@ -188,9 +192,14 @@ def load_model(path, settings: ModelSettings | None = None, **shortcuts) -> Load
     if isinstance(obj, torch.nn.Module):
         return LoadedModel(_unwrap(obj).eval(), "pickled", path, notes=notes)
     if not isinstance(obj, dict):
-        raise InputError(f"holds a {type(obj).__name__}, not a state_dict or a model", path=path,
-                         fix="save model.state_dict() (or a dict with it under 'state_dict')")
+        raise InputError(f"holds a {type(obj).__name__}, not a state_dict, a model or a dict of feature arrays",
+                         path=path, fix="save model.state_dict() (or a dict with it under 'state_dict'), or features "
+                                        "as torch.save({'H': H, 'y': y}, path)")
     if holds_features(obj):
+        if notes:  # features beside objects weights_only refuses: not a checkpoint, and not a clean feature file
+            raise InputError("holds features and labels beside pickled Python objects that nc-probe does not "
+                             "unpickle", path=path, fix="save only the arrays, e.g. torch.save({'H': H, 'y': y}, "
+                                                        "path)")
         raise InputError("is a feature file (features and labels), not a model checkpoint", path=path,
                          fix="analyze it directly, without model options")
     meta, dropped = trust_rules.clean_metadata(obj.get("nc_probe"))

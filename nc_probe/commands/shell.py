@@ -12,6 +12,7 @@ import functools
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from rich.markup import escape
 from .. import distributed
 from ..consoles import console
 from ..errors import InputError, spell
-from ..text import printable
+from ..text import first_line, printable
 from .options import flag_name
 
 USER_ERROR, INTERRUPTED = 2, 130
@@ -42,6 +43,10 @@ def error(message: str) -> None:
 
 
 def warn(message: str) -> None:
+    """One warning on stderr, its settings spelled as flags, its text made printable; under torchrun only rank 0
+    warns (every rank computes the same report)."""
+    if distributed.active() and not distributed.is_main():
+        return
     err_console.print(f"[yellow]warning:[/] {escape(printable(cli_text(message)))}", soft_wrap=True)
 
 
@@ -51,24 +56,36 @@ def user_errors(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
-            if distributed.init_from_env(kwargs.get("device") or "auto") and not distributed.is_main():
-                with _quiet_worker(kwargs) as worker_kwargs:
-                    return fn(*args, **worker_kwargs)
-            return fn(*args, **kwargs)
-        except InputError as e:
-            error(e.render(flag_name))
-            raise typer.Exit(USER_ERROR) from None
-        except OSError as e:
-            if e.filename is None:
-                raise
-            error(f"{printable(e.filename)}: {e.strerror}. Choose a writable path.")
-            raise typer.Exit(USER_ERROR) from None
-        except KeyboardInterrupt:
-            err_console.print("nc-probe: interrupted")
-            raise typer.Exit(INTERRUPTED) from None
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return _run(fn, args, kwargs)
 
     return wrapper
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning raised by a library during a command (torch, matplotlib, ...) as one printable line, not
+    Python's two-line form with a source line."""
+    err_console.print(f"[yellow]warning:[/] {escape(printable(first_line(message, 300)))}", soft_wrap=True)
+
+
+def _run(fn: Callable, args, kwargs):
+    try:
+        if distributed.init_from_env(kwargs.get("device") or "auto") and not distributed.is_main():
+            with _quiet_worker(kwargs) as worker_kwargs:
+                return fn(*args, **worker_kwargs)
+        return fn(*args, **kwargs)
+    except InputError as e:
+        error(e.render(flag_name))
+        raise typer.Exit(USER_ERROR) from None
+    except OSError as e:
+        if e.filename is None:
+            raise
+        error(f"{printable(e.filename)}: {e.strerror}. Choose a writable path.")
+        raise typer.Exit(USER_ERROR) from None
+    except KeyboardInterrupt:
+        err_console.print("nc-probe: interrupted")
+        raise typer.Exit(INTERRUPTED) from None
 
 
 @contextlib.contextmanager
