@@ -126,7 +126,7 @@ class _Analysis:
             acc = subspace_report.pass1_accumulator(stats, splan.classes)
             job = pool.submit(_timed, results.add_group, acc, s, set(splan.angle_classes))
         t = time.perf_counter()
-        self.pca = PCASample(stats, self.c.ids, store.num_samples)
+        self.pca = PCASample(stats, self.c.ids, store)
         first = _group_feeder(splan, 0, stats)
         self.layer_metrics, self.probe = _layer_metrics(stats, self.c.ids, self.keep, s)
         self.mahalanobis = _mahalanobis_tally(stats, self.c.ids, self.keep)

@@ -21,7 +21,7 @@ from .devices import resolve_device, stats_device
 from .extraction import Extraction, extract_layers
 from .files import file_sha256
 from .layer_report import LayerReport
-from .pipeline import batches_of, load, open_source
+from .pipeline import batches_of, load, open_source, rank_share
 from .settings import Settings, checkpoint_settings
 from .taps.layers import LayerTaps, require_eager
 from .taps.select import DEFAULT_LAYERS, PENULTIMATE, select_layers
@@ -61,7 +61,7 @@ def analyze_layers(path, settings: Settings | None = None, *, progress: bool = F
         cka, cka_note = _layer_cka(exts, s.metrics.memory_budget)
         for name in list(exts):
             ext = exts[name]
-            store = ext.store.shard(0, ext.store.num_samples) if distributed.active() else ext.store
+            store = rank_share(ext.store)
             report = analyze_store(store, s.metrics, device=str(stats_device(dev)), layer=name, sha256=digest)
             report.warnings[:0] = ext.warnings
             reports.append((infos[name], report))

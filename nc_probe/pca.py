@@ -1,4 +1,7 @@
-"""The report's 2-D PCA sample: a deterministic subsample of rows projected on the top-2 principal axes."""
+"""The report's 2-D PCA sample: a deterministic subsample of rows projected on the top-2 principal axes.
+
+The subsample is drawn from the row numbers of the whole data set, so that under torchrun every rank projects the
+rows of the sample it holds and the gathered points, in row order, are those of one process."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import torch
 
 from . import distributed
 from .stats import ClassStats
+from .store import FeatureStore, RowShare
 
 PCA_POINTS = 2000  # rows of the deterministic subsample whose 2-D PCA projection the report keeps (for plots)
 
@@ -21,7 +25,7 @@ class PCASample:
     within-class scatter plus the count-weighted scatter of the class means); pass 2 projects the sampled rows.
     """
 
-    def __init__(self, stats: ClassStats, ids, num_samples: int, limit: int = PCA_POINTS):
+    def __init__(self, stats: ClassStats, ids, store: FeatureStore, limit: int = PCA_POINTS):
         dev = stats.device
         sel = torch.as_tensor(ids, device=dev)
         n = stats.count[sel].to(torch.float64)
@@ -38,10 +42,13 @@ class PCASample:
         total = float(lam.sum())
         self.ratio = [float(v) / total if total > 0 else 0.0 for v in lam[:2].tolist()]
         self.ratio += [0.0] * (2 - len(self.ratio))
+        share = store.share or RowShare(0, 1, store.num_samples)
         rng = np.random.default_rng(0)
-        self.rows = np.sort(rng.choice(num_samples, size=min(limit, num_samples), replace=False))
+        chosen = np.sort(rng.choice(share.total, size=min(limit, share.total), replace=False))
+        self.global_rows, self.rows = share.local(chosen, store.num_samples)  # both ascending
         self.points: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
+        self.taken: list[np.ndarray] = []
 
     def add(self, start: int, h: torch.Tensor, y: torch.Tensor) -> None:
         lo, hi = np.searchsorted(self.rows, [start, start + len(h)])
@@ -49,23 +56,25 @@ class PCASample:
             local = torch.as_tensor(self.rows[lo:hi] - start, device=h.device)
             self.points.append(((h[local] - self.center) @ self.axes).cpu().numpy())
             self.labels.append(y[local.cpu()].numpy())
+            self.taken.append(self.global_rows[lo:hi])
 
     def sync_steps(self) -> Generator[tuple[str, Any], Any, None]:
-        """The :func:`nc_probe.distributed.sync` protocol: every rank's sampled rows, in rank order."""
-        pts, labels = self._local()
-        parts = yield "gather", (pts, labels)
-        self.points = [np.concatenate([p for p, _ in parts])]
-        self.labels = [np.concatenate([lab for _, lab in parts])]
+        """The :func:`nc_probe.distributed.sync` protocol: every rank's sampled rows, put in row order."""
+        parts = yield "gather", self._local()
+        pts, labels, rows = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        order = np.argsort(rows, kind="stable")
+        self.points, self.labels, self.taken = [pts[order]], [labels[order]], [rows[order]]
 
-    def _local(self) -> tuple[np.ndarray, np.ndarray]:
+    def _local(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         pts = np.concatenate(self.points) if self.points else np.zeros((0, 2))
         labels = np.concatenate(self.labels) if self.labels else np.zeros(0, dtype=np.int64)
-        return pts, labels
+        rows = np.concatenate(self.taken) if self.taken else np.zeros(0, dtype=np.int64)
+        return pts, labels, rows
 
     def result(self) -> dict:
         """The sample of all ranks (synced), as the report keeps it."""
         distributed.sync(self)
-        pts, labels = self._local()
+        pts, labels, _ = self._local()
         return {"points": [[float(f"{a:.5g}"), float(f"{b:.5g}")] for a, b in pts],
                 "labels": [int(v) for v in labels],
                 "explained_variance_ratio": self.ratio, "num_samples": int(len(pts)), "seed": 0}

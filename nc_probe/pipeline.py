@@ -40,7 +40,7 @@ from .store import FeatureStore
 from .taps import make_tap
 from .trust import check_file_data
 
-__all__ = ["analyze_checkpoint", "extract_features", "load"]
+__all__ = ["analyze_checkpoint", "extract_features", "load", "rank_share"]
 
 
 def load(model_or_path, settings: ModelSettings | None = None) -> LoadedModel:
@@ -54,6 +54,15 @@ def load(model_or_path, settings: ModelSettings | None = None) -> LoadedModel:
         return LoadedModel(model, "module", f"<{type(model_or_path).__name__}>")
     raise InputError(f"cannot load a model from a {type(model_or_path).__name__}",
                      fix="pass a checkpoint path, an nn.Module or an ExportedProgram")
+
+
+def rank_share(store: FeatureStore) -> FeatureStore:
+    """Under torchrun, an extracted store as this rank's share of the data: rank r ran every world-size-th sample
+    from sample r (see :mod:`nc_probe.batches`). Outside torchrun, the store itself."""
+    if not distributed.active():
+        return store
+    total = int(distributed.all_reduce_(torch.tensor([store.num_samples], dtype=torch.long)).item())
+    return store.as_share(distributed.rank(), distributed.world_size(), total)
 
 
 def analyze_checkpoint(path, settings: Settings | None = None, *, save_features=None, progress: bool = False,
@@ -87,7 +96,7 @@ def analyze_checkpoint(path, settings: Settings | None = None, *, save_features=
     if notes:
         inputs["notes"] = notes
     # Under torchrun the extracted store already is this rank's share of the samples.
-    store = ext.store.shard(0, ext.store.num_samples) if distributed.active() else ext.store
+    store = rank_share(ext.store)
     try:
         report = analyze_store(store, s.metrics, stats=ext.stats, device=str(stats_device(run.device)),
                                layer=ext.layer, inputs=inputs, sha256=digest)

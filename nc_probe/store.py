@@ -37,6 +37,22 @@ ROW_ARRAYS = ("features", "labels", "logits", "predictions")
 _ST_NAMES = {np.dtype(v).str: k for k, v in DTYPES.items()}
 
 
+@dataclass(frozen=True)
+class RowShare:
+    """A torchrun rank's rows among all ranks': local row i is row ``first + i * step`` of ``total``. What makes
+    the parts of a report that follow particular rows (the PCA sample) the same as in one process."""
+
+    first: int
+    step: int
+    total: int
+
+    def local(self, rows: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Of the global ``rows``, those among this share's ``count`` rows: ``(global rows, local indices)``."""
+        off = rows - self.first
+        mine = (off >= 0) & (off % self.step == 0) & (off // self.step < count)
+        return rows[mine], off[mine] // self.step
+
+
 @dataclass
 class Chunk:
     features: np.ndarray
@@ -61,7 +77,8 @@ class FeatureStore:
     _arrays: dict | None = field(default=None, repr=False)
     _file: SafetensorsFile | None = field(default=None, repr=False)
     _row0: int = field(default=0, repr=False)
-    _shard: bool = field(default=False, repr=False)
+    #: Under torchrun, where this rank's rows sit among all ranks' rows (None: the store is all of the data).
+    share: RowShare | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -156,13 +173,20 @@ class FeatureStore:
 
     @property
     def is_shard(self) -> bool:
-        return self._shard
+        return self.share is not None
 
     def shard(self, start: int, stop: int) -> FeatureStore:
-        """The rows ``[start, stop)`` as a store of their own (a torchrun rank's share); W, b, names are shared."""
+        """The rows ``[start, stop)`` as a store of their own (a torchrun rank's contiguous share of a file); W, b,
+        names are shared."""
         part = dataclasses.replace(self)
-        part._row0, part.num_samples, part._shard = self._row0 + start, stop - start, True
+        part._row0, part.num_samples = self._row0 + start, stop - start
+        part.share = RowShare(start, 1, self.num_samples)
         return part
+
+    def as_share(self, first: int, step: int, total: int) -> FeatureStore:
+        """This store as a torchrun rank's share of ``total`` rows whose local row i is row ``first + i * step`` of
+        the whole (the features a rank extracted from every ``step``-th sample)."""
+        return dataclasses.replace(self, share=RowShare(first, step, total))
 
     def labels(self) -> np.ndarray:
         """All labels as int64, checked to be non-negative integers."""

@@ -38,6 +38,11 @@ def assert_same_report(a: nc_probe.Report, b: nc_probe.Report, rel=1e-9):
                 "acc_ncc", "within_class_variance"):
         assert np.allclose(a.per_class[key], b.per_class[key], rtol=rel, atol=1e-12), key
     assert np.allclose(a.angles["angle_min"], b.angles["angle_min"], rtol=1e-7, atol=1e-7)
+    # the PCA sample: the same rows (drawn from the whole data set's row numbers), in the same order
+    pa, pb = a.per_class["pca2d"], b.per_class["pca2d"]
+    assert pa["labels"] == pb["labels"] and pa["num_samples"] == pb["num_samples"]
+    scale = np.abs(pa["points"]).max()
+    assert np.allclose(pa["points"], pb["points"], rtol=1e-4, atol=1e-6 * scale)  # kept to 5 significant digits
 
 
 def test_two_processes_match_one_on_the_sample_checkpoint(tmp_path):
@@ -52,7 +57,7 @@ def test_two_processes_match_one_on_the_sample_checkpoint(tmp_path):
 
 def test_two_processes_match_one_on_a_feature_file(tmp_path):
     rng = np.random.default_rng(3)
-    n, d, C = 1001, 24, 5
+    n, d, C = 4001, 24, 5  # more rows than the PCA sample keeps (2000): each rank holds part of the sample
     y = rng.integers(0, C, n)
     H = rng.normal(size=(C, d))[y] * 4 + rng.normal(size=(n, d))
     W, b = rng.normal(size=(C, d)), rng.normal(size=C)
