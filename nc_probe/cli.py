@@ -11,9 +11,11 @@ import typer
 
 from ._version import __version__
 from .commands import analyze, compare, gate, inspect, layers, trajectory
+from .commands.options import Group
 
 app = typer.Typer(
     name="nc-probe",
+    cls=Group,
     help="Measure the geometry of what a classifier learned: neural collapse NC1-NC4, class subspace ranks, "
     "MCR^2 coding rates and principal angles of its features: the penultimate layer, every layer, through training.",
     no_args_is_help=True,
@@ -30,7 +32,8 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version.",
+                                 metavar=""),
 ) -> None:
     """nc-probe: neural collapse and subspace geometry of classifier features."""
 

@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import distributed
-from .errors import InputError
+from .errors import InputError, spell
 from .files import atomic_write_text, json_safe
 from .metrics import CATALOG, PER_CLASS_KEYS, SCALAR_KEYS, metric
 from .metrics.cka import cka_matrix, unbiased_cka_matrix
+from .preprocessing import preprocessing_difference
 from .report import Report
 from .settings import Settings
 
@@ -30,14 +31,64 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
+# ---------------------------------------------------------------------------------------------- resolution
+#: A difference between two values of a metric is read as a change only above the metric's resolution,
+#: ``max(ABSOLUTE_RESOLUTION[unit], RELATIVE_RESOLUTION * max(|a|, |b|))``: below it the two values are the same
+#: for every reading of the metric (float rounding of float32 features, another BLAS or machine, a variance of
+#: cosines at 1e-7), and ``compare`` says "no change" (docs/metrics.md, "Comparing reports").
+RELATIVE_RESOLUTION = 1e-6
+ABSOLUTE_RESOLUTION = {
+    "": 1e-6,  # dimensionless collapse measures (nc1, nc2_*, nc3, unc3, vci, ...), whose scale is ~1
+    "fraction": 1e-9,  # accuracies and nc4: counts over N, every sample counts
+    "degrees": 1e-4,
+    "nats": 1e-6,
+    "dimensions": 1e-6,  # ranks: whole numbers, or their means over classes
+}
+UNKNOWN_RESOLUTION = 1e-9  # a key the catalog does not know: float rounding only
+
+
+def resolution(a: float, b: float, key: str | None = None) -> float:
+    """The smallest difference between ``a`` and ``b`` (values of metric ``key``; ``"key (mean)"`` for a mean over
+    classes) that counts as a change."""
+    entry = metric(key.split(" ")[0]) if key else None
+    floor = ABSOLUTE_RESOLUTION.get(entry.unit, UNKNOWN_RESOLUTION) if entry is not None else UNKNOWN_RESOLUTION
+    return max(floor, RELATIVE_RESOLUTION * max(abs(a), abs(b)))
+
+
+def changed(a: float | None, b: float | None, key: str | None = None) -> bool | None:
+    """Whether ``b`` differs from ``a`` by more than the metric's :func:`resolution`; None when either is absent."""
+    if a is None or b is None:
+        return None
+    return abs(b - a) > resolution(a, b, key)
+
+
+def group_warnings(warnings_by_label: Mapping[str, Sequence], every: str | None = None) -> list[str]:
+    """Each warning once, led by the labels of the inputs that gave it (``"ce, mcr2: 10 classes have ..."``), in
+    the order they first appear; ``every`` replaces the labels when all of several gave it ("every checkpoint")."""
+    where: dict[str, list[str]] = {}
+    text: dict[str, str] = {}
+    for label, warnings in warnings_by_label.items():
+        for w in warnings:
+            key = spell(str(w))  # a report read back holds its warnings spelled, one made here their placeholders
+            text.setdefault(key, str(w))
+            names = where.setdefault(key, [])
+            if label not in names:
+                names.append(label)
+    everyone = len(warnings_by_label)
+    return [f"{every if every and everyone > 1 and len(names) == everyone else ', '.join(names)}: {text[key]}"
+            for key, names in where.items()]
+
+
 # ---------------------------------------------------------------------------------------------- comparison
 @dataclass
 class Comparison:
     """Reports side by side. ``rows``: one dict per metric: ``metric``, ``direction`` ("lower"/"higher": the way
     it moves as features get ``word``, e.g. "more collapsed"; None), ``word``, ``values`` by label, and by
-    non-baseline label ``deltas`` and ``moved`` (True: moved in ``direction`` against the baseline, i.e. "more
-    <word>"; False: the other way; None: no change or no direction). ``cka``: ``{"labels", "matrix"}`` (None entries
-    where two inputs do not share samples) or None."""
+    non-baseline label ``deltas``, ``changed`` (False: within the metric's :func:`resolution` of the baseline, "no
+    change"; None: a value is absent) and ``moved`` (True: changed in ``direction`` against the baseline, i.e.
+    "more <word>"; False: the other way; None: no change or no direction). ``cka``: ``{"labels", "matrix"}`` (None
+    entries where two inputs do not share samples) or None. ``warnings``: the comparison's own (settings that
+    differ, CKA not computed); :meth:`all_warnings` adds each input's, labelled."""
 
     reports: dict
     rows: list
@@ -51,6 +102,14 @@ class Comparison:
     @property
     def baseline(self) -> str:
         return self.labels[0]
+
+    def input_warnings(self) -> dict[str, list[str]]:
+        """Each input's own warnings (its report's), by label."""
+        return {lab: [str(w) for w in rep.warnings] for lab, rep in self.reports.items()}
+
+    def all_warnings(self) -> list[str]:
+        """The comparison's warnings, then every input's, each once and led by the labels that gave it."""
+        return [str(w) for w in self.warnings] + group_warnings(self.input_warnings())
 
     def frame(self) -> pd.DataFrame:
         """The table as a pandas DataFrame: metric, direction, one column per input, one delta per non-baseline."""
@@ -70,7 +129,8 @@ class Comparison:
             "baseline": self.baseline,
             "metrics": self.rows,
             "cka": self.cka,
-            "warnings": self.warnings,
+            "warnings": [spell(w) for w in self.all_warnings()],
+            "input_warnings": {lab: [spell(w) for w in ws] for lab, ws in self.input_warnings().items()},
             "inputs": {lab: rep.inputs for lab, rep in self.reports.items()},
             "settings": {lab: rep.settings for lab, rep in self.reports.items()},
             "reports": {lab: rep.to_dict() for lab, rep in self.reports.items()},
@@ -136,6 +196,9 @@ def check_class_sets(reports: Mapping[str, Report]) -> list[str]:
         if rep.inputs.get("dim") != reports[base].inputs.get("dim"):
             warnings.append(f"{base} has d={reports[base].inputs.get('dim')} and {lab} d={rep.inputs.get('dim')}: "
                             "coding rates scale with d, read them against coding_rate_max")
+        differ = preprocessing_difference(reports[base].inputs.get("preprocessing"), rep.inputs.get("preprocessing"))
+        if differ:
+            warnings.append(f"{base} and {lab} {differ}")
     return warnings
 
 
@@ -168,13 +231,15 @@ def compare_reports(reports: Mapping[str, Report], *, features: Mapping | None =
         d, word = (entry.direction, entry.word) if entry is not None else (None, None)
         base = values[labels[0]]
         deltas: dict[str, float | None] = {}
+        moves: dict[str, bool | None] = {}
         moved: dict[str, bool | None] = {}
         for lab in labels[1:]:
             v = values[lab]
             delta = deltas[lab] = None if v is None or base is None else v - base
-            moved[lab] = None if delta is None or d is None or delta == 0 else (delta < 0) == (d == "lower")
+            moves[lab] = changed(base, v, key)
+            moved[lab] = None if delta is None or d is None or not moves[lab] else (delta < 0) == (d == "lower")
         rows.append({"metric": key, "direction": d, "word": word, "values": values, "deltas": deltas,
-                     "moved": moved})
+                     "changed": moves, "moved": moved})
     cka = None
     if features:
         cka, cka_warnings = _cka_for(labels, features, chunk_rows, unbiased_cka)

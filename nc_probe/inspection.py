@@ -19,24 +19,49 @@ __all__ = ["inspect_checkpoint"]
 
 
 def inspect_checkpoint(path, settings: ModelSettings | None = None, *, input_shape=None, layers: str | None = None,
-                       **shortcuts) -> list[dict]:
+                       image_size: int | None = None, **shortcuts) -> list[dict]:
     """One row per module: ``name`` ("" for the whole model), ``type``, ``output_shape`` (per sample, without the
     batch dimension; None when unknown), ``params`` (including sub-modules), ``default_tap`` (True on the
     nn.Linear whose input analyze taps by default) and ``layer_tap`` (True on the modules ``nc-probe layers`` taps
     with ``layers``, default ``@blocks,@penultimate``; ``@penultimate`` marks the head, whose input it is).
 
     Output shapes come from one forward pass of a zero batch of ``input_shape`` (per sample; default: the
-    checkpoint's metadata ``input_shape``, else guessed from the first layer). TorchScript archives give only the
-    model's output shape and the default tap's; torch.export programs give the shapes recorded at export.
+    checkpoint's metadata ``input_shape``, else guessed from the first layer). ``image_size`` builds it for an image
+    model instead: channels x image_size x image_size (the channels from the metadata's input_shape, else the first
+    Conv2d), and a model that fails on it is an error. TorchScript archives give only the model's output shape and
+    the default tap's; torch.export programs give the shapes recorded at export.
     """
     loaded = load(path, dataclasses.replace(settings or ModelSettings(), **shortcuts))
     model = loaded.model
     shape = input_shape or loaded.metadata.get("input_shape")
+    if image_size is not None and input_shape is None and not isinstance(model, torch.export.ExportedProgram):
+        shape = _image_shape(model, loaded.metadata.get("input_shape"), image_size)
+        rows = _inspect_script(model, shape) if isinstance(model, torch.jit.ScriptModule) else \
+            _inspect_module(model, shape, loaded.arch, layers)
+        if not any(r.get("output_shape") for r in rows):
+            raise InputError(f"the model does not run on an input of {'x'.join(map(str, shape))} per sample, so no "
+                             "output shape is known", path=loaded.source, fix="check {image_size}")
+        return rows
     if isinstance(model, torch.export.ExportedProgram):
         return _inspect_export(model)
     if isinstance(model, torch.jit.ScriptModule):
         return _inspect_script(model, shape)
     return _inspect_module(model, shape, loaded.arch, layers)
+
+
+def _image_shape(model, metadata_shape, image_size: int) -> tuple[int, int, int]:
+    """channels x image_size x image_size, the channels from the checkpoint's C x H x W input_shape, else the first
+    Conv2d's input channels."""
+    if isinstance(metadata_shape, (list, tuple)) and len(metadata_shape) == 3:
+        return (int(metadata_shape[0]), image_size, image_size)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) or getattr(m, "original_name", "") == "Conv2d":
+            try:
+                return (int(m.in_channels), image_size, image_size)
+            except (AttributeError, RuntimeError, TypeError, ValueError):
+                break
+    raise InputError("{image_size} needs an image model (a Conv2d layer, or a C x H x W input_shape in the "
+                     "checkpoint's metadata); this model has neither", fix="leave {image_size} out")
 
 
 def _params(module) -> int:

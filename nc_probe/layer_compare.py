@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import InputError
+from .errors import InputError, spell
 from .files import atomic_write_text, json_safe, read_json
 from .layer_report import LayerReport, is_layer_report
 
@@ -33,15 +33,17 @@ class LayerComparison:
         return list(self.reports)
 
     def laws(self) -> pd.DataFrame:
-        """One row per model: layers, the depth law's rho, a, R^2, and the plateau layers of the accuracies."""
+        """One row per model: layers, the depth law's rho, a, R^2, whether it fits (R^2 >= LAW_FIT_R2), and where
+        each accuracy stops gaining (or peaks and falls: :meth:`LayerReport.plateau_text`)."""
         rows = []
         for label, r in self.reports.items():
             law = r.laws.get("D_l") or {}
             row = {"model": label, "layers": len(r.layers), "rho": law.get("rho"), "a": law.get("a"),
                    "r2": law.get("r2")}
+            row["law_fits"] = r.law_fits()
             for key in ("acc_ncc", "acc_linear_probe"):
-                p = r.laws.get(f"plateau_{key}")
-                row[f"plateau_{key}"] = None if not p else f"{p['depth']} ({p['name']})"
+                text = r.plateau_text(key)
+                row[f"plateau_{key}"] = None if text == "-" else text
             rows.append(row)
         return pd.DataFrame(rows)
 
@@ -49,9 +51,17 @@ class LayerComparison:
         """Every model's tidy table (model, layer, depth, metric, value), models labelled as given."""
         return pd.concat([r.tidy(label) for label, r in self.reports.items()], ignore_index=True)
 
+    def warnings(self) -> list[str]:
+        """Every model's warnings (its own and its layers', each once with the layers that gave it), each once and
+        led by the labels of the models that gave it."""
+        from .compare import group_warnings
+
+        return group_warnings({label: r.all_warnings() for label, r in self.reports.items()})
+
     def to_dict(self) -> dict:
         return json_safe({"kind": "layer-comparison", "schema_version": LAYER_COMPARISON_SCHEMA,
                           "labels": self.labels, "baseline": self.labels[0],
+                          "warnings": [spell(w) for w in self.warnings()],
                           "laws": self.laws().to_dict(orient="records"),
                           "reports": {label: r.to_dict() for label, r in self.reports.items()}})
 

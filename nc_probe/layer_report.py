@@ -23,6 +23,9 @@ from .text import quoted
 LAYER_SCHEMA_VERSION = "layers-1.0"
 LAYER_FIX = "write it with nc-probe layers --json"
 CLASS_MEANS = ("rank_energy95", "rank_numerical", "rank_effective")
+#: Below this R^2 the depth law ln D_l = a - rho * l does not describe the layers, and rho is not read as a rate
+#: of decay per layer (docs/metrics.md, "Layers").
+LAW_FIT_R2 = 0.8
 
 
 @dataclass
@@ -70,6 +73,69 @@ class LayerReport:
     def values(self, key: str) -> list:
         """One metric over the layers, in forward order (None where absent)."""
         return [layer["metrics"].get(key) for layer in self.layers]
+
+    def accuracy_course(self, key: str) -> dict | None:
+        """How an accuracy (``acc_ncc``, ``acc_linear_probe``) runs through depth, for statements that must be
+        true: ``first``, ``peak`` (the first layer of the highest value), ``last`` and ``lowest_after_peak`` (each a
+        ``{"depth", "name", "value"}``), ``plateau`` (the layer after which it never gains more than
+        :data:`~nc_probe.metrics.depth.PLATEAU_TOLERANCE`, or None), and ``shape``: ``"falls"`` (after its peak it
+        drops by more than the tolerance), ``"rises"`` (it still gains at the last layer: no plateau), ``"flat"``
+        (within the tolerance from the plateau on), or ``"single"`` (one layer). None without values."""
+        import math
+
+        points = [{"depth": layer["depth"], "name": layer["name"], "value": float(v)} for layer in self.layers
+                  if isinstance((v := layer["metrics"].get(key)), (int, float)) and math.isfinite(v)]
+        if not points:
+            return None
+        peak = max(points, key=lambda p: p["value"])  # the first of equal maxima
+        after = points[points.index(peak) + 1:]
+        lowest = min(after, key=lambda p: p["value"]) if after else None
+        plateau = self.laws.get(f"plateau_{key}") or None
+        plateau_point = next((p for p in points if plateau and p["depth"] == plateau.get("depth")), None)
+        if len(points) == 1:
+            shape = "single"
+        elif lowest is not None and peak["value"] - lowest["value"] > depth.PLATEAU_TOLERANCE:
+            shape = "falls"
+        elif plateau_point is None or plateau_point is points[-1]:
+            shape = "rises"
+        else:
+            shape = "flat"
+        return {"first": points[0], "peak": peak, "last": points[-1], "lowest_after_peak": lowest,
+                "plateau": plateau_point, "shape": shape}
+
+    def layer_warnings(self) -> list[str]:
+        """Each layer's warnings once, led by the layers that gave them ("every layer" when all did): the same
+        small-class warning of every layer would otherwise repeat L times."""
+        where: dict[str, list[str]] = {}
+        for layer in self.layers:
+            for w in layer["warnings"]:
+                where.setdefault(str(w), []).append(layer["name"])
+        return [f"{'every layer' if len(names) == len(self.layers) > 1 else ', '.join(names)}: {w}"
+                for w, names in where.items()]
+
+    def all_warnings(self) -> list[str]:
+        """The report's own warnings (loading, data, CKA), then :meth:`layer_warnings`."""
+        return [str(w) for w in self.warnings] + self.layer_warnings()
+
+    def plateau_text(self, key: str) -> str:
+        """A short cell for a table of models: the plateau layer, the peak and the fall after it, or '-'."""
+        from .text import format_number
+
+        course = self.accuracy_course(key)
+        if course is None:
+            return "-"
+        if course["shape"] == "falls":
+            peak, last = course["peak"], course["last"]
+            return f"peak {peak['depth']} ({peak['name']}), falls to {format_number(last['value'])}"
+        if course["shape"] == "rises":
+            return "none (still rising)"
+        p = course["plateau"] or course["last"]
+        return f"{p['depth']} ({p['name']})"
+
+    def law_fits(self) -> bool | None:
+        """Whether the depth law describes the layers (R^2 >= :data:`LAW_FIT_R2`); None when it was not fitted."""
+        r2 = (self.laws.get("D_l") or {}).get("r2")
+        return None if r2 is None else r2 >= LAW_FIT_R2
 
     @property
     def names(self) -> list[str]:

@@ -9,7 +9,7 @@ import typer
 
 from ..metrics import CATALOG
 from . import options as o
-from .shell import out_console, user_errors
+from .shell import out_console, user_errors, warn
 
 METRICS_HELP = (
     "Metrics (docs/metrics.md in nc-probe's repository defines each; ↓/↑ is the way it moves as the features get "
@@ -20,13 +20,13 @@ Input = Annotated[Path | None, typer.Argument(
     help="Checkpoint (.pt/.pth/.ckpt/.safetensors/.pt2), feature file (.safetensors/.npz/.pt with features+labels), "
          "report JSON, or a shipped sample: sample:ce, sample:mcr2, sample:ce_epoch20, ... Default: sample:ce.",
     show_default=False)]
-OutDir = Annotated[Path | None, typer.Option(
-    "--out", help="Write report.json, metrics.csv, per_class.csv, angles.csv and pairs.csv (the most "
-                  "extreme class pairs) into this folder.",
-    rich_help_panel=o.OUTPUT)]
-Format = Annotated[str | None, typer.Option(
-    "--format", help="Tables as csv, parquet (needs pyarrow), markdown or json: into --out DIR, or (text formats, "
-                     "without --out) printed instead of the summary.", rich_help_panel=o.OUTPUT)]
+OutDir = Annotated[Path | None, o.option(
+    "--out", "Write report.json, metrics.csv, per_class.csv, angles.csv and pairs.csv (the most extreme class "
+             "pairs) into this folder.", o.OUTPUT)]
+Format = Annotated[str | None, o.option(
+    "--format", "Tables as csv, parquet (needs pyarrow), markdown or json: into --out DIR, or (text formats, "
+                "without --out) printed instead of the summary [default: csv with --out; else the summary].",
+    o.OUTPUT)]
 
 
 def analyze(
@@ -70,10 +70,13 @@ def analyze(
             report.save(staged["--json"])
         text = write_outputs(report, out=staged.get("--out"), fmt=fmt, plots=staged.get("--plots"),
                              html=staged.get("--html"), spell=o.flag_name)
-    if text is not None:
-        typer.echo(text, nl=False)
-    elif not quiet:
-        render_report(report, out_console, spell=o.flag_name)
+    if text is not None or quiet:  # stdout holds the exported table, or nothing: the warnings go to stderr
+        if text is not None:
+            typer.echo(text, nl=False)
+        for w in report.warnings:
+            warn(w)
+    else:
+        render_report(report, out_console, spell=o.flag_name, warn=warn)
 
 
 def _analyze_splits(source, splits, settings, json_path, out, fmt, plots, html, save_features, data, quiet) -> None:
@@ -98,4 +101,4 @@ def _analyze_splits(source, splits, settings, json_path, out, fmt, plots, html, 
 
 
 def register(app: typer.Typer) -> None:
-    app.command("analyze", epilog=METRICS_HELP)(user_errors(analyze))
+    app.command("analyze", epilog=METRICS_HELP, cls=o.Command)(user_errors(analyze))

@@ -7,13 +7,13 @@ from typing import Annotated
 import typer
 
 from . import options as o
-from .shell import out_console, user_errors
+from .shell import out_console, user_errors, warn
 
-Cka = Annotated[bool, typer.Option("--cka/--no-cka", help="Linear CKA between inputs that hold features of the "
-                                                          "same samples.", rich_help_panel=o.OUTPUT)]
-UnbiasedCka = Annotated[bool, typer.Option(
-    "--unbiased-cka", help="CKA from the unbiased HSIC estimator (does not drift with the number of samples; "
-                           "the default is Kornblith et al.'s biased one).", rich_help_panel=o.OUTPUT)]
+Cka = Annotated[bool, o.switch("--cka/--no-cka", "Linear CKA between inputs that hold features of the same "
+                                                "samples [default: --cka].", o.OUTPUT)]
+UnbiasedCka = Annotated[bool, o.switch(
+    "--unbiased-cka", "CKA from the unbiased HSIC estimator, which does not drift with the number of samples "
+                      "[default: off: Kornblith et al.'s biased one].", o.OUTPUT)]
 
 
 def compare(
@@ -64,7 +64,10 @@ def write_comparison(comparison, outputs, quiet: bool) -> None:
         if "--json" in staged:
             comparison.save(staged["--json"])
     if not quiet:
-        render_comparison(comparison, out_console, spell=o.flag_name)
+        render_comparison(comparison, out_console, spell=o.flag_name, warn=warn)
+    else:
+        for w in comparison.all_warnings():
+            warn(w)
 
 
 def _compare_layers(paths, settings, outputs, json_path, quiet: bool) -> None:
@@ -73,12 +76,15 @@ def _compare_layers(paths, settings, outputs, json_path, quiet: bool) -> None:
 
     comparison = compare_layers(paths, settings, progress=not quiet)
     with outputs.transaction() as staged:
-        write_layer_comparison(comparison, plots=staged.get("--plots"), html=staged.get("--html"))
+        write_layer_comparison(comparison, plots=staged.get("--plots"), html=staged.get("--html"), spell=o.flag_name)
         if json_path is not None:
             comparison.save(staged["--json"])
     if not quiet:
-        render_layer_comparison(comparison, out_console)
+        render_layer_comparison(comparison, out_console, spell=o.flag_name, warn=warn)
+    else:
+        for w in comparison.warnings():
+            warn(w)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("compare")(user_errors(compare))
+    app.command("compare", cls=o.Command)(user_errors(compare))

@@ -45,23 +45,22 @@ RULES_HELP = (
 Input = Annotated[Path, typer.Argument(
     help="Checkpoint, feature file (.safetensors/.npz/.pt with features+labels), report JSON or sample:NAME.",
     show_default=False)]
-Rule = Annotated[list[str] | None, typer.Option(
-    "--rule", "-r", help="A rule such as 'nc1<=0.05' or 'nc1<=baseline+10%' (repeatable; see below).",
-    show_default=False, rich_help_panel=RULES)]
-Config = Annotated[Path | None, typer.Option(
-    "--config", help="Read \\[tool.nc-probe.gate] rules (and baseline) from this TOML file instead of "
-                     "./pyproject.toml.", rich_help_panel=RULES)]
-BaselineIn = Annotated[Path | None, typer.Option(
-    "--baseline", "-b", help="Baseline JSON of relative rules (from nc-probe baseline, or a report JSON).",
-    rich_help_panel=RULES)]
-Junit = Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML here (a testcase per rule).",
-                                               rich_help_panel=o.OUTPUT)]
-Markdown = Annotated[Path | None, typer.Option(
-    "--markdown", help="Write a Markdown summary here, e.g. \"$GITHUB_STEP_SUMMARY\".", rich_help_panel=o.OUTPUT)]
-GateQuiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only broken rules and errors (stderr).",
-                                         rich_help_panel=o.OUTPUT)]
-BaselineOut = Annotated[Path, typer.Option("--output", "-o", help="Where to write the baseline JSON.",
-                                           rich_help_panel=o.OUTPUT)]
+Rule = Annotated[list[str] | None, o.option(
+    "--rule", "A rule such as 'nc1<=0.05' or 'nc1<=baseline+10%' (repeatable, added to the config file's rules; "
+              "see below).", RULES, "-r")]
+Config = Annotated[Path | None, o.option(
+    "--config", "Read [tool.nc-probe.gate] rules (and baseline) from this TOML file [default: ./pyproject.toml].",
+    RULES)]
+BaselineIn = Annotated[Path | None, o.option(
+    "--baseline", "Baseline JSON of relative rules (from nc-probe baseline, or a report JSON) [default: the "
+                  "config file's baseline, if any].", RULES, "-b")]
+Junit = Annotated[Path | None, o.option("--junit", "Write JUnit XML here (a testcase per rule).", o.OUTPUT)]
+Markdown = Annotated[Path | None, o.option(
+    "--markdown", "Write a Markdown summary here, e.g. \"$GITHUB_STEP_SUMMARY\".", o.OUTPUT)]
+GateQuiet = Annotated[bool, o.switch("--quiet", "Print only broken rules and errors (stderr) [default: off].",
+                                     o.OUTPUT, "-q")]
+BaselineOut = Annotated[Path, o.option("--output", "Where to write the baseline JSON [default: baseline.json].",
+                                       o.OUTPUT, "-o")]
 
 
 def gate(
@@ -176,5 +175,5 @@ def baseline(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("gate", epilog=RULES_HELP)(user_errors(gate))
-    app.command("baseline")(user_errors(baseline))
+    app.command("gate", epilog=RULES_HELP, cls=o.Command)(user_errors(gate))
+    app.command("baseline", cls=o.Command)(user_errors(baseline))

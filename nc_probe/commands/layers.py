@@ -9,17 +9,18 @@ from typing import Annotated
 import typer
 
 from . import options as o
-from .shell import out_console, user_errors
+from .shell import out_console, user_errors, warn
 
 Checkpoint = Annotated[Path | None, typer.Argument(
-    help="Checkpoint (.pt/.pth/.ckpt/.safetensors with --arch) or a shipped sample (sample:ce, sample:deep, ...). "
-         "Default: sample:deep.", show_default=False)]
-OutDir = Annotated[Path | None, typer.Option(
-    "--out", help="Write layers.json and the tidy table layers.csv (model, layer, depth, metric, value) into this "
-                  "folder; --format parquet or json for the table.", rich_help_panel=o.OUTPUT)]
-Format = Annotated[str | None, typer.Option(
-    "--format", help="The tidy table as csv, parquet (needs pyarrow) or json: into --out DIR, or (csv, json) "
-                     "printed instead of the summary.", rich_help_panel=o.OUTPUT)]
+    help="Checkpoint (.pt/.pth/.ckpt/.safetensors with --arch), a shipped sample (sample:ce, sample:deep, ...), or "
+         "a layer report JSON (nc-probe layers --json, or layers.json of --out) to show and write again without "
+         "the model. Default: sample:deep.", show_default=False)]
+OutDir = Annotated[Path | None, o.option(
+    "--out", "Write layers.json and the tidy table layers.csv (model, layer, depth, metric, value) into this "
+             "folder; --format parquet or json for the table.", o.OUTPUT)]
+Format = Annotated[str | None, o.option(
+    "--format", "The tidy table as csv, parquet (needs pyarrow) or json: into --out DIR, or (csv, json) printed "
+                "instead of the summary [default: csv with --out; else the summary].", o.OUTPUT)]
 
 
 def layers(
@@ -38,7 +39,8 @@ def layers(
     amp: o.Amp = None, spill_threshold: o.SpillThreshold = None,
 ) -> None:
     """Analyze every selected layer of a model (collapse, rate reduction, ranks, NCC and linear-probe accuracy
-    through depth), fit the depth law of the separation fuzziness D_l and find where accuracy stops improving."""
+    through depth), fit the depth law of the separation fuzziness D_l and find where accuracy stops improving. Given
+    a layer report JSON, show it and write its table, plots, page or folder again, without the model."""
     from ..layer_analysis import analyze_layers
     from ..render.layer_outputs import check_layer_format, render_layers, write_layer_outputs
     from ..samples import DEFAULT_LAYER_SAMPLE
@@ -46,20 +48,62 @@ def layers(
 
     settings = o.build_settings(locals())
     source = checkpoint if checkpoint is not None else Path(DEFAULT_LAYER_SAMPLE)
+    saved = _is_layer_json(source)
     check_layer_format(fmt, out)
     outputs = OutputSet({"--json": json_path, "--out": out, "--plots": plots, "--html": html},
                         dirs=("--out", "--plots"), inputs=[source, *settings_inputs(settings)])
+    if saved:
+        _ignored_settings(locals())
     with outputs.transaction() as staged:
-        report = analyze_layers(str(source), settings, progress=not quiet)
+        report = _read_layer_report(source) if saved else analyze_layers(str(source), settings, progress=not quiet)
         if json_path is not None:
             report.save(staged["--json"])
         text = write_layer_outputs(report, out=staged.get("--out"), fmt=fmt, plots=staged.get("--plots"),
-                                   html=staged.get("--html"))
-    if text is not None:
-        typer.echo(text, nl=False)
-    elif not quiet:
-        render_layers(report, out_console, spell=o.flag_name)
+                                   html=staged.get("--html"), spell=o.flag_name)
+    if text is not None or quiet:  # stdout holds the exported table, or nothing: the warnings go to stderr
+        if text is not None:
+            typer.echo(text, nl=False)
+        for w in report.all_warnings():
+            warn(w)
+    else:
+        render_layers(report, out_console, spell=o.flag_name, warn=warn)
+
+
+def _is_layer_json(source: Path) -> bool:
+    """A layer report to re-render rather than a model to analyse: a .json input (read as a layer report, which
+    says what is wrong when it is not one)."""
+    return source.suffix.lower() == ".json"
+
+
+def _read_layer_report(source: Path):
+    from ..errors import InputError
+    from ..layer_report import LayerReport, is_layer_report
+
+    try:
+        return LayerReport.load(source)
+    except InputError as e:
+        from ..files import read_json
+
+        try:
+            data = read_json(source, "layer report", fix="")
+        except InputError:
+            raise e from None
+        if isinstance(data, dict) and "metrics" in data and not is_layer_report(data):
+            raise InputError("is a single-layer report, not a layer report: it has no layers", path=source,
+                             fix="show it with nc-probe analyze, or pass the model's nc-probe layers --json") from None
+        raise
+
+
+def _ignored_settings(values: dict) -> None:
+    """A saved layer report is shown as it is: settings that would change its numbers have no effect."""
+    from ..settings import FIELD_GROUP
+
+    given = [o.flag_name(k, None) for k, v in values.items()
+             if k in FIELD_GROUP and v is not None and v is not False]
+    if given:
+        warn(f"{', '.join(given)} ignored: a saved layer report is shown and written as it is; analyse the model "
+             "again to change its settings")
 
 
 def register(app: typer.Typer) -> None:
-    app.command("layers")(user_errors(layers))
+    app.command("layers", cls=o.Command)(user_errors(layers))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from ..settings import FIELD_GROUP, Settings
 from ..text import format_bytes
@@ -48,8 +49,47 @@ def flag_name(param: str, value: str | None) -> str:
     return flag if value is None or param in SWITCHES else f"{flag} {value}"
 
 
-def _option(flag: str, help: str, panel: str, *more: str):
-    return typer.Option(flag, *more, help=help, rich_help_panel=panel, show_default=False)
+def _no_type_on_help(option):
+    if option is not None:
+        option.metavar = ""  # --help takes no value: no <bool> beside it
+    return option
+
+
+class Command(TyperCommand):
+    """Every nc-probe command: its --help shows no value type."""
+
+    def get_help_option(self, ctx):
+        return _no_type_on_help(super().get_help_option(ctx))
+
+
+class Group(TyperGroup):
+    """The nc-probe app: its --help shows no value type."""
+
+    def get_help_option(self, ctx):
+        return _no_type_on_help(super().get_help_option(ctx))
+
+
+def help_text(text: str) -> str:
+    """Option help as rich prints it: square brackets kept (rich markup would take ``[default: 0.5]`` for a style
+    tag and drop it), so the ``[default: ...]`` each help ends with is shown."""
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def option(flag: str, help: str, panel: str, *more: str, **kwargs):
+    """A typer option whose help is shown as written (:func:`help_text`) and whose default is stated in the help
+    text itself (the CLI's defaults are None, "not given"; the settings own the real ones). A switch (a bool
+    option) shows no ``<bool>`` type."""
+    return typer.Option(flag, *more, help=help_text(help), rich_help_panel=panel, show_default=False, **kwargs)
+
+
+def switch(flag: str, help: str, panel: str, *more: str):
+    """A flag that takes no value: no type shown in the help (an empty metavar)."""
+    return option(flag, help, panel, *more, metavar="")
+
+
+_option = option
 
 
 # ------------------------------------------------------------------------------------------------- metric settings
@@ -69,41 +109,53 @@ MemoryBudget = Annotated[str | None, _option(
                        f"{format_bytes(_m.memory_budget)}].", METRICS)]
 
 MinClassCount = Annotated[int | None, _option(
-    "--min-class-count", "Leave out of every metric the classes with fewer samples than this [default: 1: none].",
-    METRICS)]
+    "--min-class-count", "Leave out of every metric the classes with fewer samples than this [default: "
+                         f"{_m.min_class_count}: none].", METRICS)]
 AngleClasses = Annotated[int | None, _option(
     "--angle-classes", "Principal angles for the K most frequent classes (0: none) [default: all, up to 1000].",
     METRICS)]
 AnglePrecision = Annotated[str | None, _option(
     "--angle-precision", "float64 (exact) or float32 products for the principal angles (about twice as fast on "
-                         "CPUs; affinities to ~1e-5) [default: float64].", METRICS)]
+                         f"CPUs; affinities to ~1e-5) [default: {_m.angle_precision}].", METRICS)]
 Matrices = Annotated[str | None, _option(
     "--matrices", "Keep the class x class matrices (cosines, angles): auto (up to 2048 classes; above 100 in a side "
-                  "file beside the JSON), always, or never (summaries only) [default: auto].", METRICS)]
+                  f"file beside the JSON), always, or never (summaries only) [default: {_m.matrices}].", METRICS)]
 
 # ------------------------------------------------------------------------------------------------- model settings
 Arch = Annotated[str | None, _option(
     "--arch", "Architecture for a state_dict: torchvision:NAME, timm:NAME or package.module:factory [default: from "
               "the checkpoint's metadata].", MODEL)]
 ArchKwargs = Annotated[str | None, _option(
-    "--arch-kwargs", """JSON keyword arguments of the factory, e.g. '{"num_classes": 10}'.""", MODEL)]
+    "--arch-kwargs", """JSON keyword arguments of the factory, e.g. '{"num_classes": 10}' [default: the """
+                     "checkpoint's metadata, else none].", MODEL)]
 StripPrefix = Annotated[str | None, _option(
-    "--strip-prefix", "Remove this prefix from state_dict keys (module. and _orig_mod. always are).", MODEL)]
-TrustCheckpoint = Annotated[bool, _option(
+    "--strip-prefix", "Remove this prefix from state_dict keys [default: none; module. and _orig_mod. always are "
+                      "removed].", MODEL)]
+TrustCheckpoint = Annotated[bool, switch(
     "--trust-checkpoint", "Run code from the checkpoint: unpickle a fully pickled nn.Module, load TorchScript "
                           "archives and torch.export programs (they are code), and import the architecture or data "
-                          "its metadata names. Only for files you trust (docs/security.md).", MODEL)]
+                          "its metadata names. Only for files you trust (docs/security.md) [default: off].", MODEL)]
 
 # -------------------------------------------------------------------------------------------------- data settings
 Data = Annotated[str | None, _option(
     "--data", "Data: sample:digits, arrays.npz/.pt (x, y), an image folder, torchvision:CLASS:ROOT or "
               "package.module:function [default: from the checkpoint's metadata].", DATA)]
-Split = Annotated[str | None, _option("--split", "Dataset split, e.g. train or test.", DATA)]
-Limit = Annotated[int | None, _option("--limit", "Use at most N samples (evenly spread over classes).", DATA)]
-DataClasses = Annotated[str | None, _option("--data-classes", "Only samples of these classes, e.g. 0-4.", DATA)]
-ImageSize = Annotated[int | None, _option("--image-size", "Resize images of a folder to this.", DATA)]
-Mean = Annotated[str | None, _option("--mean", "Per-channel normalisation mean, e.g. 0.5,0.5,0.5.", DATA)]
-Std = Annotated[str | None, _option("--std", "Per-channel normalisation std.", DATA)]
+Split = Annotated[str | None, _option(
+    "--split", "Dataset split, e.g. train or test; two, e.g. train,test, analyse both side by side (analyze, "
+               "trajectory) [default: the checkpoint's metadata, else the data's own].", DATA)]
+Limit = Annotated[int | None, _option("--limit", "Use at most N samples (evenly spread over classes) [default: all].",
+                                      DATA)]
+DataClasses = Annotated[str | None, _option("--data-classes", "Only samples of these classes, e.g. 0-4 [default: "
+                                                              "all].", DATA)]
+ImageSize = Annotated[int | None, _option(
+    "--image-size", "Resize images of a folder to this (shorter side, then a centre crop) [default: the "
+                    "checkpoint's metadata, else the images' own size].", DATA)]
+Mean = Annotated[str | None, _option(
+    "--mean", "Per-channel normalisation mean, e.g. 0.5,0.5,0.5 [default: the checkpoint's metadata, else none].",
+    DATA)]
+Std = Annotated[str | None, _option(
+    "--std", "Per-channel normalisation std, e.g. 0.25,0.25,0.25 [default: the checkpoint's metadata, else none].",
+    DATA)]
 ClassMap = Annotated[str | None, _option(
     "--class-map", "Image folders: which class index each folder is. A .txt file of the classifier's class names, "
                    "one per line in class order, a .json file or a JSON object {folder: index} [default: by name "
@@ -135,17 +187,19 @@ Pool = Annotated[str | None, _option(
 MaxDim = Annotated[int | None, _option(
     "--max-dim", f"Wider layers are projected to this many dimensions by a seeded random map [default: "
                  f"{_e.max_dim}].", EXTRACTION)]
-LinearProbe = Annotated[bool, _option(
-    "--linear-probe", "Also compute acc_linear_probe: a closed-form ridge probe scored in the second pass (on by "
-                      "default in nc-probe layers).", METRICS)]
+LinearProbe = Annotated[bool, switch(
+    "--linear-probe", "Also compute acc_linear_probe: a closed-form ridge probe scored in the second pass [default: "
+                      "off; always on in nc-probe layers].", METRICS)]
 SaveFeatures = Annotated[Path | None, _option(
-    "--save-features", "Keep the extracted features here, so later runs need no model.", EXTRACTION)]
+    "--save-features", "Keep the extracted features here, so later runs need no model [default: not kept].",
+    EXTRACTION)]
 
 # ------------------------------------------------------------------------------------------------------- outputs
 JsonOut = Annotated[Path | None, _option("--json", "Write the report JSON here.", OUTPUT)]
 HtmlOut = Annotated[Path | None, _option("--html", "Write a self-contained HTML page here.", OUTPUT)]
 PlotsOut = Annotated[Path | None, _option("--plots", "Write the plots (PNG and SVG) into this folder.", OUTPUT)]
-Quiet = Annotated[bool, _option("--quiet", "Print nothing but errors.", OUTPUT, "-q")]
+Quiet = Annotated[bool, switch("--quiet", "Print nothing but errors and warnings (stderr) [default: off].", OUTPUT,
+                               "-q")]
 Inputs = Annotated[list[str], typer.Argument(
     help="Two or more LABEL=PATH (a bare PATH is labelled by its file name, sample:NAME by NAME), each a checkpoint, "
          "a feature file, a report JSON or a shipped sample. The first is the baseline of the deltas.",

@@ -16,11 +16,10 @@ Checkpoints = Annotated[list[str] | None, typer.Argument(
     help="Checkpoints, folders of checkpoints, globs ('runs/*/epoch_*.pt', quoted) or samples (sample:ce_epoch*), "
          "ordered by the epoch in their metadata, else in their file names, else as given. Default: the shipped "
          "cross-entropy series, sample:ce_epoch* and sample:ce.", show_default=False)]
-OutDir = Annotated[Path | None, typer.Option(
-    "--out", help="Write trajectory.csv (checkpoint, epoch, split, metric, value), trajectory.json and reports/ "
-                  "(each checkpoint's reports, written as soon as it is done: a later run with the same "
-                  "checkpoints and settings reads them back instead of analysing again).",
-    rich_help_panel=o.OUTPUT)]
+OutDir = Annotated[Path | None, o.option(
+    "--out", "Write trajectory.csv (checkpoint, epoch, split, metric, value), trajectory.json and reports/ (each "
+             "checkpoint's reports, written as soon as it is done: a later run with the same checkpoints and "
+             "settings reads them back instead of analysing again).", o.OUTPUT)]
 
 
 def trajectory(
@@ -41,7 +40,7 @@ def trajectory(
     """Analyze a series of checkpoints (one at a time) and show every metric against the epoch: NC1-NC4 on log
     scales as in Papyan, Han & Donoho 2020; with --split train,test, train and test curves and the test-collapse
     measures."""
-    from ..render.trajectory_outputs import trajectory_table, write_trajectory_outputs
+    from ..render.trajectory_outputs import trajectory_table, trajectory_warnings, write_trajectory_outputs
     from ..splits import parse_splits
     from ..trajectory import expand_inputs, run_trajectory
     from .outputs import OutputSet, settings_inputs
@@ -65,12 +64,12 @@ def trajectory(
         if json_path is not None:
             traj.save(staged["--json"])
         write_trajectory_outputs(traj, out=staged.get("--out"), plots=staged.get("--plots"),
-                                 html=staged.get("--html"))
+                                 html=staged.get("--html"), spell=o.flag_name)
     if not quiet:
         out_console.print(trajectory_table(traj))
-    for note in traj.notes:
-        warn(note)
+    for w in trajectory_warnings(traj):
+        warn(w)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("trajectory")(user_errors(trajectory))
+    app.command("trajectory", cls=o.Command)(user_errors(trajectory))

@@ -25,6 +25,7 @@ from .plots import (
     etf_target,
     heatmap,
     log_floor,
+    outside_legend,
 )
 
 
@@ -60,7 +61,7 @@ def compare_metrics(reports: dict[str, Report]) -> Figure:
     ax_ang.set_ylabel("degrees")
     _angle_references(ax_ang, next(iter(reports.values())).inputs.get("num_classes"))
     ax_ang.set_title("Subspace angles")
-    ax_nc.legend(title="input", fontsize=8)
+    fig.legend(*ax_nc.get_legend_handles_labels(), title="input", fontsize=8, loc="outside right upper")
     fig.suptitle("NC metrics side by side: " + " vs ".join(labels), fontsize=11)
     return fig
 
@@ -151,7 +152,7 @@ def compare_coding_rate(reports: dict[str, Report]) -> Figure:
                            annotate=False)
         ax.set_ylabel("R_c (nats)")
         ax.set_title(f"MCR^2 coding rate per class, sorted ({len(ids):,} classes)")
-        ax.legend(title="input", fontsize=8)
+        outside_legend(ax, title="input")
         fig.nc_probe_view = "sorted"  # type: ignore[attr-defined]  # read by the HTML captions
         return fig
     for j, (color, (label, rep)) in enumerate(zip(_input_colors(len(labels)), reports.items())):
@@ -162,7 +163,7 @@ def compare_coding_rate(reports: dict[str, Report]) -> Figure:
     ax.set_xlabel("class")
     ax.set_ylabel("R_c (nats)")
     ax.set_title("MCR^2 coding rate per class")
-    ax.legend(title="input", fontsize=8)
+    outside_legend(ax, title="input")
     return fig
 
 

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ..layer_report import LayerReport
-from .plots import LOG_FLOOR
+from .plots import LOG_FLOOR, accuracy_axis
 
 TICK_NAMES = 24  # up to this many layers the x axis names them; beyond, depth numbers
 STYLES = ("-", "--", "-.", ":")
@@ -131,7 +131,10 @@ def _accuracy(reports: dict[str, LayerReport]) -> Figure | None:
         if plateau:
             ax.axvline(plateau["depth"], color=color, ls=style, alpha=0.35, lw=1)
 
-    return _series(reports, "accuracy", plateau_line, "vertical lines: no gain after")
+    fig = _series(reports, "accuracy", plateau_line, "vertical lines: no gain after")
+    if fig is not None:
+        accuracy_axis(fig.axes[0])
+    return fig
 
 
 def _cka(report: LayerReport) -> Figure | None:

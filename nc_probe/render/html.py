@@ -26,31 +26,44 @@ MAX_PAIR_ROWS = 50
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 0;
        color: #1d2330; background: #f6f7f9; }
-main { max-width: 1180px; margin: 0 auto; padding: 24px 28px 48px; }
-h1 { font-size: 24px; margin: 0 0 4px; } h2 { font-size: 18px; margin: 32px 0 10px; border-bottom: 1px solid #d5d9e0;
-     padding-bottom: 4px; }
-.sub { color: #5b6372; margin: 0 0 16px; } code { font-family: ui-monospace, "DejaVu Sans Mono", monospace; }
+main { max-width: 1180px; margin: 0 auto; padding: 24px 28px 48px; box-sizing: border-box; }
+h1 { font-size: 24px; margin: 0 0 4px; overflow-wrap: anywhere; }
+h2 { font-size: 18px; margin: 32px 0 10px; border-bottom: 1px solid #d5d9e0; padding-bottom: 4px; }
+.sub { color: #5b6372; margin: 0 0 16px; overflow-wrap: anywhere; }
+code { font-family: ui-monospace, "DejaVu Sans Mono", monospace; }
+.sub code, td.wrap, td.wrap code { overflow-wrap: anywhere; }  /* paths and hashes break; metric names do not */
+td.wrap { min-width: 6em; }
 table { border-collapse: collapse; background: #fff; box-shadow: 0 1px 2px rgba(0,0,0,.06); margin: 6px 0 10px; }
 th, td { padding: 4px 10px; border-bottom: 1px solid #e6e8ec; text-align: left; vertical-align: top; }
 th { background: #eef1f5; font-weight: 600; position: sticky; top: 0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-td.meaning { color: #5b6372; max-width: 560px; } td.exp { white-space: nowrap; color: #3a4252; }
+td.meaning { color: #5b6372; min-width: 12em; max-width: 40em; } td.exp { white-space: nowrap; color: #3a4252; }
 tr:hover td { background: #f8f9fb; }
-.more { color: #a0308f; font-weight: 600; } .less { color: #23803c; font-weight: 600; }
-.warn { background: #fff6dd; border-left: 4px solid #e0a800; padding: 6px 10px; margin: 4px 0; }
+.more { color: #1f5fbf; font-weight: 600; } .less { color: #b35900; font-weight: 600; } .same { color: #6b7280; }
+.legend { color: #3a4252; font-size: 13px; margin: 4px 0 8px; }
+.warn { background: #fff6dd; border-left: 4px solid #e0a800; padding: 6px 10px; margin: 4px 0;
+        overflow-wrap: anywhere; }
 .cards { display: flex; flex-wrap: wrap; gap: 10px; margin: 10px 0 4px; }
 .card { background: #fff; padding: 8px 14px; border-radius: 6px; box-shadow: 0 1px 2px rgba(0,0,0,.08); }
 .card b { display: block; font-size: 20px; } .card span { color: #5b6372; font-size: 12px; }
 figure { background: #fff; margin: 0 14px 18px 0; padding: 10px; vertical-align: top; border-radius: 6px;
-         box-shadow: 0 1px 2px rgba(0,0,0,.08); display: inline-block; max-width: 100%; }
-figure.half { max-width: calc(50% - 38px); } figure img { max-width: 100%; height: auto; display: block; }
+         box-shadow: 0 1px 2px rgba(0,0,0,.08); display: inline-block; max-width: 100%; box-sizing: border-box; }
+figure.half { max-width: calc(50% - 18px); } figure img { max-width: 100%; height: auto; display: block; }
 figcaption { color: #5b6372; font-size: 13px; width: 0; min-width: 100%; }  /* never wider than its plot */
+img { max-width: 100%; height: auto; }
 .wide-scroll { overflow-x: auto; max-width: 100%; }
-.pairs { display: flex; flex-wrap: wrap; gap: 0 18px; } .pairs h3 { font-size: 14px; margin: 10px 0 2px; }
+.pairs { display: flex; flex-wrap: wrap; gap: 0 18px; max-width: 100%; } .pairs > div { max-width: 100%; }
+.pairs h3 { font-size: 14px; margin: 10px 0 2px; }
 tr.gap td { text-align: center; color: #5b6372; font-style: italic; }
 .scroll { max-height: 520px; overflow: auto; display: inline-block; max-width: 100%; }
+details { max-width: 100%; } summary { cursor: pointer; margin: 6px 0; }
 pre { background: #fff; padding: 8px; overflow: auto; max-height: 300px; }
 footer { color: #8a91a0; font-size: 12px; margin-top: 40px; }
+@media (max-width: 760px) {
+  main { padding: 12px 10px 32px; }
+  figure, figure.half { max-width: 100%; margin-right: 0; }
+  th, td { padding: 3px 6px; }
+}
 """
 
 CAPTIONS = {
@@ -103,10 +116,13 @@ def _num_cell(v) -> str:
     return f'<td class="num">{escape(fmt(v))}</td>'
 
 
-def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
+def _table(header: list[str], rows: list[list[str]], cls: str = "", scroll: bool = True) -> str:
+    """A table; in a horizontally scrolling box unless ``scroll`` is False (the caller wraps it), so a wide table
+    never widens the page."""
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = "\n".join("<tr>" + "".join(r) + "</tr>" for r in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>'
+    table = f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>'
+    return f'<div class="wide-scroll">{table}</div>' if scroll else table
 
 
 def _kv_table(d: dict) -> str:
@@ -115,7 +131,7 @@ def _kv_table(d: dict) -> str:
         text = json.dumps(v, default=str) if isinstance(v, (dict, list)) else ("-" if v is None else str(v))
         if len(text) > 400:
             text = text[:400] + " ..."
-        rows.append([f"<td><code>{escape(str(k))}</code></td>", f"<td><code>{escape(text)}</code></td>"])
+        rows.append([f"<td><code>{escape(str(k))}</code></td>", f'<td class="wrap"><code>{escape(text)}</code></td>'])
     return _table(["key", "value"], rows)
 
 
@@ -180,7 +196,7 @@ def _per_class_html(report: Report) -> str:
     df = per_class_frame(report)
     cols = [c for c in PER_CLASS_COLUMNS if c in df.columns and df[c].notna().any()]
     if len(df) <= MAX_TABLE_ROWS:
-        return f'<div class="scroll">{_table(cols, _rows_html(df, cols))}</div>'
+        return f'<div class="scroll">{_table(cols, _rows_html(df, cols), scroll=False)}</div>'
     key = next((c for c in ("acc_model", "acc_ncc", "n") if c in cols), "n")
     ranked = df.sort_values(key, kind="stable", na_position="first")
     left = len(df) - 2 * EDGE_ROWS
@@ -238,7 +254,7 @@ def _pair_stats_html(pairs: dict) -> str:
                     + [_num_cell(s.get("max")), f"<td>{escape(str(s.get('quantile_method') or '-'))}</td>"])
     header = ["quantity", "pairs", "mean", "std", "min"] + [f"{100 * float(lv):g}%" for lv in levels] + ["max",
                                                                                                         "method"]
-    return f'<div class="wide-scroll">{_table(header, rows)}</div>'
+    return _table(header, rows)
 
 
 def _closest_subspaces_html(report: Report) -> str:
@@ -253,6 +269,13 @@ def _closest_subspaces_html(report: Report) -> str:
              _num_cell(aff)] for a, b, ang, aff in df.itertuples(index=False)]
     return (f"<p class=sub>The {len(df)} closest class subspaces (smallest angle first).</p>"
             + _table(["class a", "class b", "angle_min (deg)", "subspace_affinity"], rows))
+
+
+DELTA_CLASS = {"more": "more", "less": "less", "none": "same"}
+DELTA_LEGEND = ('<p class="legend">Colours say the direction of a change, not whether it is better: '
+                '<span class="more">more collapsed / separated / compressed / ...</span> (the metric\'s word), '
+                '<span class="less">less</span>, <span class="same">no change</span> (within the metric\'s '
+                "resolution: float rounding, docs/metrics.md).</p>")
 
 
 def _cards(items: list[tuple[str, str]]) -> str:
@@ -311,7 +334,7 @@ def write_html(report: Report, path, figures: dict | None = None, spell=paramete
 # ---------------------------------------------------------------------------------------------- comparison
 def comparison_html(comparison, figures: dict | None = None, spell=parameter_name) -> str:
     """The page of a :class:`nc_probe.compare.Comparison`: the side-by-side table, CKA, plots, each input."""
-    from .comparison import ARROW, delta_text
+    from .comparison import ARROW, delta_kind, row_delta_text
 
     if figures is None:
         from .compare_plots import comparison_figures
@@ -327,9 +350,8 @@ def comparison_html(comparison, figures: dict | None = None, spell=parameter_nam
         for i, lab in enumerate(labels):
             cells.append(_num_cell(r["values"][lab]))
             if i:
-                moved = r["moved"][lab]
-                cls = {True: "more", False: "less"}.get(moved, "")
-                cells.append(f'<td class="num {cls}">{escape(delta_text(r["deltas"][lab], moved, r["word"]))}</td>')
+                cls = DELTA_CLASS.get(delta_kind(r, lab), "")
+                cells.append(f'<td class="num {cls}">{escape(row_delta_text(r, lab))}</td>')
         rows.append(cells)
     cka = ""
     if comparison.cka:
@@ -342,19 +364,20 @@ def comparison_html(comparison, figures: dict | None = None, spell=parameter_nam
     inputs = []
     for lab, rep in comparison.reports.items():
         i = rep.inputs
-        inputs.append([f"<td>{escape(lab)}</td>", f"<td><code>{escape(str(i.get('source')))}</code></td>",
-                       f"<td><code>{escape(str(i.get('sha256') or '-'))}</code></td>", _num_cell(i.get("num_samples")),
+        inputs.append([f"<td>{escape(lab)}</td>", f'<td class="wrap"><code>{escape(str(i.get("source")))}</code></td>',
+                       f'<td class="wrap"><code>{escape(str(i.get("sha256") or "-"))}</code></td>',
+                       _num_cell(i.get("num_samples")),
                        _num_cell(i.get("num_classes")), _num_cell(i.get("dim")), _num_cell(rep.settings.get("eps2"))])
     details = "".join(f"<details><summary>{escape(lab)}: inputs and settings</summary>{_kv_table(rep.inputs)}"
                       f"{_kv_table(rep.settings)}</details>" for lab, rep in comparison.reports.items())
     body = f"""<h1>nc-probe comparison</h1>
 <p class="sub">{escape(" vs ".join(labels))} &middot; deltas against <b>{escape(comparison.baseline)}</b></p>
-{_warnings_html(comparison.warnings, spell)}
+{_warnings_html(comparison.all_warnings(), spell)}
 <h2 id="summary">Metrics side by side</h2>
 <p class="sub">"direction": the way the metric moves as features get more collapsed, separated, compressed, diverse
-or accurate (see docs/metrics.md). Δ: value minus the baseline's, with that word: <span class="more">more</span> or
-<span class="less">less</span> than the baseline.</p>
-<div class="wide-scroll">{_table(header, rows)}</div>
+or accurate (see docs/metrics.md). Δ: value minus the baseline's, with that word.</p>
+{DELTA_LEGEND}
+{_table(header, rows)}
 {cka}
 <h2 id="plots">Plots</h2>
 {_figures_html(figures, COMPARE_CAPTIONS)}

@@ -32,6 +32,7 @@ from matplotlib import colormaps  # noqa: E402
 from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import LogFormatter  # noqa: E402
 
 from ..report import Report  # noqa: E402
 from . import pair_data as pdata  # noqa: E402
@@ -90,6 +91,50 @@ def log_floor(values) -> float:
 
 def _value(v) -> float:
     return float("nan") if v is None else float(v)
+
+
+def outside_legend(ax, **kwargs) -> None:
+    """The legend right of the plot, outside the axes, so it never covers a bar or a line."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, **kwargs)
+
+
+ACCURACY_MARGIN = 0.02  # of the axis span: the room an accuracy axis keeps past 0 and 1
+
+
+def accuracy_axis(ax) -> None:
+    """An accuracy's y axis: never beyond [0, 1] by more than a small margin (so points at 1.0 are not on the
+    frame), and no tick outside [0, 1]. Call it after the data are drawn."""
+    from matplotlib.ticker import FixedLocator, MaxNLocator
+
+    lo, hi = ax.get_ylim()
+    lo, hi = max(lo, 0.0), min(hi, 1.0)
+    if hi - lo < 1e-3:  # one value (e.g. every layer at 1.0): a band under it
+        lo = max(0.0, hi - 0.05)
+    span = hi - lo
+    ax.set_ylim(lo - ACCURACY_MARGIN * span if lo <= 0.0 else lo, hi + ACCURACY_MARGIN * span)
+    ticks = MaxNLocator(nbins=6).tick_values(lo, hi)
+    ax.yaxis.set_major_locator(FixedLocator([t for t in ticks if lo - 1e-9 <= t <= 1.0 + 1e-9]))
+
+
+class PlainLogFormatter(LogFormatter):
+    """Tick labels of a log axis that spans less than a decade: plain numbers (0.2, 0.5, 2.03), not 2.03x10^0.
+    matplotlib's LogFormatter still decides which minor ticks get a label."""
+
+    def _num_to_string(self, x, vmin, vmax):
+        return f"{x:.3g}"
+
+
+def plain_log_ticks(fig) -> None:
+    """Every log axis of ``fig`` whose view spans less than one decade gets plain tick labels
+    (:class:`PlainLogFormatter`); wider ones keep matplotlib's powers of ten."""
+    for ax in fig.axes:
+        for axis, limits in ((ax.xaxis, ax.get_xlim), (ax.yaxis, ax.get_ylim)):
+            if axis.get_scale() != "log":
+                continue
+            lo, hi = sorted(limits())
+            if lo > 0 and math.log10(hi / lo) < 1:
+                axis.set_major_formatter(PlainLogFormatter(labelOnlyBase=False))
+                axis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
 
 
 # ---------------------------------------------------------------------------------------------- one report
@@ -323,7 +368,7 @@ def coding_rate_plot(report: Report) -> Figure:
     if m.get("coding_rate") is not None:
         ax.axhline(m["coding_rate"], color="tab:red", ls=":", lw=1, label=f"R (all classes) = {m['coding_rate']:.3g}")
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, loc="upper right")
+        outside_legend(ax)
     ax.set_ylabel("R_c (nats)")
     ax.set_ylim(0, max([v for v in vals if np.isfinite(v)] + [m.get("coding_rate") or 0, 1e-9]) * 1.15)
     ax.set_title(f"MCR^2 coding rate per class (eps^2={report.settings.get('eps2')})"
@@ -386,6 +431,8 @@ def figure_bytes(fig: Figure, fmt: str = "png") -> bytes:
     """The figure as PNG or SVG bytes. Rendered once per format and kept on the figure (``--plots`` and ``--html``
     share the PNG), so change a figure before its first rendering, not after."""
     cache = fig.__dict__.setdefault("_nc_probe_bytes", {})
+    if not cache:
+        plain_log_ticks(fig)
     if fmt not in cache:
         buf = io.BytesIO()
         with warnings.catch_warnings():

@@ -145,9 +145,10 @@ def _short(name, width: int = PAIR_NAME_CHARS) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
-def render_report(report: Report, console: Console | None = None, spell=parameter_name) -> None:
+def render_report(report: Report, console: Console | None = None, spell=parameter_name, warn=None) -> None:
     """The header, metric summary, class pairs, per-class table (cut for many classes) and warnings; ``spell``
-    spells the settings that notes and warnings name (see nc_probe.errors)."""
+    spells the settings that notes and warnings name (see nc_probe.errors). ``warn``: where the warnings go (the
+    CLI's stderr); by default they are printed after the tables."""
     from ..consoles import console as safe_console
 
     console = console or safe_console()
@@ -155,9 +156,11 @@ def render_report(report: Report, console: Console | None = None, spell=paramete
     for part in (pairs_table(report), class_table(report), class_note(report, spell=spell)):
         if part is not None:
             parts.append(part)
-    for w in report.warnings:
-        parts.append(Text(f"warning: {spell_text(w, spell)}", style="yellow"))
+    if warn is None:
+        parts += [Text(f"warning: {spell_text(w, spell)}", style="yellow") for w in report.warnings]
     console.print(Group(*parts))
+    for w in report.warnings if warn is not None else ():
+        warn(str(w))
 
 
 def modules_table(rows: list[dict], title: str) -> Table:
@@ -165,7 +168,10 @@ def modules_table(rows: list[dict], title: str) -> Table:
     taps use it ("default tap": analyze's, the input of the head; "layers": nc-probe layers')."""
     table = Table(title=title, title_justify="left")
     for col in ("module", "type", "output shape", "params", "tap"):
-        table.add_column(col, justify="right" if col == "params" else "left")
+        # module names are what --layer and --layers take: folded onto more lines, never cut; the parameter count
+        # keeps its width
+        table.add_column(col, justify="right" if col == "params" else "left", overflow="fold",
+                         no_wrap=col == "params")
     for r in rows:
         shape = "-" if r.get("output_shape") is None else "x".join(str(s) for s in r["output_shape"])
         taps = [t for t, on in (("default tap", r.get("default_tap")), ("layers", r.get("layer_tap"))) if on]

@@ -27,13 +27,34 @@ SHORT = 3  # significant digits in the terminal table: a row per checkpoint stay
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
 
 
+def caption(traj: Trajectory) -> str:
+    """What the table's short columns are; the test columns only when a second split ran."""
+    text = "acc: the model's accuracy (every metric: --out, --plots)"
+    splits = traj.splits
+    if len(splits) > 1:
+        text += (f"; nc1 test, ncc test: the {splits[1]} rows against the {splits[0]} class means (nc1_test, "
+                 "acc_ncc_test)")
+    return text
+
+
+def trajectory_warnings(traj: Trajectory) -> list[str]:
+    """The run's notes, then every checkpoint's report warnings, each once and led by the checkpoints (and splits,
+    with two) that gave it."""
+    from ..compare import group_warnings
+
+    by_point = {(p.label if len(p.reports) == 1 else f"{p.label} ({split})"): list(r.warnings)
+                for p in traj.points for split, r in p.reports.items()}
+    return [str(n) for n in traj.notes] + group_warnings(by_point, every="every checkpoint")
+
+
 def trajectory_table(traj: Trajectory) -> Table:
     splits = traj.splits
-    table = Table(title=f"trajectory: {len(traj.points)} checkpoints ({', '.join(splits)})",
-                  caption="acc: the model's accuracy (every metric: --out, --plots); test: the test rows against "
-                          "the train class means (nc1_test, acc_ncc_test)")
+    table = Table(title=f"trajectory: {len(traj.points)} checkpoints ({', '.join(splits)})", caption=caption(traj))
     for head in ("epoch", "checkpoint", *[h for _, h in TABLE_KEYS]):
-        table.add_column(head, justify="left" if head == "checkpoint" else "right", no_wrap=True)
+        if head == "checkpoint":  # labels are file names: folded onto more lines, never cut
+            table.add_column(head, justify="left", overflow="fold")
+        else:
+            table.add_column(head, justify="right", no_wrap=True)
     test = len(splits) > 1
     if test:
         for _, head in TEST_KEYS:
@@ -107,17 +128,22 @@ def trajectory_figures(traj: Trajectory) -> dict[str, Figure]:
         ax.set_xlabel(xlabel)
         if logx:
             ax.set_xscale("log")
+        if name == "accuracy":
+            from .plots import accuracy_axis
+
+            accuracy_axis(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         figs[name] = fig
     return figs
 
 
-def trajectory_html(traj: Trajectory, figures: dict) -> str:
-    from .html import _figures_html, _page, _table
+def trajectory_html(traj: Trajectory, figures: dict, spell=None) -> str:
+    from ..errors import parameter_name
+    from .html import _figures_html, _page, _table, _warnings_html
 
-    captions = {"collapse": "NC1-NC4 against epoch on log scales (Papyan, Han & Donoho 2020); with two splits the "
-                            "second is dashed.",
+    captions = {"collapse": "NC1-NC4 against epoch on log scales (Papyan, Han & Donoho 2020)"
+                            + ("; the second split dashed." if len(traj.splits) > 1 else "."),
                 "accuracy": "The model's and the nearest class center's accuracy against epoch.",
                 "rates": "Coding rate R, within-class rate Rc and rate reduction dR against epoch."}
     splits = traj.splits
@@ -130,12 +156,16 @@ def trajectory_html(traj: Trajectory, figures: dict) -> str:
         if len(splits) > 1:
             cells += [fmt(p.reports[splits[1]].metrics.get(k)) for k, _ in TEST_KEYS]
         rows.append([f"<td>{escape(c)}</td>" for c in cells])
-    parts = [f"<h1>nc-probe trajectory: {len(traj.points)} checkpoints</h1>", _figures_html(figures, captions),
-             _table(heads, rows)]
-    return _page("nc-probe trajectory", "\n".join(parts))
+    parts = [f"<h1>nc-probe trajectory: {len(traj.points)} checkpoints</h1>",
+             f'<p class="sub">splits: {escape(", ".join(splits))} &middot; eps^2 = '
+             f'{escape(str(traj.settings.get("eps2")))}</p>',
+             _warnings_html(trajectory_warnings(traj), spell or parameter_name), "<h2 id=plots>Plots</h2>",
+             _figures_html(figures, captions), "<h2 id=table>Checkpoints</h2>", _table(heads, rows),
+             f'<p class="legend">{escape(caption(traj))}</p>']
+    return _page("nc-probe trajectory", "\n".join(p for p in parts if p))
 
 
-def write_trajectory_outputs(traj: Trajectory, *, out=None, plots=None, html=None) -> None:
+def write_trajectory_outputs(traj: Trajectory, *, out=None, plots=None, html=None, spell=None) -> None:
     """``out``: trajectory.csv (checkpoint, epoch, split, metric, value) and trajectory.json; ``plots``: PNG and
     SVG; ``html``: one page."""
     if out is not None:
@@ -150,4 +180,4 @@ def write_trajectory_outputs(traj: Trajectory, *, out=None, plots=None, html=Non
         if plots is not None:
             save_figures(figures, plots)
         if html is not None:
-            atomic_write_text(Path(html), trajectory_html(traj, figures))
+            atomic_write_text(Path(html), trajectory_html(traj, figures, spell))
