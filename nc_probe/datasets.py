@@ -5,13 +5,20 @@ Specs understood by :func:`open_data`:
 - ``sample:digits``: the 8x8 digits that ship with nc-probe (``nc_probe.samples.digits_dataset(split)``);
 - a ``.npz`` or ``.pt`` file of arrays ``x`` and ``y`` (also ``x_train``/``y_train``, ``x_test``/``y_test``... picked
   by ``split``); uint8 images are scaled to [0, 1] and NHWC is turned into NCHW;
-- a folder of images with one sub-folder per class (``root/split/`` is used when it exists), resized to
-  ``image_size`` (shorter side, then a centre crop) and normalised with ``mean``/``std``; needs Pillow;
-- ``torchvision:CLASS:ROOT``: a torchvision dataset already on disk (never downloaded);
+- a folder of images with one sub-folder per class (``root/split/`` is used when it exists), prepared as the model's
+  own preprocessing says (:mod:`nc_probe.preprocessing`: resize, centre crop, scale, normalise), with
+  ``image_size`` (the crop), ``mean`` and ``std`` replacing what they name; needs Pillow;
+- ``torchvision:CLASS:ROOT``: a torchvision dataset already on disk (never downloaded), its images prepared as an
+  image folder's;
 - ``package.module:function`` (or ``file.py:function``): a function returning a Dataset or a DataLoader, called
   with ``split=`` when it takes that argument.
 
 Python callers may also pass a Dataset, a DataLoader or an ``(x, y)`` pair of arrays instead of a string.
+
+Arrays, the samples and the user's datasets are used as given (normalised only by a typed ``mean``/``std`` or the
+checkpoint metadata's); the model's preprocessing applies to images decoded here. ``DataSource.preprocessing``
+records what was done (a report's ``inputs["preprocessing"]``) and ``DataSource.warnings`` says when an image model's
+preprocessing is unknown.
 
 ``classes`` keeps only samples of some classes (labels keep their ids, so they still index the classifier's rows)
 and ``limit`` keeps N samples, each class getting its share, evenly spaced within the class, in dataset order (so a
@@ -42,6 +49,7 @@ from .array_data import collate as collate
 from .errors import InputError
 from .image_folder import ImageFolderDataset, ImageTransform, _folder_class_index
 from .imports import import_object
+from .preprocessing import Preprocessing, data_as_given
 from .settings import MAX_CLASS_IDS, class_id_span
 from .text import few, first_line
 
@@ -70,6 +78,9 @@ class DataSource:
     limit: int | None = None
     notes: list = field(default_factory=list)
     partial_classes: bool = False  # class_names name some of the model's classes; their total is unknown here
+    preprocessing: dict | None = None  # what was done to the inputs (Preprocessing.record, or data_as_given)
+    warnings: list = field(default_factory=list)  # for the report: the model's image preprocessing is unknown
+    rows: int | None = None  # feature rows the data gives, when not one per sample (the tokens of token data)
 
     def __len__(self) -> int:
         if self.indices is not None:
@@ -94,8 +105,13 @@ def is_code_spec(spec) -> bool:
 
 
 def open_data(spec, *, split: str | None = None, limit: int | None = None, classes=None, image_size=None,
-              mean=None, std=None, channels: int = 3, class_names=None, class_map=None) -> DataSource:
+              mean=None, std=None, channels: int = 3, class_names=None, class_map=None,
+              preprocessing: Preprocessing | None = None) -> DataSource:
     """Open a data spec (see the module docstring) and apply the class filter and limit.
+
+    ``preprocessing``: the model's own (:func:`nc_probe.preprocessing.preprocessing_for`; default: none known),
+    for images; ``image_size``, ``mean`` and ``std`` (the user's) replace what they name. Arrays get the user's
+    mean/std, else the ones of the checkpoint's metadata.
 
     ``classes``: class ids or names (a list, or a string like ``"0-4,7"``). ``class_names``: the classifier's class
     names (e.g. from the checkpoint), used when the data has none of its own and to map the folders of an image
@@ -105,7 +121,16 @@ def open_data(spec, *, split: str | None = None, limit: int | None = None, class
     """
     if limit is not None and int(limit) < 1:
         raise InputError(f"{{limit}} must be at least 1, got {limit}", fix="pass a positive number of samples")
-    source = _open(spec, split, image_size, mean, std, channels, class_names, class_map)
+    model = preprocessing or Preprocessing.unknown()
+    images = model.with_flags(image_size, mean, std)
+    typed = mean is not None or std is not None
+    # arrays: the user's mean/std, else the checkpoint's own (never a registry's: arrays are used as given)
+    norm = tuple(typed_value if typed_value is not None else getattr(model, k) if k in model.from_metadata else None
+                 for k, typed_value in (("mean", mean), ("std", std)))
+    source = _open(spec, split, images, norm, typed, channels, class_names, class_map)
+    if source.preprocessing is None:
+        container = source.loader.dataset if source.loader is not None else source.dataset
+        source.preprocessing = data_as_given(*norm) if isinstance(container, ArrayDataset) else data_as_given()
     if class_map is not None and not isinstance(source.dataset, ImageFolderDataset):
         raise InputError("{class_map} applies to image folders only (other data carries class indices)",
                          fix="leave {class_map} out")
@@ -151,20 +176,22 @@ def stratified_subset(idx: np.ndarray, labels: np.ndarray, limit: int) -> np.nda
     return np.sort(np.concatenate(picked))
 
 
-def _open(spec, split, image_size, mean, std, channels, class_names=None, class_map=None) -> DataSource:
+def _open(spec, split, images: Preprocessing, norm: tuple, typed: bool, channels, class_names=None,
+          class_map=None) -> DataSource:
+    """``images``: the preprocessing of images; ``norm``: the (mean, std) of arrays, ``typed`` by the user."""
     if isinstance(spec, DataLoader):
         return DataSource("<DataLoader>", split, loader=spec, **_declared(spec.dataset))
     if isinstance(spec, Dataset):
-        return DataSource(f"<{type(spec).__name__}>", split, dataset=_fast(spec, mean, std), **_declared(spec))
+        return DataSource(f"<{type(spec).__name__}>", split, dataset=_fast(spec, norm, typed), **_declared(spec))
     if isinstance(spec, (tuple, list)) and len(spec) == 2:
         x, y = as_arrays(spec[0], spec[1], "<arrays>")
-        return DataSource("<arrays>", split, dataset=ArrayDataset(x, y, mean, std))
+        return DataSource("<arrays>", split, dataset=ArrayDataset(x, y, *norm))
     if not isinstance(spec, (str, os.PathLike)):
         raise InputError(f"cannot use a {type(spec).__name__} as data",
                          fix="pass a data spec string, a Dataset, a DataLoader or an (x, y) pair")
     spec = str(spec)
     if spec.startswith("sample:"):
-        return _open_sample(spec, split, mean, std)
+        return _open_sample(spec, split, norm, typed)
     path = Path(spec).expanduser()
     if path.is_dir():
         root = path
@@ -176,8 +203,7 @@ def _open(spec, split, image_size, mean, std, channels, class_names=None, class_
                                  fix="leave {split} out when the class folders are directly inside, or name an "
                                      "existing split")
         index, names, note = _folder_class_index(root, class_map, class_names)
-        ds = ImageFolderDataset(root, image_size=image_size, mean=mean, std=std, channels=channels,
-                                class_index=index)
+        ds = ImageFolderDataset(root, preprocessing=images, channels=channels, class_index=index)
         if names is None and index is not None:  # a partial map: name the mapped ids, the total is the model's
             names = [str(i) for i in range(max(index.values()) + 1)]
             for folder in ds.classes:
@@ -187,15 +213,16 @@ def _open(spec, split, image_size, mean, std, channels, class_names=None, class_
             names = names or list(ds.classes)
             count = len(names)
         return DataSource(spec, split, dataset=ds, class_names=names, num_classes=count, targets=ds.targets,
-                          notes=[note] if note else [], partial_classes=count is None)
+                          notes=[note] if note else [], partial_classes=count is None,
+                          **_image_record(ds.transform))
     if path.is_file():
-        dataset, names, split = read_data_file(path, split, mean, std)
+        dataset, names, split = read_data_file(path, split, *norm)
         return DataSource(str(path), split, dataset=dataset, class_names=names,
                           num_classes=None if names is None else len(names))
     if spec.startswith("torchvision:"):
-        return _open_torchvision(spec, split, image_size, mean, std, channels)
+        return _open_torchvision(spec, split, images, channels)
     if is_code_spec(spec):
-        return _open_function(spec, split, mean, std)
+        return _open_function(spec, split, norm, typed)
     if spec.endswith((".npz", ".pt", ".pth")) or "/" in spec or os.sep in spec:
         raise InputError("no such file or folder", path=spec, fix="check the {data} path")
     raise InputError(f"{{data}} {spec!r} is not a file, a folder or a known data spec", path=None,
@@ -234,19 +261,26 @@ def _known_targets(ds) -> np.ndarray | None:
     return arr.astype(np.int64)
 
 
-def _fast(ds, mean, std):
-    """A two-tensor TensorDataset becomes an ArrayDataset (batched fetching); anything else is used as it is."""
+def _image_record(transform: ImageTransform) -> dict:
+    """A DataSource's preprocessing record and warnings for images prepared by ``transform``."""
+    warning = transform.preprocessing.warning()
+    return {"preprocessing": transform.preprocessing.record(), "warnings": [warning] if warning else []}
+
+
+def _fast(ds, norm: tuple, typed: bool):
+    """A two-tensor TensorDataset becomes an ArrayDataset (batched fetching) normalised with ``norm`` (mean, std);
+    anything else is used as it is, and a ``typed`` mean/std is refused for it."""
     if isinstance(ds, torch.utils.data.TensorDataset) and len(ds.tensors) == 2:
         x, y = ds.tensors
         if y.ndim == 1 and not y.is_floating_point():
-            return ArrayDataset(x.float() if x.dtype != torch.float32 else x, y.long(), mean, std)
-    if mean is not None or std is not None:
+            return ArrayDataset(x.float() if x.dtype != torch.float32 else x, y.long(), *norm)
+    if typed:
         raise InputError("{mean}/{std} apply to arrays, image folders and torchvision datasets only",
                          fix="normalise inside your dataset, or leave {mean}/{std} out")
     return ds
 
 
-def _open_sample(spec, split, mean, std) -> DataSource:
+def _open_sample(spec, split, norm: tuple, typed: bool) -> DataSource:
     name = spec.split(":", 1)[1]
     if name != "digits":
         raise InputError(f"unknown sample data {spec!r}", fix="the samples ship sample:digits")
@@ -258,10 +292,10 @@ def _open_sample(spec, split, mean, std) -> DataSource:
         raise InputError(f"{spec}: {e}", fix="pass {split=train}, {split=test} or {split=all}") from None
     except FileNotFoundError as e:
         raise InputError(str(e), fix="reinstall nc-probe") from None
-    return DataSource(spec, split or "train", dataset=_fast(ds, mean, std), **_declared(ds))
+    return DataSource(spec, split or "train", dataset=_fast(ds, norm, typed), **_declared(ds))
 
 
-def _open_torchvision(spec, split, image_size, mean, std, channels) -> DataSource:
+def _open_torchvision(spec, split, images: Preprocessing, channels) -> DataSource:
     parts = spec.split(":", 2)
     if len(parts) != 3 or not parts[1] or not parts[2]:
         raise InputError(f"{{data}} {spec!r} needs a root folder", fix="write torchvision:CIFAR10:/path/to/root")
@@ -276,7 +310,8 @@ def _open_torchvision(spec, split, image_size, mean, std, channels) -> DataSourc
     if not (isinstance(cls, type) and issubclass(cls, Dataset)):
         raise InputError(f"torchvision.datasets has no dataset {name!r}", fix="check the class name, e.g. CIFAR10")
     params = inspect.signature(cls).parameters
-    kwargs = {"root": root, "transform": ImageTransform(image_size, mean, std, channels)}
+    transform = ImageTransform(images, channels)
+    kwargs = {"root": root, "transform": transform}
     if "download" in params:
         kwargs["download"] = False
     if "train" in params:
@@ -294,10 +329,10 @@ def _open_torchvision(spec, split, image_size, mean, std, channels) -> DataSourc
         raise InputError(f"torchvision {name} finds no usable data under {root} ({str(e).splitlines()[0][:100]}); "
                          "nc-probe never downloads", path=root,
                          fix=f"download it first, e.g. torchvision.datasets.{name}(root, download=True)") from None
-    return DataSource(spec, split, dataset=ds, **_declared(ds))
+    return DataSource(spec, split, dataset=ds, **_declared(ds), **_image_record(transform))
 
 
-def _open_function(spec, split, mean, std) -> DataSource:
+def _open_function(spec, split, norm: tuple, typed: bool) -> DataSource:
     fn = import_object(spec, what="{data}")
     if not callable(fn):
         raise InputError(f"{{data}} {spec} is not callable", fix="name a function returning a Dataset or DataLoader")
@@ -318,7 +353,7 @@ def _open_function(spec, split, mean, std) -> DataSource:
     if isinstance(result, DataLoader):
         return DataSource(spec, split, loader=result, **_declared(result.dataset))
     if isinstance(result, Dataset):
-        return DataSource(spec, split, dataset=_fast(result, mean, std), **_declared(result))
+        return DataSource(spec, split, dataset=_fast(result, norm, typed), **_declared(result))
     raise InputError(f"{{data}} {spec} returned a {type(result).__name__}, not a Dataset or DataLoader",
                      fix="return a torch.utils.data.Dataset or DataLoader")
 

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .errors import InputError
+from .preprocessing import INTERPOLATIONS, UNIT_SCALE, Preprocessing
 from .text import few
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -32,13 +33,14 @@ def _norm_tensors(mean, std, channels: int, ndim: int):
 
 
 class ImageFolderDataset(Dataset):
-    """Images in ``root/<class>/...`` (files sorted by path), decoded with Pillow.
+    """Images in ``root/<class>/...`` (files sorted by path), decoded with Pillow and prepared as ``preprocessing``
+    says (:class:`ImageTransform`; default: each image's own size, pixels scaled to [0, 1]).
 
     Labels are the folders' positions in sorted order, unless ``class_index`` maps folder names to the
     classifier's class indices (a folder holding some of the classes a model predicts: ImageNet classes by wnid).
     """
 
-    def __init__(self, root: Path, *, image_size=None, mean=None, std=None, channels: int = 3,
+    def __init__(self, root: Path, *, preprocessing: Preprocessing | None = None, channels: int = 3,
                  class_index: dict | None = None):
         try:
             import PIL.Image  # noqa: F401
@@ -65,7 +67,7 @@ class ImageFolderDataset(Dataset):
             raise InputError(f"holds no images ({', '.join(IMAGE_EXTENSIONS)}) in its class sub-folders", path=root,
                              fix="check the folder")
         self.targets = np.asarray([t for _, t in self.samples], dtype=np.int64)
-        self.transform = ImageTransform(image_size, mean, std, channels)
+        self.transform = ImageTransform(preprocessing, channels)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -84,34 +86,71 @@ class ImageFolderDataset(Dataset):
 
 
 class ImageTransform:
-    """PIL image (or tensor) -> float32 (C, H, W): convert to RGB/L, resize the shorter side to ``size`` and crop
-    the centre square, scale to [0, 1], normalise with ``mean``/``std``."""
+    """PIL image (or tensor) -> float32 (C, H, W), as :class:`~nc_probe.preprocessing.Preprocessing` says: convert
+    to RGB/L, resize (the shorter side, or an exact size), crop the centre, scale the pixels (to [0, 1]), normalise
+    with mean/std. Resizing and cropping compute sizes and offsets as torchvision's ``Resize`` and ``CenterCrop``
+    do on PIL images (a crop larger than the image pads it with zeros), so a torchvision or timm model gets the
+    pixels its own eval transform gives. A tensor is only normalised."""
 
-    def __init__(self, size=None, mean=None, std=None, channels: int = 3):
-        self.size = None if size is None else int(size)
+    def __init__(self, preprocessing: Preprocessing | None = None, channels: int = 3):
+        p = (preprocessing or Preprocessing()).for_channels(channels)
+        self.preprocessing = p
         self.channels = channels
-        norm = _norm_tensors(mean, std, channels, 4)
+        self.resample = INTERPOLATIONS.get(p.interpolation, 2)
+        norm = _norm_tensors(p.mean, p.std, channels, 4)
         self.norm = None if norm is None else (norm[0][0], norm[1][0])
 
     def __call__(self, img) -> torch.Tensor:
         if isinstance(img, torch.Tensor):
             x = img.float()
         else:
-            import PIL.Image
-
             img = img.convert("L" if self.channels == 1 else "RGB")
-            if self.size is not None:
-                w, h = img.size
-                scale = self.size / min(w, h)
-                nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
-                img = img.resize((nw, nh), PIL.Image.Resampling.BILINEAR)
-                left, top = (nw - self.size) // 2, (nh - self.size) // 2
-                img = img.crop((left, top, left + self.size, top + self.size))
-            a = np.asarray(img, dtype=np.float32) / np.float32(255.0)
+            p = self.preprocessing
+            if p.resize is not None:
+                img = _resize(img, p.resize, self.resample)
+            if p.crop is not None:
+                img = _center_crop(img, p.crop)
+            a = np.asarray(img, dtype=np.float32)
+            if p.rescale == UNIT_SCALE:
+                a = a / np.float32(255.0)  # as torchvision's ToTensor: a division, not a product with 1/255
+            elif p.rescale != 1.0:
+                a = a * np.float32(p.rescale)
             x = torch.from_numpy(a[None] if a.ndim == 2 else a.transpose(2, 0, 1).copy())
         if self.norm is not None:
             x = (x - self.norm[0]) / self.norm[1]
         return x
+
+
+def _resize(img, size, resample):
+    """torchvision's ``Resize(size)`` of a PIL image: an int is the shorter side (the longer one scaled and
+    floored), ``(h, w)`` the exact size; an image already that size is left alone."""
+    w, h = img.size
+    if isinstance(size, int):
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = size, int(size * long / short)
+        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    else:
+        new_h, new_w = size
+    if (new_w, new_h) == (w, h):
+        return img
+    return img.resize((new_w, new_h), resample)
+
+
+def _center_crop(img, size):
+    """torchvision's ``CenterCrop(size)`` of a PIL image (offsets rounded; a larger crop pads with zeros)."""
+    ch, cw = (size, size) if isinstance(size, int) else size
+    w, h = img.size
+    if cw > w or ch > h:
+        import PIL.Image
+
+        left, top = (cw - w) // 2 if cw > w else 0, (ch - h) // 2 if ch > h else 0
+        canvas = PIL.Image.new(img.mode, (max(w, cw), max(h, ch)), 0)
+        canvas.paste(img, (left, top))
+        img, (w, h) = canvas, canvas.size
+        if (w, h) == (cw, ch):
+            return img
+    top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+    return img.crop((left, top, left + cw, top + ch))
 
 
 def _folder_class_index(root: Path, class_map, class_names) -> tuple[dict | None, list | None, str | None]:

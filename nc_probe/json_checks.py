@@ -230,6 +230,36 @@ def _object(f: Fields, v: Any, field: str) -> Any:
     return f.mapping(v, field, null=True)
 
 
+def _size(f: Fields, v: Any, field: str) -> Any:
+    """A preprocessing size: null, a positive integer (the shorter side, or a square crop) or ``[height, width]``."""
+    if isinstance(v, list):
+        f.ids(v, field, length=2, of="sides (height, width)")
+        if min(v) < 1:
+            f.fail(field, "has a side smaller than 1")
+        return v
+    return f.integer(v, field, minimum=1)
+
+
+def _preprocessing(f: Fields, v: Any, field: str) -> Any:
+    """``inputs.preprocessing`` (:meth:`nc_probe.preprocessing.Preprocessing.record`): null, or an object whose
+    source and interpolation are text, resize and crop sizes, mean and std lists of numbers, rescale a number and
+    overridden a list of flag names."""
+    f.mapping(v, field, null=True)
+    if v is None:
+        return v
+    for key in ("source", "interpolation"):
+        f.text(v.get(key), f"{field}.{key}")
+    for key in ("resize", "crop"):
+        _size(f, v.get(key), f"{field}.{key}")
+    for key in ("mean", "std"):
+        values = f.numbers(v.get(key), f"{field}.{key}", absent=False)
+        if values is not None and not 1 <= len(values) <= 16:
+            f.fail(f"{field}.{key}", f"has {len(values)} values, not one per channel")
+    f.number(v.get("rescale"), f"{field}.rescale")
+    f.texts(v.get("overridden"), f"{field}.overridden")
+    return v
+
+
 #: The ``inputs`` of a report or a baseline, by key.
 INPUTS = {
     **dict.fromkeys(("num_samples", "num_classes", "num_labels", "dim", "zero_features"), _count),
@@ -237,6 +267,7 @@ INPUTS = {
                      "features_file", "label", "reference_split"), label_check),
     **dict.fromkeys(("class_ids", "empty_classes", "excluded_classes"), _ids),
     "has_classifier": _flag, "has_logits": _flag, "class_names": _labels, "metadata": _object, "notes": _texts,
+    "preprocessing": _preprocessing,
 }
 
 #: The ``settings`` of a report or a baseline, by key.

@@ -14,7 +14,6 @@ arch_kwargs, data, split, class_names, image_size, mean, std, input_shape.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import time
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from .extraction import BatchContext, Extraction, extract
 from .files import file_sha256
 from .loading import LoadedModel, load_model
 from .locate import resolve_input
+from .preprocessing import model_preprocessing
 from .report import Report
 from .settings import DataSettings, ModelSettings, Settings, checkpoint_settings
 from .store import FeatureStore
@@ -91,7 +91,8 @@ def analyze_checkpoint(path, settings: Settings | None = None, *, save_features=
     inputs: dict[str, object] = {"source": loaded.source, "sha256": digest, "data": run.source.spec,
                                  "split": run.source.split,
               "layer": ext.layer, "format": loaded.format, "arch": loaded.arch,
-              "features_file": None if save_features is None else str(save_features)}
+              "features_file": None if save_features is None else str(save_features),
+              "preprocessing": run.source.preprocessing}
     notes = list(loaded.notes) + list(run.source.notes)
     if notes:
         inputs["notes"] = notes
@@ -102,7 +103,7 @@ def analyze_checkpoint(path, settings: Settings | None = None, *, save_features=
                                layer=ext.layer, inputs=inputs, sha256=digest)
     finally:
         ext.cleanup()
-    report.warnings[:0] = ext.warnings
+    report.warnings[:0] = [*run.source.warnings, *ext.warnings]
     report.timings = {"load_model": t_load, "extraction": ext.seconds,
                       "extraction_samples_per_s": ext.samples_per_s, **report.timings}
     e = s.extraction
@@ -180,14 +181,14 @@ def batches_of(loaded: LoadedModel, source: DataSource, s: Settings, dev, progre
 
 
 def open_source(loaded: LoadedModel, data: DataSettings, trust: bool) -> DataSource:
-    """The data to run on: the caller's settings, filled in from the checkpoint's metadata."""
+    """The data to run on: the caller's settings, filled in from the checkpoint's metadata; images are prepared as
+    the model's own preprocessing says (:mod:`nc_probe.preprocessing`), the caller's image_size/mean/std over it."""
     meta = loaded.metadata
     spec, split = _data_spec(loaded, data.data, data.split, trust)
-    fill = {k: meta.get(k) for k in ("image_size", "mean", "std") if getattr(data, k) is None}
-    data = dataclasses.replace(data, **{k: v for k, v in fill.items() if v is not None})
     return open_data(spec, split=split, limit=data.limit, classes=data.data_classes, image_size=data.image_size,
                      mean=data.mean, std=data.std, channels=_input_channels(loaded.model),
-                     class_names=meta.get("class_names"), class_map=data.class_map)
+                     class_names=meta.get("class_names"), class_map=data.class_map,
+                     preprocessing=model_preprocessing(loaded))
 
 
 def _input_channels(model) -> int:
