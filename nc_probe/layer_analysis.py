@@ -54,6 +54,8 @@ def analyze_layers(path, settings: Settings | None = None, *, progress: bool = F
         digest = sha.result() if sha is not None else None
     infos = {n: taps.infos[n].to_dict() for n in exts}
     notes = _drop_duplicate_penultimate(exts, infos, taps)
+    if s.extraction.layers is None:
+        notes = []  # the default selection: the user asked for no @penultimate, so its merging is no news to them
     t_extract = next(iter(exts.values())).seconds if exts else 0.0
     reports = []
     t1 = time.perf_counter()
