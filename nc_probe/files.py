@@ -25,7 +25,14 @@ MAX_TOML_BYTES = 16 * 2**20
 
 
 def file_sha256(path) -> str:
-    """sha256 of a file, read in 16 MiB blocks."""
+    """sha256 of a file, read in 16 MiB blocks; of a folder (a Hugging Face save_pretrained checkpoint), the sha256
+    of its regular files' names and digests, in name order."""
+    if os.path.isdir(path):
+        h = hashlib.sha256()
+        for item in sorted(Path(path).iterdir()):
+            if item.is_file() and not item.is_symlink():
+                h.update(f"{item.name}\0{file_sha256(item)}\n".encode())
+        return h.hexdigest()
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 24), b""):

@@ -44,7 +44,7 @@ def analyze_layers(path, settings: Settings | None = None, *, progress: bool = F
     require_eager(loaded.model, loaded.source)  # before anything reads the model's modules or opens the data
     t_load = time.perf_counter() - t0
     with ThreadPoolExecutor(1) as pool:
-        sha = pool.submit(file_sha256, loaded.source) if os.path.isfile(loaded.source) else None
+        sha = pool.submit(file_sha256, loaded.source) if os.path.exists(loaded.source) else None
         source = open_source(loaded, s.data, s.model.trust_checkpoint)
         dev = resolve_device(s.extraction.device)
         names = select_layers(loaded.model, s.extraction.layers)

@@ -110,6 +110,10 @@ def is_checkpoint(path) -> bool:
     """True if ``path`` holds a model (checkpoint, TorchScript, export program, safetensors weights), False for a
     feature file (safetensors/.pt/.npz with features+labels arrays), a report or anything unreadable."""
     path = str(path)
+    if os.path.isdir(path):
+        from .hf import is_hf_folder
+
+        return is_hf_folder(path)
     if not os.path.isfile(path) or path.endswith(".json"):
         return False
     kind = sniff(path)
@@ -168,6 +172,10 @@ def load_model(path, settings: ModelSettings | None = None, **shortcuts) -> Load
     if not os.path.exists(path):
         raise InputError("no such file", path=path, fix="check the checkpoint path")
     if os.path.isdir(path):
+        from .hf import is_hf_folder, load_hf_folder
+
+        if is_hf_folder(path):
+            return load_hf_folder(path, trust=s.trust_checkpoint)
         raise InputError("is a folder, not a checkpoint", path=path,
                          fix="pass a .pt/.pth/.ckpt/.safetensors/.pt2 file")
     if os.path.getsize(path) == 0:

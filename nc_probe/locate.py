@@ -25,7 +25,12 @@ def resolve_input(path) -> Path:
     if not p.exists():
         raise InputError("no such file", path=p, fix="check the path (or name a shipped sample, e.g. sample:ce)")
     if p.is_dir():
-        raise InputError("is a folder", path=p, fix="pass a checkpoint, a feature file or a report JSON")
+        from .hf import is_hf_folder
+
+        if is_hf_folder(p):
+            return p
+        raise InputError("is a folder", path=p, fix="pass a checkpoint, a Hugging Face save_pretrained folder, a "
+                                                    "feature file or a report JSON")
     if not p.is_file():  # a pipe or a device: reading it could block forever
         raise InputError("is not a regular file (a pipe or a device)", path=p,
                          fix="pass a checkpoint, a feature file or a report JSON saved on disk")

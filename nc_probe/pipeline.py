@@ -84,7 +84,7 @@ def analyze_checkpoint(path, settings: Settings | None = None, *, save_features=
     loaded = load(path, s.model)
     t_load = time.perf_counter() - t0
     with ThreadPoolExecutor(1) as pool:
-        sha = pool.submit(file_sha256, loaded.source) if os.path.isfile(loaded.source) else None
+        sha = pool.submit(file_sha256, loaded.source) if os.path.exists(loaded.source) else None
         run = _run(loaded, s, save_features=save_features, progress=progress, sha=sha)
         digest = sha.result() if sha is not None else None
     ext = run.extraction
@@ -166,7 +166,7 @@ def batches_of(loaded: LoadedModel, source: DataSource, s: Settings, dev, progre
                ) -> Iterator[tuple[Iterator, BatchContext]]:
     """The batches of ``source`` and the BatchContext an extraction reads them with (``metadata``: a dict, or a
     function asked once extraction is over), with a progress bar on the main process, closed at the end."""
-    total = len(source) if source.sized else None
+    total = source.rows if source.rows is not None else (len(source) if source.sized else None)
     bar = ProgressBar(total, f"{os.path.basename(loaded.source)} on {source.spec}") \
         if progress and distributed.is_main() else None
     context = BatchContext(source=loaded.source, declared_classes=source.num_classes,
@@ -185,10 +185,41 @@ def open_source(loaded: LoadedModel, data: DataSettings, trust: bool) -> DataSou
     the model's own preprocessing says (:mod:`nc_probe.preprocessing`), the caller's image_size/mean/std over it."""
     meta = loaded.metadata
     spec, split = _data_spec(loaded, data.data, data.split, trust)
+    if meta.get("hf_task") in ("causal-lm", "sequence-classifier"):
+        return _token_source(loaded, spec, split, data)
     return open_data(spec, split=split, limit=data.limit, classes=data.data_classes, image_size=data.image_size,
                      mean=data.mean, std=data.std, channels=_input_channels(loaded.model),
                      class_names=meta.get("class_names"), class_map=data.class_map,
                      preprocessing=model_preprocessing(loaded))
+
+
+def _token_source(loaded: LoadedModel, spec, split, data: DataSettings) -> DataSource:
+    """Token ids for a text model (:mod:`nc_probe.token_data`): arrays, or text tokenized by the folder's tokenizer."""
+    from pathlib import Path
+
+    from .token_data import open_tokens
+
+    if not isinstance(spec, str):
+        raise InputError("a text model's data is a file of token ids or text", path=loaded.source,
+                         fix="pass {data} as .npz/.pt input_ids (N, T), or .txt/.jsonl text")
+    if spec.startswith("sample:"):
+        from .samples import sample_data_path
+
+        try:
+            spec = str(sample_data_path(spec))
+        except FileNotFoundError as e:
+            raise InputError(str(e), path=loaded.source, fix="pass {data}") from None
+    for name in ("data_classes", "class_map", "image_size", "mean", "std"):
+        if getattr(data, name) is not None:
+            raise InputError(f"{{{name}}} does not apply to a text model's token data", path=loaded.source,
+                             fix=f"leave {{{name}}} out")
+    meta = loaded.metadata
+    causal = meta["hf_task"] == "causal-lm"
+    ds, split, notes = open_tokens(spec, split=split, causal=causal, vocab_size=meta.get("hf_vocab_size"),
+                                   folder=Path(meta["hf_folder"]), seq_len=data.seq_len, limit=data.limit)
+    names = meta.get("class_names")
+    return DataSource(spec=spec, split=split, dataset=ds, targets=ds.targets, class_names=None if causal else names,
+                      num_classes=None, notes=notes, rows=ds.rows)
 
 
 def _input_channels(model) -> int:

@@ -199,17 +199,36 @@ def sample_dir() -> Path:
 
 
 def sample_names() -> list[str]:
-    """Names of the shipped sample checkpoints (``ce``, ``ce_epoch1``, ..., ``mcr2``), sorted."""
+    """Names of the shipped sample checkpoints (``ce``, ``ce_epoch1``, ..., ``mcr2``; ``lm``, ``lm_early``: Hugging
+    Face folders), sorted."""
     folder = sample_dir()
-    return sorted(p.stem for p in folder.glob("*.pt")) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    files = [p.stem for p in folder.glob("*.pt")]
+    folders = [p.name for p in folder.iterdir() if p.is_dir() and (p / "config.json").is_file()]
+    return sorted(files + folders)
 
 
 def sample_path(name: str) -> Path:
-    """Path of a shipped sample checkpoint: ``sample_path("ce")`` or ``sample_path("sample:ce")``."""
+    """Path of a shipped sample checkpoint: ``sample_path("ce")`` or ``sample_path("sample:ce")`` (a file), or
+    ``sample_path("lm")`` (a Hugging Face folder)."""
     name = str(name).removeprefix("sample:").removesuffix(".pt")
-    path = sample_dir() / f"{name}.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"no sample checkpoint {name!r}; the samples are {', '.join(sample_names())}")
+    for path in (sample_dir() / f"{name}.pt", sample_dir() / name):
+        if path.is_file() or (path.is_dir() and (path / "config.json").is_file()):
+            return path
+    raise FileNotFoundError(f"no sample checkpoint {name!r}; the samples are {', '.join(sample_names())}")
+
+
+#: Data files of the samples that are not the digits: ``sample:lm_text``, the tokens of the language-model samples.
+SAMPLE_DATA = {"lm_text": DATA_DIR / "lm_text.npz"}
+
+
+def sample_data_path(spec: str) -> Path:
+    """The file behind a sample data spec such as ``sample:lm_text``."""
+    name = str(spec).removeprefix("sample:")
+    path = SAMPLE_DATA.get(name)
+    if path is None or not path.is_file():
+        raise FileNotFoundError(f"no sample data {name!r}; the samples ship {', '.join(['digits', *SAMPLE_DATA])}")
     return path
 
 

@@ -180,7 +180,8 @@ class DataSettings:
     """What a model runs on: ``data`` (a spec string, a Dataset, a DataLoader or an (x, y) pair; default: the
     checkpoint's metadata), ``split``, ``limit`` (N samples, evenly spread over classes), ``data_classes`` (keep
     only these classes: ids or names), ``image_size``, ``mean``, ``std`` (normalisation), ``class_map`` (image
-    folders: folder name -> the classifier's class index)."""
+    folders: folder name -> the classifier's class index), ``seq_len`` (text tokenized for a language model: tokens
+    per window, default 256)."""
 
     data: Any = None
     split: str | None = None
@@ -190,9 +191,13 @@ class DataSettings:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     class_map: Any = None
+    seq_len: int | None = None
 
     def __post_init__(self):
         _set(self, "mean", _numbers(self.mean, "mean"))
+        _check(self.seq_len is None or (isinstance(self.seq_len, int) and not isinstance(self.seq_len, bool)
+                                        and 2 <= self.seq_len <= 1 << 20),
+               f"{{seq_len}} must be an integer from 2 to 2^20, got {self.seq_len!r}", "pass e.g. {seq_len=256}")
         _set(self, "std", _numbers(self.std, "std"))
         _check(self.limit is None or (isinstance(self.limit, int) and self.limit >= 1),
                f"{{limit}} must be at least 1, got {self.limit}", "pass a positive number of samples")

@@ -35,7 +35,7 @@ from .settings import Settings, checkpoint_settings
 from .text import quoted
 
 TRAJECTORY_SCHEMA = "trajectory-1.0"
-EPOCH_IN_NAME = re.compile(r"(?:epoch|ep|step|iter|e)[_=\-]?(\d+)", re.IGNORECASE)
+EPOCH_IN_NAME = re.compile(r"(?:epoch|ep|step|iter|checkpoint|ckpt|e)[_=\-]?(\d+)", re.IGNORECASE)
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".pt2", ".bin")
 # settings that do not change any number of a report (where and how fast it runs): left out of the resume key
 RUN_ONLY = {"device", "batch_size", "workers", "memory_budget", "chunk_rows", "spill_threshold", "amp_note"}
@@ -93,6 +93,7 @@ class Trajectory:
 def expand_inputs(inputs: Sequence[str]) -> list[str]:
     """Checkpoint paths (or ``sample:NAME``) from paths, folders, globs and sample patterns, without repeats."""
     from . import samples
+    from .hf import is_hf_folder
     from .loading import is_checkpoint
 
     out: list[str] = []
@@ -104,9 +105,12 @@ def expand_inputs(inputs: Sequence[str]) -> list[str]:
                 raise InputError(f"{text} matches no shipped sample",
                                  fix=f"pick from {', '.join(samples.sample_names())}")
             found = [f"sample:{n}" for n in names]
-        elif Path(text).is_dir():
-            found = sorted(str(p) for p in Path(text).iterdir()
-                           if p.suffix.lower() in CHECKPOINT_SUFFIXES and is_checkpoint(p))
+        elif Path(text).is_dir() and is_hf_folder(text):
+            found = [text]
+        elif Path(text).is_dir():  # checkpoint files, or save_pretrained folders (a Trainer's checkpoint-500/)
+            found = sorted((str(p) for p in Path(text).iterdir()
+                            if (p.suffix.lower() in CHECKPOINT_SUFFIXES or p.is_dir()) and is_checkpoint(p)),
+                           key=_natural)
             if not found:
                 raise InputError("holds no checkpoint files", path=text,
                                  fix=f"point at a folder of {', '.join(CHECKPOINT_SUFFIXES)} checkpoints")
@@ -121,6 +125,11 @@ def expand_inputs(inputs: Sequence[str]) -> list[str]:
     if not out:
         raise InputError("no checkpoints given", fix="pass checkpoints, a folder, a glob or sample:ce_epoch*")
     return out
+
+
+def _natural(path: str) -> list:
+    """A sort key that orders numbers in names by value: checkpoint-500 before checkpoint-1000."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", Path(path).name)]
 
 
 def epoch_of(metadata: dict, path: str) -> tuple[float | None, str]:

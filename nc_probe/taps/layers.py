@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,7 +67,14 @@ class LayerTaps:
         if pool not in POOLS:
             raise InputError(f"{{pool}} {pool!r} is not one of {', '.join(POOLS)}", fix="use {pool=auto}")
         self.model, self.names, self.pool, self.max_dim = model, list(names), pool, int(max_dim)
-        self.has_class_token = any(hasattr(model, a) for a in ("cls_token", "class_token"))
+        # a model may say how its token outputs become per-sample rows (nc_probe.hf's wrappers): "cls" (the
+        # classifier reads the first token), "last" (the last real token), "token" (every position is a sample)
+        self.layer_pool = getattr(model, "layer_pool", None)
+        if self.layer_pool == "token" and pool != "auto":
+            raise InputError("a causal language model's layers are analysed token by token (each position a sample "
+                             f"whose class is the next token), so {{pool={pool}}} does not apply",
+                             fix="leave {pool} out")
+        self.has_class_token = self.layer_pool == "cls" or any(hasattr(model, a) for a in ("cls_token", "class_token"))
         self.infos = {n: LayerInfo(n) for n in self.names}
         self.W: np.ndarray | None = None
         self.b: np.ndarray | None = None
@@ -115,9 +123,20 @@ class LayerTaps:
             info.shape = tuple(t.shape[1:])
         if t.ndim == 2:
             h, how = t.clone(), "none"  # cloned: a later in-place op (ReLU(inplace=True)) would change it
+        elif t.ndim == 3 and self.layer_pool == "token":  # token-level rows: every position with a next token
+            h, how = t[self._token_mask()].clone(), "token"
         elif t.ndim == 3:
             how = self.pool if self.pool != "auto" else ("cls" if self.has_class_token else "mean")
-            h = t[:, 0].clone() if how == "cls" else t.mean(1)
+            if how == "cls":
+                h = t[:, 0].clone()
+            elif self.layer_pool == "last" and self.pool == "auto":
+                mask = self._token_mask()
+                h, how = t[torch.arange(len(t), device=t.device), mask.long().sum(1) - 1].clone(), "last"
+            elif self._token_mask() is not None:  # the mean over real tokens, not padding
+                m = self._token_mask().to(t.dtype).unsqueeze(-1)
+                h = (t * m).sum(1) / m.sum(1).clamp_min(1)
+            else:
+                h = t.mean(1)
             how = "mean" if how == "gap" else how
         elif t.ndim >= 4:
             if self.pool == "cls":
@@ -133,6 +152,10 @@ class LayerTaps:
             h = h @ self._projection(name, h.shape[1], h.device)
         info.dim = h.shape[1]
         return h
+
+    def _token_mask(self) -> Any:
+        """The (n, T) mask of the batch's real tokens, when the model keeps one (nc_probe.hf's wrappers)."""
+        return getattr(self.model, "token_mask", None)
 
     def _projection(self, name: str, width: int, device) -> torch.Tensor:
         P = self._projections.get(name)
