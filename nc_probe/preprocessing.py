@@ -3,12 +3,9 @@ stated default otherwise, and the user's flags on top.
 
 The model's own preprocessing (:func:`preprocessing_for`), the first source that knows it:
 
-1. a Hugging Face folder's ``preprocessor_config.json`` (an image processor's ``do_resize``, ``size``
-   (``{"height", "width"}``: that exact size; ``{"shortest_edge"}``: the shorter side), ``resample`` (a PIL
-   filter number), ``do_center_crop``, ``crop_size``, ``do_rescale``, ``rescale_factor``, ``do_normalize``,
-   ``image_mean``, ``image_std``; ``crop_pct`` of ConvNeXT's processor), read as JSON only: at most
-   :data:`MAX_CONFIG_BYTES`, every value type-checked, nothing in it imported or run (``auto_map`` and
-   ``AutoImageProcessor`` are never used);
+1. a Hugging Face folder's ``preprocessor_config.json`` (an image processor's resize, centre crop, rescale and
+   normalisation), read as JSON only by :mod:`nc_probe.preprocessor_config`: bounded, every value type-checked,
+   nothing in it imported or run (``auto_map`` and ``AutoImageProcessor`` are never used);
 2. ``torchvision:NAME``: the transform of the model's ``DEFAULT`` weights (``ImageClassification``: resize
    ``resize_size``, centre crop ``crop_size``, ``interpolation``, ``mean``, ``std``), read from the weights enum;
    nothing is downloaded;
@@ -43,14 +40,12 @@ warns when two reports' differ (:func:`preprocessing_difference`).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
 from .text import quoted
 
 #: Pixels of 0..255 become [0, 1].
@@ -58,10 +53,6 @@ UNIT_SCALE = 1 / 255
 #: Interpolations by name (torchvision's InterpolationMode values, timm's strings) -> PIL resampling filter.
 INTERPOLATIONS = {"nearest": 0, "nearest-exact": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4,
                   "hamming": 5}
-#: PIL's filter numbers (``resample`` in an image processor's config) -> name.
-PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
-MAX_CONFIG_BYTES = 1 << 20  # an image processor's config is a few hundred bytes
-MAX_SIDE = 16384  # pixels of a resize or crop read from a file
 CONFIG_NAME = "preprocessor_config.json"
 #: The values a report's preprocessing record holds that change the pixels a model sees (compared by ``compare``).
 EFFECTIVE = ("resize", "crop", "interpolation", "mean", "std", "rescale")
@@ -311,107 +302,15 @@ def _from_timm_config(cfg: Mapping) -> Preprocessing | None:
 
 # ---------------------------------------------------------------------------------------------- Hugging Face
 def read_preprocessor_config(path: Path) -> Preprocessing:
-    """A Hugging Face image processor's ``preprocessor_config.json`` as a Preprocessing: plain JSON, bounded,
-    type-checked; nothing in it is imported or run. A value of the wrong type is an InputError naming the file and
-    the field; a config of a kind nc-probe does not reproduce gives the default, with the reason in its warning."""
-    from .files import read_input
-    from .json_checks import Fields
+    """A Hugging Face image processor's ``preprocessor_config.json`` as a Preprocessing, read as data by
+    :mod:`nc_probe.preprocessor_config` (a value of the wrong type is an InputError naming the file and the field);
+    a config of a kind nc-probe does not reproduce gives the default, with the reason in its warning."""
+    from .preprocessor_config import image_steps, read_config
 
-    fix = f"repair or remove {CONFIG_NAME}, or pass {{mean}}, {{std}} and {{image_size}}"
-    data = read_input(path, "image processor config", fix, limit=MAX_CONFIG_BYTES)
-    try:
-        config = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise InputError(f"is not a readable JSON config ({type(e).__name__})", path=path, fix=fix) from None
-    f = Fields(path, fix)
-    f.mapping(config, "")
-    for key in ("do_resize", "do_center_crop", "do_rescale", "do_normalize"):
-        f.flag(config.get(key), key)
-    resample = f.integer(config.get("resample"), "resample")
-    if resample is not None and resample not in PIL_FILTERS:
-        f.fail("resample", f"is {resample}, not a PIL filter (0-5)")
-    factor = f.number(config.get("rescale_factor"), "rescale_factor")
-    crop_pct = f.number(config.get("crop_pct"), "crop_pct")
-    if crop_pct is not None and not 0 < crop_pct <= 1:
-        f.fail("crop_pct", f"is {crop_pct}, not within (0, 1]")
-    kind = f.text(config.get("image_processor_type") or config.get("feature_extractor_type"),
-                  "image_processor_type") or ""
-    stats = {}
-    for key in ("image_mean", "image_std"):
-        value = config.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = [value]
-        values = f.numbers(value, key, absent=False)
-        if values is not None and not 1 <= len(values) <= 4:
-            f.fail(key, f"has {len(values)} values, not one per channel")
-        stats[key] = None if values is None else tuple(float(v) for v in values)
-    if stats["image_std"] is not None and any(v == 0 for v in stats["image_std"]):
-        f.fail("image_std", "contains a zero")
-    has_crop = "crop_size" in config
-    size = _hf_size(f, config.get("size"), "size", square=not has_crop)
-    crop = _hf_size(f, config.get("crop_size"), "crop_size", square=True)
-
-    def unknown(why: str) -> Preprocessing:
-        return Preprocessing.unknown(reason=f"{CONFIG_NAME} {why}, which nc-probe does not reproduce")
-
-    resize: Size = None
-    if config.get("do_resize", True):
-        if size is None:
-            return unknown("resizes to no size it states")
-        if isinstance(size, str):
-            return unknown(f"has a size {size}")
-        resize = size
-    if not config.get("do_center_crop", False):
-        crop = None
-    elif crop is None or isinstance(crop, str):
-        return unknown("crops to no size it states" if crop is None else f"has a crop_size {crop}")
-    if crop_pct is not None and "ConvNext" in kind and isinstance(resize, int) and crop is None:
-        # ConvNeXT's processor: below 384 it resizes the shorter side to size/crop_pct and crops size
-        if resize < 384:
-            resize, crop = int(resize / crop_pct), resize
-        else:
-            resize = (resize, resize)
-    mean, std = (stats["image_mean"], stats["image_std"]) if config.get("do_normalize", True) else (None, None)
-    if config.get("do_normalize", True) and (mean is None or std is None):
-        return unknown("normalises without image_mean and image_std")
-    rescale = (UNIT_SCALE if factor is None else float(factor)) if config.get("do_rescale", True) else 1.0
-    if not math.isfinite(rescale) or rescale <= 0:
-        f.fail("rescale_factor", f"is {rescale}, not a positive number")
-    return Preprocessing(source=CONFIG_NAME, resize=resize, crop=crop,
-                         interpolation=PIL_FILTERS[2 if resample is None else resample], mean=mean, std=std,
-                         rescale=rescale, known=True)
-
-
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
-
-
-def _hf_size(f, value, field: str, *, square: bool) -> Size | str:
-    """An image processor's size: ``{"height", "width"}`` -> (h, w); ``{"shortest_edge"}`` -> the shorter side;
-    a bare int (older configs) -> a square when ``square``, else the shorter side. A str: a kind of size nc-probe
-    does not reproduce (``longest_edge`` alone, ``max_height``...)."""
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        n = _side(f, value, field)
-        return (n, n) if square else n
-    f.mapping(value, field, null=True)
-    for key, v in value.items():
-        _side(f, v, f"{field}.{key}")
-    if set(value) == {"height", "width"}:
-        return int(value["height"]), int(value["width"])
-    if "shortest_edge" in value and not ({"height", "width"} & set(value)):
-        if value.get("longest_edge") is not None:
-            return "with a longest_edge"
-        return int(value["shortest_edge"])
-    return f"of the keys {', '.join(quoted(k, 30) for k in sorted(value)[:4])}"
-
-
-def _side(f, value, field: str) -> int:
-    f.integer(value, field, null=False, minimum=1)
-    if value > MAX_SIDE:
-        f.fail(field, f"is {value}, more than {MAX_SIDE} pixels")
-    return value
+    steps = image_steps(*read_config(path))
+    if isinstance(steps, str):
+        return Preprocessing.unknown(reason=f"{CONFIG_NAME} {steps}, which nc-probe does not reproduce")
+    return Preprocessing(source=CONFIG_NAME, known=True, **steps)
 
 
 # ---------------------------------------------------------------------------------------------- reports

@@ -160,6 +160,28 @@ def test_image_folder(tmp_path):
         _one_line(err, tmp_path / "train" / "eel" / "0.png")
 
 
+def test_image_folder_preprocessing_is_recorded(tmp_path):
+    """Images of different sizes batch once a size is known (the model's, or image_size); the source records what
+    was done and warns when the model's preprocessing is unknown; arrays and samples are used as given."""
+    pytest.importorskip("PIL")
+    from nc_probe.preprocessing import preprocessing_for
+
+    _write_images(tmp_path / "train", {"cat": [(10, 8), (12, 12)], "dog": [(9, 14)], "eel": [(30, 17)]})
+    model = preprocessing_for("mypkg.models:net", {"image_size": 6, "mean": [0.5] * 3, "std": [0.5] * 3})
+    src = open_data(str(tmp_path / "train"), preprocessing=model)
+    assert _all(src)[0].shape == (4, 3, 6, 6) and src.warnings == []
+    assert src.preprocessing == {"source": "checkpoint metadata", "resize": 6, "crop": 6, "interpolation": "bilinear",
+                                 "mean": [0.5] * 3, "std": [0.5] * 3, "overridden": []}
+    src = open_data(str(tmp_path / "train"), preprocessing=model, image_size=4, std=[0.25] * 3)
+    assert _all(src)[0].shape == (4, 3, 4, 4)
+    assert src.preprocessing["std"] == [0.25] * 3 and src.preprocessing["overridden"] == ["image_size", "std"]
+    plain = open_data(str(tmp_path / "train"), image_size=5)
+    assert plain.preprocessing["source"] == "default" and "no model preprocessing is known" in plain.warnings[0]
+    assert open_data("sample:digits").preprocessing == {"source": "data as given"}
+    arrays = open_data((torch.zeros(4, 2), torch.arange(4)), mean=[1.0], std=[2.0])
+    assert arrays.preprocessing == {"source": "data as given", "mean": [1.0], "std": [2.0]} and not arrays.warnings
+
+
 def test_image_folder_with_some_of_the_classifiers_classes(tmp_path):
     """A folder holding 2 of a 5-class model's classes: mapped by the checkpoint's class names, or --class-map."""
     pytest.importorskip("PIL")
