@@ -74,6 +74,7 @@ def gate(
     trust_checkpoint: o.TrustCheckpoint = False,
     data: o.Data = None, split: o.Split = None, limit: o.Limit = None, data_classes: o.DataClasses = None,
     image_size: o.ImageSize = None, mean: o.Mean = None, std: o.Std = None, class_map: o.ClassMap = None,
+    seq_len: o.SeqLen = None,
     layer: o.Layer = None, device: o.Device = None, batch_size: o.BatchSize = None, workers: o.Workers = None,
     amp: o.Amp = None, spill_threshold: o.SpillThreshold = None,
 ) -> None:
@@ -154,6 +155,7 @@ def baseline(
     trust_checkpoint: o.TrustCheckpoint = False,
     data: o.Data = None, split: o.Split = None, limit: o.Limit = None, data_classes: o.DataClasses = None,
     image_size: o.ImageSize = None, mean: o.Mean = None, std: o.Std = None, class_map: o.ClassMap = None,
+    seq_len: o.SeqLen = None,
     layer: o.Layer = None, device: o.Device = None, batch_size: o.BatchSize = None, workers: o.Workers = None,
     amp: o.Amp = None, spill_threshold: o.SpillThreshold = None,
 ) -> None:

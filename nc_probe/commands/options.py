@@ -28,7 +28,8 @@ FLAGS = {
     "eps2": "--eps2", "rank_tol": "--rank-tol", "subspace_dim": "--subspace-dim", "classes": "--classes",
     "memory_budget": "--memory-budget", "data": "--data", "split": "--split", "limit": "--limit",
     "data_classes": "--data-classes", "image_size": "--image-size", "mean": "--mean", "std": "--std",
-    "class_map": "--class-map", "arch": "--arch", "arch_kwargs": "--arch-kwargs", "strip_prefix": "--strip-prefix",
+    "class_map": "--class-map", "seq_len": "--seq-len",
+    "arch": "--arch", "arch_kwargs": "--arch-kwargs", "strip_prefix": "--strip-prefix",
     "trust_checkpoint": "--trust-checkpoint", "layer": "--layer", "device": "--device", "batch_size": "--batch-size",
     "workers": "--workers", "amp": "--amp", "spill_threshold": "--spill-threshold",
     "save_features": "--save-features", "fmt": "--format", "out": "--out",
@@ -160,6 +161,8 @@ ClassMap = Annotated[str | None, _option(
     "--class-map", "Image folders: which class index each folder is. A .txt file of the classifier's class names, "
                    "one per line in class order, a .json file or a JSON object {folder: index} [default: by name "
                    "when the checkpoint names its classes, else folder order].", DATA)]
+SeqLen = Annotated[int | None, _option(
+    "--seq-len", "Text data (.txt, .jsonl) for a Hugging Face text model: tokens per window [default: 256].", DATA)]
 
 # -------------------------------------------------------------------------------------------- extraction settings
 _e = DEFAULTS.extraction
