@@ -187,6 +187,8 @@ def test_nearest_subspace_matches_its_definition(seed):
     ref = _nearest_subspace_reference(H, y)
     assert 0.3 < ref < 1.0
     assert m["acc_nearest_subspace"] == pytest.approx(ref, abs=1e-12)
+    with mock.patch("nc_probe.metrics.nearest_subspace.BLOCK_BYTES", 8 * 7 * 100):  # blocks of 7 rows
+        assert nc_probe.analyze_features(H, y).metrics["acc_nearest_subspace"] == pytest.approx(ref, abs=1e-12)
     with mock.patch("nc_probe.metrics.nearest_subspace.NS_MAX_WORK", 10):
         assert nc_probe.analyze_features(H, y).metrics["acc_nearest_subspace"] is None
 

@@ -17,6 +17,7 @@ NS_DIM = 30  # the MCR^2 code's default number of components per class
 #: heads are in, an ImageNet head is out (null)
 NS_MAX_WORK = 1 << 23
 TIE = 1e-12  # scores are squared norms of projections of unit vectors, in [0, 1]
+BLOCK_BYTES = 64 << 20  # the float64 scores of one block of rows
 
 
 def wanted(num_classes: int, dim: int) -> bool:
@@ -33,6 +34,11 @@ class NearestSubspaceTally(AccuracyTally):
         self.owner = torch.from_numpy(np.repeat(np.arange(len(bases)), [b.shape[1] for b in bases]))
 
     def credit(self, h: torch.Tensor, y: torch.Tensor) -> float:
+        # scored in row blocks: a chunk's rows x every class's basis columns (up to 30 C) would be gigabytes
+        step = max(1, BLOCK_BYTES // (8 * (self.B.shape[1] + len(self.ids))))
+        return sum(self._credit(h[i:i + step], y[i:i + step]) for i in range(0, len(y), step))
+
+    def _credit(self, h: torch.Tensor, y: torch.Tensor) -> float:
         norms = torch.linalg.vector_norm(h, dim=1, keepdim=True)
         z = h / torch.where(norms > 0, norms, torch.ones_like(norms))
         energy = (z @ self.B) ** 2
