@@ -16,6 +16,16 @@ Shapes (``--quick`` shrinks each; ``-C``/``-d``/``-n`` override one):
   and measure functions (float64, CPU, the same file in batches; see :func:`child_rhubarbwu` for the mapping),
   timed in their own process, against nc-probe with every metric (``lm``) and with the collapse metrics alone
   (``lm-collapse``: ``classes=[]``, ``angle_classes=0``).
+- ``lm256k``: a language model's token-level head at today's vocabularies: V=262144 (Gemma's 256k), d=2048, N=1M
+  tokens, Zipf 1.1 labels over the vocabulary (token ids permuted, so the frequent tokens are not 0..K-1; ~100k
+  tokens present), features = class mean + noise in float32 (an 8 GB file, written in chunks; W (V x d) float32,
+  2 GiB, and b in the file), and the model's ``predictions`` column: W h + b over 256k rows for 1M tokens would be
+  1e18 flops, so the predictions are drawn (the token itself with probability 0.4, else a token drawn from the
+  same Zipf law, often one without samples) and pass 2 reads them as an LM front end would store them. Goals:
+  every collapse metric present, each either exact for every present token or on the most frequent ones as the
+  report's ``settings["frequent_classes"]`` says; peak RSS <= W's bytes + 4 GiB (the default 2 GiB
+  ``--memory-budget`` bounds the subspace groups and bases; the class means take K x d x 8 bytes, 1.6 GB at
+  K = 100k). No 5x-N run (a 41 GB file).
 - ``highrank``: C=1000, d=512, N=100k, full-rank classes (class mean + isotropic Gaussian noise: early training).
   Goals: every metric for every class, total time <= 60x one float64 X^T X, report JSON <= 16 MiB.
 - memory flatness: each shape again at 5x N (``<shape>-5x``); goal: peak RSS at most 10% above the N run's.
@@ -95,6 +105,8 @@ class Shape:
     rss_goal: int | None = None  # bytes
     json_goal: int | None = None  # bytes of report.json
     needs: str = "all"  # "all": every metric for every class; "collapse": every collapse metric
+    rss_beyond_w: int | None = None  # peak RSS goal on top of the bytes of W in the file
+    flat: bool = True  # also run the memory-flatness variant at 5x N
 
 
 SHAPES = {
@@ -102,7 +114,10 @@ SHAPES = {
     "lm": Shape("lm", 32_000, 768, 200_000, (4000, 128, 20_000), rss_goal=4 * GiB, json_goal=16 * MiB,
                 needs="collapse"),
     "highrank": Shape("highrank", 1000, 512, 100_000, (100, 128, 10_000), xtx_goal=60, json_goal=16 * MiB),
+    "lm256k": Shape("lm256k", 262_144, 2048, 1_000_000, (65_536, 128, 40_000), needs="collapse",
+                    rss_beyond_w=4 * GiB, flat=False),
 }
+LM_ACCURACY = 0.4  # lm256k: the drawn predictions' share of right tokens
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -128,6 +143,46 @@ def _classifier(rng, means: np.ndarray, gain: float, noise: float, bias: np.ndar
     C, d = means.shape
     W = gain * (means - means.mean(0)) + noise * rng.standard_normal((C, d)) / np.sqrt(d)
     return W.astype(np.float64), bias.astype(np.float64)
+
+
+def make_token_file(shape: Shape, n: int, path: Path, seed: int = 0) -> dict:
+    """The ``lm256k`` file: ``n`` tokens of a V-way head (see the module docstring), written chunk by chunk. Only the
+    present tokens' means are drawn (never a V x d float64 array); W is V x d float32."""
+    from nc_probe import StoreWriter
+
+    V, d = shape.C, shape.d
+    model = np.random.default_rng(seed)
+    data = np.random.default_rng([seed, n])
+    p_rank = np.arange(1, V + 1, dtype=np.float64) ** -1.1
+    p = np.empty(V)
+    p[model.permutation(V)] = p_rank / p_rank.sum()  # frequent tokens spread over the ids
+    y_all = data.choice(V, size=n, p=p)
+    present = np.unique(y_all)
+    means = model.standard_normal((len(present), d), dtype=np.float32)
+    means *= np.float32(1 / np.sqrt(d))
+    W = model.standard_normal((V, d), dtype=np.float32)
+    W *= np.float32(0.5 / np.sqrt(d))
+    W[present] += 4.0 * (means - means.mean(0))
+    logp = np.log(p)
+    b = (0.1 * (logp - logp.mean())).astype(np.float32)
+    writer = StoreWriter(path, metadata={"layer": f"bench-scale-{shape.name}", "seed": seed})
+    try:
+        rows = _gen_rows(d)
+        for start in range(0, n, rows):
+            y = y_all[start:start + rows]
+            h = data.standard_normal((len(y), d), dtype=np.float32)
+            h *= np.float32(0.5 / np.sqrt(d))
+            h += means[np.searchsorted(present, y)]
+            pred = np.where(data.random(len(y)) < LM_ACCURACY, y, data.choice(V, size=len(y), p=p))
+            writer.append(h, y, predictions=pred)
+        writer.close(W=W, b=b)
+    except BaseException:
+        writer.abort()
+        raise
+    counts = np.bincount(y_all, minlength=V)
+    return {"present_classes": int(len(present)), "single_sample_classes": int(np.sum(counts == 1)),
+            "max_class_count": int(counts.max()), "median_count_present": float(np.median(counts[present])),
+            "w_bytes": int(W.nbytes)}
 
 
 def make_files(shape: Shape, n: int, paths: dict[str, Path], seed: int = 0) -> dict:
@@ -267,7 +322,7 @@ def child_ours(path: Path, out_dir: Path, expect: int, needs: str, collapse_only
             out["metrics"] = dict(report.metrics)
             out["check"] = completeness(report, expect, "collapse" if collapse_only else needs)
             out["warnings"] = [str(w)[:240] for w in report.warnings]
-            out["settings"] = {k: report.settings.get(k) for k in ("chunk_rows", "memory_budget")}
+            out["settings"] = {k: report.settings.get(k) for k in ("chunk_rows", "memory_budget", "frequent_classes")}
         del report
         gc.collect()
     out["analysis_runs_s"], out["analysis_cpu_runs_s"] = walls, cpus
@@ -468,8 +523,10 @@ def bench_shape(shape: Shape, tmp: Path, args) -> dict:
     if shape.name == "lm":
         paths["pred"] = tmp / f"{shape.name}-pred.safetensors"
     t = time.perf_counter()
-    fig["data"] = make_files(shape, shape.n, paths)
+    fig["data"] = make_token_file(shape, shape.n, main) if shape.name == "lm256k" else make_files(shape, shape.n, paths)
     fig["data"]["gen_s"] = time.perf_counter() - t
+    if shape.rss_beyond_w is not None:
+        fig["goals"]["rss"] = fig["data"]["w_bytes"] + shape.rss_beyond_w
     fig["data"]["file_bytes"] = main.stat().st_size
     expect = fig["data"]["present_classes"]
     print(f"{shape.name}: wrote N={shape.n:,} x d={shape.d} float32, C={shape.C} ({expect:,} present), "
@@ -484,7 +541,7 @@ def bench_shape(shape: Shape, tmp: Path, args) -> dict:
     if shape.name == "lm":
         fig["rhubarbwu"] = compare_rhubarbwu(main, tmp, expect, shape, args, cases[shape.name])
     main.unlink()
-    if not args.no_flat:
+    if not args.no_flat and shape.flat:
         big = tmp / f"{shape.name}-{FLAT_FACTOR}x.safetensors"
         n_big = FLAT_FACTOR * shape.n
         data_big = make_files(shape, n_big, {"main": big})
@@ -588,6 +645,14 @@ def print_tables(figures: dict) -> None:
     print("  stages (report.timings, s; pass 2 and the subspace spectra overlap when pass 1 gathered them):")
     for tag, t, save in stages:
         print(f"    {tag:<16}" + "  ".join(f"{k}={v:.2f}" for k, v in t.items()) + f"  save={save:.2f}")
+    for s in figures["shapes"].values():
+        for tag, r in s["cases"].items():
+            fc = (r.get("settings") or {}).get("frequent_classes")
+            if "check" in r:
+                print(f"  {tag}: " + ("every collapse metric over every present class" if fc is None else
+                      f"pair sweeps over the {fc['pairs']:,} and nearest class mean over the {fc['ncc']:,} most "
+                      f"frequent of {fc['classes']:,} classes (top-K: nc1_cdnv, nc2_maxangle_M/W, gnc2_log_*, "
+                      "pair summaries; acc_ncc, nc4); every other metric exact over every present class"))
     for name, s in figures["shapes"].items():
         a, p = s["cases"].get(name, {}), s["cases"].get(f"{name}-pred", {})
         if "metrics" in a and "metrics" in p:

@@ -15,12 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from . import compute, distributed, subspace_report
+from . import compute, distributed, subspace_report, workplan
 from ._version import __version__
 from .errors import InputError
 from .metrics import nearest_subspace, probe
 from .pass2 import second_pass
-from .pca import PCASample
+from .pca import PCASample, total_covariance
 from .report import Report
 from .settings import MetricSettings, metric_settings
 from .stats import ClassStats
@@ -86,6 +86,8 @@ class _Analysis:
         self.counts = counts = _global_counts(labels, self.num_classes)
         del labels  # N int64: not kept through the passes (memory flat in N)
         self.keep = counts >= s.min_class_count  # classes analysed; the others' rows are left out everywhere
+        self.present = np.flatnonzero(self.keep & (counts > 0))  # the rows ClassStats allocates, in class order
+        self.plan = workplan.plan(self.present, counts[self.present], store.dim)
         self.splan = subspace_report.plan(counts, store.dim, s)
         self.rows = s.chunk_rows or auto_chunk_rows(store.dim)
         self.timings: dict[str, float] = {}
@@ -97,17 +99,16 @@ class _Analysis:
             digest = pool.submit(store.sha256) if sha256 is None else None
             if stats is None:
                 stats = ClassStats(self.num_classes, store.dim, subspace_classes=splan.tracked, device=self.device,
-                                   backend=s.backend)
+                                   backend=s.backend, classes=self.present)
                 _pass1(store, stats, self.rows, self.keep)
             stats.all_reduce()  # under torchrun each rank holds its shard's statistics (given or just accumulated)
             self.stats = stats
             timings["pass1_stats"] = time.perf_counter() - self.t_start
             t = time.perf_counter()
-            self.W = None if store.W is None else np.asarray(store.W, dtype=np.float64)
-            analysed = int(np.count_nonzero(self.keep & (stats.count.cpu().numpy() > 0)))
+            self.W = store.W  # as stored (a 256k-way head's float32 W is never copied whole in float64)
             self.c = compute.collapse_metrics(stats, self.W, b=store.b, source=store.source,
                                               min_count=s.min_class_count,
-                                              keep_matrix=_keep_cosines(analysed, s))
+                                              keep_matrix=_keep_cosines(len(self.plan.ids), s), plan=self.plan)
             timings["collapse_metrics"] = time.perf_counter() - t
             self._passes(pool)
             self.sha = digest.result() if digest is not None else sha256
@@ -118,21 +119,22 @@ class _Analysis:
         passes, then the coding rates and angles."""
         store, s, splan, stats, timings = self.store, self.s, self.splan, self.stats, self.timings
         analysed = self.c.ids  # the classes with samples that min_class_count keeps
-        results = subspace_report.SubspaceResults(
-            keep_ns=set(analysed.tolist()) <= set(splan.classes) and nearest_subspace.wanted(len(analysed),
-                                                                                               stats.dim))
+        results = subspace_report.results_for(
+            splan, s, keep_ns=set(analysed.tolist()) <= set(splan.classes) and nearest_subspace.wanted(len(analysed),
+                                                                                                        stats.dim))
         job = None
         if splan.in_pass1:
             acc = subspace_report.pass1_accumulator(stats, splan.classes)
             job = pool.submit(_timed, results.add_group, acc, s, set(splan.angle_classes))
         t = time.perf_counter()
-        self.pca = PCASample(stats, self.c.ids, store)
+        total = total_covariance(stats, self.c.ids)
+        self.pca = PCASample(stats, self.c.ids, store, total=total)
         first = _group_feeder(splan, 0, stats)
-        self.layer_metrics, self.probe = _layer_metrics(stats, self.c.ids, self.keep, s)
+        self.layer_metrics, self.probe = _layer_metrics(stats, self.c.ids, self.keep, s, total, self.plan)
         self.mahalanobis = _mahalanobis_tally(stats, self.c.ids, self.keep)
         observers = [o for o in (first, self.probe, self.mahalanobis) if o is not None]
         self.tally = second_pass(store, stats, self.c.ids, self.W, self.rows, self.pca, keep=self.keep,
-                                 observers=observers)
+                                 observers=observers, ncc_ids=self.plan.ncc_ids)
         if self.probe is not None:
             distributed.sync(self.probe)
             self.layer_metrics["acc_linear_probe"] = self.probe.accuracy
@@ -159,24 +161,28 @@ class _Analysis:
         metrics = {**c.metrics, **compute.prediction_metrics(self.tally, int(c.n.sum())), **self.layer_metrics,
                    **sub}
         data_warnings, empty, excluded = compute.data_warnings(stats, c.ids, s.min_class_count, self.counts)
+        data_warnings = self.plan.warnings() + _work_warnings(self.store, self.plan, s) + data_warnings
         report_inputs = _inputs(self.store, stats, c, self.sha, self.num_classes, layer, empty, self.W is not None)
         report_inputs["excluded_classes"] = excluded
         names = report_inputs["class_names"]
         return Report(inputs={**report_inputs, **(inputs or {})}, metrics=metrics,
-                      settings=compute.settings_record(s, stats, self.rows) | {"device": str(self.device)},
+                      settings=compute.settings_record(s, stats, self.rows, self.plan) | {"device": str(self.device)},
                       per_class=compute.per_class_table(stats, c, self.tally, self.pca.result(), sub_lists),
                       angles=angles, timings=self.timings, warnings=sub_warnings + data_warnings,
                       pairs=compute.pair_summaries(c, sub_pairs, names, angles["class_ids"],
                                                    dict(zip(c.ids.tolist(), names))))
 
 
-def _layer_metrics(stats: ClassStats, ids: np.ndarray, keep: np.ndarray, s: MetricSettings
-                   ) -> tuple[dict, probe.ProbeTally | None]:
+def _layer_metrics(stats: ClassStats, ids: np.ndarray, keep: np.ndarray, s: MetricSettings, total,
+                   plan: workplan.WorkPlan) -> tuple[dict, probe.ProbeTally | None]:
     """``rank_numerical_total``, and the linear probe's pass-2 observer when ``linear_probe`` is on (its accuracy
-    is filled in after pass 2)."""
-    metrics = compute.total_metrics(stats, ids, s.rank_tol)
+    is filled in after pass 2; None when scoring every row against every class would pass the work plan's limit,
+    as the nearest class mean's)."""
+    metrics = compute.total_metrics(stats, ids, s.rank_tol, total)
     if not s.linear_probe:
         return metrics, None
+    if not plan.ncc_exact:
+        return metrics | {"acc_linear_probe": None}, None
     W, b = probe.ridge_probe(*compute.class_moments(stats, ids))
     return metrics, probe.ProbeTally(W, b, ids, None if keep.all() else keep)
 
@@ -246,8 +252,12 @@ class _GroupFeeder:
         self.acc = acc
 
     def add(self, start: int, h: torch.Tensor, y: torch.Tensor) -> None:
-        z, _ = unit_rows(h)
-        self.acc.update(z, y)
+        inside = self.acc.members(y)  # only the group's rows are normalized (a few classes of many)
+        if inside is not None:
+            h, y = h[inside.to(h.device)], y[inside]
+        if len(y):
+            z, _ = unit_rows(h)
+            self.acc.update(z, y)
 
 
 def _group_feeder(splan, index: int, stats: ClassStats) -> _GroupFeeder | None:
@@ -289,10 +299,27 @@ def _inputs(store: FeatureStore, stats: ClassStats, c: compute.Collapse, sha, nu
         "class_names": [store.class_names[i] for i in ids] if store.class_names else [str(i) for i in ids],
         "class_ids": ids.tolist(),
         "empty_classes": empty,
-        "zero_features": int(stats.zero_norm.sum()),
+        "zero_features": int(stats.class_zero_norm.sum()),
         "metadata": store.metadata,
         "nc_probe_version": __version__,
     }
+
+
+def _work_warnings(store: FeatureStore, plan: workplan.WorkPlan, s: MetricSettings) -> list[str]:
+    """The linear probe left out with the nearest class mean's classes, and a classifier far wider than the
+    classes present (a language model's head) scored on every row because the store has neither the model's
+    predictions nor its logits."""
+    out = []
+    if s.linear_probe and not plan.ncc_exact:
+        out.append("acc_linear_probe is left out: scoring every row against a probe of every class would cost as "
+                   "much as the nearest class mean over every class")
+    if store.W is None or store.has_predictions or store.has_logits:
+        return out
+    work = float(plan.counts.sum()) * len(store.W) * store.dim
+    if work > workplan.SCORE_WORK:
+        out.append(f"acc_model and nc4 score every row against all {len(store.W):,} rows of W ({work:.2g} "
+                   "multiply-adds); store the model's predictions (a predictions column) to skip that")
+    return out
 
 
 def _timed(fn, *args):

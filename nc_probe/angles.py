@@ -53,7 +53,8 @@ class AngleResult:
 def all_pair_angles(bases: list[np.ndarray], *, keep_matrices: bool = False, device="cpu",
                     precision: str = "float64", tile_columns: int | None = None) -> AngleResult:
     """``angle_min`` (degrees) and ``subspace_affinity`` of every pair of ``bases`` (d x k_c, orthonormal);
-    ``tile_columns`` (default :data:`TILE_COLUMNS`) bounds the stacked basis columns of a tile side."""
+    ``tile_columns`` (default :data:`TILE_COLUMNS`) bounds the stacked basis columns of a tile side. In float64 on
+    the CPU the list's arrays are replaced by views of the stacked matrix, so the bases are held once."""
     K = len(bases)
     d = bases[0].shape[0] if K else 0
     result = AngleResult(PairSummary(bounds=(0.0, 90.0), extreme="smallest"),
@@ -65,9 +66,13 @@ def all_pair_angles(bases: list[np.ndarray], *, keep_matrices: bool = False, dev
     k = np.array([b.shape[1] for b in bases])
     order = np.argsort(k, kind="stable")
     dtype = torch.float32 if precision == "float32" else torch.float64
-    U = torch.from_numpy(np.concatenate([bases[c] for c in order], axis=1)).to(torch.device(device), dtype)
+    stacked = np.concatenate([bases[c] for c in order], axis=1)
+    U = torch.from_numpy(stacked).to(torch.device(device), dtype)
     ks = k[order]
     offsets = np.concatenate([[0], np.cumsum(ks)])
+    if U.device.type == "cpu" and dtype == torch.float64:
+        for i, c in enumerate(order):
+            bases[c] = stacked[:, offsets[i]:offsets[i + 1]]
     for (a0, a1), (b0, b1) in _class_tiles(ks, tile_columns or TILE_COLUMNS):
         # the tile stays where U is (a GPU's batched eigensolver takes the pairs there); float64 from here on
         P = (U[:, offsets[a0]:offsets[a1]].T @ U[:, offsets[b0]:offsets[b1]]).double()

@@ -9,21 +9,28 @@ and ``report_from_stats(stats, W=W, b=b, tally=tally)``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import subspace_report
+from . import subspace_report, workplan
 from ._version import __version__
 from .errors import InputError
-from .metrics import collapse, literature, probe
+from .metrics import blockwise, collapse, literature, probe
 from .metrics.pairs import PairSummary
 from .metrics.predictions import PredictionTally
+from .pca import total_covariance
 from .report import Report
 from .settings import MetricSettings, metric_settings
 from .stats import ClassStats
 
 NC2_KINDS = ("equinorm", "equiangle", "maxangle", "etf")
+
+
+#: K x d (classes analysed x dimension) up to which the centred means and W's rows are held whole and the direct
+#: forms of the measures are used; beyond, :mod:`nc_probe.metrics.blockwise` takes them a block of classes at a time
+DIRECT_ELEMENTS = 1 << 24
 
 
 @dataclass
@@ -32,98 +39,159 @@ class Collapse:
 
     ids: np.ndarray  # label ids of the classes analysed (with at least min_class_count samples)
     n: np.ndarray  # their counts
-    M: np.ndarray  # centred means, d x C
+    mean_norms: np.ndarray  # norms of their centred means
     variances: np.ndarray  # per-class mean squared distance to the class mean
     metrics: dict = field(default_factory=dict)
     pairs: dict[str, PairSummary] = field(default_factory=dict)
     mean_cosine: np.ndarray | None = None
+    plan: workplan.WorkPlan | None = None  # which classes the pair sweeps and pass 2's NCC cover
+
+    @property
+    def pair_ids(self) -> np.ndarray:
+        return self.ids if self.plan is None else self.plan.pair_ids
 
 
 def collapse_metrics(stats: ClassStats, W=None, *, b=None, source=None, min_count: int = 1,
-                     keep_matrix: bool = True) -> Collapse:
+                     keep_matrix: bool = True, plan: workplan.WorkPlan | None = None) -> Collapse:
     """nc1, nc1_cdnv, the NC2 measures of the means (and of W's rows), nc3 and the literature's other collapse
     measures (:mod:`nc_probe.metrics.literature`), from pass 1's statistics.
 
-    The pair-based ones come from tiled sweeps over the C x C Gram matrices (:mod:`nc_probe.metrics.pairs`);
-    ``keep_matrix`` also keeps the C x C cosines of the means.
+    The pair-based ones come from tiled sweeps over the Gram matrices (:mod:`nc_probe.metrics.pairs`) of the classes
+    ``plan`` gives them (all, or the most frequent of many: :mod:`nc_probe.workplan`); ``keep_matrix`` also keeps
+    the C x C cosines of the means. ``W`` (V x d, any float dtype) is read a block of rows at a time.
     """
-    count = stats.count.cpu().numpy()
-    ids = np.flatnonzero(count >= max(min_count, 1))
-    if len(ids) < 2:
-        raise InputError(f"only {len(ids)} class has samples; the metrics compare classes", path=source,
-                         fix="pass features of at least 2 classes")
-    n = count[ids]
-    raw_means = stats.mean.cpu().numpy()[ids]
-    M = collapse.centered_means(raw_means)
-    variances = stats.m2.cpu().numpy()[ids] / n
-    means = collapse.mean_pair_metrics(M, variances, keep_matrix=keep_matrix)
+    ids, n, means, variances = _analysed(stats, min_count, source)
+    K, d = means.shape
+    plan = plan if plan is not None else workplan.plan(ids, n, d)
     scatter = stats.scatter.cpu().numpy()
-    metrics: dict[str, float | None] = {"nc1": collapse.nc1(scatter, int(n.sum()), M), **means.metrics}
-    W = None if W is None else np.asarray(W, dtype=np.float64)
-    more = literature.literature_metrics(M, scatter, int(n.sum()), n, W,
-                                         None if b is None else np.asarray(b, dtype=np.float64),
-                                         raw_means.mean(0), ids)
-    more |= {k: means.metrics.pop(k) for k in ("gnc2_log_mean", "gnc2_log_var")}  # from the NC2 sweep
+    N = int(n.sum())
+    mu_G = means.mean(0)
+    if K * d <= DIRECT_ELEMENTS:
+        linear, norms = _direct_metrics(means, mu_G, n, scatter, N, W, b, ids, plan.pairs_exact)
+    else:
+        linear, norms = blockwise.many_class_metrics(means, mu_G, n, scatter, N, W, b, ids)
+    exact = plan.pairs_exact
+    pos = None if exact else np.searchsorted(ids, plan.pair_ids)
+    mp = collapse.mean_pair_metrics(collapse.centered_means(means) if pos is None else (means[pos] - mu_G).T,
+                                    variances if pos is None else variances[pos],
+                                    keep_matrix=keep_matrix and exact, num_classes=K)
+    metrics: dict[str, float | None] = {"nc1": linear["nc1"], "nc1_cdnv": mp.metrics["nc1_cdnv"]}
+    metrics.update(_nc2(mp.metrics, linear, "M", exact))
     if W is not None:
-        metrics.update({f"{k}_W": v for k, v in collapse.row_pair_metrics(W[ids]).metrics.items()})
-        metrics["nc3"] = collapse.nc3(W[ids], M)
+        rows = blockwise.classifier_rows(W, plan.pair_ids)
+        metrics.update(_nc2(collapse.row_pair_metrics(rows, num_classes=K).metrics, linear, "W", exact))
     else:
         metrics.update({f"nc2_{k}_W": None for k in NC2_KINDS})
-        metrics["nc3"] = None
+    metrics["nc3"] = linear["nc3"]
+    more = {k: linear[k] for k in literature.LITERATURE_KEYS if k in linear}
+    more |= {k: mp.metrics[k] for k in ("gnc2_log_mean", "gnc2_log_var")}  # from the NC2 sweep
     ordered = {k: metrics[k] for k in ("nc1", "nc1_cdnv", *(f"nc2_{k}_M" for k in NC2_KINDS),
                                        *(f"nc2_{k}_W" for k in NC2_KINDS), "nc3")}
     ordered |= {k: more[k] for k in literature.LITERATURE_KEYS}
-    pairs = {"mean_cosine": means.cosine, "cdnv": means.cdnv} if means.cdnv is not None else {}
-    return Collapse(ids, n, M, variances, ordered, pairs, means.cosine_matrix)
+    pairs = {"mean_cosine": mp.cosine, "cdnv": mp.cdnv} if mp.cdnv is not None else {}
+    return Collapse(ids, n, norms, variances, ordered, pairs, mp.cosine_matrix, plan)
+
+
+def _analysed(stats: ClassStats, min_count: int, source) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(ids, counts, raw means, variances)`` of the classes with at least ``min_count`` samples (the means a view of
+    the statistics when every class seen is analysed)."""
+    count = stats.class_count.cpu().numpy()
+    sel = np.flatnonzero(count >= max(min_count, 1))
+    if len(sel) < 2:
+        raise InputError(f"only {len(sel)} class has samples; the metrics compare classes", path=source,
+                         fix="pass features of at least 2 classes")
+    raw = stats.class_mean.cpu().numpy()
+    means = raw if len(sel) == len(raw) else raw[sel]
+    n = count[sel]
+    return stats.class_ids[sel], n, means, stats.class_m2.cpu().numpy()[sel] / n
+
+
+def _direct_metrics(means, mu_G, n, scatter, N: int, W, b, ids, pairs_exact: bool) -> tuple[dict, np.ndarray]:
+    """The measures that are not pair sweeps, from the centred means and W's rows held whole."""
+    M = collapse.centered_means(means)
+    out: dict = {"nc1": collapse.nc1(scatter, N, M)}
+    out |= literature.literature_metrics(M, scatter, N, n, W, b, mu_G, ids)
+    Wp = None if W is None else blockwise.classifier_rows(W, ids)
+    out["nc3"] = None if Wp is None else collapse.nc3(Wp, M)
+    if not pairs_exact:  # the sweeps cover some classes: equinorm, equiangle and etf of every class from moments
+        for key, V in (("M", M.T), ("W", Wp)):
+            if V is not None:
+                rm = blockwise.RowMoments(V.shape[1], len(V))
+                rm.add(0, V)
+                out |= {f"{k}_{key}": v for k, v in rm.metrics().items()}
+    return out, np.linalg.norm(M, axis=0)
+
+
+def _nc2(swept: dict, linear: dict, key: str, exact: bool) -> dict:
+    """The NC2 measures of the means (``key`` "M") or W's rows ("W"): all from the sweep when it covered every class,
+    else maxangle from the sweep (the most frequent classes' pairs) and the others from every class's moments."""
+    return {f"nc2_{k}_{key}": swept[f"nc2_{k}" if key == "W" else f"nc2_{k}_M"]
+            if exact or k == "maxangle" else linear[f"nc2_{k}_{key}"] for k in NC2_KINDS}
 
 
 def class_moments(stats: ClassStats, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(counts, means, within-class scatter)`` of the classes ``ids`` as float64 numpy arrays."""
-    return (stats.count.cpu().numpy()[ids].astype(np.float64), stats.mean.cpu().numpy()[ids],
+    """``(counts, means, within-class scatter)`` of the classes ``ids`` (sorted) as float64 numpy arrays (a K x d
+    copy of the means)."""
+    pos = np.searchsorted(stats.class_ids, ids)
+    return (stats.class_count.cpu().numpy()[pos].astype(np.float64), stats.class_mean.cpu().numpy()[pos],
             stats.scatter.cpu().numpy())
 
 
-def total_metrics(stats: ClassStats, ids: np.ndarray, rank_tol: float) -> dict:
+def total_metrics(stats: ClassStats, ids: np.ndarray, rank_tol: float, total=None) -> dict:
     """``rank_numerical_total`` (numerical rank of the total covariance of the features: a layer's rank, as the
     tunnel-effect papers measure it). ``acc_linear_probe`` is added by pass 2 only when asked: an absent key, not a
-    ``None``, so reports without it compare and gate exactly as before."""
-    sigma, _ = probe.total_covariance(*class_moments(stats, ids))
-    return {"rank_numerical_total": probe.numerical_rank(sigma, rank_tol)}
+    ``None``, so reports without it compare and gate exactly as before. ``total``: the total covariance and mean
+    (:func:`nc_probe.pca.total_covariance`), when computed already."""
+    sigma, _ = total if total is not None else total_covariance(stats, ids)
+    return {"rank_numerical_total": probe.numerical_rank(sigma.cpu().numpy(), rank_tol)}
 
 
 def prediction_metrics(tally: PredictionTally | None, n_total: int) -> dict:
-    """nc4, acc_model and acc_ncc from pass 2's tally (absent without one, or without a classifier)."""
+    """nc4, acc_model and acc_ncc from pass 2's tally (absent without one, or without a classifier). When the
+    nearest class mean scored the rows of some classes only (:mod:`nc_probe.workplan`), acc_ncc and nc4 are over
+    those rows."""
     if tally is None:
         return {"nc4": None, "acc_model": None, "acc_ncc": None}
     model = tally.has_model
-    return {"nc4": tally.disagree.sum().item() / n_total if model else None,
+    scored = int(tally.ncc_n.sum()) if tally.ncc_subset else n_total
+    return {"nc4": tally.disagree.sum().item() / scored if model and scored else None,
             "acc_model": tally.model_correct.sum().item() / n_total if model else None,
-            "acc_ncc": tally.ncc_correct.sum().item() / n_total}
+            "acc_ncc": tally.ncc_correct.sum().item() / scored if scored else None}
 
 
 # ------------------------------------------------------------------------------------------------ the report
 def per_class_table(stats: ClassStats, c: Collapse, tally: PredictionTally | None, pca: dict | None,
                     subspace_lists: dict) -> dict:
-    """The report's ``per_class`` lists, aligned with the classes analysed."""
+    """The report's ``per_class`` lists, aligned with the classes analysed (``acc_ncc`` None for classes the
+    nearest class mean did not score)."""
     ids, n = c.ids, c.n
+    acc_ncc = None
+    if tally is not None:
+        acc_ncc = (tally.ncc_correct[ids].numpy() / n).tolist()
+        if tally.ncc_subset:
+            acc_ncc = [a if s else None for a, s in zip(acc_ncc, (tally.ncc_n[ids] > 0).tolist())]
+    pos = np.searchsorted(stats.class_ids, ids)
     return {
         "class_ids": ids.tolist(),
         "n": n.tolist(),
         "acc_model": (tally.model_correct[ids].numpy() / n).tolist() if tally and tally.has_model else None,
-        "acc_ncc": (tally.ncc_correct[ids].numpy() / n).tolist() if tally else None,
+        "acc_ncc": acc_ncc,
         "within_class_variance": c.variances.tolist(),
-        "mean_norm": np.linalg.norm(c.M, axis=0).tolist(),
+        "mean_norm": c.mean_norms.tolist(),
         "mean_cosine": c.mean_cosine,
         "pca2d": pca,
-        "zero_features": stats.zero_norm.cpu().numpy()[ids].tolist(),
+        "zero_features": stats.class_zero_norm.cpu().numpy()[pos].tolist(),
         **subspace_lists,
     }
 
 
 def pair_summaries(c: Collapse, subspace_pairs: dict, names: list[str], angle_ids: list[int],
                    all_names: dict[int, str]) -> dict:
-    """The report's ``pairs``: summaries of every C x C quantity, with the most extreme pairs by name."""
-    ids = c.ids.tolist()
+    """The report's ``pairs``: summaries of every C x C quantity (of the classes the sweeps covered), with the most
+    extreme pairs by name."""
+    ids = c.pair_ids.tolist()
+    if len(ids) != len(c.ids):
+        names = [all_names.get(i, str(i)) for i in ids]
     out = {key: s.to_dict(names, ids) for key, s in c.pairs.items()}
     angle_names = [all_names.get(i, str(i)) for i in angle_ids]
     out.update({key: s.to_dict(angle_names, angle_ids) for key, s in subspace_pairs.items()})
@@ -136,7 +204,7 @@ def data_warnings(stats: ClassStats, ids: np.ndarray, min_count: int = 1,
     the classes left out for having fewer than ``min_count`` samples. ``count``: samples per class before any was
     left out (default: the counts of ``stats``)."""
     count = stats.count.cpu().numpy() if count is None else count
-    zero = int(stats.zero_norm.sum())
+    zero = int(stats.class_zero_norm.sum())
     warnings = []
     if zero:
         warnings.append(f"{zero} feature vectors are exactly zero; they stay zero after normalization")
@@ -177,8 +245,9 @@ def short_list(items: list, limit: int = 10) -> str:
 def subspace_part(stats: ClassStats, count: np.ndarray, settings: MetricSettings):
     """The subspace metrics of statistics whose classes were all tracked in pass 1 (the streaming path)."""
     splan = subspace_report.plan(count, stats.dim, settings)
-    classes = [c for c in splan.classes if c in set(stats.subspace_classes)]
-    results = subspace_report.SubspaceResults()
+    tracked = set(stats.subspace_classes)
+    classes = [c for c in splan.classes if c in tracked]
+    results = subspace_report.results_for(splan, settings)
     results.add_group(subspace_report.pass1_accumulator(stats, classes), settings, set(splan.angle_classes))
     return subspace_report.finish(stats, count, splan, results, settings)
 
@@ -190,7 +259,7 @@ def report_from_stats(stats: ClassStats, *, W=None, b=None, tally: PredictionTal
     ``W``: the final classifier (``b`` is the tally's business)."""
     settings = metric_settings(settings, **shortcuts)
     stats.all_reduce()
-    c = collapse_metrics(stats, W, b=b, keep_matrix=len(stats.count) <= subspace_report.INLINE_MATRIX_CLASSES)
+    c = collapse_metrics(stats, W, b=b, keep_matrix=stats.num_classes <= subspace_report.INLINE_MATRIX_CLASSES)
     count = stats.count.cpu().numpy()
     sub, sub_lists, angles, sub_pairs, sub_warnings = subspace_part(stats, count, settings)
     # acc_ncc_mahalanobis and acc_nearest_subspace need rules built from the final statistics and a pass of their
@@ -203,19 +272,24 @@ def report_from_stats(stats: ClassStats, *, W=None, b=None, tally: PredictionTal
     inputs = {"source": "<ClassStats>", "num_samples": int(c.n.sum()), "num_classes": len(c.ids),
               "num_labels": stats.num_classes, "dim": stats.dim, "has_classifier": W is not None,
               "class_names": names, "class_ids": c.ids.tolist(), "empty_classes": empty,
-              "zero_features": int(stats.zero_norm.sum()), "nc_probe_version": __version__}
+              "zero_features": int(stats.class_zero_norm.sum()), "nc_probe_version": __version__}
     all_names = dict(zip(c.ids.tolist(), names))
-    return Report(inputs=inputs, settings=settings_record(settings, stats), metrics=metrics,
+    if c.plan is not None:  # the caller's tally scored every row against every mean
+        c.plan = dataclasses.replace(c.plan, ncc_ids=c.ids)
+    plan_notes = [] if c.plan is None else c.plan.warnings()
+    return Report(inputs=inputs, settings=settings_record(settings, stats, plan=c.plan), metrics=metrics,
                   per_class=per_class_table(stats, c, tally, None, sub_lists), angles=angles,
                   pairs=pair_summaries(c, sub_pairs, names, angles["class_ids"], all_names),
-                  warnings=sub_warnings + warnings)
+                  warnings=plan_notes + sub_warnings + warnings)
 
 
-def settings_record(settings: MetricSettings, stats: ClassStats, rows: int | None = None) -> dict:
-    """The report's ``settings``: what the numbers depend on."""
+def settings_record(settings: MetricSettings, stats: ClassStats, rows: int | None = None,
+                    plan: workplan.WorkPlan | None = None) -> dict:
+    """The report's ``settings``: what the numbers depend on (``frequent_classes``: how many of the most frequent
+    classes the pair sweeps and the nearest class mean covered, None when they covered every class)."""
     return {"eps2": settings.eps2, "rank_tol": settings.rank_tol, "subspace_dim": settings.subspace_dim,
             "memory_budget": settings.memory_budget,
             "subspace_classes": None if settings.classes is None else list(settings.classes), "chunk_rows": rows,
             "device": str(stats.device), "min_class_count": settings.min_class_count,
             "angle_classes": settings.angle_classes, "angle_precision": settings.angle_precision,
-            "linear_probe": settings.linear_probe}
+            "linear_probe": settings.linear_probe, "frequent_classes": None if plan is None else plan.setting()}

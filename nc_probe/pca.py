@@ -18,29 +18,45 @@ from .store import FeatureStore, RowShare
 PCA_POINTS = 2000  # rows of the deterministic subsample whose 2-D PCA projection the report keeps (for plots)
 
 
+def total_covariance(stats: ClassStats, ids, block_bytes: int = 64 << 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Sigma_T, mu)`` of the rows of classes ``ids`` (sorted): their covariance about their sample mean ``mu``,
+    the within-class scatter plus the count-weighted scatter of the class means, summed a block of classes at a
+    time (no K x d copy of the means)."""
+    pos = torch.as_tensor(np.searchsorted(stats.class_ids, ids), device=stats.device)
+    n = stats.class_count[pos].to(torch.float64)
+    means = stats.class_mean
+    N = n.sum()
+    step = max(1, block_bytes // (8 * max(stats.dim, 1)))
+    center = torch.zeros(stats.dim, dtype=torch.float64, device=stats.device)
+    for s in range(0, len(pos), step):
+        center = center + n[s:s + step] @ means[pos[s:s + step]]
+    center = center / N
+    cov = stats.scatter / N
+    for s in range(0, len(pos), step):
+        dm = means[pos[s:s + step]] - center
+        cov = cov + (dm.T * (n[s:s + step] / N)) @ dm
+    return cov, center
+
+
 class PCASample:
     """The 2-D PCA of the features, kept for a deterministic subsample of at most ``PCA_POINTS`` rows.
 
     The axes are the top-2 eigenvectors of the total covariance of all rows (from the float64 statistics:
     within-class scatter plus the count-weighted scatter of the class means); pass 2 projects the sampled rows.
+    ``total``: that covariance and the mean, when computed already (:func:`total_covariance`).
     """
 
-    def __init__(self, stats: ClassStats, ids, store: FeatureStore, limit: int = PCA_POINTS):
-        dev = stats.device
-        sel = torch.as_tensor(ids, device=dev)
-        n = stats.count[sel].to(torch.float64)
-        means = stats.mean[sel]
-        self.center = (n @ means) / n.sum()
-        dm = means - self.center
-        cov = stats.scatter / n.sum() + (dm.T * (n / n.sum())) @ dm
+    def __init__(self, stats: ClassStats, ids, store: FeatureStore, limit: int = PCA_POINTS, total=None):
+        cov, center = total_covariance(stats, ids) if total is None else total
+        self.center: torch.Tensor = center
         lam, vec = torch.linalg.eigh(cov)
         lam, vec = lam.flip(0).clamp_min(0), vec.flip(1)[:, :2]
         vec = vec * torch.where(vec.gather(0, vec.abs().argmax(0, keepdim=True)) < 0, -1.0, 1.0)  # fixed signs
         if vec.shape[1] < 2:
             vec = torch.cat([vec, torch.zeros_like(vec)], 1)
         self.axes = vec
-        total = float(lam.sum())
-        self.ratio = [float(v) / total if total > 0 else 0.0 for v in lam[:2].tolist()]
+        spread = float(lam.sum())
+        self.ratio = [float(v) / spread if spread > 0 else 0.0 for v in lam[:2].tolist()]
         self.ratio += [0.0] * (2 - len(self.ratio))
         share = store.share or RowShare(0, 1, store.num_samples)
         rng = np.random.default_rng(0)

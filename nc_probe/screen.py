@@ -1,10 +1,29 @@
-"""Float32 screening of pass 2's decisions, with a rigorous bound on the rounding (see :class:`Float32Screen`)."""
+"""Float32 screening of pass 2's decisions, with a rigorous bound on the rounding (see :class:`Float32Screen`);
+:class:`ClassifierScreen` does the same for a classifier scored a block of rows at a time (a 256k-way head)."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+
+from .metrics.predictions import Classifier
+
+U32 = 2.0**-24
+
+
+def _gamma(d: int) -> float:
+    """Twice the relative bound of a float32 product of d terms plus the float64 one (see :class:`Float32Screen`)."""
+    return 2.0 * ((d + 2) * U32 / (1 - (d + 2) * U32) + (d + 2) * 2.0**-53)
+
+
+def _row_norms(block: torch.Tensor, column_norm: float) -> torch.Tensor | None:
+    """Upper bounds of the rows' norms, or None when float32 products could overflow (the block is then scored in
+    float64)."""
+    hn = torch.sqrt(torch.einsum("ij,ij->i", block, block).double())
+    if not len(hn) or not float(hn.max()) * max(column_norm, 1.0) < 1e30:
+        return None
+    return hn * 1.001  # the float32 sum of squares is within (d u) of the exact one
 
 
 class Float32Screen:
@@ -27,8 +46,7 @@ class Float32Screen:
     def __init__(self, cols: torch.Tensor, sq: torch.Tensor, K: int, bias: torch.Tensor | None):
         self.K = K
         d = cols.shape[0]
-        u = 2.0**-24
-        self.gamma = 2.0 * ((d + 2) * u / (1 - (d + 2) * u) + (d + 2) * 2.0**-53)
+        self.gamma = _gamma(d)
         self.tiny = 2.0 * d * 2.0**-149  # underflowing products and sums
         self.tiny_h = 2.0 * math.sqrt(d) * 2.0**-149  # times ||h||: columns that round to float32 subnormals
         self.cols32 = cols.to(torch.float32)
@@ -47,11 +65,10 @@ class Float32Screen:
         # decision sits next to the arithmetic it bounds.
         if not self.usable or self.K < 2 or (self.has_w and self.cols32.shape[1] - self.K < 2):
             return None
-        hn = torch.sqrt(torch.einsum("ij,ij->i", block, block).double())
-        if not len(hn) or not float(hn.max()) * max(self.mean_norm, self.w_norm, 1.0) < 1e30:
+        hn = _row_norms(block, max(self.mean_norm, self.w_norm))
+        if hn is None:
             return None  # float32 products could overflow (or a norm did): score this block in float64
-        tiny_rows = hn < 1e-15  # float32 squares may have underflowed: these rows are scored in float64
-        hn *= 1.001  # the float32 sum of squares is within (d u) of the exact one: an upper bound of ||h||
+        tiny_rows = hn < 1.001e-15  # float32 squares may have underflowed: these rows are scored in float64
         s = block @ self.cols32
         eps = 2.0**-23  # float32 arithmetic on the scores: each operation rounds by at most this, relative
         K = self.K
@@ -72,3 +89,44 @@ class Float32Screen:
             bound = (self.gamma * hn * self.w_norm + tiny) + 2 * eps * (self.b_max + hn * self.w_norm)
             unsure |= (top.values[:, 0] - top.values[:, 1]).double() <= 2 * bound
         return ncc, model, torch.nonzero(unsure).flatten()
+
+
+class ClassifierScreen:
+    """``argmax_c (W h + b)_c`` of float32 rows over every row of a :class:`Classifier`, in float32, ``rows`` of W
+    at a time: the best and the runner-up of each block are merged into the running pair (the earlier row wins a
+    tie), and a row is unsure, as in :class:`Float32Screen`, when the runner-up is within twice the bound."""
+
+    def __init__(self, classifier: Classifier, rows: int):
+        self.classifier = classifier
+        self.rows = max(1, rows)
+        d = classifier.dim
+        self.gamma = _gamma(d)
+        self.tiny = 2.0 * d * 2.0**-149
+        self.tiny_h = 2.0 * math.sqrt(d) * 2.0**-149
+        norm = classifier.max_norm
+        self.usable = classifier.V >= 2 and math.isfinite(norm) and norm < 1e30 and classifier.b_max < 1e30
+
+    def __call__(self, block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(classes, unsure rows)``, or None when this block must be scored in float64."""
+        c = self.classifier
+        hn = _row_norms(block, c.max_norm) if self.usable else None
+        if hn is None:
+            return None
+        best = torch.full((len(block),), -torch.inf, device=block.device)
+        second = best.clone()
+        arg = torch.zeros(len(block), dtype=torch.long, device=block.device)
+        for s, w, b in c.blocks32(self.rows):
+            scores = block @ w.T
+            if b is not None:
+                scores += b
+            top = torch.topk(scores, min(2, scores.shape[1]), dim=1)
+            v1, i1 = top.values[:, 0], top.indices[:, 0] + s
+            v2 = top.values[:, 1] if scores.shape[1] > 1 else torch.full_like(v1, -torch.inf)
+            take = v1 > best
+            second = torch.where(take, torch.maximum(best, v2), torch.maximum(second, v1))
+            arg = torch.where(take, i1, arg)
+            best = torch.where(take, v1, best)
+        eps = 2.0**-23
+        bound = (self.gamma * hn * c.max_norm + self.tiny + self.tiny_h * hn) + 2 * eps * (c.b_max + hn * c.max_norm)
+        unsure = ((best - second).double() <= 2 * bound) | (hn < 1.001e-15)
+        return arg, torch.nonzero(unsure).flatten()

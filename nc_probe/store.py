@@ -354,7 +354,10 @@ class StoreWriter:
     def close(self, *, W=None, b=None) -> Path:
         for f in self.parts.values():
             f.close()
-        small = {k: np.ascontiguousarray(_to_numpy(v), dtype="<f8") for k, v in (("W", W), ("b", b)) if v is not None}
+        # float32 W and b stay float32 (a 256k-way head's W is 2 GiB so, 4 GiB in float64); others are float64
+        small = {k: np.ascontiguousarray(a, dtype="<f4" if a.dtype == np.float32 else "<f8")
+                 for k, a in (("W", _to_numpy(W) if W is not None else None),
+                              ("b", _to_numpy(b) if b is not None else None)) if a is not None}
         header: dict[str, object] = {}
         order: list[str] = []
         offset = 0

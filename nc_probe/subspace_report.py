@@ -26,6 +26,7 @@ from .text import format_bytes
 AUTO_ANGLE_CLASSES = 1000  # above this many classes, principal angles for the most frequent ones only
 INLINE_MATRIX_CLASSES = 100  # up to this many classes, the C x C matrices are in the report JSON itself
 KEEP_MATRIX_CLASSES = 2048  # up to this many, they go to the side file by default (32 MiB per matrix)
+BASIS_BYTES = 1 << 30  # the angle classes' bases are kept within max(this, memory_budget / 2)
 
 
 @dataclass
@@ -33,7 +34,8 @@ class SubspacePlan:
     """What the subspace metrics cover and how their statistics are gathered."""
 
     classes: list[int]  # subspace classes with samples
-    angle_classes: list[int]
+    angle_classes: list[int]  # sorted by id
+    angle_order: list[int]  # the same, the most frequent first (ties: lower id)
     in_pass1: bool  # every class's d x d moments accumulated by ClassStats in pass 1
     groups: list[list[ClassPlan]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -56,15 +58,16 @@ def plan(counts: np.ndarray, dim: int, settings: MetricSettings) -> SubspacePlan
                if analysed[c]]
     notes: list[str] = []
     angle_classes = _angle_classes(counts, classes, settings, notes)
+    order = sorted(angle_classes, key=lambda c: (-counts[c], c))
     budget = settings.memory_budget
     if subspace_bytes(len(classes), dim) <= budget:
-        return SubspacePlan(classes, angle_classes, True, notes=notes)
+        return SubspacePlan(classes, angle_classes, order, True, notes=notes)
     plans = class_plans(counts, classes, dim)
     groups = plan_groups(plans, dim, budget // 4)
     if len(groups) > 1:
         notes.append(f"subspace statistics in {len(groups)} groups of at most {format_bytes(budget // 4)} "
                      f"(a quarter of {{memory_budget}}), one more pass over the features each")
-    return SubspacePlan(classes, angle_classes, False, groups, notes)
+    return SubspacePlan(classes, angle_classes, order, False, groups, notes)
 
 
 def _angle_classes(counts: np.ndarray, classes: list[int], settings: MetricSettings, notes: list[str]) -> list[int]:
@@ -83,30 +86,63 @@ def _angle_classes(counts: np.ndarray, classes: list[int], settings: MetricSetti
 
 def pass1_accumulator(stats: ClassStats, classes: list[int]) -> SubspaceAccumulator:
     """The moments ClassStats gathered in pass 1, as a group accumulator (no copy)."""
-    count = stats.count.cpu().numpy()
-    plans = [ClassPlan(c, int(count[c]), "moments") for c in classes if count[c] > 0]
+    ids = stats.class_ids
+    count = dict(zip(ids.tolist(), stats.class_count.cpu().tolist()))
+    plans = [ClassPlan(c, count[c], "moments") for c in classes if count.get(c, 0) > 0]
     acc = SubspaceAccumulator([], stats.dim, stats.device)
     acc.plans = {p.cls: p for p in plans}
-    slots = {c: s for s, c in enumerate(stats.subspace_classes)}
-    acc.moments = {p.cls: stats.zz[slots[p.cls]] for p in plans}
+    acc.moments = {p.cls: m for p in plans if (m := stats.moments_of(p.cls)) is not None}
     return acc
 
 
 @dataclass
 class SubspaceResults:
-    """Per-class spectra (in class order), and what the report keeps of them."""
+    """Per-class spectra (in class order), and what the report keeps of them.
+
+    The bases of the angle classes (d x k each) are kept within ``basis_bytes`` (half of ``memory_budget``, at
+    least 1 GiB; the angles stack them once more): when they would pass it, the least frequent are dropped, and
+    with them every class less frequent, so that the angles cover the most frequent classes whose bases fit,
+    whatever order the groups come in (``angle_rank``: each angle class's place by frequency)."""
 
     spectra: dict[int, ClassSpectrum] = field(default_factory=dict)
 
     keep_ns: bool = False  # also keep each class's nearest-subspace basis
+    basis_bytes: int | None = None
+    angle_rank: dict[int, int] = field(default_factory=dict)
+    rank_limit: int | None = None  # angle classes of this rank and beyond keep no basis
+    kept_bytes: int = 0
 
     def add_group(self, acc: SubspaceAccumulator, settings: MetricSettings, angle_classes: set[int]) -> None:
         """Spectra of one group's classes, one eigendecomposition per class on every core."""
         def one(c: int) -> ClassSpectrum:
-            return class_spectrum(acc, c, settings, keep_basis=c in angle_classes, keep_ns=self.keep_ns)
+            wanted = c in angle_classes and (self.rank_limit is None or self.angle_rank.get(c, 0) < self.rank_limit)
+            return class_spectrum(acc, c, settings, keep_basis=wanted, keep_ns=self.keep_ns)
 
         for spec in subspace.parallel_map(one, acc.classes):
             self.spectra[spec.cls] = spec
+            if spec.basis is not None:
+                self.kept_bytes += spec.basis.nbytes
+        self._fit_bases()
+
+    def _fit_bases(self) -> None:
+        if self.basis_bytes is None:
+            return
+        kept = sorted((self.angle_rank.get(c, 0), c) for c, sp in self.spectra.items() if sp.basis is not None)
+        while kept and (self.kept_bytes > self.basis_bytes or (self.rank_limit is not None
+                                                                and kept[-1][0] >= self.rank_limit)):
+            rank, c = kept.pop()
+            spec = self.spectra[c]
+            assert spec.basis is not None
+            self.kept_bytes -= spec.basis.nbytes
+            spec.basis = None
+            self.rank_limit = rank if self.rank_limit is None else min(self.rank_limit, rank)
+
+
+def results_for(splan: SubspacePlan, settings: MetricSettings, keep_ns: bool = False) -> SubspaceResults:
+    """Empty results for ``splan``, keeping the angle classes' bases within half of ``memory_budget`` (at least
+    :data:`BASIS_BYTES`: a small budget costs passes, not angles)."""
+    return SubspaceResults(keep_ns=keep_ns, basis_bytes=max(settings.memory_budget // 2, BASIS_BYTES),
+                           angle_rank={c: i for i, c in enumerate(splan.angle_order)})
 
 
 def finish(stats: ClassStats, count: np.ndarray, splan: SubspacePlan, results: SubspaceResults,
@@ -130,11 +166,17 @@ def finish(stats: ClassStats, count: np.ndarray, splan: SubspacePlan, results: S
         if tracked:
             warnings.append("coding_rate_within and rate_reduction need every class; they are left out because "
                             "subspace statistics were kept for only some classes")
-    angle_ids = [c for c in splan.angle_classes if c in results.spectra]
-    bases = [results.spectra[c].basis for c in angle_ids]
+    angle_ids = [c for c in splan.angle_classes if c in results.spectra and results.spectra[c].basis is not None]
+    if len(angle_ids) < len(splan.angle_classes) and results.rank_limit is not None:
+        warnings.append(f"principal angles for the {len(angle_ids)} most frequent of the {len(splan.angle_classes)} "
+                        f"angle classes whose bases (d x k each) fit in max(1 GiB, half of {{memory_budget}})")
+    bases: list[np.ndarray] = [b for c in angle_ids if (b := results.spectra[c].basis) is not None]
+    for c in angle_ids:
+        results.spectra[c].basis = None  # from here on held by the angles alone (stacked once)
     keep = _keep_matrices(len(angle_ids), settings)
-    angles_result = all_pair_angles([b for b in bases if b is not None], keep_matrices=keep,
-                                    device=stats.device, precision=settings.angle_precision)
+    angles_result = all_pair_angles(bases, keep_matrices=keep, device=stats.device,
+                                    precision=settings.angle_precision)
+    del bases
     out.update(angles_result.metrics)
     warnings += _angle_warnings(angles_result, d)
     angles = {"class_ids": angle_ids, "angle_min": _matrix(angles_result.angle_matrix, len(angle_ids)),

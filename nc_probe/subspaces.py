@@ -86,11 +86,18 @@ class SubspaceAccumulator:
     def classes(self) -> list[int]:
         return list(self.plans)
 
-    def update(self, z: torch.Tensor, y: torch.Tensor) -> None:
+    def members(self, y: torch.Tensor) -> torch.Tensor | None:
+        """Which rows of labels ``y`` belong to this group's classes (None: all of them)."""
         y = y.cpu()
         inside = torch.zeros_like(y, dtype=torch.bool)
         known = y < len(self._member)
         inside[known] = self._member[y[known]]
+        return None if bool(inside.all()) else inside
+
+    def update(self, z: torch.Tensor, y: torch.Tensor) -> None:
+        y = y.cpu()
+        mask = self.members(y)
+        inside = torch.ones_like(y, dtype=torch.bool) if mask is None else mask
         if not bool(inside.any()):
             return
         y, z = y[inside], z[inside.to(z.device)]

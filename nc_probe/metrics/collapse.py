@@ -101,9 +101,11 @@ class PairCollapse:
 
 
 def mean_pair_metrics(M: np.ndarray, variances: np.ndarray, *, keep_matrix: bool = False,
-                      tile_rows: int | None = None) -> PairCollapse:
+                      tile_rows: int | None = None, num_classes: int | None = None) -> PairCollapse:
     """nc1_cdnv, the NC2 measures of the centred means (columns of ``M``, d x C) and their log energy
     (``gnc2_log_*``), from one tiled sweep over their Gram matrix; with ``keep_matrix`` also the C x C cosines.
+    ``num_classes``: when M holds some of the classes (the most frequent of many), the number of all of them, whose
+    ``-1/(C-1)`` ``nc2_maxangle`` measures the cosines against.
 
     CDNV: distances come from the centred means' Gram (centring removes a common offset before the expansion, so it
     does not cancel when the means sit far from the origin); pairs that nearly coincide (distance^2 under 1e-3 of
@@ -111,7 +113,7 @@ def mean_pair_metrics(M: np.ndarray, variances: np.ndarray, *, keep_matrix: bool
     """
     V = np.ascontiguousarray(M.T)
     sq = np.einsum("ij,ij->i", V, V)
-    state = _Nc2Sweep(V, keep_matrix)
+    state = _Nc2Sweep(V, keep_matrix, num_classes=num_classes)
     energy = LogEnergy(V)
     cdnv = PairSummary(bounds=(1e-12, 1e12), extreme="largest", log=True)
     cdnv_sum = [0.0]
@@ -140,10 +142,12 @@ def mean_pair_metrics(M: np.ndarray, variances: np.ndarray, *, keep_matrix: bool
     return PairCollapse(metrics, state.cosine, cdnv, None if state.matrix is None else state.matrix.matrix)
 
 
-def row_pair_metrics(vectors: np.ndarray, *, tile_rows: int | None = None) -> PairCollapse:
-    """The four NC2 measures of rows ``vectors`` (C x d, e.g. the classifier's rows), from one tiled sweep."""
+def row_pair_metrics(vectors: np.ndarray, *, tile_rows: int | None = None,
+                     num_classes: int | None = None) -> PairCollapse:
+    """The four NC2 measures of rows ``vectors`` (C x d, e.g. the classifier's rows), from one tiled sweep
+    (``num_classes`` as for :func:`mean_pair_metrics`)."""
     V = np.ascontiguousarray(vectors, dtype=np.float64)
-    state = _Nc2Sweep(V, False, light=True)
+    state = _Nc2Sweep(V, False, light=True, num_classes=num_classes)
     sweep(V, state.visit, tile_rows)
     return PairCollapse(state.metrics(), state.cosine)
 
@@ -152,9 +156,10 @@ class _Nc2Sweep:
     """Accumulates equiangle (std of pairwise cosines), maxangle (mean |cos + 1/(C-1)|) and the distance of the
     normalized Gram to the simplex ETF, tile by tile."""
 
-    def __init__(self, V: np.ndarray, keep_matrix: bool, light: bool = False):
+    def __init__(self, V: np.ndarray, keep_matrix: bool, light: bool = False, num_classes: int | None = None):
         C = len(V)
         self.C = C
+        self.ideal = 1.0 / ((num_classes or C) - 1)  # maxangle: cosines against -1/(C-1) of all the classes
         self.norms = np.linalg.norm(V, axis=1)
         self.safe = np.where(self.norms > 0, self.norms, 1.0)
         # ||G||_F from the d x d Gram: the same number, without the C x C matrix.
@@ -172,7 +177,7 @@ class _Nc2Sweep:
         cos2d = G / (self.safe[i0:i0 + n, None] * self.safe[None, j0:j0 + m])
         cos = tile.values(cos2d)
         self.cosine.add(cos, tile.locate)
-        self.abs_dev += float(np.abs(cos + 1.0 / (self.C - 1)).sum())
+        self.abs_dev += float(np.abs(cos + self.ideal).sum())
         if self.gnorm > 0:
             self.etf_off += float(np.square(tile.values(G) / self.gnorm - self.e_off).sum())
         if self.matrix is not None:

@@ -34,13 +34,13 @@ def literature_metrics(M: np.ndarray, scatter: np.ndarray, total: int, counts: n
     """Every key of :data:`LITERATURE_KEYS` but ``gnc2_log_*``, which the NC2 sweep gives (:class:`LogEnergy`;
     :func:`gnc2_log` on its own). ``M``: centred means of the C classes analysed (d x C); ``scatter``: the pooled
     within-class scatter (d x d, a sum over the ``total`` rows); ``counts``: their counts; ``W``, ``b``: the
-    classifier (all its rows), ``present``: the rows of the analysed classes, ``mu_G``: the mean of the class means.
-    Keys that need W are None without it."""
+    classifier (all its rows, any float dtype), ``present``: the rows of the analysed classes, ``mu_G``: the mean of
+    the class means. Keys that need W are None without it."""
     out: dict = {"nc1_quot": nc1_quot(scatter, total, M), "vci": vci(scatter, total, M)}
     none = dict.fromkeys(("nc3_etf", "unc3", "bias_collapse", "minority_norm_spearman", "minority_cosine_mean"))
     if W is None:
         return {**out, **none}
-    Wp = W if present is None else W[present]
+    Wp = np.asarray(W if present is None else W[present], dtype=np.float64)
     out.update(nc3_etf=nc3_etf(Wp, M), unc3=unc3(Wp, M))
     out["bias_collapse"] = None if b is None or mu_G is None else bias_collapse(W, b, mu_G)
     out.update(minority(Wp, counts))
@@ -75,10 +75,13 @@ def nc3_etf(W: np.ndarray, M: np.ndarray) -> float | None:
         WM = W @ M
         norm = np.linalg.norm(WM)
         return None if norm == 0 else float(np.linalg.norm(WM / norm - etf_gram(len(WM))))
-    norm2 = float(np.sum((W.T @ W) * (M @ M.T)))
+    return nc3_etf_from_products(float(np.sum((W.T @ W) * (M @ M.T))), float(np.einsum("cd,dc->", W, M)), C)
+
+
+def nc3_etf_from_products(norm2: float, trace: float, C: int) -> float | None:
+    """``nc3_etf`` from ``||W M||_F^2 = <W^T W, M M^T>`` and ``tr(W M)`` (``M`` centred), see :func:`nc3_etf`."""
     if norm2 <= 0:
         return None
-    trace = float(np.einsum("cd,dc->", W, M))
     return math.sqrt(max(0.0, 2.0 - 2.0 * trace / (math.sqrt(C - 1) * math.sqrt(norm2))))
 
 
@@ -138,9 +141,14 @@ def gnc2_log(M: np.ndarray, tile_rows: int | None = None) -> dict:
     return energy.metrics()
 
 
-def bias_collapse(W: np.ndarray, b: np.ndarray, mu_G: np.ndarray) -> float:
-    """``|| W mu_G + b ||_2`` over every row of the classifier."""
-    return float(np.linalg.norm(W @ mu_G + b))
+def bias_collapse(W: np.ndarray, b: np.ndarray, mu_G: np.ndarray, rows: int = 8192) -> float:
+    """``|| W mu_G + b ||_2`` over every row of the classifier (W of any float dtype, ``rows`` rows at a time in
+    float64: a 256k-way head is not copied whole)."""
+    total = 0.0
+    for s in range(0, len(W), rows):
+        r = np.asarray(W[s:s + rows], dtype=np.float64) @ mu_G + np.asarray(b[s:s + rows], dtype=np.float64)
+        total += float(r @ r)
+    return math.sqrt(total)
 
 
 def vci(scatter: np.ndarray, total: int, M: np.ndarray) -> float | None:
