@@ -79,7 +79,7 @@ def read_config(folder: Path) -> dict:
 def load_hf_folder(folder, *, trust: bool = False):
     """The model of a ``save_pretrained`` folder, wrapped for nc-probe, as a
     :class:`~nc_probe.loading.LoadedModel` (see the module docstring)."""
-    from .loading import LoadedModel
+    from .loaded_model import LoadedModel
 
     folder = Path(str(folder))
     config = read_config(folder)

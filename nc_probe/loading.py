@@ -32,13 +32,12 @@ import pickle
 import struct
 import warnings
 import zipfile
-from dataclasses import dataclass, field
-from typing import Any
 
 from . import trust as trust_rules
 from .architectures import BuildBudget, FactoryError, arch_factory, construct, resolve_arch
 from .architectures import build_model as build_model  # re-exported: nc_probe.loading.build_model
 from .errors import InputError
+from .loaded_model import LoadedModel
 from .pickle_scan import is_pickle
 from .safe_load import is_legacy_torch, is_placeholder, pickled_error, torch_load
 from .settings import ModelSettings
@@ -48,25 +47,6 @@ from .text import first_line, quoted
 
 #: Keys under which training scripts nest the state_dict, in the order they are tried.
 NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "network", "state_dict_ema")
-
-
-@dataclass
-class LoadedModel:
-    """A model ready for inference, and what is known about it.
-
-    ``model`` is an ``nn.Module`` (eval mode), a ``torch.jit.ScriptModule`` or a ``torch.export.ExportedProgram``.
-    ``metadata`` is the checkpoint's ``"nc_probe"`` dict (arch, data, split, class_names, ...), possibly empty.
-    ``format``: "state_dict", "lightning", "safetensors", "pickled", "torchscript", "export" or "module".
-    ``notes``: what was done to make it load (prefixes stripped, placeholders used).
-    """
-
-    model: Any
-    format: str
-    source: str
-    arch: str | None = None
-    arch_kwargs: dict = field(default_factory=dict)
-    metadata: dict = field(default_factory=dict)
-    notes: list = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------- detection
@@ -165,8 +145,6 @@ def load_model(path, settings: ModelSettings | None = None, **shortcuts) -> Load
     """
     import dataclasses
 
-    import torch
-
     s = dataclasses.replace(settings or ModelSettings(), **shortcuts)
     path = str(path)
     if not os.path.exists(path):
@@ -196,6 +174,13 @@ def load_model(path, settings: ModelSettings | None = None, **shortcuts) -> Load
         raise InputError("is not a PyTorch checkpoint, TorchScript archive, torch.export program or safetensors "
                          "file", path=path, fix="pass a file written by torch.save, torch.jit.save, "
                                                 "torch.export.save or safetensors")
+    return _load_torch_file(path, s)
+
+
+def _load_torch_file(path: str, s: ModelSettings) -> LoadedModel:
+    """A ``torch.save`` file: a state_dict (bare, nested, Lightning) and its metadata, or a trusted pickled module."""
+    import torch
+
     obj, notes = torch_load(path, s.trust_checkpoint)
     if isinstance(obj, torch.nn.Module):
         return LoadedModel(_unwrap(obj).eval(), "pickled", path, notes=notes)

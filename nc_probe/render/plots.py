@@ -16,10 +16,7 @@ line and ``spectra`` bands over classes.
 
 from __future__ import annotations
 
-import base64
-import io
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +29,18 @@ from matplotlib import colormaps  # noqa: E402
 from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import LogFormatter  # noqa: E402
 
 from ..report import Report  # noqa: E402
 from . import pair_data as pdata  # noqa: E402
 from . import pair_plots as pp  # noqa: E402
+from .figure_files import (  # noqa: E402, F401 - re-exported: the renderers take them from here
+    PlainLogFormatter,
+    figure_bytes,
+    figure_data_uri,
+    plain_log_ticks,
+    save_figures,
+    write_visuals,
+)
 
 COLLAPSE_KEYS = ["nc1", "nc1_cdnv", "nc2_equinorm_M", "nc2_equiangle_M", "nc2_maxangle_M", "nc2_etf_M",
                  "nc2_equinorm_W", "nc2_equiangle_W", "nc2_maxangle_W", "nc2_etf_W", "nc3", "nc4"]
@@ -114,27 +118,6 @@ def accuracy_axis(ax) -> None:
     ax.set_ylim(lo - ACCURACY_MARGIN * span if lo <= 0.0 else lo, hi + ACCURACY_MARGIN * span)
     ticks = MaxNLocator(nbins=6).tick_values(lo, hi)
     ax.yaxis.set_major_locator(FixedLocator([t for t in ticks if lo - 1e-9 <= t <= 1.0 + 1e-9]))
-
-
-class PlainLogFormatter(LogFormatter):
-    """Tick labels of a log axis that spans less than a decade: plain numbers (0.2, 0.5, 2.03), not 2.03x10^0.
-    matplotlib's LogFormatter still decides which minor ticks get a label."""
-
-    def _num_to_string(self, x, vmin, vmax):
-        return f"{x:.3g}"
-
-
-def plain_log_ticks(fig) -> None:
-    """Every log axis of ``fig`` whose view spans less than one decade gets plain tick labels
-    (:class:`PlainLogFormatter`); wider ones keep matplotlib's powers of ten."""
-    for ax in fig.axes:
-        for axis, limits in ((ax.xaxis, ax.get_xlim), (ax.yaxis, ax.get_ylim)):
-            if axis.get_scale() != "log":
-                continue
-            lo, hi = sorted(limits())
-            if lo > 0 and math.log10(hi / lo) < 1:
-                axis.set_major_formatter(PlainLogFormatter(labelOnlyBase=False))
-                axis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
 
 
 # ---------------------------------------------------------------------------------------------- one report
@@ -424,68 +407,6 @@ def report_figures(report: Report) -> dict[str, Figure]:
     if pc.get("pca2d") and pc["pca2d"].get("points"):
         figs["pca2d"] = pca_plot(report)
     return figs
-
-
-# ---------------------------------------------------------------------------------------------- output
-def figure_bytes(fig: Figure, fmt: str = "png") -> bytes:
-    """The figure as PNG or SVG bytes. Rendered once per format and kept on the figure (``--plots`` and ``--html``
-    share the PNG), so change a figure before its first rendering, not after."""
-    cache = fig.__dict__.setdefault("_nc_probe_bytes", {})
-    if not cache:
-        plain_log_ticks(fig)
-    if fmt not in cache:
-        buf = io.BytesIO()
-        with warnings.catch_warnings():
-            # class and layer names come from files: a control character in one has no glyph, and matplotlib's
-            # warning would print it raw
-            warnings.filterwarnings("ignore", message="Glyph .* missing from")
-            fig.savefig(buf, format=fmt, dpi=DPI if fmt == "png" else None, metadata=_metadata(fmt))
-        cache[fmt] = buf.getvalue()
-    return cache[fmt]
-
-
-def _metadata(fmt: str) -> dict | None:
-    # No timestamps or version strings in the files, so the same report gives the same bytes.
-    if fmt == "svg":
-        return {"Date": None, "Creator": None}
-    if fmt == "png":
-        return {"Software": None}
-    return None
-
-
-def figure_data_uri(fig: Figure) -> str:
-    return "data:image/png;base64," + base64.b64encode(figure_bytes(fig, "png")).decode("ascii")
-
-
-def write_visuals(subject, *, plots=None, html=None, figures_of, write_page) -> None:
-    """Render ``figures_of(subject)`` once and write them as PNG+SVG into ``plots`` and/or embedded in the
-    self-contained page ``write_page(subject, html, figures)``; nothing when both paths are None."""
-    if plots is None and html is None:
-        return
-    figures = figures_of(subject)
-    if plots is not None:
-        save_figures(figures, plots)
-    if html is not None:
-        write_page(subject, html, figures)
-
-
-def save_figures(figures: dict[str, Figure], out_dir, formats=("png", "svg")) -> list[Path]:
-    """Write each figure as ``NAME.png`` and ``NAME.svg`` (atomically) into ``out_dir``; returns the paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, fig in figures.items():
-        for fmt in formats:
-            path = out / f"{name}.{fmt}"
-            tmp = out / f".{name}.{fmt}.tmp"
-            try:
-                tmp.write_bytes(figure_bytes(fig, fmt))
-                tmp.replace(path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            written.append(path)
-    return written
 
 
 def save_plots(report: Report, out_dir, formats=("png", "svg")) -> list[Path]:
