@@ -77,12 +77,14 @@ def analyze_layers(path, settings: Settings | None = None, *, progress: bool = F
               "pool": s.extraction.pool, "max_dim": s.extraction.max_dim, "head": taps.head_name(),
               "num_samples": None if first is None else first.inputs["num_samples"],
               "num_classes": None if first is None else first.inputs["num_classes"],
-              "class_names": None if first is None else first.inputs["class_names"]}
+              "class_names": None if first is None else first.inputs["class_names"],
+              "preprocessing": source.preprocessing}
     settings_record = {} if first is None else dict(first.settings)
     settings_record.update({"device": str(dev), "batch_size": s.extraction.batch_size, "amp": s.extraction.amp})
     out = LayerReport.from_reports(reports, inputs, settings_record)
     out.cka = cka
-    out.warnings = list(loaded.notes) + list(source.notes) + notes + ([cka_note] if cka_note else [])
+    out.warnings = list(source.warnings) + list(loaded.notes) + list(source.notes) + notes + (
+        [cka_note] if cka_note else [])
     out.timings = {"load_model": t_load, "extraction": t_extract, "analysis": time.perf_counter() - t1,
                    "total": time.perf_counter() - t0}
     return out

@@ -149,14 +149,15 @@ Limit = Annotated[int | None, _option("--limit", "Use at most N samples (evenly 
 DataClasses = Annotated[str | None, _option("--data-classes", "Only samples of these classes, e.g. 0-4 [default: "
                                                               "all].", DATA)]
 ImageSize = Annotated[int | None, _option(
-    "--image-size", "Resize images of a folder to this (shorter side, then a centre crop) [default: the "
-                    "checkpoint's metadata, else the images' own size].", DATA)]
+    "--image-size", "Images: the side of the centre crop; the resize before it is scaled as the model's own "
+                    "transform scales it [default: the model's own preprocessing (torchvision, timm, a Hugging Face "
+                    "folder, the checkpoint's metadata), else each image's size].", DATA)]
 Mean = Annotated[str | None, _option(
-    "--mean", "Per-channel normalisation mean, e.g. 0.5,0.5,0.5 [default: the checkpoint's metadata, else none].",
-    DATA)]
+    "--mean", "Per-channel normalisation mean, e.g. 0.5,0.5,0.5; replaces only the mean of the model's own "
+              "preprocessing [default: the model's own, else none].", DATA)]
 Std = Annotated[str | None, _option(
-    "--std", "Per-channel normalisation std, e.g. 0.25,0.25,0.25 [default: the checkpoint's metadata, else none].",
-    DATA)]
+    "--std", "Per-channel normalisation std, e.g. 0.25,0.25,0.25; replaces only the std of the model's own "
+             "preprocessing [default: the model's own, else none].", DATA)]
 ClassMap = Annotated[str | None, _option(
     "--class-map", "Image folders: which class index each folder is. A .txt file of the classifier's class names, "
                    "one per line in class order, a .json file or a JSON object {folder: index} [default: by name "
