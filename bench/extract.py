@@ -92,9 +92,9 @@ def bare_loop(model, batches) -> float:
 
 
 def ncprobe_run(model, x, y, batch_size: int) -> tuple[float, object]:
-    from nc_probe.batches import iter_batches
-    from nc_probe.datasets import open_data
-    from nc_probe.extraction import BatchContext, extract
+    from nc_probe.data.batches import iter_batches
+    from nc_probe.data.datasets import open_data
+    from nc_probe.extract.extraction import BatchContext, extract
     from nc_probe.taps import make_tap
 
     t = time.perf_counter()
@@ -113,9 +113,9 @@ LAYER_SPEC = "stem,layers.*.*,layers.*.*.conv1,@penultimate"
 def layers_run(model, x, y, batch_size: int, spec: str) -> tuple[float, dict]:
     """The extraction of ``nc-probe layers``: one forward pass per batch with a hook on every selected layer (each
     output pooled and copied in its hook), a FeatureStore per layer."""
-    from nc_probe.batches import iter_batches
-    from nc_probe.datasets import open_data
-    from nc_probe.extraction import BatchContext, extract_layers
+    from nc_probe.data.batches import iter_batches
+    from nc_probe.data.datasets import open_data
+    from nc_probe.extract.extraction import BatchContext, extract_layers
     from nc_probe.taps.layers import LayerTaps
     from nc_probe.taps.select import select_layers
 

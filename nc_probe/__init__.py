@@ -9,23 +9,25 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ._version import __version__
+from nc_probe._version import __version__
 
 # public name -> module that defines it
 _EXPORTS = {
-    "analyze_features": "analysis", "analyze_file": "analysis", "analyze_store": "analysis",
-    "report_from_stats": "compute",
-    "InputError": "errors",
-    "analyze_checkpoint": "pipeline", "extract_features": "pipeline",
-    "inspect_checkpoint": "inspection",
-    "analyze_layers": "layer_analysis", "LayerReport": "layer_report", "compare_layers": "layer_compare",
-    "analyze_splits": "splits", "run_trajectory": "trajectory",
-    "PredictionTally": "metrics.predictions",
-    "Report": "report",
-    "DataSettings": "settings", "ExtractionSettings": "settings", "MetricSettings": "settings",
-    "ModelSettings": "settings", "Settings": "settings",
-    "ClassStats": "stats",
-    "FeatureStore": "store", "StoreWriter": "store", "open_store": "store", "write_store": "store",
+    "analyze_features": "analysis.features", "analyze_file": "analysis.features", "analyze_store": "analysis.features",
+    "report_from_stats": "analysis.from_stats",
+    "InputError": "core.errors",
+    "analyze_checkpoint": "analysis.pipeline", "extract_features": "analysis.pipeline",
+    "inspect_checkpoint": "analysis.inspection",
+    "analyze_layers": "analysis.layers", "LayerReport": "reports.layer_report",
+    "compare_layers": "analysis.layer_compare",
+    "analyze_splits": "analysis.splits", "run_trajectory": "analysis.trajectory",
+    "PredictionTally": "stats.predictions",
+    "Report": "reports.report",
+    "DataSettings": "core.settings", "ExtractionSettings": "core.settings", "MetricSettings": "core.settings",
+    "ModelSettings": "core.settings", "Settings": "core.settings",
+    "ClassStats": "stats.class_stats",
+    "FeatureStore": "extract.store", "StoreWriter": "extract.store", "open_store": "extract.store",
+    "write_store": "extract.store",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -6,7 +6,7 @@
     python scripts/train_samples.py --digits-csv PATH   # first rebuild nc_probe/data/digits.npz from
                                                         # scikit-learn's sklearn/datasets/data/digits.csv.gz
 
-Both checkpoints use the same backbone, ``nc_probe.samples.digits_net``: an MLP 64 -> 128 -> 128 -> 64 features
+Both checkpoints use the same backbone, ``nc_probe.load.samples.digits_net``: an MLP 64 -> 128 -> 128 -> 64 features
 (Linear-BatchNorm-ReLU blocks) -> Linear head 64 -> 10; only its last feature layer differs (``normalize`` kwarg).
 
 - ``ce``: BatchNorm+ReLU features, cross-entropy, minibatch SGD with momentum and weight decay 1e-3 at a constant
@@ -15,7 +15,7 @@ Both checkpoints use the same backbone, ``nc_probe.samples.digits_net``: an MLP 
 - ``mcr2``: L2-normalized features (Linear -> normalize, no ReLU/BatchNorm right before it) trained with the MCR^2
   rate reduction (Yu et al. 2020), eps^2 = 0.5, 600 full-batch Adam steps (lr 1e-3); the linear head is then fitted
   by cross-entropy on the frozen features (300 full-batch Adam steps) so that NC3/NC4 are defined.
-- ``deep``: ``nc_probe.samples.digits_deep_net``, a stem and 8 Linear-BatchNorm-ReLU blocks of width 64, trained
+- ``deep``: ``nc_probe.load.samples.digits_deep_net``, a stem and 8 Linear-BatchNorm-ReLU blocks of width 64, trained
   like ``ce`` (cross-entropy, SGD with momentum, weight decay 1e-3, 300 epochs): the sample of ``nc-probe layers``,
   deep enough for the separation fuzziness to fall block by block.
 
@@ -44,7 +44,7 @@ from torch.nn import functional as F
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from nc_probe import samples  # noqa: E402
+from nc_probe.load import samples  # noqa: E402
 
 SEED = 0
 SPLIT_SEED = 0

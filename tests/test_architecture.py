@@ -70,9 +70,9 @@ def test_no_import_cycles():
 
 def test_nothing_below_the_cli_imports_it():
     for name, targets in _graph().items():
-        if name.startswith(("nc_probe.commands", "nc_probe.cli", "nc_probe.entry", "nc_probe.__main__")):
+        if name.startswith(("nc_probe.cli", "nc_probe.cli.app", "nc_probe.entry", "nc_probe.__main__")):
             continue
-        bad = {t for t in targets if t.startswith(("nc_probe.cli", "nc_probe.commands"))}
+        bad = {t for t in targets if t.startswith(("nc_probe.cli.app", "nc_probe.cli"))}
         assert not bad, (name, bad)
 
 

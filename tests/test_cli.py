@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 import nc_probe
-from nc_probe.cli import app
+from nc_probe.cli.app import app
 
 runner = CliRunner()
 

@@ -13,12 +13,13 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import nc_probe
-from nc_probe.cli import app
-from nc_probe.compare import Comparison, compare_reports, parse_specs
-from nc_probe.errors import InputError
+from nc_probe.analysis.compare_inputs import parse_specs
+from nc_probe.cli.app import app
+from nc_probe.core.errors import InputError
 from nc_probe.metrics.cka import cka_matrix, linear_cka
 from nc_probe.render import compare_plots
 from nc_probe.render.comparison import delta_text, render_comparison
+from nc_probe.reports.compare import Comparison, compare_reports
 
 
 def _cka_reference(X, Y):
@@ -131,7 +132,7 @@ def test_terminal_table_names_the_collapse_direction(reports):
 def test_epoch_samples_read_the_right_way():
     """The README's e1 -> e300 comparison: every metric's word says what training did. Measured (train split):
     nc1 0.34 -> 0.0062, ranks 3.9 -> 1, angle_min_mean up, coding_rate_within down."""
-    c = nc_probe.compare.compare_inputs(["e1=sample:ce_epoch1", "e300=sample:ce_epoch300"], cka=False)
+    c = nc_probe.analysis.compare_inputs.compare_inputs(["e1=sample:ce_epoch1", "e300=sample:ce_epoch300"], cka=False)
     rows = {r["metric"]: r for r in c.rows}
 
     def said(key):

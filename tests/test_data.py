@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from nc_probe.batches import iter_batches
-from nc_probe.datasets import open_data, parse_class_selection
-from nc_probe.errors import InputError
+from nc_probe.core.errors import InputError
+from nc_probe.data.batches import iter_batches
+from nc_probe.data.datasets import open_data, parse_class_selection
 
 
 def _all(source, batch_size=64, workers=0):
@@ -164,7 +164,7 @@ def test_image_folder_preprocessing_is_recorded(tmp_path):
     """Images of different sizes batch once a size is known (the model's, or image_size); the source records what
     was done and warns when the model's preprocessing is unknown; arrays and samples are used as given."""
     pytest.importorskip("PIL")
-    from nc_probe.preprocessing import preprocessing_for
+    from nc_probe.data.preprocessing import preprocessing_for
 
     _write_images(tmp_path / "train", {"cat": [(10, 8), (12, 12)], "dog": [(9, 14)], "eel": [(30, 17)]})
     model = preprocessing_for("mypkg.models:net", {"image_size": 6, "mean": [0.5] * 3, "std": [0.5] * 3})
@@ -212,8 +212,8 @@ def test_image_folder_class_map_through_the_pipeline(tmp_path):
     """Two digit classes as image folders, run through a 10-class model: refused with a pointer to --class-map
     (folder order would label them 0 and 1), accepted with it."""
     pytest.importorskip("PIL")
-    from nc_probe import samples
-    from nc_probe.pipeline import analyze_checkpoint
+    from nc_probe.analysis.pipeline import analyze_checkpoint
+    from nc_probe.load import samples
 
     _write_images(tmp_path / "val", {"three": [(8, 8)] * 3, "seven": [(8, 8)] * 3})
     model = torch.nn.Sequential(torch.nn.Flatten(), samples.digits_net(in_dim=192)).eval()

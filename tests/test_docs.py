@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from nc_probe.cli import app
+from nc_probe.cli.app import app
 from nc_probe.metrics import CATALOG, SCALAR_KEYS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,7 +57,7 @@ def test_nothing_a_user_reads_points_outside_the_repository():
 
 
 def test_html_footer_names_the_metric_reference():
-    from nc_probe.render.html import _page
+    from nc_probe.render.html import html_page
 
-    page = _page("t", "")
+    page = html_page("t", "")
     assert "docs/metrics.md" in page and "shared/" not in page

@@ -10,13 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from nc_probe.analysis import analyze_features, analyze_file
-from nc_probe.devices import resolve_device
-from nc_probe.errors import InputError
-from nc_probe.extraction import extract, fit_stats
-from nc_probe.inspection import inspect_checkpoint
-from nc_probe.pipeline import analyze_checkpoint, extract_features
-from nc_probe.stats import ClassStats
+from nc_probe.analysis.features import analyze_features, analyze_file
+from nc_probe.analysis.inspection import inspect_checkpoint
+from nc_probe.analysis.pipeline import analyze_checkpoint, extract_features
+from nc_probe.core.devices import resolve_device
+from nc_probe.core.errors import InputError
+from nc_probe.extract.extraction import extract, fit_stats
+from nc_probe.stats.class_stats import ClassStats
 from nc_probe.taps import ExportTap, ModuleTap, ScriptTap, make_tap
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
@@ -189,7 +189,7 @@ def test_extraction_stats_equal_a_fresh_analysis(saved, blobs):
 
 
 def test_report_does_not_depend_on_batch_size_or_workers(tmp_path):
-    from nc_probe import samples
+    from nc_probe.load import samples
 
     torch.manual_seed(0)
     model = samples.digits_net(num_classes=10)

@@ -15,10 +15,10 @@ import pytest
 from typer.testing import CliRunner
 
 import nc_probe
-from nc_probe import gate as g
-from nc_probe.cli import app
-from nc_probe.errors import InputError
+from nc_probe.cli.app import app
+from nc_probe.core.errors import InputError
 from nc_probe.metrics import SCALAR_KEYS
+from nc_probe.reports import gate as g
 
 runner = CliRunner()
 
@@ -132,7 +132,7 @@ def test_baseline_round_trip_and_report_as_baseline(files, tmp_path):
     b = g.make_baseline(files["good_report"])
     # acc_linear_probe is computed only with --linear-probe, the test-collapse keys only with two splits: absent from
     # a default report, and from its baseline
-    from nc_probe.splits import TEST_KEYS
+    from nc_probe.analysis.splits import TEST_KEYS
 
     assert set(b.metrics) == set(SCALAR_KEYS) - {"acc_linear_probe", *TEST_KEYS} and b.settings["eps2"] == 0.5
     g.save_baseline(b, tmp_path / "b.json")

@@ -16,8 +16,8 @@ import torch
 from typer.testing import CliRunner
 
 import nc_probe
-from nc_probe.cli import app
-from nc_probe.errors import InputError
+from nc_probe.cli.app import app
+from nc_probe.core.errors import InputError
 
 transformers = pytest.importorskip("transformers")
 runner = CliRunner()

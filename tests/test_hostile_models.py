@@ -23,12 +23,12 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from nc_probe import samples
-from nc_probe.cli import app
-from nc_probe.errors import InputError
-from nc_probe.inputs import input_kind
-from nc_probe.loading import is_checkpoint, load_model, sniff
-from nc_probe.trajectory import expand_inputs
+from nc_probe.analysis.inputs import input_kind
+from nc_probe.analysis.trajectory import expand_inputs
+from nc_probe.cli.app import app
+from nc_probe.core.errors import InputError
+from nc_probe.load import samples
+from nc_probe.load.checkpoint import is_checkpoint, load_model, sniff
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 runner = CliRunner()

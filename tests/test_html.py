@@ -16,8 +16,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import nc_probe
-from nc_probe.cli import app
-from nc_probe.errors import InputError
+from nc_probe.cli.app import app
+from nc_probe.core.errors import InputError
 from nc_probe.render import exports, html, plots
 from nc_probe.render.terminal import render_report
 

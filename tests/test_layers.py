@@ -14,9 +14,9 @@ from torch import nn
 from typer.testing import CliRunner
 
 import nc_probe
-from nc_probe import samples
-from nc_probe.cli import app
-from nc_probe.errors import InputError
+from nc_probe.cli.app import app
+from nc_probe.core.errors import InputError
+from nc_probe.load import samples
 from nc_probe.metrics import depth
 from nc_probe.taps.layers import LayerTaps
 from nc_probe.taps.select import PENULTIMATE, glob_match, select_layers

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from nc_probe.errors import InputError
-from nc_probe.loading import build_model, is_checkpoint, load_model, match_state_dict, sniff
+from nc_probe.core.errors import InputError
+from nc_probe.load.checkpoint import build_model, is_checkpoint, load_model, match_state_dict, sniff
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 
@@ -121,7 +121,7 @@ def test_strip_prefix_option(tmp_path, models):
 
 
 def test_metadata_supplies_arch_and_data(tmp_path):
-    from nc_probe import samples
+    from nc_probe.load import samples
 
     m = samples.digits_net(num_classes=10)
     f = tmp_path / "meta.pt"
@@ -271,9 +271,9 @@ def test_class_count_mismatch_suggests_num_classes(tmp_path, models):
 
 @pytest.mark.parametrize("arch,match", [(None, "no architecture"), ("nope", "no ':'"),
                                         ("nc_probe.nothing_here:f", "cannot import"),
-                                        ("nc_probe.samples:no_such", "no attribute"),
-                                        ("nc_probe.samples:DIGITS_PATH", "not callable"),
-                                        ("nc_probe.samples:sample_checkpoints", "not a torch.nn.Module")])
+                                        ("nc_probe.load.samples:no_such", "no attribute"),
+                                        ("nc_probe.load.samples:DIGITS_PATH", "not callable"),
+                                        ("nc_probe.load.samples:sample_checkpoints", "not a torch.nn.Module")])
 def test_bad_arch_specs(tmp_path, models, arch, match):
     _, nets = models
     f = tmp_path / "m.pt"
@@ -327,7 +327,7 @@ def test_damaged_files_name_the_file(tmp_path, models):
 
 
 def test_feature_files_are_not_checkpoints(tmp_path):
-    from nc_probe.store import write_store
+    from nc_probe.extract.store import write_store
 
     H, y = np.random.default_rng(0).normal(size=(6, 3)), np.arange(6) % 2
     write_store(tmp_path / "f.safetensors", H, y)

@@ -18,8 +18,8 @@ import torch
 from typer.testing import CliRunner
 
 import nc_probe
-from nc_probe.cli import app
-from nc_probe.errors import InputError
+from nc_probe.cli.app import app
+from nc_probe.core.errors import InputError
 
 runner = CliRunner()
 ESC = "\x1b[2J"
@@ -350,7 +350,7 @@ def test_sparse_labels_within_the_rule_are_read():
 
 
 def test_a_checkpoint_whose_classifier_has_nan_is_refused(tmp_path):
-    from nc_probe.samples import sample_path
+    from nc_probe.load.samples import sample_path
 
     saved = torch.load(sample_path("sample:ce"), weights_only=True)
     saved["state_dict"]["head.weight"][3, 7] = float("nan")

@@ -16,11 +16,11 @@ import pytest
 from typer.testing import CliRunner
 
 import nc_probe
-from nc_probe import gate as g
-from nc_probe.cli import app
-from nc_probe.errors import InputError
-from nc_probe.layer_report import LayerReport
-from nc_probe.report import Report
+from nc_probe.cli.app import app
+from nc_probe.core.errors import InputError
+from nc_probe.reports import gate as g
+from nc_probe.reports.layer_report import LayerReport
+from nc_probe.reports.report import Report
 
 runner = CliRunner()
 ESC = "\x1b[2J\x1b[31m"
@@ -326,7 +326,7 @@ def test_a_pipe_is_refused_not_read(where, good, tmp_path):
 
 
 def test_reports_larger_than_the_limit_are_refused_unread(tmp_path):
-    from nc_probe.files import MAX_JSON_BYTES
+    from nc_probe.core.files import MAX_JSON_BYTES
 
     path = tmp_path / "R.json"
     with open(path, "wb") as f:
@@ -343,7 +343,7 @@ def series(tmp_path):
     """ce_epoch1 and ce_epoch300 copied into a folder, and a data file of 300 digits (arrays x, y)."""
     import shutil
 
-    from nc_probe import samples
+    from nc_probe.load import samples
 
     for name in ("ce_epoch1", "ce_epoch300"):
         shutil.copy(samples.sample_path(name), tmp_path / f"{name}.pt")
@@ -353,7 +353,7 @@ def series(tmp_path):
 
 
 def _run(series, name="ce_epoch1", **kw):
-    from nc_probe.trajectory import run_trajectory
+    from nc_probe.analysis.trajectory import run_trajectory
 
     kw.setdefault("data", str(series / "data.npz"))
     traj = run_trajectory([str(series / f"{name}.pt")], device="cpu", reports_dir=series / "reports", **kw)
@@ -427,7 +427,7 @@ def test_a_malformed_kept_report_is_analysed_again(corrupt, series):
 
 
 def test_data_without_a_fingerprint_is_never_reused(series, monkeypatch):
-    from nc_probe import trajectory
+    from nc_probe.analysis import trajectory
 
     assert trajectory.data_fingerprint("sample:digits").startswith("sha256:")
     assert trajectory.data_fingerprint(str(series / "data.npz")).startswith("sha256:")

@@ -18,8 +18,11 @@ import torch
 from test_properties import assert_close, two_pass_stats
 
 import nc_probe
-from nc_probe import ClassStats, compute, subspace_report, workplan
-from nc_probe.metrics import blockwise, predictions
+from nc_probe import ClassStats
+from nc_probe.analysis import from_stats as compute
+from nc_probe.analysis import subspace_report
+from nc_probe.metrics import blockwise
+from nc_probe.stats import predictions, workplan
 
 REPO = Path(__file__).resolve().parent.parent
 RTOL = 1e-9
@@ -119,7 +122,8 @@ def test_all_reduce_under_torchrun_when_ranks_see_different_classes(tmp_path):
         import numpy as np, torch, torch.distributed as dist
         sys.path.insert(0, {str(REPO / "tests")!r})
         from test_many_classes import scattered
-        from nc_probe import ClassStats, distributed
+        from nc_probe import ClassStats
+        from nc_probe.core import distributed
         distributed.init_from_env("cpu")
         rank = dist.get_rank()
         ids, pos, H = scattered(3, 10**6, 30, 6, 1500, offset=50.0)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import nc_probe.inputs
-from nc_probe.cli import app
+import nc_probe.analysis.inputs
+from nc_probe.cli.app import app
 
 runner = CliRunner()
 
@@ -36,7 +36,7 @@ def no_analysis(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("the analysis ran before the outputs were checked")
 
-    monkeypatch.setattr(nc_probe.inputs, "report_for", forbidden)
+    monkeypatch.setattr(nc_probe.analysis.inputs, "report_for", forbidden)
 
 
 def _user_error(result, *words):
@@ -131,6 +131,15 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path):
     assert not (tmp_path / "r.json").exists()
 
 
+def test_ctrl_c_outside_an_import_raises_keyboard_interrupt_for_the_rollback():
+    # inside an import the handler exits at once (test above: a library can swallow the KeyboardInterrupt and leave
+    # a half-imported numpy); anywhere else it must raise, so that staged outputs are rolled back
+    from nc_probe import entry
+
+    with pytest.raises(KeyboardInterrupt):
+        entry._on_sigint(signal.SIGINT, sys._getframe())
+
+
 def test_entry_point_catches_an_interrupted_import(monkeypatch, capsys):
     import importlib.abc
 
@@ -138,11 +147,11 @@ def test_entry_point_catches_an_interrupted_import(monkeypatch, capsys):
 
     class Interrupt(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
-            if name == "nc_probe.cli":
+            if name == "nc_probe.cli.app":
                 raise KeyboardInterrupt
             return None
 
-    monkeypatch.delitem(sys.modules, "nc_probe.cli", raising=False)
+    monkeypatch.delitem(sys.modules, "nc_probe.cli.app", raising=False)
     monkeypatch.setattr(sys, "meta_path", [Interrupt(), *sys.meta_path])
     assert entry.main() == 130
     assert capsys.readouterr().err == "nc-probe: interrupted\n"
@@ -154,13 +163,13 @@ def plain_checkpoint(tmp_path):
     """A bare state_dict (no metadata) and a model file that builds its architecture."""
     import torch
 
-    from nc_probe.samples import sample_path
+    from nc_probe.load.samples import sample_path
 
     state = torch.load(sample_path("sample:ce"), weights_only=True)["state_dict"]
     ckpt = tmp_path / "plain.pt"
     torch.save(state, ckpt)
     model_file = tmp_path / "mymodel.py"
-    model_file.write_text("from nc_probe.samples import digits_net\n\ndef make():\n    return digits_net()\n")
+    model_file.write_text("from nc_probe.load.samples import digits_net\n\ndef make():\n    return digits_net()\n")
     return ckpt, model_file
 
 
@@ -194,7 +203,7 @@ def test_every_file_a_run_reads_is_an_input(plain_checkpoint, tmp_path, no_analy
 
 
 def sample_file(name):
-    from nc_probe.samples import sample_path
+    from nc_probe.load.samples import sample_path
 
     return sample_path(f"sample:{name}")
 
@@ -213,7 +222,7 @@ def test_a_folder_where_a_file_goes_is_refused_before_anything_is_written(featur
 def test_a_failed_move_puts_the_old_files_back(features, tmp_path, monkeypatch):
     """If a rename fails half-way through the set, the files already moved are taken back and the ones they
     replaced restored: the folder is as before, and the error names the user's path."""
-    import nc_probe.commands.outputs as outputs
+    import nc_probe.cli.outputs as outputs
 
     target = tmp_path / "results"
     target.mkdir()

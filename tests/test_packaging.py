@@ -28,7 +28,7 @@ def test_every_subpackage_is_listed():
 
 
 def test_samples_resolve_through_the_package():
-    from nc_probe import samples
+    from nc_probe.load import samples
 
     assert samples.sample_path("sample:ce").is_file()
     assert "ce" in samples.sample_names() and "mcr2" in samples.sample_names()

@@ -1,4 +1,4 @@
-"""The model's own image preprocessing (nc_probe.preprocessing): Hugging Face preprocessor configs read as JSON only,
+"""The model's own image preprocessing (nc_probe.data.preprocessing): Hugging Face preprocessor configs read as JSON only,
 checkpoint metadata, the default and its warning, flags over all of it, the report's record (checked on reading) and
 compare's warning; with torchvision and timm installed, their eval transforms reproduced pixel for pixel and the
 held-out check: a torchvision resnet18 on an image folder gives the same nc1 with no flags as with ImageNet's
@@ -16,20 +16,20 @@ import pytest
 import torch
 
 import nc_probe
-from nc_probe.batches import iter_batches
-from nc_probe.compare import compare_reports
-from nc_probe.datasets import open_data
-from nc_probe.errors import InputError
-from nc_probe.image_folder import ImageTransform
-from nc_probe.preprocessing import (
+from nc_probe.core.errors import InputError
+from nc_probe.data.batches import iter_batches
+from nc_probe.data.datasets import open_data
+from nc_probe.data.image_folder import ImageTransform
+from nc_probe.data.preprocessing import (
     UNIT_SCALE,
     Preprocessing,
     preprocessing_difference,
     preprocessing_for,
     read_preprocessor_config,
 )
-from nc_probe.report import Report
-from nc_probe.report_checks import check_report
+from nc_probe.reports.compare import compare_reports
+from nc_probe.reports.report import Report
+from nc_probe.reports.report_checks import check_report
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 #: ViTImageProcessor's defaults, as save_pretrained writes them.
@@ -228,9 +228,9 @@ def test_the_report_records_the_preprocessing(tmp_path):
 
 def test_checkpoint_metadata_normalises_arrays_but_not_the_users_datasets(tmp_path):
     model = _image_model()
-    from nc_probe.loading import LoadedModel
-    from nc_probe.pipeline import open_source
-    from nc_probe.settings import DataSettings
+    from nc_probe.analysis.pipeline import open_source
+    from nc_probe.core.settings import DataSettings
+    from nc_probe.load.checkpoint import LoadedModel
 
     loaded = LoadedModel(model, "module", "<m>", metadata={"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]})
     x = torch.ones(4, 3, 8, 8)
@@ -361,7 +361,7 @@ def test_a_torchvision_resnet18_gets_its_own_preprocessing(resnet_folder):
     torchvision = pytest.importorskip("torchvision")
     from typer.testing import CliRunner
 
-    from nc_probe.cli import app
+    from nc_probe.cli.app import app
 
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet18(weights=None, num_classes=4).state_dict(), resnet_folder / "tv.pt")

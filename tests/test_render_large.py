@@ -22,9 +22,9 @@ from matplotlib.patches import StepPatch
 from rich.console import Console
 
 import nc_probe
-from nc_probe.compare import compare_reports
 from nc_probe.render import compare_plots, exports, html, pair_data, plots, tables
 from nc_probe.render.terminal import render_report
+from nc_probe.reports.compare import compare_reports
 
 C_LARGE = 300
 C_SUMMARY = 5000
@@ -157,7 +157,7 @@ def test_large_per_class_views_are_sorted_lines_and_bands(large, large_figures):
     assert large.metrics["coding_rate_within"] in [ln.get_ydata()[0] for ln in ax.get_lines()]
     ax = large_figures["spectra"].axes[0]
     assert len(ax.get_lines()) == 1 and len(ax.collections) == 2  # the median and two bands, not 300 lines
-    spec = plots._spectrum_array(large.per_class["spectrum"])
+    spec = plots.spectrum_array(large.per_class["spectrum"])
     with warnings.catch_warnings():  # components no class reaches: NaN
         warnings.simplefilter("ignore", RuntimeWarning)
         np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), np.nanmedian(spec, axis=0))
@@ -176,7 +176,7 @@ def test_summary_only_report_draws_quantile_curves(summaries):
         np.testing.assert_allclose(curve.get_ydata(), [0] + [float(lv) for lv in LEVELS] + [1])
         assert "matrix not kept" in ax_d.get_title() and f"{s['count']:,}" in ax_d.get_title()
         assert [t.get_text() for t in ax_t.get_yticklabels()] == _labels(s["top"])
-    assert "1,000 of 5,000 classes" in figs["angle_min"]._suptitle.get_text()
+    assert "1,000 of 5,000 classes" in " ".join(t.get_text() for t in figs["angle_min"].texts)
     # per-class spectra from the side file's NaN-padded array: bands over 5000 classes
     ax = figs["spectra"].axes[0]
     assert len(ax.get_lines()) == 1 and "5,000 classes" in ax.get_title()

@@ -8,8 +8,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nc_probe.metrics.predictions import Predictor
-from nc_probe.screen import Float32Screen
+from nc_probe.stats.predictions import Predictor
+from nc_probe.stats.screen import Float32Screen
 
 
 def _case(seed: int, n: int, d: int, C: int, offset: float, gap: float):

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from nc_probe.errors import InputError
-from nc_probe.inspection import inspect_checkpoint
-from nc_probe.pipeline import analyze_checkpoint
+from nc_probe.analysis.inspection import inspect_checkpoint
+from nc_probe.analysis.pipeline import analyze_checkpoint
+from nc_probe.core.errors import InputError
 from nc_probe.taps import ScriptTap, make_tap
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")

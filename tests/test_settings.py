@@ -10,10 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 import nc_probe
-from nc_probe.cli import app
-from nc_probe.commands.options import FLAGS, flag_name
-from nc_probe.errors import InputError, parameter_name
-from nc_probe.settings import (
+from nc_probe.cli.app import app
+from nc_probe.cli.options import FLAGS, flag_name
+from nc_probe.core.errors import InputError, parameter_name
+from nc_probe.core.settings import (
     FIELD_GROUP,
     DataSettings,
     ExtractionSettings,
@@ -85,13 +85,13 @@ def test_every_setting_has_one_flag_that_every_analyzing_command_takes():
         assert FLAGS[param] in text, ("layers", param)
 
 
-def test_the_same_error_reads_as_python_or_as_a_command_line():
+def test_the_same_error_reads_as_python_or_as_a_command_line(tmp_path):
     H = np.random.default_rng(0).normal(size=(20, 3))
     y = np.arange(20) % 2
     with pytest.raises(InputError, match=r"^eps2 must be positive.*Use e\.g\. eps2=0\.5\.$"):
         nc_probe.analyze_features(H, y, eps2=-1)
-    np.savez("/tmp/nc_probe_settings_test.npz", H=H, y=y)
-    result = CliRunner().invoke(app, ["analyze", "/tmp/nc_probe_settings_test.npz", "--eps2", "-1"])
+    np.savez(tmp_path / "features.npz", H=H, y=y)
+    result = CliRunner().invoke(app, ["analyze", str(tmp_path / "features.npz"), "--eps2", "-1"])
     assert result.exit_code == 2
     assert result.output.strip() == "error: --eps2 must be positive, got -1.0. Use e.g. --eps2 0.5."
 

@@ -9,10 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 import nc_probe
-from nc_probe.cli import app
-from nc_probe.errors import InputError
-from nc_probe.splits import TEST_KEYS, heldout_collapse, parse_splits
-from nc_probe.store import open_store
+from nc_probe.analysis.splits import TEST_KEYS, heldout_collapse, parse_splits
+from nc_probe.cli.app import app
+from nc_probe.core.errors import InputError
+from nc_probe.extract.store import open_store
 
 
 def reference(Htr, ytr, Hte, yte):

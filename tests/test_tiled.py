@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from test_reference import _nc2, assert_matches_reference, reference
 
 import nc_probe
-from nc_probe import angles, subspace_report
-from nc_probe.angles import all_pair_angles
-from nc_probe.metrics import pairs
+from nc_probe.analysis import subspace_report
+from nc_probe.metrics import angles, pairs
+from nc_probe.metrics.angles import all_pair_angles
 from nc_probe.metrics.collapse import mean_pair_metrics, row_pair_metrics
 from nc_probe.metrics.pairs import PairSummary
 
@@ -57,11 +57,11 @@ def test_mean_pair_metrics_any_tile_size_match_the_definitions(tile):
     assert s.mean == pytest.approx(cos.mean(), rel=1e-12) and s.std == pytest.approx(cos.std(), rel=1e-12)
     q, method = s.quantiles()
     assert method == "exact" and q["0.5"] == pytest.approx(np.quantile(cos, 0.5), rel=1e-13)
-    top = [(a, b) for _, a, b in s._top[:3]]
+    top = [(a, b) for _, a, b in s.top[:3]]
     expected = [(int(iu[0][p]), int(iu[1][p])) for p in np.argsort(-cos)[:3]]
     assert top == expected
     assert out.cdnv.hi == pytest.approx(terms.max(), rel=1e-13)
-    assert out.cdnv._top[0][1:] == (int(iu[0][np.argmax(terms)]), int(iu[1][np.argmax(terms)]))
+    assert out.cdnv.top[0][1:] == (int(iu[0][np.argmax(terms)]), int(iu[1][np.argmax(terms)]))
 
 
 def test_cdnv_of_nearly_coincident_means_far_from_the_origin():
@@ -100,7 +100,7 @@ def test_pair_summary_does_not_depend_on_how_pairs_are_split_into_tiles(seed, n,
     assert (s.lo, s.hi) == (values.min(), values.max())
     q, _ = s.quantiles()
     assert q["0.25"] == np.quantile(values, 0.25)
-    top = [v for v, _, _ in s._top]
+    top = [v for v, _, _ in s.top]
     assert top == sorted(values, reverse=True)[:pairs.TOP_PAIRS]
 
 
@@ -117,7 +117,7 @@ def test_kept_pairs_are_one_global_sort_whatever_the_tiling_even_with_ties(seed,
         s.add(values[part], a[part], b[part])
     sign = -1 if extreme == "largest" else 1
     expected = sorted(zip(values, a, b), key=lambda t: (sign * t[0], t[1], t[2]))[:pairs.TOP_PAIRS]
-    assert [(v, x, y) for v, x, y in s._top] == [(float(v), int(x), int(y)) for v, x, y in expected]
+    assert [(v, x, y) for v, x, y in s.top] == [(float(v), int(x), int(y)) for v, x, y in expected]
 
 
 def test_histogram_quantiles_beyond_the_exact_limit(monkeypatch):
@@ -135,7 +135,7 @@ def test_histogram_quantiles_beyond_the_exact_limit(monkeypatch):
     for key, value in q.items():
         exact = np.quantile(values, float(key), method="inverted_cdf")
         assert abs(value - exact) <= 0.5 * width * (1 + 1e-9), key
-    assert [v for v, _, _ in s._top] == sorted(values)[:pairs.TOP_PAIRS]
+    assert [v for v, _, _ in s.top] == sorted(values)[:pairs.TOP_PAIRS]
     logs = PairSummary(bounds=(1e-12, 1e12), log=True)
     lv = 10 ** rng.uniform(-6, 6, size=5000)
     logs.add(lv, np.zeros(5000, int), np.ones(5000, int))

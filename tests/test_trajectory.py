@@ -12,10 +12,10 @@ import torch
 from typer.testing import CliRunner
 
 import nc_probe
-from nc_probe import samples
-from nc_probe.cli import app
-from nc_probe.errors import InputError
-from nc_probe.trajectory import epoch_of, expand_inputs, run_trajectory
+from nc_probe.analysis.trajectory import epoch_of, expand_inputs, run_trajectory
+from nc_probe.cli.app import app
+from nc_probe.core.errors import InputError
+from nc_probe.load import samples
 
 EPOCHS = [1.0, 5.0, 20.0, 100.0, 300.0, 350.0]
 

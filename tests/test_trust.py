@@ -18,11 +18,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from nc_probe import samples
-from nc_probe.cli import app
-from nc_probe.errors import InputError
-from nc_probe.loading import load_model
-from nc_probe.trust import check_file_arch, is_allowlisted_arch, is_allowlisted_data
+from nc_probe.cli.app import app
+from nc_probe.core.errors import InputError
+from nc_probe.load import samples
+from nc_probe.load.checkpoint import load_model
+from nc_probe.load.trust import check_file_arch, is_allowlisted_arch, is_allowlisted_data
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 runner = CliRunner()
@@ -35,12 +35,12 @@ def hostile_archs(marker: str) -> dict:
     """arch string -> keyword arguments that would create ``marker`` if the arch were imported and called."""
     shell = {"command": f"touch {marker}"}
     return {
-        "nc_probe.loading:os.system": shell,  # the reported hole: an attribute walk under a trusted prefix
-        "nc_probe.samples:torch.os.system": shell,
-        "nc_probe.samples:np.os.system": shell,
+        "nc_probe.load.checkpoint:os.system": shell,  # the reported hole: an attribute walk under a trusted prefix
+        "nc_probe.load.samples:torch.os.system": shell,
+        "nc_probe.load.samples:np.os.system": shell,
         "nc_probe:loading.os.system": shell,
-        "nc_probe.loading.os:system": shell,  # a dotted module path under a trusted prefix
-        "nc_probe.samples.os:system": shell,
+        "nc_probe.load.checkpoint.os:system": shell,  # a dotted module path under a trusted prefix
+        "nc_probe.load.samples.os:system": shell,
         "os:system": shell,
         "posix:system": shell,
         "subprocess:call": {"args": f"touch {marker}", "shell": True},
@@ -53,7 +53,7 @@ def hostile_archs(marker: str) -> dict:
     }
 
 
-HOSTILE_DATA = ["nc_probe.datasets:os.getcwd", "evil.py:f", "builtins:open", "os:getcwd",
+HOSTILE_DATA = ["nc_probe.data.datasets:os.getcwd", "evil.py:f", "builtins:open", "os:getcwd",
                 "torchvision:os:/tmp"]
 
 
@@ -156,9 +156,9 @@ def test_top_level_arch_string_and_safetensors_and_torchscript_metadata(sandbox)
     from safetensors.torch import save_file
 
     save_file(state, str(tmp / "w.safetensors"),
-              metadata={"nc_probe": json.dumps({"arch": "nc_probe.loading:os.system",
+              metadata={"nc_probe": json.dumps({"arch": "nc_probe.load.checkpoint:os.system",
                                                 "arch_kwargs": {"command": f"touch {MARKER}"}})})
-    _refused(runner.invoke(app, ["analyze", "w.safetensors", "--data", "sample:digits"]), "nc_probe.loading:os.system")
+    _refused(runner.invoke(app, ["analyze", "w.safetensors", "--data", "sample:digits"]), "nc_probe.load.checkpoint:os.system")
 
     scripted = torch.jit.script(samples.digits_net().eval())
     torch.jit.save(scripted, str(tmp / "ts.pt"), _extra_files={"nc_probe.json": json.dumps({"data": "evil.py:f"})})
@@ -194,7 +194,7 @@ def test_allowlisted_names_still_load_without_flags(sandbox):
 def test_allowlist_predicates():
     assert is_allowlisted_arch("nc_probe.samples:digits_net")
     assert is_allowlisted_arch("torchvision:resnet18") and is_allowlisted_arch("timm:vit_base_patch16_224.augreg_in21k")
-    for bad in ("nc_probe.samples:digits_net.__globals__", "nc_probe.samples:os.system", "timm:hf-hub:a/b",
+    for bad in ("nc_probe.samples:digits_net.__globals__", "nc_probe.load.samples:os.system", "timm:hf-hub:a/b",
                 "torchvision:../x", "torchvision:", "mypkg:net", 3, None):
         assert not is_allowlisted_arch(bad), bad
     assert is_allowlisted_data("sample:digits")
@@ -236,7 +236,7 @@ def test_raw_and_legacy_pickles_are_refused_by_what_they_are(tmp_path, monkeypat
 
 
 def test_torch_errors_are_not_cut_mid_word(tmp_path):
-    from nc_probe.text import first_line
+    from nc_probe.core.text import first_line
 
     text = "Invalid magic number; corrupt file? " + "word " * 60
     cut = first_line(text, 120)

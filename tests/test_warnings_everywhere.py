@@ -17,17 +17,17 @@ from torch import nn
 from typer.testing import CliRunner
 
 import nc_probe
-from nc_probe.cli import app
-from nc_probe.compare import Comparison, compare_reports, resolution
-from nc_probe.layer_compare import LayerComparison
-from nc_probe.layer_report import LAW_FIT_R2, LayerReport
+from nc_probe.analysis.layer_compare import LayerComparison
+from nc_probe.analysis.trajectory import Point, Trajectory
+from nc_probe.cli.app import app
 from nc_probe.render import html
 from nc_probe.render.comparison import render_comparison
 from nc_probe.render.layer_outputs import layers_html, layers_table, render_layer_comparison, render_layers
 from nc_probe.render.plots import accuracy_axis, figure_bytes, plain_log_ticks
 from nc_probe.render.terminal import modules_table
 from nc_probe.render.trajectory_outputs import trajectory_html, trajectory_table
-from nc_probe.trajectory import Point, Trajectory
+from nc_probe.reports.compare import Comparison, compare_reports, resolution
+from nc_probe.reports.layer_report import LAW_FIT_R2, LayerReport
 
 runner = CliRunner()
 
@@ -246,7 +246,7 @@ def test_inspect_image_size_sets_the_example_input():
         def forward(self, x):
             return self.head(self.pool(self.conv(x)).flatten(1))
 
-    from nc_probe.inspection import inspect_checkpoint
+    from nc_probe.analysis.inspection import inspect_checkpoint
 
     rows = {r["name"]: r for r in inspect_checkpoint(Conv(), image_size=40)}
     assert rows["conv"]["output_shape"] == [4, 40, 40]

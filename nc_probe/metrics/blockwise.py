@@ -26,7 +26,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .literature import MINORITY_FRACTION, bias_collapse, nc3_etf_from_products, spearman
+from nc_probe.metrics.literature import MINORITY_FRACTION, bias_collapse, nc3_etf_from_products, spearman
 
 BLOCK_ROWS = 4096
 EPS64 = np.finfo(np.float64).eps

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import InputError
+from nc_probe.core.errors import InputError
 
 CKA_CHUNK_BYTES = 32 << 20
 

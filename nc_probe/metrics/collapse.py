@@ -1,7 +1,7 @@
 """Neural-collapse metrics NC1-NC3 on raw features (``docs/metrics.md``, "Collapse metrics").
 
-Pure functions of float64 arrays taken from :class:`~nc_probe.stats.ClassStats`; only classes with samples are
-passed in. NC4 and the accuracies need a second pass over the features: :mod:`nc_probe.metrics.predictions`.
+Pure functions of float64 arrays taken from :class:`~nc_probe.stats.class_stats.ClassStats`; only classes with samples
+are passed in. NC4 and the accuracies need a second pass over the features: :mod:`nc_probe.stats.predictions`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .literature import LogEnergy
-from .pairs import MatrixSink, PairSummary, Tile, sweep
+from nc_probe.metrics.literature import LogEnergy
+from nc_probe.metrics.pairs import MatrixSink, PairSummary, Tile, sweep
 
 EPS64 = np.finfo(np.float64).eps
 

@@ -185,7 +185,9 @@ def label_free_from_moments(n: int, mean: torch.Tensor, scatter: torch.Tensor) -
     The uncentred Gram squares the conditioning: rankme agrees with the rows to ~1e-13 centred, ~1e-10 at ||mean|| 1e3
     x spread, ~1e-8 at 1e5 (relative).
     """
-    n = _check_n("n", n, allow_none=False)
+    checked = _check_n("n", n, allow_none=False)
+    assert checked is not None  # allow_none=False
+    n = checked
     s = _matrix("scatter", scatter)
     mu = torch.as_tensor(mean, dtype=torch.float64)
     if mu.shape != (s.shape[0],):

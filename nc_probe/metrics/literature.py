@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from .pairs import PairSummary, Tile, sweep
+from nc_probe.metrics.pairs import PairSummary, Tile, sweep
 
 EPS64 = np.finfo(np.float64).eps
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .probe import AccuracyTally
+from nc_probe.metrics.probe import AccuracyTally
 
 NS_DIM = 30  # the MCR^2 code's default number of components per class
 #: scored when NS_DIM * C * d is at most this (a pass of N x NS_DIM*C x d products): the samples and CIFAR-sized

@@ -84,7 +84,7 @@ class PairSummary:
     _values: list = field(default_factory=list)
     _kept: int = 0
     _hist: np.ndarray | None = None
-    _top: list = field(default_factory=list)  # (value, a, b)
+    top: list = field(default_factory=list)  # (value, a, b)
 
     def add(self, values: np.ndarray, a, b=None) -> None:
         """Add the values of some pairs: ``a``, ``b`` their class positions, or ``a`` a function from positions in
@@ -140,8 +140,8 @@ class PairSummary:
         that the kept pairs are those of one global sort whatever the tiling. Once TOP_PAIRS are kept, only values at
         or beyond the current last one are candidates (one comparison pass instead of a partition of the tile)."""
         largest = self.extreme == "largest"
-        if len(self._top) >= TOP_PAIRS:
-            worst = self._top[-1][0]
+        if len(self.top) >= TOP_PAIRS:
+            worst = self.top[-1][0]
             cand = np.flatnonzero(values >= worst if largest else values <= worst)
         else:
             cand = np.arange(len(values))
@@ -158,9 +158,9 @@ class PairSummary:
         if len(cand) == 0:
             return
         a, b = locate(cand)
-        merged = self._top + [(float(values[i]), int(x), int(y)) for i, x, y in zip(cand, a, b)]
+        merged = self.top + [(float(values[i]), int(x), int(y)) for i, x, y in zip(cand, a, b)]
         merged.sort(key=lambda t: (-t[0] if largest else t[0], t[1], t[2]))
-        self._top = merged[:TOP_PAIRS]
+        self.top = merged[:TOP_PAIRS]
 
     @property
     def std(self) -> float:
@@ -192,7 +192,7 @@ class PairSummary:
                 "min": self.lo if self.count else None, "max": self.hi if self.count else None,
                 "quantiles": quantiles, "quantile_method": method, "top_kind": self.extreme,
                 "top": [{"a": ids[a], "b": ids[b], "a_name": names[a], "b_name": names[b], "value": v}
-                        for v, a, b in self._top]}
+                        for v, a, b in self.top]}
 
 
 class MatrixSink:

@@ -4,7 +4,7 @@ nearest class mean; and the numerical rank of a layer (``docs/metrics.md``, "Lay
 ``acc_linear_probe``: ridge regression of one-hot labels on centred features, ``beta = (Sigma + lambda I)^-1
 X_c^T Y_c / N`` with ``Sigma`` the total covariance and ``lambda = 1e-3 Tr(Sigma) / d``; the prediction is the
 argmax of ``(h - mu)^T beta + n_c/N`` (the intercept is the mean of the one-hot targets). Both sufficient statistics
-come from :class:`~nc_probe.stats.ClassStats`: ``Sigma`` is the within-class scatter plus the count-weighted
+come from :class:`~nc_probe.stats.class_stats.ClassStats`: ``Sigma`` is the within-class scatter plus the count-weighted
 scatter of the class means about the sample mean ``mu``, and column c of ``X_c^T Y_c`` is ``n_c (mu_c - mu)``.
 Scoring the rows needs the final ``beta``, so it happens in the second pass (:class:`ProbeTally`).
 """
@@ -108,7 +108,7 @@ class AccuracyTally:
         self.total += len(y)
 
     def sync_steps(self) -> Generator[tuple[str, Any], Any, None]:
-        """The :func:`nc_probe.distributed.sync` protocol: counts add."""
+        """The :func:`nc_probe.core.distributed.sync` protocol: counts add."""
         yield "sum", [self.correct, self.total]
 
     @property

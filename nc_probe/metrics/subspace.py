@@ -100,10 +100,10 @@ def coding_rate_max(dim: int, eps2: float) -> float:
 
 def smallest_angle(Ua: np.ndarray, Ub: np.ndarray) -> tuple[float, float]:
     """Smallest principal angle (degrees) and affinity ``||Ua^T Ub||_F^2 / min(ka, kb)`` of two orthonormal bases."""
-    return _smallest_angle(Ua, Ub, Ua.T @ Ub)
+    return smallest_angle_of_block(Ua, Ub, Ua.T @ Ub)
 
 
-def _smallest_angle(Ua: np.ndarray, Ub: np.ndarray, P: np.ndarray) -> tuple[float, float]:
+def smallest_angle_of_block(Ua: np.ndarray, Ub: np.ndarray, P: np.ndarray) -> tuple[float, float]:
     """:func:`smallest_angle` given ``P = Ua^T Ub``.
 
     Cosines are the singular values of ``P``; the largest, cos theta_1, is the square root of the top eigenvalue of
@@ -152,7 +152,8 @@ def angle_matrices(bases: list[np.ndarray], workers: int | None = None) -> tuple
     def row(i: int) -> list[tuple[float, float]]:
         o = offsets[i + 1]
         P = (torch.from_numpy(bases[i]).T @ U[:, o:]).numpy()
-        return [_smallest_angle(bases[i], bases[j], P[:, offsets[j] - o : offsets[j + 1] - o]) for j in range(i + 1, K)]
+        return [smallest_angle_of_block(bases[i], bases[j], P[:, offsets[j] - o : offsets[j + 1] - o])
+                for j in range(i + 1, K)]
 
     for i, values in enumerate(parallel_map(row, range(K - 1), workers)):
         for j, (a, f) in enumerate(values, start=i + 1):

@@ -1,1 +1,3 @@
-"""Renderers of reports and comparisons: terminal, tables and exports, plots, HTML."""
+"""Render: reports and comparisons made readable - the terminal tables, CSV/JSON exports, plots, the HTML pages, the
+gate's summary and JUnit file. Reads reports, never computes a metric. A new output format goes here.
+"""

@@ -8,25 +8,25 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from ..report import Report
-from . import pair_data as pdata
-from . import pair_plots as pp
-from .plots import (
+from nc_probe.render import pair_data as pdata
+from nc_probe.render import pair_plots as pp
+from nc_probe.render.plots import (
     ANGLE_KEYS,
     COLLAPSE_KEYS,
     RATE_KEYS,
-    _angle_references,
-    _class_ticks,
-    _figure,
-    _names,
-    _spectrum_array,
-    _value,
+    angle_reference_lines,
     angle_references,
+    class_labels,
+    class_ticks,
     etf_target,
     heatmap,
     log_floor,
+    metric_value,
+    new_figure,
     outside_legend,
+    spectrum_array,
 )
+from nc_probe.reports.report import Report
 
 
 def _input_colors(n: int):
@@ -37,16 +37,16 @@ def compare_metrics(reports: dict[str, Report]) -> Figure:
     """Grouped bars per metric, one colour per input: collapse metrics (log), coding rates, angles."""
     labels = list(reports)
     colors = _input_colors(len(labels))
-    fig = _figure(12, 4.0)
+    fig = new_figure(12, 4.0)
     ax_nc, ax_rate, ax_ang = fig.subplots(1, 3, width_ratios=[1.8, 1, 0.7])
     width = 0.8 / len(labels)
     panels = [(ax_nc, [k for k in COLLAPSE_KEYS if any(r.metrics.get(k) is not None for r in reports.values())]),
               (ax_rate, [k for k in RATE_KEYS if any(r.metrics.get(k) is not None for r in reports.values())]),
               (ax_ang, [k for k in ANGLE_KEYS if any(r.metrics.get(k) is not None for r in reports.values())])]
-    floor = log_floor([_value(r.metrics.get(k)) for r in reports.values() for k in panels[0][1]])
+    floor = log_floor([metric_value(r.metrics.get(k)) for r in reports.values() for k in panels[0][1]])
     for ax, keys in panels:
         for j, (label, rep) in enumerate(reports.items()):
-            vals = np.array([_value(rep.metrics.get(k)) for k in keys])
+            vals = np.array([metric_value(rep.metrics.get(k)) for k in keys])
             if ax is ax_nc:
                 vals = np.clip(vals, floor, None)
             ax.bar(np.arange(len(keys)) + (j - (len(labels) - 1) / 2) * width, vals, width, color=colors[j],
@@ -59,7 +59,7 @@ def compare_metrics(reports: dict[str, Report]) -> Figure:
     ax_rate.set_ylabel("nats")
     ax_rate.set_title("MCR^2 coding rates")
     ax_ang.set_ylabel("degrees")
-    _angle_references(ax_ang, next(iter(reports.values())).inputs.get("num_classes"))
+    angle_reference_lines(ax_ang, next(iter(reports.values())).inputs.get("num_classes"))
     ax_ang.set_title("Subspace angles")
     fig.legend(*ax_nc.get_legend_handles_labels(), title="input", fontsize=8, loc="outside right upper")
     fig.suptitle("NC metrics side by side: " + " vs ".join(labels), fontsize=11)
@@ -68,11 +68,11 @@ def compare_metrics(reports: dict[str, Report]) -> Figure:
 
 def compare_spectra(reports: dict[str, Report]) -> Figure:
     """Overlaid spectra: per input, the mean over classes of the normalized eigenvalues, shaded min..max band."""
-    fig = _figure(6.4, 4.2)
+    fig = new_figure(6.4, 4.2)
     ax = fig.subplots()
     styles = ["-", "--", ":", "-."]
     for j, (color, (label, rep)) in enumerate(zip(_input_colors(len(reports)), reports.items())):
-        spec = _spectrum_array(rep.per_class.get("spectrum"))
+        spec = spectrum_array(rep.per_class.get("spectrum"))
         if spec.size == 0:
             continue
         x = np.arange(1, spec.shape[1] + 1)
@@ -101,13 +101,13 @@ def compare_heatmaps(reports: dict[str, Report], key: str = "angle_min") -> Figu
             [(-1 / (C - 1), "ETF -1/(C-1)")] if key == "mean_cosine" and C >= 2 else [])
         return pp.compare_pair_cdf(reports, key, refs)
     n = len(reports) + (key == "mean_cosine")
-    fig = _figure(4.2 * n + 1.2, 4.4)
+    fig = new_figure(4.2 * n + 1.2, 4.4)
     axes = np.atleast_1d(fig.subplots(1, n))
     im = None
     if key == "mean_cosine":
         first = next(iter(reports.values()))
         ids = first.per_class.get("class_ids") or []
-        heatmap(axes[-1], etf_target(len(ids)), _names(first, ids), vmin=-1, vmax=1, cmap="RdBu_r", fmt="{:.2f}",
+        heatmap(axes[-1], etf_target(len(ids)), class_labels(first, ids), vmin=-1, vmax=1, cmap="RdBu_r", fmt="{:.2f}",
                 annotate=len(ids) <= 6)
         axes[-1].set_title("simplex ETF target", fontsize=10)
         axes[-1].set_xlabel("class")
@@ -125,7 +125,7 @@ def compare_heatmaps(reports: dict[str, Report], key: str = "angle_min") -> Figu
             ax.set_xticks([])
             ax.set_yticks([])
             continue
-        im = heatmap(ax, mat, _names(rep, ids), annotate=len(ids) <= 6, **kw)
+        im = heatmap(ax, mat, class_labels(rep, ids), annotate=len(ids) <= 6, **kw)
         ax.set_xlabel("class")
         ax.set_ylabel("class")
     if im is not None:
@@ -141,14 +141,14 @@ def compare_coding_rate(reports: dict[str, Report]) -> Figure:
     labels = list(reports)
     first = next(iter(reports.values()))
     ids = first.per_class.get("subspace_class_ids") or []
-    names = _names(first, ids)
+    names = class_labels(first, ids)
     width = 0.8 / len(labels)
-    fig = _figure(7.5, 4.0)
+    fig = new_figure(7.5, 4.0)
     ax = fig.subplots()
     if any(len(r.per_class.get("subspace_class_ids") or []) > pdata.CLASS_LIMIT for r in reports.values()):
         for color, (label, rep) in zip(_input_colors(len(labels)), reports.items()):
             pp.draw_sorted(ax, rep.per_class.get("coding_rate_class"),
-                           _names(rep, rep.per_class.get("subspace_class_ids") or []), color=color, label=label,
+                           class_labels(rep, rep.per_class.get("subspace_class_ids") or []), color=color, label=label,
                            annotate=False)
         ax.set_ylabel("R_c (nats)")
         ax.set_title(f"MCR^2 coding rate per class, sorted ({len(ids):,} classes)")
@@ -157,9 +157,9 @@ def compare_coding_rate(reports: dict[str, Report]) -> Figure:
         return fig
     for j, (color, (label, rep)) in enumerate(zip(_input_colors(len(labels)), reports.items())):
         lookup = dict(zip(rep.per_class.get("subspace_class_ids") or [], rep.per_class.get("coding_rate_class") or []))
-        vals = [_value(lookup.get(c)) for c in ids]
+        vals = [metric_value(lookup.get(c)) for c in ids]
         ax.bar(np.arange(len(ids)) + (j - (len(labels) - 1) / 2) * width, vals, width, color=color, label=label)
-    _class_ticks(ax, names, axis="x")
+    class_ticks(ax, names, axis="x")
     ax.set_xlabel("class")
     ax.set_ylabel("R_c (nats)")
     ax.set_title("MCR^2 coding rate per class")
@@ -170,7 +170,7 @@ def compare_coding_rate(reports: dict[str, Report]) -> Figure:
 def cka_heatmap(labels: list[str], matrix) -> Figure:
     """Linear CKA between the inputs' representations (blank where two inputs do not share samples)."""
     n = len(labels)
-    fig = _figure(1.2 * n + 3.0, 1.0 * n + 2.2)
+    fig = new_figure(1.2 * n + 3.0, 1.0 * n + 2.2)
     ax = fig.subplots()
     im = heatmap(ax, matrix, labels, vmin=0, vmax=1, cmap="viridis", fmt="{:.3f}", annotate=True)
     fig.colorbar(im, ax=ax, label="linear CKA")
@@ -181,7 +181,7 @@ def cka_heatmap(labels: list[str], matrix) -> Figure:
 
 
 def comparison_figures(comparison) -> dict[str, Figure]:
-    """The views of a :class:`nc_probe.compare.Comparison`, by name."""
+    """The views of a :class:`nc_probe.reports.compare.Comparison`, by name."""
     reports = comparison.reports
     figs = {"metrics": compare_metrics(reports)}
     if any(pdata.has_rows(r.per_class.get("spectrum")) for r in reports.values()):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from ..errors import parameter_name
-from ..errors import spell as spell_text
-from ..text import format_number as fmt
+from nc_probe.core.errors import parameter_name
+from nc_probe.core.errors import spell as spell_text
+from nc_probe.core.text import format_number as fmt
 
 ARROW = {"lower": "↓", "higher": "↑"}
 NO_CHANGE = "no change"
@@ -83,13 +83,13 @@ def cka_table(comparison) -> Table:
 
 def render_comparison(comparison, console=None, spell=parameter_name, warn=None) -> None:
     """The inputs, the table (one per input when too wide), the legend, CKA, and every warning: the comparison's
-    and each input's, labelled (:meth:`~nc_probe.compare.Comparison.all_warnings`). ``warn``: where warnings go
+    and each input's, labelled (:meth:`~nc_probe.reports.compare.Comparison.all_warnings`). ``warn``: where warnings go
     (the CLI's stderr); by default they are printed after the tables."""
     from rich.console import Group
     from rich.measure import Measurement
     from rich.text import Text
 
-    from ..consoles import console as safe_console
+    from nc_probe.core.consoles import console as safe_console
 
     console = console or safe_console()
     parts: list = []

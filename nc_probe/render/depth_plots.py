@@ -15,8 +15,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ..layer_report import LayerReport
-from .plots import LOG_FLOOR, accuracy_axis
+from nc_probe.render.plots import LOG_FLOOR, accuracy_axis
+from nc_probe.reports.layer_report import LayerReport
 
 TICK_NAMES = 24  # up to this many layers the x axis names them; beyond, depth numbers
 STYLES = ("-", "--", "-.", ":")

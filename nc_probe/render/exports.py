@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import InputError, parameter_name
-from ..files import atomic_write_text, json_safe
-from ..report import Report
-from .tables import angles_frame, metrics_frame, pairs_frame, per_class_frame, write_tables
-from .terminal import expected
+from nc_probe.core.errors import InputError, parameter_name
+from nc_probe.core.files import atomic_write_text, json_safe
+from nc_probe.render.tables import angles_frame, metrics_frame, pairs_frame, per_class_frame, write_tables
+from nc_probe.render.terminal import expected
+from nc_probe.reports.report import Report
 
 FORMATS = ("csv", "parquet", "markdown", "json")
 SUFFIX = {"csv": "csv", "parquet": "parquet", "markdown": "md", "json": "json"}
@@ -137,8 +137,8 @@ def write_outputs(report: Report, *, out=None, fmt: str | None = None, plots=Non
         else:
             write_exports(report, out, fmt)
     if plots is not None or html is not None:
-        from .html import write_html
-        from .plots import report_figures, write_visuals
+        from nc_probe.render.html import write_html
+        from nc_probe.render.plots import report_figures, write_visuals
 
         write_visuals(report, plots=plots, html=html, figures_of=report_figures,
                       write_page=lambda r, path, figures: write_html(r, path, figures, spell))

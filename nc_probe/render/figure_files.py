@@ -17,7 +17,7 @@ matplotlib.use("Agg", force=False)  # headless; a no-op when pyplot already runs
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import LogFormatter  # noqa: E402
 
-from .pair_plots import DPI  # noqa: E402
+from nc_probe.render.pair_plots import DPI  # noqa: E402
 
 
 class PlainLogFormatter(LogFormatter):

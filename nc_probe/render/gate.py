@@ -1,5 +1,5 @@
 """The gate's results as CI reads them: JUnit XML, a Markdown summary (for ``$GITHUB_STEP_SUMMARY``) and the
-terminal table. ``spell`` spells the settings that messages name (see :mod:`nc_probe.errors`)."""
+terminal table. ``spell`` spells the settings that messages name (see :mod:`nc_probe.core.errors`)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 
 from rich.table import Table
 
-from ..errors import parameter_name
-from ..errors import spell as spell_text
-from ..files import atomic_write_text
-from ..gate import ERROR, FAIL, PASS, Result, exit_code, summary
-from ..text import format_number
+from nc_probe.core.errors import parameter_name
+from nc_probe.core.errors import spell as spell_text
+from nc_probe.core.files import atomic_write_text
+from nc_probe.core.text import format_number
+from nc_probe.reports.gate import ERROR, FAIL, PASS, Result, exit_code, summary
 
 Namer = Callable[[str, "str | None"], str]
 

@@ -10,14 +10,14 @@ import json
 from html import escape
 from pathlib import Path
 
-from ..errors import parameter_name
-from ..errors import spell as spell_text
-from ..files import atomic_write_text
-from ..metrics import METRIC_DOCS
-from ..report import Report
-from ..text import format_number as fmt
-from ..text import plain_number
-from .terminal import expected
+from nc_probe.core.errors import parameter_name
+from nc_probe.core.errors import spell as spell_text
+from nc_probe.core.files import atomic_write_text
+from nc_probe.core.text import format_number as fmt
+from nc_probe.core.text import plain_number
+from nc_probe.metrics import METRIC_DOCS
+from nc_probe.render.terminal import expected
+from nc_probe.reports.report import Report
 
 MAX_TABLE_ROWS = 200  # above this many classes, the per-class table is a summary and the lowest/highest rows
 EDGE_ROWS = 25  # the lowest and the highest rows shown of a cut per-class table
@@ -116,7 +116,7 @@ def _num_cell(v) -> str:
     return f'<td class="num">{escape(fmt(v))}</td>'
 
 
-def _table(header: list[str], rows: list[list[str]], cls: str = "", scroll: bool = True) -> str:
+def html_table(header: list[str], rows: list[list[str]], cls: str = "", scroll: bool = True) -> str:
     """A table; in a horizontally scrolling box unless ``scroll`` is False (the caller wraps it), so a wide table
     never widens the page."""
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
@@ -125,18 +125,18 @@ def _table(header: list[str], rows: list[list[str]], cls: str = "", scroll: bool
     return f'<div class="wide-scroll">{table}</div>' if scroll else table
 
 
-def _kv_table(d: dict) -> str:
+def kv_table(d: dict) -> str:
     rows = []
     for k, v in d.items():
         text = json.dumps(v, default=str) if isinstance(v, (dict, list)) else ("-" if v is None else str(v))
         if len(text) > 400:
             text = text[:400] + " ..."
         rows.append([f"<td><code>{escape(str(k))}</code></td>", f'<td class="wrap"><code>{escape(text)}</code></td>'])
-    return _table(["key", "value"], rows)
+    return html_table(["key", "value"], rows)
 
 
-def _figures_html(figures: dict, captions: dict = CAPTIONS) -> str:
-    from .plots import figure_data_uri
+def figures_html(figures: dict, captions: dict = CAPTIONS) -> str:
+    from nc_probe.render.plots import figure_data_uri
 
     parts = []
     for name, fig in figures.items():
@@ -151,8 +151,8 @@ def _figures_html(figures: dict, captions: dict = CAPTIONS) -> str:
     return "\n".join(parts)
 
 
-def _page(title: str, body: str) -> str:
-    from .._version import __version__
+def html_page(title: str, body: str) -> str:
+    from nc_probe._version import __version__
 
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -191,12 +191,12 @@ def _rows_html(df, cols: list[str]) -> list[list[str]]:
 def _per_class_html(report: Report) -> str:
     """Every class, up to MAX_TABLE_ROWS; above that a summary of each column and the EDGE_ROWS lowest and highest
     classes (by accuracy), so the page stays small whatever C is."""
-    from .tables import per_class_frame
+    from nc_probe.render.tables import per_class_frame
 
     df = per_class_frame(report)
     cols = [c for c in PER_CLASS_COLUMNS if c in df.columns and df[c].notna().any()]
     if len(df) <= MAX_TABLE_ROWS:
-        return f'<div class="scroll">{_table(cols, _rows_html(df, cols), scroll=False)}</div>'
+        return f'<div class="scroll">{html_table(cols, _rows_html(df, cols), scroll=False)}</div>'
     key = next((c for c in ("acc_model", "acc_ncc", "n") if c in cols), "n")
     ranked = df.sort_values(key, kind="stable", na_position="first")
     left = len(df) - 2 * EDGE_ROWS
@@ -221,7 +221,7 @@ def _column_summary(df, cols: list[str]) -> str:
         q = v.quantile([0.05, 0.5, 0.95]).tolist() if len(v) else [None] * 3
         vals = [len(v), v.mean() if len(v) else None, v.min() if len(v) else None, *q, v.max() if len(v) else None]
         rows.append([f"<td><code>{escape(c)}</code></td>"] + [_num_cell(plain_number(x)) for x in vals])
-    return _table(["column"] + stats, rows)
+    return html_table(["column"] + stats, rows)
 
 
 def _pairs_html(report: Report) -> str:
@@ -238,7 +238,7 @@ def _pairs_html(report: Report) -> str:
                      f"<td>{escape(str(t.get('b_name')))}</td>", _num_cell(t.get("value"))]
                     for r, t in enumerate(s.get("top") or [], 1)]
             tops.append(f"<div><h3>{escape(key)}: the {len(rows)} {escape(str(s.get('top_kind')))}</h3>"
-                        + _table(["#", "class a", "class b", key], rows) + "</div>")
+                        + html_table(["#", "class a", "class b", key], rows) + "</div>")
         parts.append('<div class="pairs">' + "".join(tops) + "</div>")
     parts.append(_closest_subspaces_html(report))
     return "\n".join(p for p in parts if p) or ("<p class=sub>No class-pair quantities in this report.</p>")
@@ -254,12 +254,12 @@ def _pair_stats_html(pairs: dict) -> str:
                     + [_num_cell(s.get("max")), f"<td>{escape(str(s.get('quantile_method') or '-'))}</td>"])
     header = ["quantity", "pairs", "mean", "std", "min"] + [f"{100 * float(lv):g}%" for lv in levels] + ["max",
                                                                                                         "method"]
-    return _table(header, rows)
+    return html_table(header, rows)
 
 
 def _closest_subspaces_html(report: Report) -> str:
-    from .pair_data import HEATMAP_LIMIT, pair_view
-    from .tables import angles_frame
+    from nc_probe.render.pair_data import HEATMAP_LIMIT, pair_view
+    from nc_probe.render.tables import angles_frame
 
     if pair_view(report, "angle_min") != "heatmap" or len(report.angles["class_ids"]) > HEATMAP_LIMIT:
         return ""
@@ -268,7 +268,7 @@ def _closest_subspaces_html(report: Report) -> str:
     rows = [[f"<td>{escape(str(names.get(a, a)))}</td>", f"<td>{escape(str(names.get(b, b)))}</td>", _num_cell(ang),
              _num_cell(aff)] for a, b, ang, aff in df.itertuples(index=False)]
     return (f"<p class=sub>The {len(df)} closest class subspaces (smallest angle first).</p>"
-            + _table(["class a", "class b", "angle_min (deg)", "subspace_affinity"], rows))
+            + html_table(["class a", "class b", "angle_min (deg)", "subspace_affinity"], rows))
 
 
 DELTA_CLASS = {"more": "more", "less": "less", "none": "same"}
@@ -278,12 +278,12 @@ DELTA_LEGEND = ('<p class="legend">Colours say the direction of a change, not wh
                 "resolution: float rounding, docs/metrics.md).</p>")
 
 
-def _cards(items: list[tuple[str, str]]) -> str:
+def html_cards(items: list[tuple[str, str]]) -> str:
     return '<div class="cards">' + "".join(f"<div class=card><b>{escape(v)}</b><span>{escape(k)}</span></div>"
                                            for k, v in items) + "</div>"
 
 
-def _warnings_html(warnings: list, spell=parameter_name) -> str:
+def warnings_html(warnings: list, spell=parameter_name) -> str:
     if not warnings:
         return ""
     return "<h2 id=warnings>Warnings</h2>" + "".join(f'<div class="warn">{escape(spell_text(str(w), spell))}</div>'
@@ -293,12 +293,12 @@ def _warnings_html(warnings: list, spell=parameter_name) -> str:
 def report_html(report: Report, figures: dict | None = None, spell=parameter_name) -> str:
     """The page of one report; ``figures`` defaults to :func:`nc_probe.render.plots.report_figures`."""
     if figures is None:
-        from .plots import report_figures
+        from nc_probe.render.plots import report_figures
 
         figures = report_figures(report)
     i, m = report.inputs, report.metrics
     source = str(i.get("source"))
-    cards = _cards([("samples N", str(i.get("num_samples"))), ("classes C", str(i.get("num_classes"))),
+    cards = html_cards([("samples N", str(i.get("num_samples"))), ("classes C", str(i.get("num_classes"))),
                     ("dimension d", str(i.get("dim"))), ("nc1", fmt(m.get("nc1"))),
                     ("rate_reduction (nats)", fmt(m.get("rate_reduction"))),
                     ("angle_min_mean (deg)", fmt(m.get("angle_min_mean"))), ("acc_ncc", fmt(m.get("acc_ncc")))])
@@ -306,24 +306,24 @@ def report_html(report: Report, figures: dict | None = None, spell=parameter_nam
 <p class="sub"><code>{escape(source)}</code> &middot; sha256 <code>{escape(str(i.get('sha256') or '-'))}</code>
 &middot; layer {escape(str(i.get('layer') or '-'))} &middot; eps^2 = {escape(str(report.settings.get('eps2')))}</p>
 {cards}
-{_warnings_html(report.warnings, spell)}
+{warnings_html(report.warnings, spell)}
 <h2 id="summary">Metrics</h2>
 <p class="sub">"collapsed / MCR^2": what a collapsed (cross-entropy, terminal phase) and an MCR^2-like model show.</p>
-{_table(["metric", "value", "collapsed / MCR^2", "meaning"], summary_rows(report))}
+{html_table(["metric", "value", "collapsed / MCR^2", "meaning"], summary_rows(report))}
 <h2 id="plots">Plots</h2>
-{_figures_html(figures)}
+{figures_html(figures)}
 <h2 id="per-class">Per class</h2>
 {_per_class_html(report)}
 <h2 id="pairs">Class pairs</h2>
 {_pairs_html(report)}
 <h2 id="inputs">Inputs</h2>
-{_kv_table(report.inputs)}
+{kv_table(report.inputs)}
 <h2 id="settings">Settings</h2>
-{_kv_table(report.settings)}
+{kv_table(report.settings)}
 <h2 id="timings">Timings (seconds)</h2>
-{_kv_table({k: round(v, 4) if isinstance(v, float) else v for k, v in report.timings.items()})}
+{kv_table({k: round(v, 4) if isinstance(v, float) else v for k, v in report.timings.items()})}
 <p class="sub">Report schema {escape(str(report.schema_version))}.</p>"""
-    return _page(f"nc-probe: {source}", body)
+    return html_page(f"nc-probe: {source}", body)
 
 
 def write_html(report: Report, path, figures: dict | None = None, spell=parameter_name) -> Path:
@@ -333,11 +333,11 @@ def write_html(report: Report, path, figures: dict | None = None, spell=paramete
 
 # ---------------------------------------------------------------------------------------------- comparison
 def comparison_html(comparison, figures: dict | None = None, spell=parameter_name) -> str:
-    """The page of a :class:`nc_probe.compare.Comparison`: the side-by-side table, CKA, plots, each input."""
-    from .comparison import ARROW, delta_kind, row_delta_text
+    """The page of a :class:`nc_probe.reports.compare.Comparison`: the side-by-side table, CKA, plots, each input."""
+    from nc_probe.render.comparison import ARROW, delta_kind, row_delta_text
 
     if figures is None:
-        from .compare_plots import comparison_figures
+        from nc_probe.render.compare_plots import comparison_figures
 
         figures = comparison_figures(comparison)
     labels = comparison.labels
@@ -359,7 +359,7 @@ def comparison_html(comparison, figures: dict | None = None, spell=parameter_nam
         est = "unbiased" if c.get("estimator") == "unbiased" else "biased"
         cka = ("<h2 id=cka>Linear CKA</h2><p class=sub>1 = the same representation up to rotation and isotropic "
                f"scale ({est} HSIC estimator); '-' where two inputs do not hold features of the same samples.</p>"
-               + _table([""] + c["labels"], [[f"<td>{escape(a)}</td>"] + [_num_cell(v) for v in row]
+               + html_table([""] + c["labels"], [[f"<td>{escape(a)}</td>"] + [_num_cell(v) for v in row]
                                              for a, row in zip(c["labels"], c["matrix"])]))
     inputs = []
     for lab, rep in comparison.reports.items():
@@ -368,23 +368,23 @@ def comparison_html(comparison, figures: dict | None = None, spell=parameter_nam
                        f'<td class="wrap"><code>{escape(str(i.get("sha256") or "-"))}</code></td>',
                        _num_cell(i.get("num_samples")),
                        _num_cell(i.get("num_classes")), _num_cell(i.get("dim")), _num_cell(rep.settings.get("eps2"))])
-    details = "".join(f"<details><summary>{escape(lab)}: inputs and settings</summary>{_kv_table(rep.inputs)}"
-                      f"{_kv_table(rep.settings)}</details>" for lab, rep in comparison.reports.items())
+    details = "".join(f"<details><summary>{escape(lab)}: inputs and settings</summary>{kv_table(rep.inputs)}"
+                      f"{kv_table(rep.settings)}</details>" for lab, rep in comparison.reports.items())
     body = f"""<h1>nc-probe comparison</h1>
 <p class="sub">{escape(" vs ".join(labels))} &middot; deltas against <b>{escape(comparison.baseline)}</b></p>
-{_warnings_html(comparison.all_warnings(), spell)}
+{warnings_html(comparison.all_warnings(), spell)}
 <h2 id="summary">Metrics side by side</h2>
 <p class="sub">"direction": the way the metric moves as features get more collapsed, separated, compressed, diverse
 or accurate (see docs/metrics.md). Δ: value minus the baseline's, with that word.</p>
 {DELTA_LEGEND}
-{_table(header, rows)}
+{html_table(header, rows)}
 {cka}
 <h2 id="plots">Plots</h2>
-{_figures_html(figures, COMPARE_CAPTIONS)}
+{figures_html(figures, COMPARE_CAPTIONS)}
 <h2 id="inputs">Inputs</h2>
-{_table(["label", "source", "sha256", "N", "C", "d", "eps^2"], inputs)}
+{html_table(["label", "source", "sha256", "N", "C", "d", "eps^2"], inputs)}
 {details}"""
-    return _page("nc-probe comparison: " + " vs ".join(labels), body)
+    return html_page("nc-probe comparison: " + " vs ".join(labels), body)
 
 
 def write_comparison_html(comparison, path, figures: dict | None = None, spell=parameter_name) -> Path:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from rich.table import Table
 
-from ..errors import InputError, parameter_name
-from ..files import atomic_write_text
-from ..layer_report import LayerReport
-from ..text import format_number as fmt
+from nc_probe.core.errors import InputError, parameter_name
+from nc_probe.core.files import atomic_write_text
+from nc_probe.core.text import format_number as fmt
+from nc_probe.reports.layer_report import LayerReport
 
 FORMATS = ("csv", "parquet", "json")
 COLUMNS = [("D_l", "D_l"), ("acc_ncc", "NCC"), ("acc_linear_probe", "probe"), ("rank_energy95_mean", "r95"),
@@ -58,8 +58,8 @@ def write_layer_outputs(report: LayerReport, *, out=None, fmt: str | None = None
     elif fmt_name is not None:
         text = table_bytes(report, fmt_name).decode()
     if plots is not None or html is not None:
-        from .depth_plots import depth_figures
-        from .plots import save_figures
+        from nc_probe.render.depth_plots import depth_figures
+        from nc_probe.render.plots import save_figures
 
         figures = depth_figures({_label(report): report})
         if plots is not None:
@@ -78,7 +78,7 @@ def render_layers(report: LayerReport, console, spell=parameter_name, warn=None)
     on a rich console; ``warn``: where the warnings go instead (the CLI's stderr)."""
     from rich.text import Text
 
-    from ..errors import spell as spell_text
+    from nc_probe.core.errors import spell as spell_text
 
     console.print(layers_table(report))
     for line in law_lines(report):
@@ -136,7 +136,7 @@ def law_lines(report: LayerReport) -> list[str]:
 def law_line(report: LayerReport) -> str | None:
     """'depth law ... rho = 0.372 per layer, ...'; below R^2 = LAW_FIT_R2 it says the law does not fit and why rho is
     then no rate."""
-    from ..layer_report import LAW_FIT_R2
+    from nc_probe.reports.layer_report import LAW_FIT_R2
 
     law = report.laws.get("D_l") or {}
     if law.get("rho") is None:
@@ -196,24 +196,24 @@ def _reduced(layer: dict) -> str:
 
 def _about_html(report: LayerReport) -> str:
     """What was analysed and how: source, data, N, C, the layer selection, pooling and the settings."""
-    from .html import _cards, _kv_table
+    from nc_probe.render.html import html_cards, kv_table
 
     i, st = report.inputs, report.settings
-    cards = _cards([("samples N", str(i.get("num_samples"))), ("classes C", str(i.get("num_classes"))),
+    cards = html_cards([("samples N", str(i.get("num_samples"))), ("classes C", str(i.get("num_classes"))),
                     ("layers", str(len(report.layers)))])
     about = {"source": i.get("source"), "sha256": i.get("sha256"), "arch": i.get("arch"), "data": i.get("data"),
              "split": i.get("split"), "layers (selection)": i.get("layers"), "classifier": i.get("head"),
              "pool": i.get("pool"), "max_dim": i.get("max_dim")}
     settings = {k: st.get(k) for k in SETTING_KEYS if k in st}
-    return (cards + "<h3>Inputs</h3>" + _kv_table({k: v for k, v in about.items() if v is not None})
-            + "<h3>Settings</h3>" + _kv_table(settings))
+    return (cards + "<h3>Inputs</h3>" + kv_table({k: v for k, v in about.items() if v is not None})
+            + "<h3>Settings</h3>" + kv_table(settings))
 
 
 def layers_html(reports: dict[str, LayerReport], figures: dict, spell=parameter_name) -> str:
     """A self-contained page: the depth plots, and for each model what was analysed (N, C, data, selection,
     settings), its layer table with a legend of the columns, the depth law and accuracies, and its warnings (the
     report's, then each layer's once with the layers that gave it)."""
-    from .html import _figures_html, _page, _table, _warnings_html
+    from nc_probe.render.html import figures_html, html_page, html_table, warnings_html
 
     captions = {"fuzziness": "Separation fuzziness D_l (log scale) per layer with the fitted law ln D_l = a - rho l "
                              "(He & Su 2023): a straight line means geometric decay with depth; the law's R^2 says "
@@ -229,15 +229,15 @@ def layers_html(reports: dict[str, LayerReport], figures: dict, spell=parameter_
     several = len(reports) > 1
     warnings = {label: r.all_warnings() for label, r in reports.items()}
     if several:
-        from ..compare import group_warnings
+        from nc_probe.reports.compare import group_warnings
 
-        top = _warnings_html(group_warnings(warnings), spell)
+        top = warnings_html(group_warnings(warnings), spell)
     else:
-        top = _warnings_html(next(iter(warnings.values())), spell)
+        top = warnings_html(next(iter(warnings.values())), spell)
     parts = [f"<h1>nc-probe layers: {escape(', '.join(reports))}</h1>",
              '<p class="sub">Every selected layer of the model analysed with the single-layer metrics '
              "(docs/metrics.md, \"Layers\").</p>", top, "<h2 id=plots>Plots</h2>",
-             _figures_html(figures, captions)]
+             figures_html(figures, captions)]
     for label, report in reports.items():
         rows = [[f"<td>{layer['depth']}</td>", f"<td><code>{escape(layer['name'])}</code></td>",
                  f"<td>{escape(_reduced(layer))}</td>",
@@ -246,10 +246,10 @@ def layers_html(reports: dict[str, LayerReport], figures: dict, spell=parameter_
         parts.append(f"<h2>{escape(label)}</h2>")
         parts.append(_about_html(report))
         parts.append("<h3>Layers</h3>")
-        parts.append(_table(["l", "layer", "d"] + [h for _, h in COLUMNS], rows))
+        parts.append(html_table(["l", "layer", "d"] + [h for _, h in COLUMNS], rows))
         parts.append(f'<p class="legend">{escape(COLUMN_LEGEND)}</p>')
         parts += [f"<p>{escape(line)}</p>" for line in law_lines(report)]
-    return _page("nc-probe layers", "\n".join(p for p in parts if p))
+    return html_page("nc-probe layers", "\n".join(p for p in parts if p))
 
 
 # ------------------------------------------------------------------------------------------ layer comparisons
@@ -258,8 +258,8 @@ def render_layer_comparison(comparison, console, spell=parameter_name, warn=None
     every model's warnings (labelled); ``warn``: where the warnings go instead (the CLI's stderr)."""
     from rich.text import Text
 
-    from ..errors import spell as spell_text
-    from ..layer_report import LAW_FIT_R2
+    from nc_probe.core.errors import spell as spell_text
+    from nc_probe.reports.layer_report import LAW_FIT_R2
 
     laws = Table(title="depth laws: ln D_l = a - rho * l",
                  caption="plateau: the layer after which the accuracy gains at most one point, or its peak when it "
@@ -299,8 +299,8 @@ def write_layer_comparison(comparison, *, plots=None, html=None, spell=parameter
     """Depth curves of every model on shared axes (PNG and SVG into ``plots``), and the HTML page."""
     if plots is None and html is None:
         return
-    from .depth_plots import depth_figures
-    from .plots import save_figures
+    from nc_probe.render.depth_plots import depth_figures
+    from nc_probe.render.plots import save_figures
 
     figures = depth_figures(comparison.reports)
     if plots is not None:

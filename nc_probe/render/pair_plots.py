@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .pair_data import (
+from nc_probe.render.pair_data import (
     PAIR_KEYS,
     TOP_SHOWN,
     as_values,

@@ -30,10 +30,9 @@ from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from ..report import Report  # noqa: E402
-from . import pair_data as pdata  # noqa: E402
-from . import pair_plots as pp  # noqa: E402
-from .figure_files import (  # noqa: E402, F401 - re-exported: the renderers take them from here
+from nc_probe.render import pair_data as pdata  # noqa: E402
+from nc_probe.render import pair_plots as pp  # noqa: E402
+from nc_probe.render.figure_files import (  # noqa: E402, F401 - re-exported: the renderers take them from here
     PlainLogFormatter,
     figure_bytes,
     figure_data_uri,
@@ -41,6 +40,7 @@ from .figure_files import (  # noqa: E402, F401 - re-exported: the renderers tak
     save_figures,
     write_visuals,
 )
+from nc_probe.reports.report import Report  # noqa: E402
 
 COLLAPSE_KEYS = ["nc1", "nc1_cdnv", "nc2_equinorm_M", "nc2_equiangle_M", "nc2_maxangle_M", "nc2_etf_M",
                  "nc2_equinorm_W", "nc2_equiangle_W", "nc2_maxangle_W", "nc2_etf_W", "nc3", "nc4"]
@@ -51,10 +51,10 @@ SPECTRUM_FLOOR = 1e-10  # spectra are drawn down to this energy fraction (below 
 TICK_LIMIT = 30  # label at most this many classes on an axis
 LEGEND_LIMIT = 10  # above this many classes a colour bar replaces the legend
 DPI = pp.DPI
-_figure = pp.new_figure
+new_figure = pp.new_figure
 
 
-def _names(report: Report, ids) -> list[str]:
+def class_labels(report: Report, ids) -> list[str]:
     all_ids = report.inputs.get("class_ids") or report.per_class.get("class_ids") or []
     names = report.inputs.get("class_names") or [str(i) for i in all_ids]
     lookup = dict(zip(all_ids, names))
@@ -69,7 +69,7 @@ def _class_colors(n: int):
     return list(cmap(np.linspace(0, 1, n) if n > 1 else np.zeros(n))), cmap
 
 
-def _class_ticks(ax, names, axis="both"):
+def class_ticks(ax, names, axis="both"):
     n = len(names)
     if n > TICK_LIMIT:
         return
@@ -93,7 +93,7 @@ def log_floor(values) -> float:
     return max(10 ** np.floor(np.log10(pos.min()) - 1), LOG_FLOOR) if pos.size else LOG_FLOOR
 
 
-def _value(v) -> float:
+def metric_value(v) -> float:
     return float("nan") if v is None else float(v)
 
 
@@ -125,11 +125,11 @@ def metric_overview(report: Report) -> Figure:
     """Three panels: the NC collapse metrics (log scale, 0 = collapsed), MCR^2 coding rates against the isotropic
     maximum, and the mean/min smallest principal angle against the ETF and orthogonal references."""
     m = report.metrics
-    fig = _figure(11, 3.8)
+    fig = new_figure(11, 3.8)
     ax_nc, ax_rate, ax_ang = fig.subplots(1, 3, width_ratios=[1.6, 1, 0.8])
 
     keys = [k for k in COLLAPSE_KEYS if m.get(k) is not None]
-    vals = np.array([_value(m[k]) for k in keys])
+    vals = np.array([metric_value(m[k]) for k in keys])
     floor = log_floor(vals)
     ax_nc.barh(range(len(keys)), np.clip(vals, floor, None), color="tab:blue", label="value")
     ax_nc.set_yticks(range(len(keys)), keys, fontsize=8)
@@ -144,7 +144,7 @@ def metric_overview(report: Report) -> Figure:
 
     rkeys = [k for k in RATE_KEYS if m.get(k) is not None]
     labels = {"coding_rate": "R", "coding_rate_within": "Rc", "rate_reduction": "dR = R - Rc"}
-    ax_rate.bar(range(len(rkeys)), [_value(m[k]) for k in rkeys], color=["tab:green", "tab:orange", "tab:purple"][
+    ax_rate.bar(range(len(rkeys)), [metric_value(m[k]) for k in rkeys], color=["tab:green", "tab:orange", "tab:purple"][
         :len(rkeys)])
     ax_rate.set_xticks(range(len(rkeys)), [labels[k] for k in rkeys])
     _bar_labels(ax_rate)
@@ -156,10 +156,10 @@ def metric_overview(report: Report) -> Figure:
     ax_rate.set_title("Coding rates (eps^2={})".format(report.settings.get("eps2")))
 
     akeys = [k for k in ANGLE_KEYS if m.get(k) is not None]
-    ax_ang.bar(range(len(akeys)), [_value(m[k]) for k in akeys], color="tab:cyan")
+    ax_ang.bar(range(len(akeys)), [metric_value(m[k]) for k in akeys], color="tab:cyan")
     ax_ang.set_xticks(range(len(akeys)), [k.replace("angle_min_", "") for k in akeys])
     _bar_labels(ax_ang, "{:.1f}")
-    _angle_references(ax_ang, report.inputs.get("num_classes"))
+    angle_reference_lines(ax_ang, report.inputs.get("num_classes"))
     ax_ang.set_ylabel("degrees")
     ax_ang.set_xlabel("smallest principal angle")
     ax_ang.set_title("Class subspace angles")
@@ -169,7 +169,7 @@ def metric_overview(report: Report) -> Figure:
     return fig
 
 
-def _angle_references(ax, num_classes) -> None:
+def angle_reference_lines(ax, num_classes) -> None:
     """0..100 degrees with reference lines at 90 (orthogonal, MCR^2-like) and the ETF angle (collapsed), named on
     a secondary axis at the right (so they never cover the bars or their labels)."""
     ax.set_ylim(0, 100)
@@ -193,7 +193,7 @@ def _source(report: Report) -> str:
     return src if len(src) <= 50 else "..." + src[-47:]
 
 
-def _spectrum_array(spectra) -> np.ndarray:
+def spectrum_array(spectra) -> np.ndarray:
     """Ragged per-class spectra (lists, or the side file's NaN-padded array) -> (classes, k) float array, NaN where a
     class has fewer values or a zero."""
     if spectra is None:
@@ -214,8 +214,8 @@ def spectra_plot(report: Report) -> Figure:
     sigma^2 of the class's unit-feature matrix), log scale: a collapsed class is one point near 1."""
     pc = report.per_class
     ids = pc.get("subspace_class_ids") or []
-    spec = _spectrum_array(pc.get("spectrum"))
-    fig = _figure(6.4, 4.2)
+    spec = spectrum_array(pc.get("spectrum"))
+    fig = new_figure(6.4, 4.2)
     ax = fig.subplots()
     ax.set_yscale("log")
     ax.set_xlabel("component j (eigenvalues in decreasing order)")
@@ -227,7 +227,7 @@ def spectra_plot(report: Report) -> Figure:
         ax.set_title(f"Per-class spectra of unit features (log scale; {len(spec):,} classes)")
         return fig
     ax.set_title("Per-class spectra of unit features (log scale)")
-    names = _names(report, ids)
+    names = class_labels(report, ids)
     colors, cmap = _class_colors(len(ids))
     x = np.arange(1, spec.shape[1] + 1)
     for i, name in enumerate(names):
@@ -245,7 +245,7 @@ def heatmap(ax, matrix, names, *, vmin, vmax, cmap, annotate: bool | None = None
     mat = pdata.as_matrix(matrix)
     assert mat is not None, "a heatmap needs a matrix"
     im = ax.imshow(mat, vmin=vmin, vmax=vmax, cmap=cmap, interpolation="nearest")
-    _class_ticks(ax, names)
+    class_ticks(ax, names)
     if annotate is None:
         annotate = len(names) <= 10
     if annotate:
@@ -277,7 +277,8 @@ def pair_distribution(report: Report, key: str) -> Figure:
         f" ({C:,} classes)")
     if key == "mean_cosine" and report.metrics.get("nc2_etf_M") is not None:
         title += f"; nc2_etf_M = {report.metrics['nc2_etf_M']:.3g}"
-    return pp.pair_figure(key, mat, pdata.pair_summary(report, key), ids, _names(report, ids), refs=refs, title=title)
+    return pp.pair_figure(key, mat, pdata.pair_summary(report, key), ids, class_labels(report, ids), refs=refs,
+                          title=title)
 
 
 def angle_heatmap(report: Report) -> Figure:
@@ -285,8 +286,8 @@ def angle_heatmap(report: Report) -> Figure:
     if pdata.pair_view(report, "angle_min") == "distribution":
         return pair_distribution(report, "angle_min")
     a = report.angles
-    names = _names(report, a["class_ids"])
-    fig = _figure(6.0, 5.0)
+    names = class_labels(report, a["class_ids"])
+    fig = new_figure(6.0, 5.0)
     ax = fig.subplots()
     im = heatmap(ax, a["angle_min"], names, vmin=0, vmax=90, cmap="viridis")
     fig.colorbar(im, ax=ax, label="smallest principal angle (degrees)")
@@ -311,8 +312,8 @@ def mean_cosine_plot(report: Report) -> Figure:
         return pair_distribution(report, "mean_cosine")
     cos = report.per_class["mean_cosine"]
     ids = report.per_class["class_ids"]
-    names = _names(report, ids)
-    fig = _figure(10, 4.6)
+    names = class_labels(report, ids)
+    fig = new_figure(10, 4.6)
     ax_m, ax_t = fig.subplots(1, 2)
     heatmap(ax_m, cos, names, vmin=-1, vmax=1, cmap="RdBu_r", fmt="{:.2f}", annotate=len(ids) <= 8)
     im = heatmap(ax_t, etf_target(len(ids)), names, vmin=-1, vmax=1, cmap="RdBu_r", fmt="{:.2f}",
@@ -332,9 +333,9 @@ def coding_rate_plot(report: Report) -> Figure:
     """MCR^2 coding rate R_c of each class, with the count-weighted mean Rc and the total rate R."""
     pc = report.per_class
     ids = pc["subspace_class_ids"]
-    names = _names(report, ids)
+    names = class_labels(report, ids)
     vals = pdata.as_values(pc["coding_rate_class"])
-    fig = _figure(6.4, 4.0)
+    fig = new_figure(6.4, 4.0)
     ax = fig.subplots()
     many = len(ids) > pdata.CLASS_LIMIT
     if many:  # a sorted line, not a bar per class
@@ -343,7 +344,7 @@ def coding_rate_plot(report: Report) -> Figure:
     else:
         colors, _ = _class_colors(len(ids))
         ax.bar(range(len(ids)), vals, color=colors)
-        _class_ticks(ax, names, axis="x")
+        class_ticks(ax, names, axis="x")
         ax.set_xlabel("class")
     m = report.metrics
     if m.get("coding_rate_within") is not None:
@@ -365,11 +366,11 @@ def pca_plot(report: Report) -> Figure:
     pts = np.asarray(p["points"], dtype=float).reshape(-1, 2)
     labels = np.asarray(p["labels"], dtype=np.int64)
     ids = report.per_class["class_ids"]
-    names = _names(report, ids)
+    names = class_labels(report, ids)
     pos = {c: i for i, c in enumerate(ids)}
     idx = np.array([pos.get(int(v), 0) for v in labels], dtype=np.int64)
     colors, cmap = _class_colors(len(ids))
-    fig = _figure(6.4, 5.0)
+    fig = new_figure(6.4, 5.0)
     ax = fig.subplots()
     size = 10 if len(pts) <= 1000 else 5
     if cmap is None:

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..files import atomic_write_text
-from ..metrics import METRIC_DOCS, PER_CLASS_KEYS
-from ..report import Report
-from .pair_data import as_matrix
+from nc_probe.core.files import atomic_write_text
+from nc_probe.metrics import METRIC_DOCS, PER_CLASS_KEYS
+from nc_probe.render.pair_data import as_matrix
+from nc_probe.reports.report import Report
 
 
 def metrics_frame(report: Report) -> pd.DataFrame:

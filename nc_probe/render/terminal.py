@@ -9,13 +9,13 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from ..errors import parameter_name
-from ..errors import spell as spell_text
-from ..metrics import METRIC_DOCS
-from ..report import Report
-from ..text import format_number as fmt
-from ..text import plain_number
-from .tables import per_class_frame
+from nc_probe.core.errors import parameter_name
+from nc_probe.core.errors import spell as spell_text
+from nc_probe.core.text import format_number as fmt
+from nc_probe.core.text import plain_number
+from nc_probe.metrics import METRIC_DOCS
+from nc_probe.render.tables import per_class_frame
+from nc_probe.reports.report import Report
 
 MAX_CLASS_ROWS = 20  # above this many classes, the table shows the lowest and highest half of this by accuracy
 TOP_PAIRS = 5  # the most extreme pairs printed per class-pair quantity
@@ -147,9 +147,9 @@ def _short(name, width: int = PAIR_NAME_CHARS) -> str:
 
 def render_report(report: Report, console: Console | None = None, spell=parameter_name, warn=None) -> None:
     """The header, metric summary, class pairs, per-class table (cut for many classes) and warnings; ``spell``
-    spells the settings that notes and warnings name (see nc_probe.errors). ``warn``: where the warnings go (the
+    spells the settings that notes and warnings name (see nc_probe.core.errors). ``warn``: where the warnings go (the
     CLI's stderr); by default they are printed after the tables."""
-    from ..consoles import console as safe_console
+    from nc_probe.core.consoles import console as safe_console
 
     console = console or safe_console()
     parts: list = [header(report), summary_table(report, console.width)]
@@ -164,8 +164,8 @@ def render_report(report: Report, console: Console | None = None, spell=paramete
 
 
 def modules_table(rows: list[dict], title: str) -> Table:
-    """The rows of :func:`nc_probe.inspection.inspect_checkpoint`: module, type, output shape, params, and which
-    taps use it ("default tap": analyze's, the input of the head; "layers": nc-probe layers')."""
+    """The rows of :func:`nc_probe.analysis.inspection.inspect_checkpoint`: module, type, output shape, params, and
+    which taps use it ("default tap": analyze's, the input of the head; "layers": nc-probe layers')."""
     table = Table(title=title, title_justify="left")
     for col in ("module", "type", "output shape", "params", "tap"):
         # module names are what --layer and --layers take: folded onto more lines, never cut; the parameter count

@@ -11,9 +11,9 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from rich.table import Table
 
-from ..files import atomic_write_text
-from ..text import format_number as fmt
-from ..trajectory import Trajectory
+from nc_probe.analysis.trajectory import Trajectory
+from nc_probe.core.files import atomic_write_text
+from nc_probe.core.text import format_number as fmt
 
 TABLE_KEYS = [("nc1", "nc1"), ("nc3", "nc3"), ("nc4", "nc4"), ("acc_model", "acc")]
 TEST_KEYS = [("nc1_test", "nc1 test"), ("acc_ncc_test", "ncc test")]
@@ -40,7 +40,7 @@ def caption(traj: Trajectory) -> str:
 def trajectory_warnings(traj: Trajectory) -> list[str]:
     """The run's notes, then every checkpoint's report warnings, each once and led by the checkpoints (and splits,
     with two) that gave it."""
-    from ..compare import group_warnings
+    from nc_probe.reports.compare import group_warnings
 
     by_point = {(p.label if len(p.reports) == 1 else f"{p.label} ({split})"): list(r.warnings)
                 for p in traj.points for split, r in p.reports.items()}
@@ -129,7 +129,7 @@ def trajectory_figures(traj: Trajectory) -> dict[str, Figure]:
         if logx:
             ax.set_xscale("log")
         if name == "accuracy":
-            from .plots import accuracy_axis
+            from nc_probe.render.plots import accuracy_axis
 
             accuracy_axis(ax)
         ax.grid(alpha=0.3)
@@ -139,8 +139,8 @@ def trajectory_figures(traj: Trajectory) -> dict[str, Figure]:
 
 
 def trajectory_html(traj: Trajectory, figures: dict, spell=None) -> str:
-    from ..errors import parameter_name
-    from .html import _figures_html, _page, _table, _warnings_html
+    from nc_probe.core.errors import parameter_name
+    from nc_probe.render.html import figures_html, html_page, html_table, warnings_html
 
     captions = {"collapse": "NC1-NC4 against epoch on log scales (Papyan, Han & Donoho 2020)"
                             + ("; the second split dashed." if len(traj.splits) > 1 else "."),
@@ -159,10 +159,10 @@ def trajectory_html(traj: Trajectory, figures: dict, spell=None) -> str:
     parts = [f"<h1>nc-probe trajectory: {len(traj.points)} checkpoints</h1>",
              f'<p class="sub">splits: {escape(", ".join(splits))} &middot; eps^2 = '
              f'{escape(str(traj.settings.get("eps2")))}</p>',
-             _warnings_html(trajectory_warnings(traj), spell or parameter_name), "<h2 id=plots>Plots</h2>",
-             _figures_html(figures, captions), "<h2 id=table>Checkpoints</h2>", _table(heads, rows),
+             warnings_html(trajectory_warnings(traj), spell or parameter_name), "<h2 id=plots>Plots</h2>",
+             figures_html(figures, captions), "<h2 id=table>Checkpoints</h2>", html_table(heads, rows),
              f'<p class="legend">{escape(caption(traj))}</p>']
-    return _page("nc-probe trajectory", "\n".join(p for p in parts if p))
+    return html_page("nc-probe trajectory", "\n".join(p for p in parts if p))
 
 
 def write_trajectory_outputs(traj: Trajectory, *, out=None, plots=None, html=None, spell=None) -> None:
@@ -174,7 +174,7 @@ def write_trajectory_outputs(traj: Trajectory, *, out=None, plots=None, html=Non
         atomic_write_text(folder / "trajectory.csv", traj.tidy().to_csv(index=False))
         traj.save(folder / "trajectory.json")
     if plots is not None or html is not None:
-        from .plots import save_figures
+        from nc_probe.render.plots import save_figures
 
         figures = trajectory_figures(traj)
         if plots is not None:

@@ -15,11 +15,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import InputError
-from .base import Tap
-from .export import ExportTap
-from .module import ModuleTap
-from .script import ScriptTap
+from nc_probe.core.errors import InputError
+from nc_probe.taps.base import Tap
+from nc_probe.taps.export import ExportTap
+from nc_probe.taps.module import ModuleTap
+from nc_probe.taps.script import ScriptTap
 
 __all__ = ["ExportTap", "ModuleTap", "ScriptTap", "Tap", "make_tap"]
 

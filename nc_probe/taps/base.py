@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InputError
+from nc_probe.core.errors import InputError
 
 
 class Tap:
@@ -48,7 +48,7 @@ def call_model(model, x) -> Any:
     return model(x)
 
 
-def _flat(t, where: str) -> torch.Tensor:
+def flatten_rows(t, where: str) -> torch.Tensor:
     if isinstance(t, (tuple, list)):
         t = next((v for v in t if isinstance(v, torch.Tensor)), None)
     if not isinstance(t, torch.Tensor):
@@ -59,7 +59,7 @@ def _flat(t, where: str) -> torch.Tensor:
     return t.reshape(t.shape[0], -1)
 
 
-def _logits(out, n: int, num_outputs: int | None):
+def logits_of(out, n: int, num_outputs: int | None):
     """The model's output when it looks like the logits of its final nn.Linear (n, num_outputs)."""
     if num_outputs is not None and isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[0] == n \
             and out.is_floating_point() and out.shape[1] == num_outputs:
@@ -67,11 +67,11 @@ def _logits(out, n: int, num_outputs: int | None):
     return None
 
 
-def _numpy64(t) -> np.ndarray | None:
+def numpy64(t) -> np.ndarray | None:
     return None if t is None else t.detach().to("cpu", torch.float64).numpy().copy()
 
 
-def _suggest(name: str, names: list) -> str:
+def suggest_names(name: str, names: list) -> str:
     import difflib
 
     close = difflib.get_close_matches(name, names, n=3)
@@ -79,7 +79,7 @@ def _suggest(name: str, names: list) -> str:
     return ", ".join(pool) + (", ..." if not close and len(names) > 6 else "")
 
 
-def _get_attr(obj, path: str):
+def get_attr_path(obj, path: str):
     for part in path.split("."):
         obj = getattr(obj, part)
     return obj

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import InputError
-from .base import Tap, _flat, _get_attr, _numpy64, _suggest
+from nc_probe.core.errors import InputError
+from nc_probe.taps.base import Tap, flatten_rows, get_attr_path, numpy64, suggest_names
 
 
 class ExportTap(Tap):
@@ -63,7 +63,7 @@ class ExportTap(Tap):
             raise InputError("the final linear layer of the exported graph has no stored weight",
                              fix="pass {layer=NAME} (see nc-probe inspect)")
         bias = self._const(tapped, b_node) if b_node is not None else None
-        self.W, self.b = _numpy64(weight), _numpy64(bias)
+        self.W, self.b = numpy64(weight), numpy64(bias)
         self.num_outputs = int(weight.shape[0])
         stack = node.meta.get("nn_module_stack") or {}
         owner = list(stack.values())[-1][0] if stack else ""
@@ -79,7 +79,7 @@ class ExportTap(Tap):
         scope = {}
         for n in nodes:
             stack = n.meta.get("nn_module_stack") or {}
-            scope[n] = {_clean_path(p) for p, _ in stack.values()}
+            scope[n] = {clean_path(p) for p, _ in stack.values()}
             paths |= scope[n]
         for n in nodes:
             if n.op == "call_function" and layer in scope[n] \
@@ -87,7 +87,7 @@ class ExportTap(Tap):
                 target = n
         if target is None:
             raise InputError(f"{{layer}} {layer!r} is not a module of the exported program (close: "
-                             f"{_suggest(layer, sorted(p for p in paths if p))})",
+                             f"{suggest_names(layer, sorted(p for p in paths if p))})",
                              fix="see nc-probe inspect for the module names")
         self.layer = layer
         self.tap_module = layer
@@ -97,7 +97,7 @@ class ExportTap(Tap):
     def _const(gm, node):
         if node is None or getattr(node, "op", None) != "get_attr":
             return None
-        return _get_attr(gm, node.target)
+        return get_attr_path(gm, node.target)
 
     def to(self, device, channels_last=False) -> ExportTap:
         self.gm.to(device)
@@ -106,7 +106,7 @@ class ExportTap(Tap):
     def __call__(self, x):
         if self.static_batch is None or not isinstance(x, torch.Tensor) or len(x) == self.static_batch:
             args = tuple(x) if isinstance(x, (tuple, list)) else (x,)
-            return _flat(self.gm(*args), self.layer), None
+            return flatten_rows(self.gm(*args), self.layer), None
         parts = []
         B = self.static_batch
         for start in range(0, len(x), B):
@@ -114,7 +114,7 @@ class ExportTap(Tap):
             n = len(chunk)
             if n < B:  # pad with copies of the last sample; their features are dropped
                 chunk = torch.cat([chunk, chunk[-1:].expand(B - n, *chunk.shape[1:])])
-            parts.append(_flat(self.gm(chunk), self.layer)[:n])
+            parts.append(flatten_rows(self.gm(chunk), self.layer)[:n])
         return torch.cat(parts), None
 
 
@@ -123,7 +123,7 @@ def _shape(node):
     return tuple(val.shape) if val is not None and hasattr(val, "shape") else ()
 
 
-def _clean_path(path: str) -> str:
+def clean_path(path: str) -> str:
     """nn_module_stack paths may carry export's ``L['self']`` spelling; reduce them to ``a.b.c``."""
     import re
 

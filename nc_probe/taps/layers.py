@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InputError
-from ..settings import POOLS
-from .base import _logits, _numpy64, call_model
-from .select import PENULTIMATE
+from nc_probe.core.errors import InputError
+from nc_probe.core.settings import POOLS
+from nc_probe.taps.base import call_model, logits_of, numpy64
+from nc_probe.taps.select import PENULTIMATE
 
 DEFAULT_MAX_DIM = 2048
 
@@ -67,7 +67,7 @@ class LayerTaps:
         if pool not in POOLS:
             raise InputError(f"{{pool}} {pool!r} is not one of {', '.join(POOLS)}", fix="use {pool=auto}")
         self.model, self.names, self.pool, self.max_dim = model, list(names), pool, int(max_dim)
-        # a model may say how its token outputs become per-sample rows (nc_probe.hf's wrappers): "cls" (the
+        # a model may say how its token outputs become per-sample rows (nc_probe.load.hf's wrappers): "cls" (the
         # classifier reads the first token), "last" (the last real token), "token" (every position is a sample)
         self.layer_pool = getattr(model, "layer_pool", None)
         if self.layer_pool == "token" and pool != "auto":
@@ -154,7 +154,7 @@ class LayerTaps:
         return h
 
     def _token_mask(self) -> Any:
-        """The (n, T) mask of the batch's real tokens, when the model keeps one (nc_probe.hf's wrappers)."""
+        """The (n, T) mask of the batch's real tokens, when the model keeps one (nc_probe.load.hf's wrappers)."""
         return getattr(self.model, "token_mask", None)
 
     def _projection(self, name: str, width: int, device) -> torch.Tensor:
@@ -183,7 +183,7 @@ class LayerTaps:
                              "pass", fix="pick layers that run (see nc-probe inspect)")
         feats = {n: self._out[n] for n in self.names}
         n = len(next(iter(feats.values())))
-        return feats, _logits(out, n, self.num_outputs)
+        return feats, logits_of(out, n, self.num_outputs)
 
     def _resolve_head(self) -> None:
         """After the first forward pass: the last nn.Linear that ran is the head; its input is @penultimate."""
@@ -195,7 +195,7 @@ class LayerTaps:
                                  fix="select layers by name in {layers}")
             return
         self._head = head
-        self.W, self.b = _numpy64(head.weight), _numpy64(head.bias)
+        self.W, self.b = numpy64(head.weight), numpy64(head.bias)
         self.num_outputs = head.out_features
         if PENULTIMATE in self.names:
             if inp is None or inp.ndim != 2:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import InputError
-from .base import Tap, _flat, _logits, _numpy64, _suggest, call_model
+from nc_probe.core.errors import InputError
+from nc_probe.taps.base import Tap, call_model, flatten_rows, logits_of, numpy64, suggest_names
 
 
 class ModuleTap(Tap):
@@ -22,7 +22,8 @@ class ModuleTap(Tap):
             try:
                 module = model.get_submodule(layer)
             except AttributeError:
-                raise InputError(f"{{layer}} {layer!r} is not a module of the model (close: {_suggest(layer, names)})",
+                close = suggest_names(layer, names)
+                raise InputError(f"{{layer}} {layer!r} is not a module of the model (close: {close})",
                                  fix="see nc-probe inspect for the module names") from None
             self._handles.append(module.register_forward_hook(self._on_output))
             self.layer = layer
@@ -61,7 +62,7 @@ class ModuleTap(Tap):
             raise InputError(f"the final nn.Linear {name!r} gets inputs of shape {shape}, not one feature vector "
                              "per sample", fix="pass {layer=NAME} to tap a module's output instead")
         self.layer = f"{name} (input)"
-        self.W, self.b = _numpy64(module.weight), _numpy64(module.bias)
+        self.W, self.b = numpy64(module.weight), numpy64(module.bias)
         self.num_outputs = module.out_features
         self._resolved = True
         self._linears = None
@@ -83,8 +84,8 @@ class ModuleTap(Tap):
         where = f"{{layer}} {self.layer}" if self.requested else self.layer
         if feats is None:
             raise InputError(f"{where} did not run in the forward pass", fix="pick another {layer}")
-        feats = _flat(feats, where)
-        return feats, _logits(out, len(feats), self.num_outputs)
+        feats = flatten_rows(feats, where)
+        return feats, logits_of(out, len(feats), self.num_outputs)
 
     def close(self) -> None:
         for h in self._handles:

@@ -6,8 +6,8 @@ import re
 
 import torch
 
-from ..errors import InputError
-from .base import Tap, _flat, _get_attr, _numpy64, _suggest
+from nc_probe.core.errors import InputError
+from nc_probe.taps.base import Tap, flatten_rows, get_attr_path, numpy64, suggest_names
 
 
 def _attr_path(value) -> str | None:
@@ -79,7 +79,7 @@ class ScriptTap(Tap):
                 known = layer in {n for n, _ in module.named_modules()}
                 what = "runs only in a loop of the TorchScript forward, or not at all" if known else \
                     "is not a module that the TorchScript forward calls"
-                raise InputError(f"{{layer}} {layer!r} {what} (tappable: {_suggest(layer, names)})",
+                raise InputError(f"{{layer}} {layer!r} {what} (tappable: {suggest_names(layer, names)})",
                                  fix="name the module by its dotted path from the top-level module, as nc-probe "
                                      "inspect lists them")
             self.layer = layer
@@ -100,7 +100,7 @@ class ScriptTap(Tap):
         found = [(node, nested, parts) for node, nested, parts in found if parts is not None]
         if not found:
             raise InputError("the TorchScript graph has no linear layer, so there is no default tap",
-                             fix=f"pass {{layer=NAME}} (tappable: {_suggest('', names)})")
+                             fix=f"pass {{layer=NAME}} (tappable: {suggest_names('', names)})")
         # Those before the last one that runs unconditionally never run last.
         start = max((i for i, (_, nested, _) in enumerate(found) if not nested), default=0)
         values, choices = [], []
@@ -113,7 +113,7 @@ class ScriptTap(Tap):
         self._choices = choices
         if not values:
             raise InputError("the final linear layer of the TorchScript graph runs where it cannot be tapped",
-                             fix=f"pass {{layer=NAME}} (tappable: {_suggest('', names)})")
+                             fix=f"pass {{layer=NAME}} (tappable: {suggest_names('', names)})")
         self._choose(len(choices) - 1)
         return values
 
@@ -125,7 +125,7 @@ class ScriptTap(Tap):
         if weight is None:
             raise InputError(f"the final linear layer of the TorchScript graph ({self.layer}) has no stored weight",
                              fix="pass {layer=NAME} (see nc-probe inspect for the module names)")
-        self.W, self.b = _numpy64(weight), _numpy64(bias)
+        self.W, self.b = numpy64(weight), numpy64(bias)
         self.num_outputs = int(weight.shape[0])
 
     def to(self, device, channels_last=False) -> ScriptTap:
@@ -148,7 +148,7 @@ class ScriptTap(Tap):
         if index is None or outs[index] is None:
             where = f"{{layer}} {self.layer}" if self.requested else self.layer
             raise InputError(f"{where} did not run in the forward pass", fix="pick another {layer}")
-        return _flat(outs[index], self.layer), None
+        return flatten_rows(outs[index], self.layer), None
 
 
 def _inline_module_calls(module, graph) -> list[str]:
@@ -197,7 +197,7 @@ def _callee(module, node):
     if path is None or not isinstance(receiver.type(), torch._C.ClassType):
         return None, None
     try:
-        return (_get_attr(module, path) if path else module)._c._get_method(node.s("name")), path
+        return (get_attr_path(module, path) if path else module)._c._get_method(node.s("name")), path
     except (AttributeError, RuntimeError):
         return None, None
 
@@ -265,15 +265,15 @@ def _linear_parts(module, node):
             return None
         w_value = w_value.node().inputsAt(0)
     w_path = _attr_path(w_value)
-    weight = None if w_path is None else _get_attr(module, w_path)
+    weight = None if w_path is None else get_attr_path(module, w_path)
     if kind != "aten::linear":
-        owner = _get_attr(module, w_path.rsplit(".", 1)[0]) if w_path and "." in w_path else None
+        owner = get_attr_path(module, w_path.rsplit(".", 1)[0]) if w_path and "." in w_path else None
         if getattr(owner, "original_name", None) != "Linear" or not w_path.endswith(".weight"):
             return None
     if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
         return x, None, None, None
     b_path = _attr_path(bias_value) if bias_value is not None else None
-    bias = _get_attr(module, b_path) if b_path else None
+    bias = get_attr_path(module, b_path) if b_path else None
     if not (isinstance(bias, torch.Tensor) and bias.shape == weight.shape[:1]):
         bias = None  # no bias, or an add of something else (the input of the next block)
     return x, w_path, weight, bias

@@ -21,8 +21,8 @@ from collections import Counter
 
 from torch import nn
 
-from ..errors import InputError
-from .base import _suggest
+from nc_probe.core.errors import InputError
+from nc_probe.taps.base import suggest_names
 
 PENULTIMATE = "@penultimate"
 DEFAULT_LAYERS = "@blocks,@penultimate"
@@ -39,7 +39,7 @@ def select_layers(model: nn.Module, spec: str | None = None) -> list[str]:
     for item in _items(spec or DEFAULT_LAYERS):
         found = _resolve(model, names, item)
         if not found:
-            raise InputError(f"{{layers}} item {item!r} matches no module (close: {_suggest(item, names)})",
+            raise InputError(f"{{layers}} item {item!r} matches no module (close: {suggest_names(item, names)})",
                              fix="see nc-probe inspect for the module names")
         chosen += [n for n in found if n not in chosen]
     modules = sorted((n for n in chosen if n != PENULTIMATE), key=position.__getitem__)

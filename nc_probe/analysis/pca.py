@@ -1,0 +1,96 @@
+"""The report's 2-D PCA sample: a deterministic subsample of rows projected on the top-2 principal axes.
+
+The subsample is drawn from the row numbers of the whole data set, so that under torchrun every rank projects the
+rows of the sample it holds and the gathered points, in row order, are those of one process."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+import numpy as np
+import torch
+
+from nc_probe.core import distributed
+from nc_probe.extract.store import FeatureStore, RowShare
+from nc_probe.stats.class_stats import ClassStats
+
+PCA_POINTS = 2000  # rows of the deterministic subsample whose 2-D PCA projection the report keeps (for plots)
+
+
+def total_covariance(stats: ClassStats, ids, block_bytes: int = 64 << 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Sigma_T, mu)`` of the rows of classes ``ids`` (sorted): their covariance about their sample mean ``mu``,
+    the within-class scatter plus the count-weighted scatter of the class means, summed a block of classes at a
+    time (no K x d copy of the means)."""
+    pos = torch.as_tensor(np.searchsorted(stats.class_ids, ids), device=stats.device)
+    n = stats.class_count[pos].to(torch.float64)
+    means = stats.class_mean
+    N = n.sum()
+    step = max(1, block_bytes // (8 * max(stats.dim, 1)))
+    center = torch.zeros(stats.dim, dtype=torch.float64, device=stats.device)
+    for s in range(0, len(pos), step):
+        center = center + n[s:s + step] @ means[pos[s:s + step]]
+    center = center / N
+    cov = stats.scatter / N
+    for s in range(0, len(pos), step):
+        dm = means[pos[s:s + step]] - center
+        cov = cov + (dm.T * (n[s:s + step] / N)) @ dm
+    return cov, center
+
+
+class PCASample:
+    """The 2-D PCA of the features, kept for a deterministic subsample of at most ``PCA_POINTS`` rows.
+
+    The axes are the top-2 eigenvectors of the total covariance of all rows (from the float64 statistics:
+    within-class scatter plus the count-weighted scatter of the class means); pass 2 projects the sampled rows.
+    ``total``: that covariance and the mean, when computed already (:func:`total_covariance`).
+    """
+
+    def __init__(self, stats: ClassStats, ids, store: FeatureStore, limit: int = PCA_POINTS, total=None):
+        cov, center = total_covariance(stats, ids) if total is None else total
+        self.center: torch.Tensor = center
+        lam, vec = torch.linalg.eigh(cov)
+        lam, vec = lam.flip(0).clamp_min(0), vec.flip(1)[:, :2]
+        vec = vec * torch.where(vec.gather(0, vec.abs().argmax(0, keepdim=True)) < 0, -1.0, 1.0)  # fixed signs
+        if vec.shape[1] < 2:
+            vec = torch.cat([vec, torch.zeros_like(vec)], 1)
+        self.axes = vec
+        spread = float(lam.sum())
+        self.ratio = [float(v) / spread if spread > 0 else 0.0 for v in lam[:2].tolist()]
+        self.ratio += [0.0] * (2 - len(self.ratio))
+        share = store.share or RowShare(0, 1, store.num_samples)
+        rng = np.random.default_rng(0)
+        chosen = np.sort(rng.choice(share.total, size=min(limit, share.total), replace=False))
+        self.global_rows, self.rows = share.local(chosen, store.num_samples)  # both ascending
+        self.points: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+        self.taken: list[np.ndarray] = []
+
+    def add(self, start: int, h: torch.Tensor, y: torch.Tensor) -> None:
+        lo, hi = np.searchsorted(self.rows, [start, start + len(h)])
+        if hi > lo:
+            local = torch.as_tensor(self.rows[lo:hi] - start, device=h.device)
+            self.points.append(((h[local] - self.center) @ self.axes).cpu().numpy())
+            self.labels.append(y[local.cpu()].numpy())
+            self.taken.append(self.global_rows[lo:hi])
+
+    def sync_steps(self) -> Generator[tuple[str, Any], Any, None]:
+        """The :func:`nc_probe.core.distributed.sync` protocol: every rank's sampled rows, put in row order."""
+        parts = yield "gather", self._local()
+        pts, labels, rows = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        order = np.argsort(rows, kind="stable")
+        self.points, self.labels, self.taken = [pts[order]], [labels[order]], [rows[order]]
+
+    def _local(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pts = np.concatenate(self.points) if self.points else np.zeros((0, 2))
+        labels = np.concatenate(self.labels) if self.labels else np.zeros(0, dtype=np.int64)
+        rows = np.concatenate(self.taken) if self.taken else np.zeros(0, dtype=np.int64)
+        return pts, labels, rows
+
+    def result(self) -> dict:
+        """The sample of all ranks (synced), as the report keeps it."""
+        distributed.sync(self)
+        pts, labels, _ = self._local()
+        return {"points": [[float(f"{a:.5g}"), float(f"{b:.5g}")] for a, b in pts],
+                "labels": [int(v) for v in labels],
+                "explained_variance_ratio": self.ratio, "num_samples": int(len(pts)), "seed": 0}

@@ -1,0 +1,132 @@
+"""Float32 screening of pass 2's decisions, with a rigorous bound on the rounding (see :class:`Float32Screen`);
+:class:`ClassifierScreen` does the same for a classifier scored a block of rows at a time (a 256k-way head)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from nc_probe.stats.predictions import Classifier
+
+U32 = 2.0**-24
+
+
+def _gamma(d: int) -> float:
+    """Twice the relative bound of a float32 product of d terms plus the float64 one (see :class:`Float32Screen`)."""
+    return 2.0 * ((d + 2) * U32 / (1 - (d + 2) * U32) + (d + 2) * 2.0**-53)
+
+
+def _row_norms(block: torch.Tensor, column_norm: float) -> torch.Tensor | None:
+    """Upper bounds of the rows' norms, or None when float32 products could overflow (the block is then scored in
+    float64)."""
+    hn = torch.sqrt(torch.einsum("ij,ij->i", block, block).double())
+    if not len(hn) or not float(hn.max()) * max(column_norm, 1.0) < 1e30:
+        return None
+    return hn * 1.001  # the float32 sum of squares is within (d u) of the exact one
+
+
+class Float32Screen:
+    """Nearest class center and classifier argmax of float32 rows, computed in float32 with an error bound.
+
+    For a float32 row ``h`` and a float64 column ``c`` (a class mean or a classifier row), the float32 product of
+    ``h`` with ``c`` rounded to float32 differs from the exact ``h . c`` by at most ``(d+2) u / (1 - (d+2) u)
+    ||h|| ||c||`` (u = 2^-24; the rounding of ``c`` plus a dot product of d terms, in any summation order, with or
+    without FMA; Higham, Accuracy and Stability, 3.1) plus ``(d + sqrt(d) ||h||) 2^-149`` for underflow (rows whose
+    float32 norm is below 1e-15 are not screened). The float64 score of the
+    original computation is within ``(d+2) 2^-53 ||h|| ||c||`` of the exact one. The screen's own float32 arithmetic
+    on the scores (rounding ``||mu_c||^2`` and ``b`` to float32, one subtraction or addition) adds at most ``2^-23``
+    times the magnitudes involved. A row's decision is taken from the float32 scores only when the runner-up (found
+    with ``topk``, one pass over the scores on every core) trails the best by more than twice the sum of these
+    bounds (doubled again for safety); then the float64 computation makes the same decision. Other rows are
+    returned as ``unsure``. Keeping the scores in float32 matters at a 32k-way head, where the block's score matrix
+    dominates pass 2 (casting it to float64 and scanning it three times took longer than the product itself).
+    """
+
+    def __init__(self, cols: torch.Tensor, sq: torch.Tensor, K: int, bias: torch.Tensor | None):
+        self.K = K
+        d = cols.shape[0]
+        self.gamma = _gamma(d)
+        self.tiny = 2.0 * d * 2.0**-149  # underflowing products and sums
+        self.tiny_h = 2.0 * math.sqrt(d) * 2.0**-149  # times ||h||: columns that round to float32 subnormals
+        self.cols32 = cols.to(torch.float32)
+        norms = torch.linalg.vector_norm(cols, dim=0)
+        self.usable = bool(torch.isfinite(self.cols32).all()) and bool(torch.isfinite(norms).all())
+        self.sq32 = sq.to(torch.float32)
+        self.mean_norm = float(norms[:K].max()) if K else 0.0
+        self.w_norm = float(norms[K:].max()) if cols.shape[1] > K else 0.0
+        self.sq_max = float(sq.abs().max()) if K else 0.0
+        self.bias32 = None if bias is None else bias.to(torch.float32)
+        self.b_max = 0.0 if bias is None else float(bias.abs().max())
+        self.has_w = cols.shape[1] > K
+
+    def __call__(self, block: torch.Tensor):
+        # long: one block's scores, both decisions and their bounds, kept together so that the bound of each
+        # decision sits next to the arithmetic it bounds.
+        if not self.usable or self.K < 2 or (self.has_w and self.cols32.shape[1] - self.K < 2):
+            return None
+        hn = _row_norms(block, max(self.mean_norm, self.w_norm))
+        if hn is None:
+            return None  # float32 products could overflow (or a norm did): score this block in float64
+        tiny_rows = hn < 1.001e-15  # float32 squares may have underflowed: these rows are scored in float64
+        s = block @ self.cols32
+        eps = 2.0**-23  # float32 arithmetic on the scores: each operation rounds by at most this, relative
+        K = self.K
+        tiny = self.tiny + self.tiny_h * hn
+        # nearest center: D_c = ||mu_c||^2 - 2 h.mu_c (in float32), smallest wins; unsure when the runner-up is
+        # within twice the bound of the products plus the float32 rounding of ||mu_c||^2 and of the subtraction
+        dist = s[:, :K].mul_(-2.0).add_(self.sq32)  # in place: at a 32k-way head the scores are the memory
+        top = torch.topk(dist, 2, dim=1, largest=False)
+        ncc = top.indices[:, 0]
+        bound = 2 * (self.gamma * hn * self.mean_norm + tiny) + 2 * eps * (self.sq_max + 2 * hn * self.mean_norm)
+        unsure = (top.values[:, 1] - top.values[:, 0]).double() <= 2 * bound
+        unsure |= tiny_rows
+        model = None
+        if self.has_w:
+            logit = s[:, K:] if self.bias32 is None else s[:, K:].add_(self.bias32)
+            top = torch.topk(logit, 2, dim=1)
+            model = top.indices[:, 0]
+            bound = (self.gamma * hn * self.w_norm + tiny) + 2 * eps * (self.b_max + hn * self.w_norm)
+            unsure |= (top.values[:, 0] - top.values[:, 1]).double() <= 2 * bound
+        return ncc, model, torch.nonzero(unsure).flatten()
+
+
+class ClassifierScreen:
+    """``argmax_c (W h + b)_c`` of float32 rows over every row of a :class:`Classifier`, in float32, ``rows`` of W
+    at a time: the best and the runner-up of each block are merged into the running pair (the earlier row wins a
+    tie), and a row is unsure, as in :class:`Float32Screen`, when the runner-up is within twice the bound."""
+
+    def __init__(self, classifier: Classifier, rows: int):
+        self.classifier = classifier
+        self.rows = max(1, rows)
+        d = classifier.dim
+        self.gamma = _gamma(d)
+        self.tiny = 2.0 * d * 2.0**-149
+        self.tiny_h = 2.0 * math.sqrt(d) * 2.0**-149
+        norm = classifier.max_norm
+        self.usable = classifier.V >= 2 and math.isfinite(norm) and norm < 1e30 and classifier.b_max < 1e30
+
+    def __call__(self, block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(classes, unsure rows)``, or None when this block must be scored in float64."""
+        c = self.classifier
+        hn = _row_norms(block, c.max_norm) if self.usable else None
+        if hn is None:
+            return None
+        best = torch.full((len(block),), -torch.inf, device=block.device)
+        second = best.clone()
+        arg = torch.zeros(len(block), dtype=torch.long, device=block.device)
+        for s, w, b in c.blocks32(self.rows):
+            scores = block @ w.T
+            if b is not None:
+                scores += b
+            top = torch.topk(scores, min(2, scores.shape[1]), dim=1)
+            v1, i1 = top.values[:, 0], top.indices[:, 0] + s
+            v2 = top.values[:, 1] if scores.shape[1] > 1 else torch.full_like(v1, -torch.inf)
+            take = v1 > best
+            second = torch.where(take, torch.maximum(best, v2), torch.maximum(second, v1))
+            arg = torch.where(take, i1, arg)
+            best = torch.where(take, v1, best)
+        eps = 2.0**-23
+        bound = (self.gamma * hn * c.max_norm + self.tiny + self.tiny_h * hn) + 2 * eps * (c.b_max + hn * c.max_norm)
+        unsure = ((best - second).double() <= 2 * bound) | (hn < 1.001e-15)
+        return arg, torch.nonzero(unsure).flatten()
