@@ -1,7 +1,7 @@
 """examples/github-actions.yml runs as written: one install source, no placeholders, every `run:` block valid bash.
 
-The `run:` blocks are read with a small parser of YAML block scalars (PyYAML is not a dependency); where PyYAML is
-installed, the test also checks that it reads the same blocks. Runs in well under a second.
+The workflow is read with PyYAML (``yaml.safe_load``, in the test extra), as GitHub reads it. Runs in well under a
+second.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 WORKFLOW = Path(__file__).resolve().parent.parent / "examples" / "github-actions.yml"
 SOURCE_VAR = "NC_PROBE_SOURCE"
@@ -24,8 +25,29 @@ def _text() -> str:
     return WORKFLOW.read_text(encoding="utf-8")
 
 
-def _strip_comment(line: str) -> str:
-    """The line without a trailing `# comment` (a `#` at its start or after a space, outside quotes)."""
+def _workflow() -> dict:
+    return yaml.safe_load(_text())
+
+
+def _steps(doc: dict) -> list[dict]:
+    return [step for job in doc["jobs"].values() for step in job["steps"]]
+
+
+def run_blocks(doc: dict) -> list[str]:
+    """The script of every step's `run:`, in order."""
+    return [step["run"] for step in _steps(doc) if "run" in step]
+
+
+def env_keys(doc: dict) -> set[str]:
+    """Names defined under any `env:` mapping (workflow, job or step)."""
+    mappings = [doc.get("env"), *(job.get("env") for job in doc["jobs"].values()),
+                *(step.get("env") for step in _steps(doc))]
+    return {key for m in mappings if m for key in m}
+
+
+def _bash_code(line: str) -> str:
+    """A line of a run: script without its trailing bash `# comment` (a `#` at its start or after a space, outside
+    quotes)."""
     quote = None
     for i, ch in enumerate(line):
         if quote:
@@ -38,90 +60,26 @@ def _strip_comment(line: str) -> str:
     return line.rstrip()
 
 
-def _indent(line: str) -> int:
-    return len(line) - len(line.lstrip(" "))
-
-
-def run_blocks(text: str) -> list[str]:
-    """The script of every `run:` key: a `|` / `>` block scalar (as `|`: the lines, less their common indentation)
-    or a one-line plain or quoted value."""
-    lines = text.splitlines()
-    blocks = []
-    i = 0
-    while i < len(lines):
-        m = re.match(r"^(\s*(?:-\s+)?)run:\s*(.*)$", _strip_comment(lines[i]))
-        i += 1
-        if not m:
-            continue
-        key_indent, value = len(m.group(1)), m.group(2).strip()
-        if value and value[0] not in "|>":
-            if value[0] in "'\"" and value[-1] == value[0]:
-                value = value[1:-1]
-            blocks.append(value)
-            continue
-        body = []
-        while i < len(lines) and (not lines[i].strip() or _indent(lines[i]) > key_indent):
-            body.append(lines[i])
-            i += 1
-        while body and not body[-1].strip():
-            body.pop()
-        common = min((_indent(b) for b in body if b.strip()), default=0)
-        blocks.append("\n".join(b[common:] for b in body) + "\n")
-    return blocks
-
-
-def env_keys(text: str) -> set[str]:
-    """Names defined under any `env:` mapping (workflow, job or step)."""
-    keys: set[str] = set()
-    lines = text.splitlines()
-    for i, line in enumerate(lines):
-        m = re.match(r"^(\s*)env:\s*$", _strip_comment(line))
-        if not m:
-            continue
-        for inner in lines[i + 1:]:
-            if not inner.strip() or inner.lstrip().startswith("#"):
-                continue
-            if _indent(inner) <= len(m.group(1)):
-                break
-            km = re.match(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*:", inner)
-            if km:
-                keys.add(km.group(1))
-    return keys
-
-
-def test_parser_reads_block_scalars():
-    text = "steps:\n  - run: |\n      a\n        b\n\n      c\n    x: 1\n  - run: echo 'one'   # note\n"
-    assert run_blocks(text) == ["a\n  b\n\nc\n", "echo 'one'"]
-
-
-def test_same_blocks_as_pyyaml():
-    yaml = pytest.importorskip("yaml")
-    doc = yaml.safe_load(_text())
-    expected = [step["run"] for job in doc["jobs"].values() for step in job["steps"] if "run" in step]
-    assert [b.rstrip("\n") for b in run_blocks(_text())] == [b.rstrip("\n") for b in expected]
-    assert SOURCE_VAR in doc["env"]
-
-
 def test_install_source_defined_once_at_the_top():
-    text = _text()
-    definitions = [line for line in text.splitlines() if re.match(rf"^\s*{SOURCE_VAR}\s*:", line)]
-    assert len(definitions) == 1, definitions
-    # ... in the workflow-level `env:` (indented by two under a top-level `env:` key), overridable by a variable
-    top = re.search(r"^env:\s*\n((?:[ \t]*(?:#.*)?\n|  .*\n)*)", text, re.M)
-    assert top and re.search(rf"^  {SOURCE_VAR}:", top.group(1), re.M), "not in the top-level env:"
-    m = re.search(rf"{SOURCE_VAR}:\s*\$\{{\{{\s*vars\.{SOURCE_VAR}\s*\|\|\s*'([^']+)'\s*\}}\}}", definitions[0])
-    assert m, definitions[0]
+    doc = _workflow()
+    assert SOURCE_VAR in doc["env"], "not in the top-level env:"
+    # only there: a job's or a step's own definition would shadow the one a user edits
+    for mapping in [*(job.get("env") for job in doc["jobs"].values()), *(step.get("env") for step in _steps(doc))]:
+        assert SOURCE_VAR not in (mapping or {}), mapping
+    # overridable by a repository variable, with a pinned git URL as the default
+    m = re.fullmatch(rf"\$\{{\{{\s*vars\.{SOURCE_VAR}\s*\|\|\s*'([^']+)'\s*\}}\}}", doc["env"][SOURCE_VAR])
+    assert m, doc["env"][SOURCE_VAR]
     default = m.group(1)
     assert re.fullmatch(r"git\+https://\S+@\S+", default), f"the default is no pinned git URL: {default}"
     # the default URL is written once: no other copy of it (in a run: block or a comment) to drift out of step
-    assert text.count(default) == 1
+    assert _text().count(default) == 1
 
 
 def test_install_steps_use_the_variable():
-    blocks = [b for b in run_blocks(_text()) if re.search(r"\bpip\s+install\b", b)]
+    blocks = [b for b in run_blocks(_workflow()) if re.search(r"\bpip\s+install\b", b)]
     assert blocks, "no install step"
     for block in blocks:
-        code = [_strip_comment(line) for line in block.splitlines()]
+        code = [_bash_code(line) for line in block.splitlines()]
         code = [line for line in code if line.strip()]
         assert any(f'"${SOURCE_VAR}"' in line or f'"${{{SOURCE_VAR}}}"' in line for line in code), block
         for line in code:
@@ -141,11 +99,11 @@ def test_no_placeholders():
 
 def test_run_blocks_reference_only_defined_variables():
     """GitHub runs each block with `bash -e`; under `set -u` an undefined variable would stop it."""
-    text = _text()
-    known = env_keys(text) | RUNNER_VARS
-    for block in run_blocks(text):
+    doc = _workflow()
+    known = env_keys(doc) | RUNNER_VARS
+    for block in run_blocks(doc):
         code = re.sub(r"\$\{\{.*?\}\}", "", block)
-        code = "\n".join(_strip_comment(line) for line in code.splitlines())
+        code = "\n".join(_bash_code(line) for line in code.splitlines())
         code = re.sub(r"'[^'\n]*'", "''", code)  # single-quoted text expands nothing
         for name in re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", code):
             assert name in known or name.startswith(("GITHUB_", "RUNNER_")), f"${name} is not defined:\n{block}"
@@ -153,7 +111,7 @@ def test_run_blocks_reference_only_defined_variables():
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_run_blocks_are_valid_bash():
-    blocks = run_blocks(_text())
+    blocks = run_blocks(_workflow())
     assert len(blocks) >= 2
     for block in blocks:
         # GitHub replaces ${{ expressions }} before the shell sees the script
