@@ -1,7 +1,9 @@
 """The ``nc-probe`` executable: import the CLI and run it, turning Ctrl-C anywhere (imports included) into one line.
 
-Kept apart from :mod:`nc_probe.cli.app` because loading the CLI imports torch, which takes seconds: an interrupt then
-would otherwise end in a KeyboardInterrupt traceback.
+Kept apart from :mod:`nc_probe.cli.app` so that the handler is in place before anything is imported. The CLI itself
+loads without torch (``--version`` and ``--help`` answer in a fraction of ``import torch``; tests/test_startup.py), but
+a command imports torch and the model's libraries as it starts, which takes seconds: an interrupt then would
+otherwise end in a KeyboardInterrupt traceback.
 """
 
 from __future__ import annotations

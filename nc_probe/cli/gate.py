@@ -20,7 +20,6 @@ from nc_probe.cli.shell import cli_text, err_console, user_errors, warn
 from nc_probe.core.consoles import console as safe_console
 from nc_probe.core.errors import InputError
 from nc_probe.metrics import CATALOG, SCALAR_KEYS
-from nc_probe.reports import gate as g
 
 RULES = "Rules"
 
@@ -81,6 +80,7 @@ def gate(
     """Fail a CI job when a metric breaks a rule: exit 0 all rules hold, 1 a rule failed, 2 usage or input error."""
     from nc_probe.analysis.inputs import report_for
     from nc_probe.render.gate import print_results, write_junit, write_markdown
+    from nc_probe.reports import gate as g  # numpy: imported when a command runs, not for --help
 
     settings = o.build_settings(locals())
     rules, baseline_path = _rules(rule, config, baseline)
@@ -113,6 +113,8 @@ def gate(
 
 def _rules(rule, config, baseline) -> tuple[list, Path | None]:
     """The rules of --rule and the TOML configuration, and the baseline path (checked: relative rules need one)."""
+    from nc_probe.reports import gate as g
+
     cli_rules = g.parse_rules(rule or [])
     if config is not None:
         cfg = g.load_config(config)
@@ -161,6 +163,7 @@ def baseline(
 ) -> None:
     """Write the baseline of relative gate rules: the scalar metrics of INPUT and the settings they depend on."""
     from nc_probe.analysis.inputs import report_for
+    from nc_probe.reports import gate as g
 
     settings = o.build_settings(locals())
     outputs = OutputSet({"--output": output}, inputs=[input, *settings_inputs(settings)])

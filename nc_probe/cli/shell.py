@@ -11,6 +11,7 @@ import contextlib
 import functools
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -20,7 +21,6 @@ import typer
 from rich.markup import escape
 
 from nc_probe.cli.options import flag_name
-from nc_probe.core import distributed
 from nc_probe.core.consoles import console
 from nc_probe.core.errors import InputError, spell
 from nc_probe.core.text import first_line, printable
@@ -45,7 +45,7 @@ def error(message: str) -> None:
 def warn(message: str) -> None:
     """One warning on stderr, its settings spelled as flags, its text made printable; under torchrun only rank 0
     warns (every rank computes the same report)."""
-    if distributed.active() and not distributed.is_main():
+    if _other_rank():
         return
     err_console.print(f"[yellow]warning:[/] {escape(printable(cli_text(message)))}", soft_wrap=True)
 
@@ -69,7 +69,19 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     err_console.print(f"[yellow]warning:[/] {escape(printable(first_line(message, 300)))}", soft_wrap=True)
 
 
+def _other_rank() -> bool:
+    """Whether this process is a torchrun rank other than 0. Without torch imported no process group can exist, and
+    importing torch (seconds) to find that out would make ``--help`` and early warnings slow."""
+    if "torch" not in sys.modules:
+        return False
+    from nc_probe.core import distributed
+
+    return distributed.active() and not distributed.is_main()
+
+
 def _run(fn: Callable, args, kwargs):
+    from nc_probe.core import distributed  # torch: only once a command runs, never for --help or --version
+
     try:
         if distributed.init_from_env(kwargs.get("device") or "auto") and not distributed.is_main():
             with _quiet_worker(kwargs) as worker_kwargs:
