@@ -18,6 +18,7 @@ import numpy as np
 from nc_probe._version import __version__
 from nc_probe.analysis import subspace_report
 from nc_probe.analysis.pca import total_covariance
+from nc_probe.analysis.sample_size import sample_size_warnings
 from nc_probe.core.errors import InputError
 from nc_probe.core.settings import MetricSettings, metric_settings
 from nc_probe.metrics import blockwise, collapse, literature, probe
@@ -222,9 +223,10 @@ def data_warnings(stats: ClassStats, ids: np.ndarray, min_count: int = 1,
 
 def shape_warnings(count: np.ndarray, ids: np.ndarray, d: int) -> list[str]:
     """What the shape of the data makes impossible to read: no simplex ETF in d < C-1 dimensions, one-sample
-    classes, classes too small for d x d subspace estimates."""
-    out = []
+    classes, classes too small for d x d subspace estimates, too few samples for d
+    (:mod:`nc_probe.analysis.sample_size`)."""
     C = len(ids)
+    out = sample_size_warnings(int(count[ids].sum()) if C else 0, C, d)
     if d < C - 1:
         out.append(f"d={d} < C-1={C - 1}: no simplex ETF fits in {d} dimensions, so the nc2 ETF measures cannot "
                    "reach 0 and angles between class means cannot all be equal")
