@@ -22,6 +22,7 @@ _EXPORTS = {
     "compare_layers": "analysis.layer_compare",
     "analyze_splits": "analysis.splits", "run_trajectory": "analysis.trajectory",
     "PredictionTally": "stats.predictions",
+    "NeuralCollapse": "training.metric",
     "Report": "reports.report",
     "DataSettings": "core.settings", "ExtractionSettings": "core.settings", "MetricSettings": "core.settings",
     "ModelSettings": "core.settings", "Settings": "core.settings",

@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nc_probe"
 # Lowest first. core, metrics and stats are the kernels every stage may use (errors and settings; pure formulas;
 # mergeable statistics); then the data path in the order data flows (load -> data -> taps -> extract); reports (the
 # typed results) sit below analysis, which builds them; render and cli read everything below and nothing reads them.
-STAGES = ("core", "metrics", "stats", "load", "data", "taps", "extract", "reports", "analysis", "render", "cli")
+STAGES = ("core", "metrics", "stats", "load", "data", "taps", "extract", "reports", "analysis", "training", "render",
+          "cli")
 # Top-level modules: the lazy public API (__init__), the version, and the executable's entry; not a stage.
 ROOT_MODULES = {"__init__", "__main__", "_version", "entry"}
 

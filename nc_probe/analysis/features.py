@@ -52,8 +52,18 @@ def analyze_features(features, labels, W=None, b=None, *, logits=None, class_nam
 
 
 def analyze_file(path, settings: MetricSettings | None = None, *, device="cpu", **shortcuts) -> Report:
-    """Analyze a feature file (nc-probe/safetensors, ``.npz`` or ``.pt``); settings as in :func:`analyze_store`."""
-    return analyze_store(open_store(path), settings, device=device, **shortcuts)
+    """Analyze a feature file (nc-probe/safetensors, ``.npz`` or ``.pt``); settings as in :func:`analyze_store`. A
+    ``.npz`` without labels gets the label-free measures (:mod:`nc_probe.analysis.label_free_report`)."""
+    try:
+        store = open_store(path)
+    except InputError:
+        from nc_probe.analysis.label_free_report import analyze_unlabelled, unlabelled_arrays
+
+        arrays = unlabelled_arrays(path)  # looked for only when the labelled reader refuses: labelled files pay nothing
+        if arrays is None:
+            raise
+        return analyze_unlabelled(arrays["features"], arrays.get("source"), path=str(path), device=device)
+    return analyze_store(store, settings, device=device, **shortcuts)
 
 
 def analyze_store(store: FeatureStore, settings: MetricSettings | None = None, *, device="cpu",

@@ -2,14 +2,14 @@
 warnings the data's shape calls for; the subspace metrics are planned and finished in
 :mod:`nc_probe.analysis.subspace_report`.
 
-This is also the public path for features streamed in a training loop, torchmetrics-style, with no FeatureStore:
-``stats.update(h, y)`` per batch, then :func:`report_from_stats`. NC4 and the accuracies need a second pass
-against the final means: ``tally = PredictionTally.for_stats(stats, W, b)``, ``tally.update(h, y)`` per batch,
-and ``report_from_stats(stats, W=W, b=b, tally=tally)``.
+This is also the engine of features streamed in a training loop with no FeatureStore
+(:class:`nc_probe.training.metric.NeuralCollapse` wraps it, torchrun included): ``stats.update(h, y)`` per batch,
+then :func:`report_from_stats`. NC4 and the accuracies need a second pass against the final (combined) means.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 
@@ -19,9 +19,10 @@ from nc_probe._version import __version__
 from nc_probe.analysis import subspace_report
 from nc_probe.analysis.pca import total_covariance
 from nc_probe.analysis.sample_size import sample_size_warnings
+from nc_probe.core import distributed
 from nc_probe.core.errors import InputError
 from nc_probe.core.settings import MetricSettings, metric_settings
-from nc_probe.metrics import blockwise, collapse, literature, probe
+from nc_probe.metrics import blockwise, collapse, label_free, literature, probe
 from nc_probe.metrics.pairs import PairSummary
 from nc_probe.reports.report import Report
 from nc_probe.stats import workplan
@@ -145,8 +146,22 @@ def total_metrics(stats: ClassStats, ids: np.ndarray, rank_tol: float, total=Non
     tunnel-effect papers measure it). ``acc_linear_probe`` is added by pass 2 only when asked: an absent key, not a
     ``None``, so reports without it compare and gate exactly as before. ``total``: the total covariance and mean
     (:func:`nc_probe.analysis.pca.total_covariance`), when computed already."""
-    sigma, _ = total if total is not None else total_covariance(stats, ids)
-    return {"rank_numerical_total": probe.numerical_rank(sigma.cpu().numpy(), rank_tol)}
+    sigma, center = total if total is not None else total_covariance(stats, ids)
+    return {"rank_numerical_total": probe.numerical_rank(sigma.cpu().numpy(), rank_tol),
+            **label_free_metrics(stats, ids, (sigma, center))}
+
+
+def label_free_metrics(stats: ClassStats, ids: np.ndarray, total=None) -> dict:
+    """``rankme``, ``alpha_req`` and ``rank_effective_total`` of the rows of classes ``ids`` (their total statistics,
+    no rows: ``N Sigma_T`` is the total scatter about the rows' own mean), and ``lidar`` as None (it needs views of a
+    source sample, :mod:`nc_probe.training.metric`). Cost: two d x d eigendecompositions (the uncentred Gram for
+    rankme, the covariance for the other two)."""
+    sigma, center = total if total is not None else total_covariance(stats, ids)
+    n = int(stats.class_count[np.searchsorted(stats.class_ids, ids)].sum())
+    if n == 0:
+        return {"rankme": None, "alpha_req": None, "rank_effective_total": None, "lidar": None}
+    found = label_free.label_free_from_moments(n, center.cpu(), sigma.cpu() * n)
+    return {**{k: (None if v != v else v) for k, v in found.items()}, "lidar": None}  # NaN (one row): no value
 
 
 def prediction_metrics(tally: PredictionTally | None, n_total: int) -> dict:
@@ -257,12 +272,16 @@ def subspace_part(stats: ClassStats, count: np.ndarray, settings: MetricSettings
 
 
 def report_from_stats(stats: ClassStats, *, W=None, b=None, tally: PredictionTally | None = None,
-                      class_names=None, settings: MetricSettings | None = None, **shortcuts) -> Report:
+                      class_names=None, settings: MetricSettings | None = None, synced: bool = False,
+                      **shortcuts) -> Report:
     """A Report of statistics accumulated by the caller (see the module docstring): every metric of pass 1 and
     the subspace metrics of the classes ``stats`` tracks; nc4 and the accuracies when ``tally`` is given.
-    ``W``: the final classifier (``b`` is the tally's business)."""
+    ``W``: the final classifier (``b`` is the tally's business). Under torchrun the statistics of every rank are
+    combined in a copy (``stats`` itself is left as it is); ``synced=True``: they are combined already. The tally is
+    the caller's to sync (``tally.sync()``) and must be scored against the combined means."""
     settings = metric_settings(settings, **shortcuts)
-    stats.all_reduce()
+    if not synced:  # combine a copy: the caller's statistics stay this rank's, so a second call counts nothing twice
+        stats = copy.deepcopy(stats).all_reduce() if distributed.active() else stats
     c = collapse_metrics(stats, W, b=b, keep_matrix=stats.num_classes <= subspace_report.INLINE_MATRIX_CLASSES)
     count = stats.count.cpu().numpy()
     sub, sub_lists, angles, sub_pairs, sub_warnings = subspace_part(stats, count, settings)

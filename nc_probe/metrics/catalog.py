@@ -125,6 +125,14 @@ CATALOG: dict[str, Metric] = {m.key: m for m in [
     _m("acc_ncc_test_ratio", "acc_ncc_test / the train split's acc_ncc"),
     _m("rank_numerical_total", "numerical rank of the total feature covariance: eigenvalues above rank_tol times "
        "the largest", unit="dimensions", direction="lower", word=COMPRESSED),
+    _m("rankme", "label-free: exp entropy of the normalized singular values of the features as given (Garrido et "
+       "al. 2023; between 1 and min(N, d))", unit="dimensions", direction="lower", word=COMPRESSED),
+    _m("alpha_req", "label-free: power-law decay exponent of the total covariance spectrum, -slope of log lambda_k "
+       "on log k (Agrawal et al. 2022; larger = faster decay)", direction="higher", word=COMPRESSED),
+    _m("rank_effective_total", "label-free: participation ratio (sum lambda)^2 / sum lambda^2 of the total "
+       "covariance (Gao et al. 2017)", unit="dimensions", direction="lower", word=COMPRESSED),
+    _m("lidar", "label-free: rankme's entropy form over the LDA spectrum of surrogate classes, the views of one "
+       "source sample (Thilak et al. 2024; only with views)", unit="dimensions", direction="lower", word=COMPRESSED),
     _m("acc_linear_probe", "accuracy of a closed-form ridge probe (one-hot targets, lambda = 1e-3 Tr(Sigma)/d) "
        "on the analysed features", unit="fraction", direction="higher", word=ACCURATE),
     _m("D_l", "per layer: separation fuzziness Tr(Sigma_W Sigma_B^+) = C * nc1 (He & Su)", "layer",
