@@ -5,6 +5,8 @@ the depth law and the accuracies through depth; names never cut; a saved layer r
 
 from __future__ import annotations
 
+import colorsys
+import io
 import json
 import math
 import re
@@ -107,12 +109,33 @@ def test_a_delta_below_the_resolution_is_no_change(two):
     assert resolution(1.0, 1.0) == pytest.approx(1e-6) and resolution(0.0, 0.0, "acc_ncc") == 1e-9
 
 
-def test_colours_say_the_direction_not_a_judgement():
-    assert ".less { color: #b35900" in html.CSS  # orange: "less collapsed" is not green
-    assert "#23803c" not in html.CSS and "green" not in html.CSS
-    from nc_probe.render.comparison import STYLES
+def _greenish(hex_colour: str) -> bool:
+    """A saturated hue between yellow-green and cyan-green: what reads as "good"."""
+    r, g, b = (int(hex_colour[i:i + 2], 16) / 255 for i in (1, 3, 5))
+    hue, saturation, _ = colorsys.rgb_to_hsv(r, g, b)
+    return 75 <= hue * 360 <= 165 and saturation > 0.25
 
-    assert STYLES == {"more": "blue", "less": "dark_orange", "none": "grey50"}
+
+def test_colours_say_the_direction_not_a_judgement(two):
+    """Every "more <word>" change has one colour, every "less <word>" another, "no change" a third, whether the
+    word is collapsed, separated or compressed; none of them green, in the terminal and on the page."""
+    old, new = (nc_probe.Report.from_dict(json.loads(json.dumps(two[k].to_dict()))) for k in ("old", "new"))
+    old.metrics.update(nc1=1.0, angle_min_mean=40.0, angle_min_min=78.9)
+    new.metrics.update(nc1=0.1, angle_min_mean=60.0, angle_min_min=17.3)  # more collapsed, more and less separated
+    c = compare_reports({"old": old, "new": new})
+    console = Console(width=200, record=True, color_system="truecolor", file=io.StringIO())
+    render_comparison(c, console)
+    spans = re.findall(r'<span style="color: (#[0-9a-f]{6})[^"]*">\s*[-+0-9.e]*\s*(more|less|no) (\w+)',
+                       console.export_html(inline_styles=True))
+    page = html.comparison_html(c, figures={})
+    cells = re.findall(r'<td class="num (\w+)">[^<]*?(more|less|no) (\w+)</td>', page)
+    css = dict(re.findall(r"\.(more|less|same) \{ color: (#[0-9a-f]{6})", page))
+    for colours in ({kind: colour for colour, kind, _ in spans}, {kind: css[cls] for cls, kind, _ in cells}):
+        assert set(colours) == {"more", "less", "no"} and len(set(colours.values())) == 3, colours
+        assert not any(_greenish(c) for c in colours.values()), colours
+    for found in ({(kind, colour) for colour, kind, _ in spans}, {(kind, cls) for cls, kind, _ in cells}):
+        assert len(found) == 3, found  # one colour per direction, whatever the word
+    assert {word for _, kind, word in spans if kind == "more"} >= {"collapsed", "separated"}
 
 
 def test_split_comparison_warns_per_split():

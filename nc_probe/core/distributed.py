@@ -102,11 +102,6 @@ def gather_objects(obj) -> list:
     return out
 
 
-def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def sync(obj: T, group=None) -> T:
     """Combine an object's state across ranks, in place; the one mechanism of every cross-process merge.
 

@@ -247,14 +247,3 @@ def load_sample_checkpoint(path) -> tuple[nn.Module, dict]:
     model = FACTORIES[meta["arch"]](**meta.get("arch_kwargs", {}))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), meta
-
-
-@torch.no_grad()
-def sample_features(model: DigitsNet, split: str = "train") -> dict:
-    """Penultimate features (the input of the head) of ``split``, labels, and the head's W, b, all as numpy."""
-    x, y = digits_arrays(split)
-    model.eval()
-    H = model.features(torch.from_numpy(x))
-    head = model[-1]
-    assert isinstance(head, nn.Linear)
-    return {"H": H.numpy(), "y": y, "W": head.weight.detach().numpy().copy(), "b": head.bias.detach().numpy().copy()}

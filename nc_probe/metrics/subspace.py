@@ -133,30 +133,3 @@ def smallest_angle_of_block(Ua: np.ndarray, Ub: np.ndarray, P: np.ndarray) -> tu
         R = torch.from_numpy(Ub) - torch.from_numpy(Ua) @ Pt
         angle = math.asin(min(float(torch.linalg.svdvals(R)[-1]), 1.0))
     return math.degrees(angle), min(affinity, 1.0)
-
-
-def angle_matrices(bases: list[np.ndarray], workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``angle_min`` (degrees, diagonal 0) and ``subspace_affinity`` (diagonal 1) for every pair of bases.
-
-    Row i's products ``U_i^T U_j`` (j > i) come from one matrix product; rows run on :func:`parallel_map` threads.
-    """
-    K = len(bases)
-    angles = np.zeros((K, K))
-    affinity = np.eye(K)
-    if K < 2:
-        return angles, affinity
-    bases = [b if min(b.strides) >= 0 else b.copy() for b in bases]
-    offsets = np.cumsum([0] + [b.shape[1] for b in bases])
-    U = torch.from_numpy(np.concatenate(bases, axis=1))
-
-    def row(i: int) -> list[tuple[float, float]]:
-        o = offsets[i + 1]
-        P = (torch.from_numpy(bases[i]).T @ U[:, o:]).numpy()
-        return [smallest_angle_of_block(bases[i], bases[j], P[:, offsets[j] - o : offsets[j + 1] - o])
-                for j in range(i + 1, K)]
-
-    for i, values in enumerate(parallel_map(row, range(K - 1), workers)):
-        for j, (a, f) in enumerate(values, start=i + 1):
-            angles[i, j] = angles[j, i] = a
-            affinity[i, j] = affinity[j, i] = f
-    return angles, affinity
