@@ -33,6 +33,7 @@ from nc_probe.data.batches import iter_batches
 from nc_probe.data.datasets import DataSource, open_data
 from nc_probe.data.preprocessing import model_preprocessing
 from nc_probe.extract.extraction import BatchContext, Extraction, extract
+from nc_probe.extract.model_state import restores_module
 from nc_probe.extract.store import FeatureStore
 from nc_probe.load.checkpoint import LoadedModel, load_model
 from nc_probe.load.locate import resolve_input
@@ -65,6 +66,7 @@ def rank_share(store: FeatureStore) -> FeatureStore:
     return store.as_share(distributed.rank(), distributed.world_size(), total)
 
 
+@restores_module  # a live model given by a training loop: its mode, device, dtype and memory format put back
 def analyze_checkpoint(path, settings: Settings | None = None, *, save_features=None, progress: bool = False,
                        **shortcuts) -> Report:
     """Load a checkpoint (or take an ``nn.Module`` / ExportedProgram), run it on data, and analyze the features.
@@ -112,6 +114,7 @@ def analyze_checkpoint(path, settings: Settings | None = None, *, save_features=
     return report
 
 
+@restores_module
 def extract_features(model_or_path, data=None, settings: Settings | None = None, *, save_features=None,
                      progress: bool = False, **shortcuts) -> FeatureStore:
     """The tapped features of a model on some data, as a FeatureStore (``store.read("features")``,

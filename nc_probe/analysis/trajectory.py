@@ -3,7 +3,8 @@ at a time, so memory does not grow with the series), every metric against the ep
 
 Order: the epoch in a checkpoint's metadata (``"epoch"`` of its ``nc_probe`` dict), else a number in its file name
 (``epoch_012.pt``, ``ce_epoch20.pt``, ``ep5.ckpt``, ``step-300.pt``), else the order given. Inputs: checkpoint
-paths, folders (their checkpoint files), globs (``runs/*/last.ckpt``) and shipped samples (``sample:ce_epoch*``).
+paths, folders (their checkpoint files), globs (``runs/*/last.ckpt``) and shipped samples (``sample:ce_epoch*``);
+or one folder of per-epoch report JSONs written by a training callback (:mod:`nc_probe.analysis.report_series`).
 
 Resuming: with an output folder, each checkpoint's report is written to ``reports/<label>.json`` as soon as it is
 done, with a key made of the checkpoint's sha256, a fingerprint of the data's contents (:func:`data_fingerprint`)
@@ -111,6 +112,8 @@ def expand_inputs(inputs: Sequence[str]) -> list[str]:
             found = sorted((str(p) for p in Path(text).iterdir()
                             if (p.suffix.lower() in CHECKPOINT_SUFFIXES or p.is_dir()) and is_checkpoint(p)),
                            key=_natural)
+            if not found and _holds_reports(text):  # per-epoch reports a training callback wrote: read, not run
+                found = [text]
             if not found:
                 raise InputError("holds no checkpoint files", path=text,
                                  fix=f"point at a folder of {', '.join(CHECKPOINT_SUFFIXES)} checkpoints")
@@ -125,6 +128,13 @@ def expand_inputs(inputs: Sequence[str]) -> list[str]:
     if not out:
         raise InputError("no checkpoints given", fix="pass checkpoints, a folder, a glob or sample:ce_epoch*")
     return out
+
+
+def _holds_reports(path: str) -> bool:
+    """A folder of report JSONs (:mod:`nc_probe.analysis.report_series`) rather than of checkpoints."""
+    from nc_probe.analysis.report_series import report_files
+
+    return Path(path).is_dir() and bool(report_files(path))
 
 
 def _natural(path: str) -> list:
@@ -231,6 +241,10 @@ def run_trajectory(inputs: Sequence[str], settings: Settings | None = None, *, s
 
     s = checkpoint_settings(settings, **shortcuts)
     paths = expand_inputs(inputs)
+    if len(paths) == 1 and _holds_reports(paths[0]):
+        from nc_probe.analysis.report_series import report_trajectory
+
+        return report_trajectory(paths[0])
     taken: set[str] = set()
     labels = [label_of(path, taken) for path in paths]  # in the order given, whatever the order of analysis
     folder = Path(reports_dir) if reports_dir is not None else None

@@ -108,15 +108,38 @@ class NeuralCollapse:
                 raise InputError("source given for some batches only", fix="give source ids with every batch")
             self._sources.update(h, torch.as_tensor(source).detach())
 
-    def compute(self, W=None, b=None, *, second_pass: Batches | None = None) -> Report:
+    def compute(self, W=None, b=None, *, second_pass: Batches | SecondPass | None = None) -> Report:
         """The Report of every rank's rows so far (the numbers of :func:`nc_probe.analyze_features` on them).
 
         ``W`` (C, d), ``b`` (C,): the classifier (nc2_*_W, nc3). ``second_pass``: the same rows again, an iterable of
-        ``(features, labels)`` batches or a function returning one (e.g. the validation loader through the model):
-        gives nc4, acc_model (with W), acc_ncc and acc_ncc_mahalanobis against the final means."""
+        ``(features, labels)`` batches or a function returning one (e.g. the validation loader through the model),
+        or a :meth:`second_pass` scorer already fed: gives nc4, acc_model (with W), acc_ncc and acc_ncc_mahalanobis
+        against the final means."""
+        if isinstance(second_pass, SecondPass):
+            if second_pass.metric is not self:
+                raise InputError("a SecondPass of another metric", fix="use this metric's second_pass()")
+            return self._report(second_pass.stats, second_pass.sources, W, b, second_pass)
         self.sync()
         try:
-            return self._report(W, b, second_pass)
+            assert self._stats is not None
+            scorer = None
+            if second_pass is not None and self.labelled:
+                scorer = SecondPass(self, self._stats, self._sources, W, b)
+                for batch in second_pass() if callable(second_pass) else second_pass:
+                    scorer.update(batch[0], batch[1])
+            return self._report(self._stats, self._sources, W, b, scorer)
+        finally:
+            self.unsync()
+
+    def second_pass(self, W=None, b=None) -> SecondPass:
+        """A scorer for the second pass fed by the caller (``scorer.update(h, y)`` per batch, then
+        ``compute(W, b, second_pass=scorer)``): several metrics (layers) can share one run of the model."""
+        if not self.labelled:
+            raise InputError("a second pass of a label-free metric", fix="compute() it directly")
+        self.sync()
+        try:
+            assert self._stats is not None
+            return SecondPass(self, self._stats, self._sources, W, b)
         finally:
             self.unsync()
 
@@ -178,39 +201,44 @@ class NeuralCollapse:
         out = copy.deepcopy(stats) if stats is not None else empty()
         return out.all_reduce() if distributed.active() else out
 
-    def _report(self, W, b, second_pass: Batches | None) -> Report:
-        stats = self._stats
-        assert stats is not None
+    def _report(self, stats: ClassStats, sources: ClassStats | None, W, b, scorer: SecondPass | None) -> Report:
         if not self.labelled:
-            return label_free_report(stats, self._sources, source="<NeuralCollapse>")
-        tally, mahalanobis = (None, None) if second_pass is None else self._second_pass(stats, W, b, second_pass)
+            return label_free_report(stats, sources, source="<NeuralCollapse>")
+        tally, mahalanobis = (None, None) if scorer is None else scorer.finish()
         report = from_stats.report_from_stats(stats, W=W, b=b, tally=tally, class_names=self.class_names,
                                               settings=self.settings, synced=True)
         report.metrics["acc_ncc_mahalanobis"] = mahalanobis
-        if self._sources is not None:
-            report.metrics["lidar"] = lidar_of(self._sources)
+        if sources is not None:
+            report.metrics["lidar"] = lidar_of(sources)
         report.inputs["source"] = "<NeuralCollapse>"
         return report
 
-    def _second_pass(self, stats: ClassStats, W, b, batches: Batches) -> tuple[PredictionTally, float | None]:
-        """nc4 and the accuracies: every rank scores its rows against the combined means; the counts are summed."""
-        tally = PredictionTally.for_stats(stats, W, b)
+
+class SecondPass:
+    """nc4 and the accuracies: every rank scores its rows against the combined class means (and the Mahalanobis
+    rule built from the combined statistics); :meth:`finish` sums the counts over the ranks."""
+
+    def __init__(self, metric: NeuralCollapse, stats: ClassStats, sources: ClassStats | None, W, b):
+        self.metric, self.stats, self.sources = metric, stats, sources
+        self.tally = PredictionTally.for_stats(stats, W, b)
         ids = stats.class_ids[stats.class_count.cpu().numpy() > 0]
-        maha = None
+        self.maha = None
         if stats.dim * len(ids) <= probe.MAHALANOBIS_MAX_WORK:
-            maha = probe.ProbeTally(*probe.mahalanobis_classifier(*from_stats.class_moments(stats, ids)), ids)
-        for batch in batches() if callable(batches) else batches:
-            h, y = batch[0], batch[1]
-            h = torch.as_tensor(h).detach()
-            h = h.reshape(len(h), -1)
-            y = torch.as_tensor(y).detach().reshape(-1).long()
-            tally.update(h, y)
-            if maha is not None:
-                maha.add(0, h, y.cpu())
-        tally.sync()
-        if maha is not None:
-            distributed.sync(maha)
-        return tally, None if maha is None else maha.accuracy
+            self.maha = probe.ProbeTally(*probe.mahalanobis_classifier(*from_stats.class_moments(stats, ids)), ids)
+
+    def update(self, features, labels) -> None:
+        h = torch.as_tensor(features).detach()
+        h = h.reshape(len(h), -1)
+        y = torch.as_tensor(labels).detach().reshape(-1).long()
+        self.tally.update(h, y)
+        if self.maha is not None:
+            self.maha.add(0, h, y.cpu())
+
+    def finish(self) -> tuple[PredictionTally, float | None]:
+        self.tally.sync()
+        if self.maha is not None:
+            distributed.sync(self.maha)
+        return self.tally, None if self.maha is None else self.maha.accuracy
 
 
 def _tensor_bytes(obj) -> int:
