@@ -247,3 +247,57 @@ def test_lightning_callback_under_ddp_combines_the_shares(tmp_path):
         for key in ("nc1", "nc1_cdnv", "nc2_etf_M", "nc3", "nc4", "acc_ncc", "rankme", "alpha_req"):
             assert got["metrics"][key] == pytest.approx(reference.metrics[key], rel=1e-6), (rank, key)
     assert sorted(p.name for p in (tmp_path / "nc").glob("epoch_*.json")) == ["epoch_0000.json", "epoch_0001.json"]
+
+
+# ------------------------------------------------------------------------------------------------- Hugging Face
+class DictDataset(torch.utils.data.Dataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "labels": self.y[i]}
+
+
+class HFStyleNet(nn.Module):
+    """What the Trainer needs: keyword inputs, labels in, a dict with the loss out."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = mlp()
+
+    def forward(self, x, labels=None):
+        logits = self.net(x)
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = nn.functional.cross_entropy(logits, labels)
+        return out
+
+
+def test_hf_trainer_callback_logs_writes_and_puts_the_model_back(tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from transformers import Trainer, TrainingArguments
+
+    from nc_probe.training.hf_trainer import attach
+
+    x, y = blob_data()
+    model = HFStyleNet()
+    args = TrainingArguments(output_dir=str(tmp_path / "hf"), num_train_epochs=2, per_device_train_batch_size=32,
+                             per_device_eval_batch_size=32, learning_rate=0.1, report_to=[], use_cpu=True,
+                             save_strategy="no", logging_strategy="epoch", disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=DictDataset(x[:160], y[:160]),
+                      eval_dataset=DictDataset(x[160:], y[160:]))
+    callback = attach(trainer, 3, out_dir=tmp_path / "nc")
+    trainer.train()
+    assert model.training  # the Trainer leaves it in train mode; the measurements put it back each time
+    assert sorted(p.name for p in (tmp_path / "nc").glob("epoch_*.json")) == ["epoch_0000.json", "epoch_0001.json"]
+    last = callback.history[-1]["@penultimate"]
+    W = model.net[-1].weight.detach().double().numpy()
+    b = model.net[-1].bias.detach().double().numpy()
+    reference = nc_probe.analyze_features(penultimate(model.net, x[160:]), y[160:].numpy(), W, b)
+    assert_close_reports(last, reference, rel=1e-6)
+    logged = [h for h in trainer.state.log_history if "nc/nc1" in h]
+    assert len(logged) == 2 and logged[-1]["nc/nc1"] == pytest.approx(last.metrics["nc1"], rel=1e-6)

@@ -76,7 +76,12 @@ def rank_batches(loader: Iterable, shard: bool | str = "auto") -> Iterator:
         yield from loader
         return
     sampler = getattr(loader, "sampler", None)
-    if shard == "auto" and isinstance(sampler, torch.utils.data.DistributedSampler):
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    inner = getattr(batch_sampler, "sampler", None)
+    # already a rank's share: a DistributedSampler (Lightning), or a loader accelerate prepared (the HF Trainer's)
+    sharded = any(isinstance(s, torch.utils.data.DistributedSampler) for s in (sampler, inner)) \
+        or type(loader).__module__.startswith("accelerate") or type(batch_sampler).__module__.startswith("accelerate")
+    if shard == "auto" and sharded:
         yield from loader
         return
     r, w = distributed.rank(), distributed.world_size()
