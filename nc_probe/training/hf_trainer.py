@@ -63,7 +63,8 @@ class NeuralCollapseTrainerCallback(TrainerCallback):
 
     def _measure(self, args, state, model, kwargs, epoch) -> None:
         if model is None:
-            raise InputError("the Trainer gave the callback no model", fix="pass the callback to Trainer(callbacks=...)")
+            raise InputError("the Trainer gave the callback no model",
+                             fix="pass the callback to Trainer(callbacks=...)")
         loader = self.loader
         if loader is None:
             loader = kwargs.get("eval_dataloader")
