@@ -22,6 +22,9 @@ def _on_sigint(signum, frame) -> None:
     fails later with a traceback. An import writes no output, so there is nothing to roll back."""
     while frame is not None:
         if frame.f_code.co_filename.startswith("<frozen importlib"):
+            progress = sys.modules.get("nc_probe.core.progress")  # a status row may be drawn (the start-up's)
+            if progress is not None:
+                progress.abandon()
             sys.stderr.write("nc-probe: interrupted\n")
             sys.stderr.flush()
             os._exit(INTERRUPTED)

@@ -11,6 +11,7 @@ from pathlib import Path
 from nc_probe.analysis.inputs import input_kind, report_for
 from nc_probe.core import distributed
 from nc_probe.core.errors import InputError
+from nc_probe.core.progress import phase, shows_progress, step
 from nc_probe.core.settings import Settings, checkpoint_settings
 from nc_probe.load.locate import input_label
 from nc_probe.reports.compare import Comparison, compare_reports
@@ -32,6 +33,7 @@ def parse_specs(specs: Sequence[str]) -> dict[str, Path]:
     return out
 
 
+@shows_progress
 def compare_inputs(specs: Mapping[str, object] | Sequence[str], settings: Settings | None = None, *,
                    cka: bool = True, unbiased_cka: bool = False, progress: bool = False, **shortcuts) -> Comparison:
     """Compare checkpoints, feature files, report JSONs and samples (label -> path, or ``LABEL=PATH`` strings).
@@ -50,12 +52,14 @@ def compare_inputs(specs: Mapping[str, object] | Sequence[str], settings: Settin
         for i, (label, path) in enumerate(paths.items()):
             kind = input_kind(path)
             keep = Path(tmp) / f"{i}.safetensors" if kind == "checkpoint" and cka else None
-            reports[label] = report_for(path, settings, save_features=keep, progress=progress)
+            with phase(f"input {i + 1}/{len(paths)}: {label}"):
+                reports[label] = report_for(path, settings, save_features=keep, progress=progress)
             if keep is not None and reports[label].inputs.get("features_file"):
                 reports[label].inputs["features_file"] = None  # removed when compare returns
             if cka and kind == "features":
                 features[label] = path
             elif keep is not None and keep.exists():
                 features[label] = keep
+        step("CKA and deltas" if cka else "deltas")
         return compare_reports(reports, features=features if cka else None,
                                chunk_rows=settings.metrics.chunk_rows, unbiased_cka=unbiased_cka)

@@ -22,6 +22,7 @@ from nc_probe.analysis.pass2 import second_pass
 from nc_probe.analysis.pca import PCASample, total_covariance
 from nc_probe.core import distributed
 from nc_probe.core.errors import InputError
+from nc_probe.core.progress import step
 from nc_probe.core.settings import MetricSettings, metric_settings
 from nc_probe.extract.store import FeatureStore, open_store
 from nc_probe.metrics import nearest_subspace, probe
@@ -113,12 +114,14 @@ class _Analysis:
             if stats is None:
                 stats = ClassStats(self.num_classes, store.dim, subspace_classes=splan.tracked, device=self.device,
                                    backend=s.backend, classes=self.present)
+                step("pass 1: class statistics")
                 _pass1(store, stats, self.rows, self.keep)
             stats.all_reduce()  # under torchrun each rank holds its shard's statistics (given or just accumulated)
             self.stats = stats
             timings["pass1_stats"] = time.perf_counter() - self.t_start
             t = time.perf_counter()
             self.W = store.W  # as stored (a 256k-way head's float32 W is never copied whole in float64)
+            step("collapse metrics")
             self.c = compute.collapse_metrics(stats, self.W, b=store.b, source=store.source,
                                               min_count=s.min_class_count,
                                               keep_matrix=_keep_cosines(len(self.plan.ids), s), plan=self.plan)
@@ -140,12 +143,14 @@ class _Analysis:
             acc = subspace_report.pass1_accumulator(stats, splan.classes)
             job = pool.submit(_timed, results.add_group, acc, s, set(splan.angle_classes))
         t = time.perf_counter()
+        step("PCA, probes")
         total = total_covariance(stats, self.c.ids)
         self.pca = PCASample(stats, self.c.ids, store, total=total)
         first = _group_feeder(splan, 0, stats)
         self.layer_metrics, self.probe = _layer_metrics(stats, self.c.ids, self.keep, s, total, self.plan)
         self.mahalanobis = _mahalanobis_tally(stats, self.c.ids, self.keep)
         observers = [o for o in (first, self.probe, self.mahalanobis) if o is not None]
+        step("pass 2: predictions, NC4")
         self.tally = second_pass(store, stats, self.c.ids, self.W, self.rows, self.pca, keep=self.keep,
                                  observers=observers, ncc_ids=self.plan.ncc_ids)
         if self.probe is not None:
@@ -156,6 +161,7 @@ class _Analysis:
         self.layer_metrics["acc_ncc_mahalanobis"] = None if self.mahalanobis is None else self.mahalanobis.accuracy
         timings["pass2_nc4"] = time.perf_counter() - t
         t = time.perf_counter()
+        step("subspace spectra and angles")
         if job is not None:
             _, timings["subspace_spectra"] = job.result()
         else:
@@ -205,6 +211,7 @@ def _nearest_subspace(store: FeatureStore, results, ids: np.ndarray, keep: np.nd
     (which exist only after the spectra; None when they were not kept, see ``nearest_subspace.wanted``)."""
     if not results.keep_ns:
         return None
+    step("nearest-subspace pass")
     tally = nearest_subspace.NearestSubspaceTally([results.spectra[c].ns_basis for c in ids], ids,
                                                   None if keep.all() else keep)
     for chunk in store.iter_chunks(rows, reuse=True):

@@ -20,6 +20,7 @@ from nc_probe.analysis.pipeline import batches_of, load, open_source, rank_share
 from nc_probe.core import distributed
 from nc_probe.core.devices import resolve_device, stats_device
 from nc_probe.core.files import file_sha256
+from nc_probe.core.progress import phase, shows_progress
 from nc_probe.core.settings import Settings, checkpoint_settings
 from nc_probe.extract.extraction import Extraction, extract_layers
 from nc_probe.reports.layer_report import LayerReport
@@ -29,6 +30,7 @@ from nc_probe.taps.select import DEFAULT_LAYERS, PENULTIMATE, select_layers
 __all__ = ["analyze_layers"]
 
 
+@shows_progress
 def analyze_layers(path, settings: Settings | None = None, *, progress: bool = False, **shortcuts) -> LayerReport:
     """Load a checkpoint (or take an ``nn.Module``), run it once over its data with a tap on every selected layer,
     and analyze each layer's features.
@@ -40,17 +42,19 @@ def analyze_layers(path, settings: Settings | None = None, *, progress: bool = F
     s = checkpoint_settings(settings, **shortcuts)
     s = s.with_(linear_probe=True)
     t0 = time.perf_counter()
-    loaded = load(path, s.model)
+    with phase("loading the model"):
+        loaded = load(path, s.model)
     require_eager(loaded.model, loaded.source)  # before anything reads the model's modules or opens the data
     t_load = time.perf_counter() - t0
     with ThreadPoolExecutor(1) as pool:
         sha = pool.submit(file_sha256, loaded.source) if os.path.exists(loaded.source) else None
-        source = open_source(loaded, s.data, s.model.trust_checkpoint)
+        with phase("opening the data"):
+            source = open_source(loaded, s.data, s.model.trust_checkpoint)
         dev = resolve_device(s.extraction.device)
         names = select_layers(loaded.model, s.extraction.layers)
         with LayerTaps(loaded.model, names, pool=s.extraction.pool, max_dim=s.extraction.max_dim) as taps:
             taps.to(dev)
-            exts = _extract(taps, loaded, source, s, dev, progress)
+            exts = _extract(taps, loaded, source, s, dev)
         digest = sha.result() if sha is not None else None
     infos = {n: taps.infos[n].to_dict() for n in exts}
     notes = _drop_duplicate_penultimate(exts, infos, taps)
@@ -60,11 +64,13 @@ def analyze_layers(path, settings: Settings | None = None, *, progress: bool = F
     reports = []
     t1 = time.perf_counter()
     try:
-        cka, cka_note = _layer_cka(exts, s.metrics.memory_budget)
-        for name in list(exts):
+        with phase("CKA between layers"):
+            cka, cka_note = _layer_cka(exts, s.metrics.memory_budget)
+        for i, name in enumerate(list(exts)):
             ext = exts[name]
             store = rank_share(ext.store)
-            report = analyze_store(store, s.metrics, device=str(stats_device(dev)), layer=name, sha256=digest)
+            with phase(f"layer {i + 1}/{len(exts)}: {name}"):
+                report = analyze_store(store, s.metrics, device=str(stats_device(dev)), layer=name, sha256=digest)
             report.warnings[:0] = ext.warnings
             reports.append((infos[name], report))
             ext.cleanup()
@@ -108,9 +114,9 @@ def _layer_cka(exts: dict[str, Extraction], memory_budget: int) -> tuple[dict | 
         None
 
 
-def _extract(taps: LayerTaps, loaded, source, s: Settings, dev, progress: bool) -> dict[str, Extraction]:
+def _extract(taps: LayerTaps, loaded, source, s: Settings, dev) -> dict[str, Extraction]:
     """Every layer's features, keyed in forward order (the order the hooks fired on the first batch)."""
-    with batches_of(loaded, source, s, dev, progress, {"source": loaded.source, "data": source.spec}) \
+    with batches_of(loaded, source, s, dev, {"source": loaded.source, "data": source.spec}) \
             as (batches, context):
         exts = extract_layers(taps, batches, device=dev, context=context, settings=s.extraction, metrics=s.metrics)
     return {n: exts[n] for n in taps.forward_order() if n in exts}

@@ -28,6 +28,7 @@ from nc_probe.core import distributed
 from nc_probe.core.devices import resolve_device, stats_device
 from nc_probe.core.errors import InputError
 from nc_probe.core.files import file_sha256
+from nc_probe.core.progress import bar, phase, shows_progress
 from nc_probe.core.settings import DataSettings, ModelSettings, Settings, checkpoint_settings
 from nc_probe.data.batches import iter_batches
 from nc_probe.data.datasets import DataSource, open_data
@@ -66,6 +67,7 @@ def rank_share(store: FeatureStore) -> FeatureStore:
     return store.as_share(distributed.rank(), distributed.world_size(), total)
 
 
+@shows_progress
 @restores_module  # a live model given by a training loop: its mode, device, dtype and memory format put back
 def analyze_checkpoint(path, settings: Settings | None = None, *, save_features=None, progress: bool = False,
                        **shortcuts) -> Report:
@@ -75,19 +77,20 @@ def analyze_checkpoint(path, settings: Settings | None = None, *, save_features=
     ``arch_kwargs``, ``strip_prefix``, ``trust_checkpoint``), data (``data``: default the checkpoint's metadata,
     ``split``, ``limit``, ``data_classes``, ``image_size``, ``mean``, ``std``, ``class_map``), inference (``layer``,
     ``device``, ``batch_size``, ``workers``, ``amp``, ``spill_threshold``) and metrics (``eps2``, ``classes``, ...).
-    ``save_features``: also write the features there, so later analyses need no model. ``progress``: a progress bar
-    on stderr.
+    ``save_features``: also write the features there, so later analyses need no model. ``progress``: what is being
+    done, on stderr (a row per phase, a bar for the extraction; see :mod:`nc_probe.core.progress`).
 
     The report's ``inputs`` gain: source (the checkpoint), sha256 (of the checkpoint), data, split, layer, format,
     arch, features_file; its ``timings`` gain load_model, extraction and extraction_samples_per_s.
     """
     s = checkpoint_settings(settings, **shortcuts)
     t0 = time.perf_counter()
-    loaded = load(path, s.model)
+    with phase("loading the model"):
+        loaded = load(path, s.model)
     t_load = time.perf_counter() - t0
     with ThreadPoolExecutor(1) as pool:
         sha = pool.submit(file_sha256, loaded.source) if os.path.exists(loaded.source) else None
-        run = _run(loaded, s, save_features=save_features, progress=progress, sha=sha)
+        run = _run(loaded, s, save_features=save_features, sha=sha)
         digest = sha.result() if sha is not None else None
     ext = run.extraction
     inputs: dict[str, object] = {"source": loaded.source, "sha256": digest, "data": run.source.spec,
@@ -101,8 +104,9 @@ def analyze_checkpoint(path, settings: Settings | None = None, *, save_features=
     # Under torchrun the extracted store already is this rank's share of the samples.
     store = rank_share(ext.store)
     try:
-        report = analyze_store(store, s.metrics, stats=ext.stats, device=str(stats_device(run.device)),
-                               layer=ext.layer, inputs=inputs, sha256=digest)
+        with phase("metrics"):
+            report = analyze_store(store, s.metrics, stats=ext.stats, device=str(stats_device(run.device)),
+                                   layer=ext.layer, inputs=inputs, sha256=digest)
     finally:
         ext.cleanup()
     report.warnings[:0] = [*run.source.warnings, *ext.warnings]
@@ -114,6 +118,7 @@ def analyze_checkpoint(path, settings: Settings | None = None, *, save_features=
     return report
 
 
+@shows_progress
 @restores_module
 def extract_features(model_or_path, data=None, settings: Settings | None = None, *, save_features=None,
                      progress: bool = False, **shortcuts) -> FeatureStore:
@@ -128,7 +133,9 @@ def extract_features(model_or_path, data=None, settings: Settings | None = None,
     if data is not None:
         s = s.with_(data=data)
     s = s.with_(classes=[])  # no subspace statistics: only the features are wanted
-    return _run(load(model_or_path, s.model), s, save_features=save_features, progress=progress).extraction.store
+    with phase("loading the model"):
+        loaded = load(model_or_path, s.model)
+    return _run(loaded, s, save_features=save_features).extraction.store
 
 
 @dataclass
@@ -138,12 +145,12 @@ class _RunResult:
     device: torch.device
 
 
-def _run(loaded: LoadedModel, s: Settings, *, save_features, progress: bool, sha: Future | None = None
-         ) -> _RunResult:
+def _run(loaded: LoadedModel, s: Settings, *, save_features, sha: Future | None = None) -> _RunResult:
     if save_features is not None and distributed.active():
         raise InputError("{save_features} under torchrun would keep only one process's share of the samples",
                          path=save_features, fix="extract the features once in a single process")
-    source = open_source(loaded, s.data, s.model.trust_checkpoint)
+    with phase("opening the data"):
+        source = open_source(loaded, s.data, s.model.trust_checkpoint)
     dev = resolve_device(s.extraction.device)
     tap = make_tap(loaded.model, layer=s.extraction.layer)
     tap.to(dev, channels_last=True)
@@ -156,7 +163,7 @@ def _run(loaded: LoadedModel, s: Settings, *, save_features, progress: bool, sha
         return {k: v for k, v in info.items() if v is not None}
 
     try:
-        with batches_of(loaded, source, s, dev, progress, metadata) as (batches, context):
+        with batches_of(loaded, source, s, dev, metadata) as (batches, context):
             ext = extract(tap, batches, device=dev, context=context, settings=s.extraction, metrics=s.metrics,
                           save_features=save_features)
     finally:
@@ -165,22 +172,22 @@ def _run(loaded: LoadedModel, s: Settings, *, save_features, progress: bool, sha
 
 
 @contextlib.contextmanager
-def batches_of(loaded: LoadedModel, source: DataSource, s: Settings, dev, progress: bool, metadata
+def batches_of(loaded: LoadedModel, source: DataSource, s: Settings, dev, metadata
                ) -> Iterator[tuple[Iterator, BatchContext]]:
     """The batches of ``source`` and the BatchContext an extraction reads them with (``metadata``: a dict, or a
-    function asked once extraction is over), with a progress bar on the main process, closed at the end."""
+    function asked once extraction is over), with a progress bar when the progress display is open (see
+    :mod:`nc_probe.core.progress`), closed at the end."""
     total = source.rows if source.rows is not None else (len(source) if source.sized else None)
-    bar = ProgressBar(total, f"{os.path.basename(loaded.source)} on {source.spec}") \
-        if progress and distributed.is_main() else None
+    extracting = bar(total, f"extracting: {os.path.basename(loaded.source)} on {source.spec}")
     context = BatchContext(source=loaded.source, declared_classes=source.num_classes,
                            data_name=source.spec if source.split is None else f"{source.spec} ({source.split})",
-                           class_names=source.class_names, metadata=metadata, progress=bar, total=total)
+                           class_names=source.class_names, metadata=metadata, progress=extracting, total=total)
     try:
         yield iter_batches(source, batch_size=s.extraction.batch_size, workers=s.extraction.workers,
                            pin_memory=dev.type == "cuda"), context
     finally:
-        if bar is not None:
-            bar.close()
+        if extracting is not None:
+            extracting.close()
 
 
 def open_source(loaded: LoadedModel, data: DataSettings, trust: bool) -> DataSource:
@@ -252,32 +259,3 @@ def _data_spec(loaded: LoadedModel, data, split, trust: bool):
     meta_split = meta.get("split")
     return spec, split if split is not None else (meta_split if isinstance(meta_split, str) else None)
 
-
-class ProgressBar:
-    """A rich progress bar on stderr with samples/s; a callable ``(done, total)``."""
-
-    def __init__(self, total: int | None, description: str):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        from nc_probe.core.consoles import console
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[rate]} samples/s"), TimeElapsedColumn(), TimeRemainingColumn(),
-                            console=console(stderr=True), transient=True)
-        self.task = self.bar.add_task(description, total=total or None, rate="-")
-        self.t0 = time.perf_counter()
-        self.bar.start()
-
-    def __call__(self, done: int, total: int | None) -> None:
-        rate = done / max(time.perf_counter() - self.t0, 1e-9)
-        self.bar.update(self.task, completed=done, rate=f"{rate:,.0f}")
-
-    def close(self) -> None:
-        self.bar.stop()

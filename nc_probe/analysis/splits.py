@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from nc_probe.core.errors import InputError
+from nc_probe.core.progress import phase, shows_progress
 from nc_probe.core.settings import Settings, checkpoint_settings
 from nc_probe.extract.store import FeatureStore, open_store
 from nc_probe.metrics import collapse, probe
@@ -45,6 +46,7 @@ def parse_splits(split) -> list[str] | None:
     return parts
 
 
+@shows_progress
 def analyze_splits(path, settings: Settings | None = None, *, splits=("train", "test"), progress: bool = False,
                    **shortcuts) -> Comparison:
     """The checkpoint analysed on each of two splits (the first the reference), as a Comparison whose second
@@ -58,11 +60,13 @@ def analyze_splits(path, settings: Settings | None = None, *, splits=("train", "
         files: dict[str, Path] = {}
         for name in (ref, other):
             files[name] = Path(tmp) / f"{len(files)}.safetensors"
-            reports[name] = analyze_checkpoint(path, s.with_(split=name), save_features=files[name],
-                                               progress=progress)
+            with phase(f"split {name}"):
+                reports[name] = analyze_checkpoint(path, s.with_(split=name), save_features=files[name],
+                                                   progress=progress)
             reports[name].inputs["features_file"] = None  # removed when this returns
         train, test = open_store(files[ref]), open_store(files[other])
-        extra, note = heldout_collapse(train, test, reports[ref].metrics, s.metrics.chunk_rows)
+        with phase(f"{other} against {ref}'s class means"):
+            extra, note = heldout_collapse(train, test, reports[ref].metrics, s.metrics.chunk_rows)
     reports[other].metrics.update(extra)
     reports[other].inputs["reference_split"] = ref
     if note:

@@ -31,6 +31,7 @@ import pandas as pd
 
 from nc_probe.core.errors import InputError
 from nc_probe.core.files import file_sha256, json_safe, read_json
+from nc_probe.core.progress import step
 from nc_probe.core.settings import Settings, checkpoint_settings
 from nc_probe.core.text import quoted
 from nc_probe.reports.report import Report
@@ -253,6 +254,7 @@ def run_trajectory(inputs: Sequence[str], settings: Settings | None = None, *, s
     notes: list[str] = []
     for i, k in enumerate(_analysis_order(paths)):
         path = paths[k]
+        step(f"checkpoint {i + 1}/{len(paths)}: {labels[k]}")
         loaded = load(path, s.model)  # read safely once: its metadata gives the epoch, the analysis reuses it
         epoch, source = epoch_of(loaded.metadata, loaded.source)
         p = Point(labels[k], str(path), epoch, source)

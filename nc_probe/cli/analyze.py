@@ -9,6 +9,7 @@ import typer
 
 from nc_probe.cli import options as o
 from nc_probe.cli.shell import out_console, user_errors, warn
+from nc_probe.core.progress import phase, shown
 from nc_probe.metrics import CATALOG
 
 METRICS_HELP = (
@@ -63,14 +64,15 @@ def analyze(
     outputs = OutputSet({"--json": json_path, "--out": out, "--plots": plots, "--html": html,
                          "--save-features": save_features}, dirs=("--out", "--plots"),
                         inputs=[source, *settings_inputs(settings)])
-    with outputs.transaction() as staged:
+    with shown(not quiet), outputs.transaction() as staged:  # the display ends before the report is printed
         report = report_for(source, settings, save_features=staged.get("--save-features"), progress=not quiet)
         if save_features is not None and report.inputs.get("features_file"):
             report.inputs["features_file"] = str(save_features)  # where it will be, not where it is staged
-        if json_path is not None:
-            report.save(staged["--json"])
-        text = write_outputs(report, out=staged.get("--out"), fmt=fmt, plots=staged.get("--plots"),
-                             html=staged.get("--html"), spell=o.flag_name)
+        with phase("writing outputs"):
+            if json_path is not None:
+                report.save(staged["--json"])
+            text = write_outputs(report, out=staged.get("--out"), fmt=fmt, plots=staged.get("--plots"),
+                                 html=staged.get("--html"), spell=o.flag_name)
     if text is not None or quiet:  # stdout holds the exported table, or nothing: the warnings go to stderr
         if text is not None:
             typer.echo(text, nl=False)

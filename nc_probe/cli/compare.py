@@ -8,6 +8,7 @@ import typer
 
 from nc_probe.cli import options as o
 from nc_probe.cli.shell import out_console, user_errors, warn
+from nc_probe.core.progress import phase, shown
 
 Cka = Annotated[bool, o.switch("--cka/--no-cka", "Linear CKA between inputs that hold features of the same "
                                                 "samples [default: --cka].", o.OUTPUT)]
@@ -53,7 +54,7 @@ def write_comparison(comparison, outputs, quiet: bool) -> None:
     """A Comparison's --json, --html and --plots (staged, all or nothing), then the table unless quiet."""
     from nc_probe.render.comparison import render_comparison
 
-    with outputs.transaction() as staged:
+    with shown(not quiet), outputs.transaction() as staged, phase("writing outputs"):
         if "--plots" in staged or "--html" in staged:
             from nc_probe.render.compare_plots import comparison_figures
             from nc_probe.render.html import write_comparison_html
@@ -76,7 +77,7 @@ def _compare_layers(paths, settings, outputs, json_path, quiet: bool) -> None:
     from nc_probe.render.layer_outputs import render_layer_comparison, write_layer_comparison
 
     comparison = compare_layers(paths, settings, progress=not quiet)
-    with outputs.transaction() as staged:
+    with shown(not quiet), outputs.transaction() as staged, phase("writing outputs"):
         write_layer_comparison(comparison, plots=staged.get("--plots"), html=staged.get("--html"), spell=o.flag_name)
         if json_path is not None:
             comparison.save(staged["--json"])

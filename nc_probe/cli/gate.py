@@ -19,6 +19,7 @@ from nc_probe.cli.outputs import OutputSet, settings_inputs
 from nc_probe.cli.shell import cli_text, err_console, user_errors, warn
 from nc_probe.core.consoles import console as safe_console
 from nc_probe.core.errors import InputError
+from nc_probe.core.progress import phase, shown
 from nc_probe.metrics import CATALOG, SCALAR_KEYS
 
 RULES = "Rules"
@@ -87,10 +88,11 @@ def gate(
     base = g.load_baseline(baseline_path) if baseline_path is not None else None
     outputs = OutputSet({"--junit": junit, "--markdown": markdown},
                         inputs=[input, baseline_path, config, *_implicit_config(config), *settings_inputs(settings)])
-    report = report_for(input, settings, progress=not quiet)
+    with shown(not quiet):
+        report = report_for(input, settings, progress=not quiet)
     results = g.evaluate(report, rules, base)
     notes = g.baseline_warnings(report, base) if base is not None else []
-    with outputs.transaction() as staged:
+    with shown(not quiet), outputs.transaction() as staged, phase("writing outputs"):
         if junit is not None:
             write_junit(results, staged["--junit"], spell=o.flag_name,
                         properties={"input": str(input), "baseline": baseline_path,
@@ -167,7 +169,8 @@ def baseline(
 
     settings = o.build_settings(locals())
     outputs = OutputSet({"--output": output}, inputs=[input, *settings_inputs(settings)])
-    report = report_for(input, settings, progress=not quiet)
+    with shown(not quiet):
+        report = report_for(input, settings, progress=not quiet)
     b = g.make_baseline(report)
     with outputs.transaction() as staged:
         g.save_baseline(b, staged["--output"])

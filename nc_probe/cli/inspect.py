@@ -9,6 +9,7 @@ import typer
 
 from nc_probe.cli import options as o
 from nc_probe.cli.shell import out_console, user_errors
+from nc_probe.core.progress import phase, shown
 
 Checkpoint = Annotated[Path, typer.Argument(help="Checkpoint to inspect (or sample:NAME).", show_default=False)]
 InspectImageSize = Annotated[int | None, o.option(
@@ -26,7 +27,8 @@ def inspect(checkpoint: Checkpoint, arch: o.Arch = None, arch_kwargs: o.ArchKwar
     from nc_probe.render.terminal import modules_table
 
     settings = o.build_settings(locals())
-    rows = inspect_checkpoint(checkpoint, settings.model, layers=layers, image_size=image_size)
+    with shown(), phase("loading the model and running an example through it"):
+        rows = inspect_checkpoint(checkpoint, settings.model, layers=layers, image_size=image_size)
     out_console.print(modules_table(rows, str(checkpoint)))
 
 

@@ -10,6 +10,7 @@ import typer
 
 from nc_probe.cli import options as o
 from nc_probe.cli.shell import out_console, user_errors, warn
+from nc_probe.core.progress import phase, shown
 
 Checkpoint = Annotated[Path | None, typer.Argument(
     help="Checkpoint (.pt/.pth/.ckpt/.safetensors with --arch), a shipped sample (sample:ce, sample:deep, ...), or "
@@ -55,12 +56,13 @@ def layers(
                         dirs=("--out", "--plots"), inputs=[source, *settings_inputs(settings)])
     if saved:
         _ignored_settings(locals())
-    with outputs.transaction() as staged:
+    with shown(not quiet), outputs.transaction() as staged:  # the display ends before the report is printed
         report = _read_layer_report(source) if saved else analyze_layers(str(source), settings, progress=not quiet)
-        if json_path is not None:
-            report.save(staged["--json"])
-        text = write_layer_outputs(report, out=staged.get("--out"), fmt=fmt, plots=staged.get("--plots"),
-                                   html=staged.get("--html"), spell=o.flag_name)
+        with phase("writing outputs"):
+            if json_path is not None:
+                report.save(staged["--json"])
+            text = write_layer_outputs(report, out=staged.get("--out"), fmt=fmt, plots=staged.get("--plots"),
+                                       html=staged.get("--html"), spell=o.flag_name)
     if text is not None or quiet:  # stdout holds the exported table, or nothing: the warnings go to stderr
         if text is not None:
             typer.echo(text, nl=False)

@@ -21,13 +21,14 @@ import typer
 from rich.markup import escape
 
 from nc_probe.cli.options import flag_name
-from nc_probe.core.consoles import console
+from nc_probe.core.consoles import console, stderr_console
 from nc_probe.core.errors import InputError, spell
+from nc_probe.core.progress import phase, shown
 from nc_probe.core.text import first_line, printable
 
 USER_ERROR, INTERRUPTED = 2, 130
 out_console = console()
-err_console = console(stderr=True)
+err_console = stderr_console()  # the progress display's too: a warning printed meanwhile lands above its rows
 
 # Options naming files a command writes; under torchrun only rank 0 writes them (see _quiet_worker).
 OUTPUT_OPTIONS = ("json_path", "out", "plots", "html", "junit", "markdown", "output")
@@ -80,7 +81,8 @@ def _other_rank() -> bool:
 
 
 def _run(fn: Callable, args, kwargs):
-    from nc_probe.core import distributed  # torch: only once a command runs, never for --help or --version
+    with shown(not kwargs.get("quiet", False)), phase("starting (importing torch)"):
+        from nc_probe.core import distributed  # torch: only once a command runs, never for --help or --version
 
     try:
         if distributed.init_from_env(kwargs.get("device") or "auto") and not distributed.is_main():

@@ -9,6 +9,7 @@ import typer
 
 from nc_probe.cli import options as o
 from nc_probe.cli.shell import err_console, out_console, user_errors, warn
+from nc_probe.core.progress import phase, shown
 
 DEFAULT_SERIES = ["sample:ce_epoch*", "sample:ce"]
 
@@ -59,13 +60,14 @@ def trajectory(
             err_console.print(f"[{i}/{n}] {label}" + (" (report kept from an earlier run)" if reused else ""),
                               highlight=False)
 
-    traj = run_trajectory(series, settings, splits=splits,
-                          reports_dir=None if out is None else out / "reports", progress=progress)
-    with outputs.transaction() as staged:
-        if json_path is not None:
-            traj.save(staged["--json"])
-        write_trajectory_outputs(traj, out=staged.get("--out"), plots=staged.get("--plots"),
-                                 html=staged.get("--html"), spell=o.flag_name)
+    with shown(not quiet):  # a row per checkpoint and its phases; the lines above stay as each one ends
+        traj = run_trajectory(series, settings, splits=splits,
+                              reports_dir=None if out is None else out / "reports", progress=progress)
+        with outputs.transaction() as staged, phase("writing outputs"):
+            if json_path is not None:
+                traj.save(staged["--json"])
+            write_trajectory_outputs(traj, out=staged.get("--out"), plots=staged.get("--plots"),
+                                     html=staged.get("--html"), spell=o.flag_name)
     if not quiet:
         out_console.print(trajectory_table(traj))
     for w in trajectory_warnings(traj):

@@ -39,3 +39,16 @@ def console(*, stderr: bool = False, **kwargs: Any) -> SafeConsole:
     """The console nc-probe prints on (stdout, or stderr for progress, warnings and errors)."""
     kwargs.setdefault("highlight", False)
     return SafeConsole(stderr=stderr, **kwargs)
+
+
+_stderr: SafeConsole | None = None
+
+
+def stderr_console() -> SafeConsole:
+    """The one stderr console of the process: warnings, errors and the progress display
+    (:mod:`nc_probe.core.progress`) print on the same object, so that rich keeps a message printed while a status
+    row is drawn above that row instead of drawing through it."""
+    global _stderr
+    if _stderr is None:
+        _stderr = console(stderr=True)
+    return _stderr
