@@ -180,7 +180,10 @@ class NeuralCollapse:
         C = self.num_classes
         assert C is not None
         tracked = [] if self.subspaces is False else pass1_classes(C, dim, self.settings)
-        return ClassStats(C, dim, subspace_classes=tracked, device=device)
+        # every class's d x d moments fit the budget: their rows are allocated once, not grown (and copied) by half
+        # as classes arrive
+        return ClassStats(C, dim, subspace_classes=tracked, device=device,
+                          classes=range(C) if tracked is None else None)
 
     def _device(self) -> torch.device:
         return self._stats.device if self._stats is not None else torch.device("cpu")
