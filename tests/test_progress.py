@@ -116,6 +116,24 @@ def test_worker_threads_draw_nothing_and_an_inner_display_defers_to_the_outer():
     assert other_buf.getvalue() == ""
 
 
+def test_the_start_up_display_is_taken_over_by_the_first_shown_block():
+    console, buf = terminal()
+    with shown(console=console, handover=True):
+        step("starting")
+        with shown(console=console):  # the command's own: takes the display over, the start-up's row goes
+            before = len(buf.getvalue())
+            with phase("metrics"):
+                drawn = ANSI.sub("", buf.getvalue()[before:])  # what was drawn since the take-over
+            assert progress.active()
+        assert not progress.active()  # closed with the block that took it over: the results print on a clean line
+        with phase("after"):
+            pass
+        with shown(console=console), phase("a new display"):
+            pass
+    assert "metrics" in drawn and "starting" not in drawn
+    assert "after" not in plain(buf) and "a new display" in plain(buf)
+
+
 def test_abandon_takes_the_display_down():
     console, buf = terminal()
     with shown(console=console), phase("importing"):
@@ -141,6 +159,17 @@ def test_analyze_checkpoint_without_progress_draws_nothing(monkeypatch):
     assert buf.getvalue() == ""
 
 
+def test_an_error_is_printed_after_the_start_up_row_is_gone(tmp_path):
+    env = {**os.environ, "TTY_COMPATIBLE": "1", "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "nc_probe", "analyze", str(tmp_path / "missing.pt")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    stderr = ANSI.sub("", proc.stderr)
+    assert "starting (importing torch)" in stderr
+    last = stderr.rstrip().splitlines()[-1]
+    assert last.startswith("error:") and "missing.pt" in last
+
+
 @pytest.mark.parametrize("case", ["terminal", "terminal -q", "not a terminal"])
 def test_the_cli_shows_every_phase_on_a_terminal_only(case, tmp_path):
     """The real command in a process of its own (whose stderr console is made as a user's is): rich's
@@ -152,7 +181,7 @@ def test_the_cli_shows_every_phase_on_a_terminal_only(case, tmp_path):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     stderr = ANSI.sub("", proc.stderr)
-    names = ["starting (importing torch)", *CHECKPOINT_PHASES, "writing outputs"]
+    names = ["starting (importing torch)", "starting ", *CHECKPOINT_PHASES, "writing outputs"]
     warning = "rank-limited: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9"
     if case == "terminal":
         missing = [name for name in names if name not in stderr]

@@ -23,7 +23,7 @@ from rich.markup import escape
 from nc_probe.cli.options import flag_name
 from nc_probe.core.consoles import console, stderr_console
 from nc_probe.core.errors import InputError, spell
-from nc_probe.core.progress import phase, shown
+from nc_probe.core.progress import shown, step
 from nc_probe.core.text import first_line, printable
 
 USER_ERROR, INTERRUPTED = 2, 130
@@ -81,14 +81,18 @@ def _other_rank() -> bool:
 
 
 def _run(fn: Callable, args, kwargs):
-    with shown(not kwargs.get("quiet", False)), phase("starting (importing torch)"):
-        from nc_probe.core import distributed  # torch: only once a command runs, never for --help or --version
-
     try:
-        if distributed.init_from_env(kwargs.get("device") or "auto") and not distributed.is_main():
-            with _quiet_worker(kwargs) as worker_kwargs:
-                return fn(*args, **worker_kwargs)
-        return fn(*args, **kwargs)
+        # The start-up's row, from the first second until the command's own progress takes the display over (its
+        # first shown() block) or, at the latest, until the command ends: before any error or result is printed.
+        with shown(not kwargs.get("quiet", False), handover=True):
+            step("starting (importing torch)")
+            from nc_probe.core import distributed  # torch: only once a command runs, never for --help or --version
+
+            step("starting")
+            if distributed.init_from_env(kwargs.get("device") or "auto") and not distributed.is_main():
+                with _quiet_worker(kwargs) as worker_kwargs:
+                    return fn(*args, **worker_kwargs)
+            return fn(*args, **kwargs)
     except InputError as e:
         error(e.render(flag_name))
         raise typer.Exit(USER_ERROR) from None

@@ -6,7 +6,8 @@ Three calls, usable anywhere below the CLI without passing anything down:
 - ``with shown(on):`` opens the display for the block (the CLI and the public entry points, whose ``progress``
   flag it is; :func:`shows_progress` does it for a function). Nothing is shown when ``on`` is false (``-q``), when
   stderr is not a terminal (logs, pipes, CI), or on a torchrun rank other than 0. Inside an open display it does
-  nothing: the outer one serves.
+  nothing: the outer one serves; except inside the CLI's start-up display, which the first ``shown`` block of the
+  command takes over and closes (``handover``), so that no second of a run passes without a row.
 - ``with phase("loading the model"):`` a row while the block runs; phases nest (a row per level).
 - ``step("pass 2: predictions")``: the innermost row now does this (its clock restarts); one line, no block, for
   code whose structure should not change for the sake of progress.
@@ -44,6 +45,8 @@ class _Display:
         self.progress = Progress(*_columns(), console=console, transient=True,
                                  redirect_stdout=False)  # stdout may be a file: never print its text on stderr
         self.rows: list[tuple[Any, str | None]] = []  # (task id, the phase's name; None for a row step() opened)
+        self.handover = False  # open for the next shown() block to take over (see shown)
+        self.closed = False
         self.progress.start()
 
     def push(self, name: str | None, description: str) -> Any:
@@ -68,8 +71,15 @@ class _Display:
         self.progress.reset(task, description=what if name is None else f"{name}: {what}")
         self.progress.refresh()
 
+    def clear(self) -> None:
+        for task, _ in self.rows:
+            self.progress.remove_task(task)
+        self.rows = []
+
     def close(self) -> None:
-        self.progress.stop()
+        if not self.closed:
+            self.closed = True
+            self.progress.stop()
 
 
 def _columns() -> list:
@@ -107,16 +117,34 @@ def _columns() -> list:
 _display: ContextVar[_Display | None] = ContextVar("nc_probe_progress", default=None)
 
 
+def _open() -> _Display | None:
+    display = _display.get()
+    return None if display is None or display.closed else display
+
+
 def active() -> bool:
     """Whether a display is open here (then phases, steps and bars are drawn)."""
-    return _display.get() is not None
+    return _open() is not None
 
 
 @contextlib.contextmanager
-def shown(on: bool = True, *, console: Console | None = None) -> Iterator[None]:
+def shown(on: bool = True, *, console: Console | None = None, handover: bool = False) -> Iterator[None]:
     """Open the display for the block, when ``on``, on torchrun's rank 0, and when ``console`` (default: nc-probe's
-    stderr console) is a terminal; inside an open display, nothing (the outer one serves)."""
-    if not on or active() or not _main_rank():
+    stderr console) is a terminal; inside an open display, nothing (the outer one serves).
+
+    ``handover``: the display is the start-up's (the CLI opens it before a command imports what it needs, so that
+    no second passes without a row); the first ``shown`` block inside takes it over: its rows are cleared, and it
+    closes when that block ends, so that the command prints its results with no display left."""
+    outer = _open()
+    if outer is not None and outer.handover:
+        outer.handover = False
+        outer.clear()
+        try:
+            yield
+        finally:
+            outer.close()
+        return
+    if not on or outer is not None or not _main_rank():
         yield
         return
     console = console if console is not None else stderr_console()
@@ -125,6 +153,7 @@ def shown(on: bool = True, *, console: Console | None = None) -> Iterator[None]:
         yield
         return
     display = _Display(console)
+    display.handover = handover
     token = _display.set(display)
     try:
         yield
@@ -147,7 +176,7 @@ def shows_progress(fn: F) -> F:
 @contextlib.contextmanager
 def phase(name: str) -> Iterator[None]:
     """A row saying ``name`` (and the time spent in it) while the block runs, when a display is open."""
-    display = _display.get()
+    display = _open()
     if display is None:
         yield
         return
@@ -160,7 +189,7 @@ def phase(name: str) -> Iterator[None]:
 
 def step(what: str) -> None:
     """The innermost row now says ``phase: what`` and times it from now (a row of its own when none is open)."""
-    display = _display.get()
+    display = _open()
     if display is not None:
         display.step(what)
 
@@ -185,14 +214,14 @@ class Bar:
 
 def bar(total: int | None, description: str) -> Bar | None:
     """A bar for ``total`` samples (None: unknown) when a display is open, else None."""
-    display = _display.get()
+    display = _open()
     return None if display is None else Bar(display, total, description)
 
 
 def abandon() -> None:
     """Take the open display down now: the process is about to end without unwinding (Ctrl-C inside an import, see
     :mod:`nc_probe.entry`), and the terminal should get its cursor back and keep no half-drawn rows."""
-    display = _display.get()
+    display = _open()
     if display is not None:
         display.close()
 
