@@ -183,14 +183,16 @@ def test_nearest_subspace_matches_its_definition(seed):
     dims = [3, 5, 8, 40]  # three low-rank classes (fewer than 30 directions) and one full-rank one
     bases = [np.linalg.qr(rng.normal(size=(d, k)))[0] for k in dims]
     H = np.stack([bases[c] @ rng.normal(size=dims[c]) for c in y]) + rng.normal(size=(len(y), d))
-    m = nc_probe.analyze_features(H, y).metrics
+    assert nc_probe.analyze_features(H, y).metrics["acc_nearest_subspace"] is None  # opt-in: a pass of its own
+    m = nc_probe.analyze_features(H, y, nearest_subspace=True).metrics
     ref = _nearest_subspace_reference(H, y)
     assert 0.3 < ref < 1.0
     assert m["acc_nearest_subspace"] == pytest.approx(ref, abs=1e-12)
     with mock.patch("nc_probe.metrics.nearest_subspace.BLOCK_BYTES", 8 * 7 * 100):  # blocks of 7 rows
-        assert nc_probe.analyze_features(H, y).metrics["acc_nearest_subspace"] == pytest.approx(ref, abs=1e-12)
+        assert nc_probe.analyze_features(H, y, nearest_subspace=True).metrics["acc_nearest_subspace"] == \
+            pytest.approx(ref, abs=1e-12)
     with mock.patch("nc_probe.metrics.nearest_subspace.NS_MAX_WORK", 10):
-        assert nc_probe.analyze_features(H, y).metrics["acc_nearest_subspace"] is None
+        assert nc_probe.analyze_features(H, y, nearest_subspace=True).metrics["acc_nearest_subspace"] is None
 
 
 def test_nc3_etf_without_c_by_c_matrices_agrees_with_the_direct_form():

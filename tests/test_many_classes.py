@@ -23,6 +23,7 @@ from nc_probe.analysis import from_stats as compute
 from nc_probe.analysis import subspace_report
 from nc_probe.metrics import blockwise
 from nc_probe.stats import predictions, workplan
+from nc_probe.stats.class_stats import subspace_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 RTOL = 1e-9
@@ -329,7 +330,7 @@ def test_angle_bases_beyond_their_budget_keep_the_most_frequent_classes(monkeypa
     order = np.lexsort((ids, -counts))
     sizes = np.cumsum(np.array(k)[order] * 8 * 8)
     budget = int(sizes[-2] + sizes[-1]) // 2  # all but the least frequent class fit
-    in_pass1 = subspace_report.subspace_bytes(len(ids), 8)
+    in_pass1 = subspace_bytes(len(ids), 8)
     assert in_pass1 // 2 <= budget
     monkeypatch.setattr(subspace_report, "BASIS_BYTES", budget)
     for memory in (in_pass1, in_pass1 // 3):  # moments in pass 1, and in groups over several passes

@@ -18,7 +18,7 @@ import torch
 from nc_probe._version import __version__
 from nc_probe.analysis import from_stats as compute
 from nc_probe.analysis import subspace_report
-from nc_probe.analysis.pass2 import second_pass
+from nc_probe.analysis.pass2 import ScreenedRule, second_pass
 from nc_probe.analysis.pca import PCASample, total_covariance
 from nc_probe.core import distributed
 from nc_probe.core.errors import InputError
@@ -83,15 +83,15 @@ def analyze_store(store: FeatureStore, settings: MetricSettings | None = None, *
                          fix=f"pick k between 1 and {store.dim}")
     if distributed.active() and not store.is_shard:
         store = store.shard(*distributed.row_range(store.num_samples))
-    run = _Analysis(store, s, device)
-    run.execute(stats, sha256)
+    run = _Analysis(store, s, device, stats)
+    run.execute(sha256)
     return run.report(layer, inputs)
 
 
 class _Analysis:
     """One analysis of a store: the plan (from the labels, read once), the passes, and the report."""
 
-    def __init__(self, store: FeatureStore, s: MetricSettings, device):
+    def __init__(self, store: FeatureStore, s: MetricSettings, device, stats: ClassStats | None = None):
         self.t_start = time.perf_counter()
         self.store, self.s, self.device = store, s, device
         labels = store.labels()
@@ -102,15 +102,20 @@ class _Analysis:
         self.keep = counts >= s.min_class_count  # classes analysed; the others' rows are left out everywhere
         self.present = np.flatnonzero(self.keep & (counts > 0))  # the rows ClassStats allocates, in class order
         self.plan = workplan.plan(self.present, counts[self.present], store.dim)
-        self.splan = subspace_report.plan(counts, store.dim, s)
+        # statistics accumulated during extraction: the plan is built once, around the classes they hold moments of
+        self.given = _usable(stats, s, (self.num_classes, store.dim))
+        self.splan = subspace_report.plan(counts, store.dim, s,
+                                          tracked=None if self.given is None else self.given.subspace_classes)
         self.rows = s.chunk_rows or auto_chunk_rows(store.dim)
-        self.timings: dict[str, float] = {}
+        # seconds per phase: the keys without "/" follow one another and add up to the run ("total"); "a/b" is a
+        # part of phase a (a rule riding its pass) or work beside it on another thread
+        self.timings: dict[str, float] = {"plan": time.perf_counter() - self.t_start}
 
-    def execute(self, stats: ClassStats | None, sha256: str | None) -> None:
-        store, s, splan, timings = self.store, self.s, self.splan, self.timings
-        stats = _usable(stats, splan, s, (self.num_classes, store.dim))
+    def execute(self, sha256: str | None) -> None:
+        store, s, splan, timings, stats = self.store, self.s, self.splan, self.timings, self.given
         with ThreadPoolExecutor(1) as pool:
             digest = pool.submit(store.sha256) if sha256 is None else None
+            t = time.perf_counter()
             if stats is None:
                 stats = ClassStats(self.num_classes, store.dim, subspace_classes=splan.tracked, device=self.device,
                                    backend=s.backend, classes=self.present)
@@ -118,7 +123,7 @@ class _Analysis:
                 _pass1(store, stats, self.rows, self.keep)
             stats.all_reduce()  # under torchrun each rank holds its shard's statistics (given or just accumulated)
             self.stats = stats
-            timings["pass1_stats"] = time.perf_counter() - self.t_start
+            timings["pass1_stats"] = time.perf_counter() - t
             t = time.perf_counter()
             self.W = store.W  # as stored (a 256k-way head's float32 W is never copied whole in float64)
             step("collapse metrics")
@@ -127,7 +132,9 @@ class _Analysis:
                                               keep_matrix=_keep_cosines(len(self.plan.ids), s), plan=self.plan)
             timings["collapse_metrics"] = time.perf_counter() - t
             self._passes(pool)
+            t = time.perf_counter()
             self.sha = digest.result() if digest is not None else sha256
+            timings["sha256"] = time.perf_counter() - t  # the wait for it: the digest is read on the pool's thread
         timings["total"] = time.perf_counter() - self.t_start
 
     def _passes(self, pool: ThreadPoolExecutor) -> None:
@@ -136,8 +143,8 @@ class _Analysis:
         store, s, splan, stats, timings = self.store, self.s, self.splan, self.stats, self.timings
         analysed = self.c.ids  # the classes with samples that min_class_count keeps
         results = subspace_report.results_for(
-            splan, s, keep_ns=set(analysed.tolist()) <= set(splan.classes) and nearest_subspace.wanted(len(analysed),
-                                                                                                        stats.dim))
+            splan, s, keep_ns=s.nearest_subspace and set(analysed.tolist()) <= set(splan.classes)
+            and nearest_subspace.wanted(len(analysed), stats.dim))
         job = None
         if splan.in_pass1:
             acc = subspace_report.pass1_accumulator(stats, splan.classes)
@@ -149,10 +156,13 @@ class _Analysis:
         first = _group_feeder(splan, 0, stats)
         self.layer_metrics, self.probe = _layer_metrics(stats, self.c.ids, self.keep, s, total, self.plan)
         self.mahalanobis = _mahalanobis_tally(stats, self.c.ids, self.keep)
-        observers = [o for o in (first, self.probe, self.mahalanobis) if o is not None]
+        riders = {"pca_sample": self.pca, "subspace_group": first,
+                  "linear_probe": None if self.probe is None else ScreenedRule(self.probe),
+                  "mahalanobis": None if self.mahalanobis is None else ScreenedRule(self.mahalanobis)}
+        clocked = {k: _Clocked(o) for k, o in riders.items() if o is not None}
         step("pass 2: predictions, NC4")
-        self.tally = second_pass(store, stats, self.c.ids, self.W, self.rows, self.pca, keep=self.keep,
-                                 observers=observers, ncc_ids=self.plan.ncc_ids)
+        self.tally = second_pass(store, stats, self.c.ids, self.W, self.rows, keep=self.keep,
+                                 observers=list(clocked.values()), ncc_ids=self.plan.ncc_ids)
         if self.probe is not None:
             distributed.sync(self.probe)
             self.layer_metrics["acc_linear_probe"] = self.probe.accuracy
@@ -160,19 +170,23 @@ class _Analysis:
             distributed.sync(self.mahalanobis)
         self.layer_metrics["acc_ncc_mahalanobis"] = None if self.mahalanobis is None else self.mahalanobis.accuracy
         timings["pass2_nc4"] = time.perf_counter() - t
+        timings.update({f"pass2_nc4/{k}": o.seconds for k, o in clocked.items()})
         t = time.perf_counter()
         step("subspace spectra and angles")
         if job is not None:
-            _, timings["subspace_spectra"] = job.result()
+            _, timings["subspace_spectra/thread"] = job.result()  # beside pass 2; the wait for it follows
         else:
             _subspace_groups(store, stats, splan, results, s, self.rows, first)
-            timings["subspace_spectra"] = time.perf_counter() - t
+        timings["subspace_spectra"] = time.perf_counter() - t
         t = time.perf_counter()
         count = np.where(self.keep, stats.count.cpu().numpy(), 0)
         self.subspace = subspace_report.finish(stats, count, splan, results, s)
         timings["subspace_angles"] = time.perf_counter() - t
+        t = time.perf_counter()
         self.layer_metrics["acc_nearest_subspace"] = _nearest_subspace(store, results, analysed, self.keep,
                                                                        self.rows)
+        if results.keep_ns:
+            timings["nearest_subspace"] = time.perf_counter() - t
 
     def report(self, layer, inputs) -> Report:
         c, stats, s = self.c, self.stats, self.s
@@ -236,18 +250,15 @@ def _global_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return distributed.all_reduce_(counts).numpy()
 
 
-def _usable(stats, splan, s: MetricSettings, shape: tuple[int, int]) -> ClassStats | None:
-    """Statistics accumulated elsewhere (during extraction), when they serve this analysis: the right shape, the
-    classes the plan needs in pass 1, and no class to leave out (their rows are in them)."""
+def _usable(stats, s: MetricSettings, shape: tuple[int, int]) -> ClassStats | None:
+    """Statistics accumulated elsewhere (during extraction), when they serve this analysis: the right shape and no
+    class to leave out (their rows are in them). Whatever subspace moments they hold, the plan works with them."""
     if stats is None:
         return None
     if (stats.num_classes, stats.dim) != shape:
         raise ValueError(f"stats of C={stats.num_classes}, d={stats.dim} do not fit the store (C={shape[0]}, "
                          f"d={shape[1]})")
-    tracked = set(stats.subspace_classes)
-    if s.min_class_count > 1 or (splan.in_pass1 and not set(splan.classes) <= tracked):
-        return None
-    return stats
+    return None if s.min_class_count > 1 else stats
 
 
 def _keep_cosines(num_classes: int, s: MetricSettings) -> bool:
@@ -340,6 +351,20 @@ def _work_warnings(store: FeatureStore, plan: workplan.WorkPlan, s: MetricSettin
         out.append(f"acc_model and nc4 score every row against all {len(store.W):,} rows of W ({work:.2g} "
                    "multiply-adds); store the model's predictions (a predictions column) to skip that")
     return out
+
+
+class _Clocked:
+    """A pass observer whose time is summed, so that ``report.timings`` names each rule's share of the pass it
+    rides."""
+
+    def __init__(self, observer):
+        self.observer = observer
+        self.seconds = 0.0
+
+    def add(self, start: int, h: torch.Tensor, y: torch.Tensor) -> None:
+        t = time.perf_counter()
+        self.observer.add(start, h, y)
+        self.seconds += time.perf_counter() - t
 
 
 def _timed(fn, *args):

@@ -315,4 +315,5 @@ def settings_record(settings: MetricSettings, stats: ClassStats, rows: int | Non
             "subspace_classes": None if settings.classes is None else list(settings.classes), "chunk_rows": rows,
             "device": str(stats.device), "min_class_count": settings.min_class_count,
             "angle_classes": settings.angle_classes, "angle_precision": settings.angle_precision,
-            "linear_probe": settings.linear_probe, "frequent_classes": None if plan is None else plan.setting()}
+            "linear_probe": settings.linear_probe, "nearest_subspace": settings.nearest_subspace,
+            "frequent_classes": None if plan is None else plan.setting()}

@@ -18,8 +18,9 @@ import torch
 
 from nc_probe.analysis.pca import PCASample
 from nc_probe.extract.store import FeatureStore
+from nc_probe.metrics.probe import ProbeTally
 from nc_probe.stats.class_stats import ClassStats
-from nc_probe.stats.predictions import WHOLE_BYTES, PredictionTally, Predictor, logits_argmax
+from nc_probe.stats.predictions import WHOLE_BYTES, Classifier, PredictionTally, Predictor, logits_argmax
 from nc_probe.stats.screen import ClassifierScreen, Float32Screen
 
 PASS2_BLOCK = 4096  # CPU pass 2: rows cast to float64 and scored at a time (a cache-sized block)
@@ -163,3 +164,39 @@ def _decide(block: torch.Tensor, screen, exact, buf: torch.Tensor) -> torch.Tens
     if len(unsure):
         out[unsure] = exact(block[unsure].to(torch.float64))
     return out
+
+
+class ScreenedRule:
+    """A pass observer feeding a linear rule's tally (:class:`~nc_probe.metrics.probe.ProbeTally`: the Mahalanobis
+    nearest class mean, the linear probe) float32 rows the way pass 2 scores them: in float32 with the rounding bound
+    of :class:`~nc_probe.stats.screen.ClassifierScreen`, and only the rows it cannot decide in float64 by the tally's
+    own rule, so every decision is the float64 one. About twice the speed of scoring every row in float64, and no
+    float64 copy of the chunk. Float64 rows, and rows on a GPU, go to the tally as they are."""
+
+    def __init__(self, tally: ProbeTally):
+        self.tally = tally
+        W = tally.Wt.T
+        self.screen = ClassifierScreen(Classifier(W, tally.b), len(W))
+        self.block_rows = _block_rows(len(W), itemsize=4)
+
+    def add(self, start: int, h: torch.Tensor, y: torch.Tensor) -> None:
+        t = self.tally
+        if h.dtype != torch.float32 or h.device.type != "cpu":
+            t.add(start, h, y)
+            return
+        if t.keep is not None and not t.keep.all():
+            sel = torch.from_numpy(t.keep[y.numpy()])
+            h, y = h[sel], y[sel]
+        correct = 0
+        for s in range(0, len(y), self.block_rows):
+            block = h[s:s + self.block_rows]
+            screened = self.screen(block)
+            if screened is None:
+                pred = t.decide(block.to(torch.float64))
+            else:
+                pred, unsure = screened
+                if len(unsure):
+                    pred[unsure] = t.decide(block[unsure].to(torch.float64))
+            correct += int((t.ids[pred] == y[s:s + self.block_rows]).sum())
+        t.correct += correct
+        t.total += len(y)

@@ -20,7 +20,7 @@ from nc_probe.core.settings import MetricSettings
 from nc_probe.core.text import format_bytes
 from nc_probe.metrics import subspace
 from nc_probe.metrics.angles import AngleResult, all_pair_angles
-from nc_probe.stats.class_stats import ClassStats, subspace_bytes
+from nc_probe.stats.class_stats import GROUP_SHARE, ClassStats, group_bytes, moments_fit
 from nc_probe.stats.subspaces import ClassPlan, SubspaceAccumulator, class_plans, plan_groups
 
 AUTO_ANGLE_CLASSES = 1000  # above this many classes, principal angles for the most frequent ones only
@@ -46,8 +46,10 @@ class SubspacePlan:
         return self.classes if self.in_pass1 else []
 
 
-def plan(counts: np.ndarray, dim: int, settings: MetricSettings) -> SubspacePlan:
-    """The plan for these class counts (see the module docstring)."""
+def plan(counts: np.ndarray, dim: int, settings: MetricSettings, *, tracked=None) -> SubspacePlan:
+    """The plan for these class counts (see the module docstring). ``tracked``: the classes whose moments
+    statistics accumulated already (during extraction) hold, when given: if they lack some of the plan's, the
+    plan gathers groups instead, and those statistics serve everything else (pass 1 is not read again)."""
     analysed = counts >= max(settings.min_class_count, 1)
     if settings.classes is not None:
         bad = [c for c in settings.classes if c >= len(counts)]
@@ -60,13 +62,14 @@ def plan(counts: np.ndarray, dim: int, settings: MetricSettings) -> SubspacePlan
     angle_classes = _angle_classes(counts, classes, settings, notes)
     order = sorted(angle_classes, key=lambda c: (-counts[c], c))
     budget = settings.memory_budget
-    if subspace_bytes(len(classes), dim) <= budget:
+    held = tracked is None or set(classes) <= set(tracked)
+    if held and moments_fit(len(classes), dim, budget):
         return SubspacePlan(classes, angle_classes, order, True, notes=notes)
     plans = class_plans(counts, classes, dim)
-    groups = plan_groups(plans, dim, budget // 4)
+    groups = plan_groups(plans, dim, group_bytes(budget))
     if len(groups) > 1:
-        notes.append(f"subspace statistics in {len(groups)} groups of at most {format_bytes(budget // 4)} "
-                     f"(a quarter of {{memory_budget}}), one more pass over the features each")
+        notes.append(f"subspace statistics in {len(groups)} groups of at most {format_bytes(group_bytes(budget))} "
+                     f"(1/{GROUP_SHARE} of {{memory_budget}}), one more pass over the features each")
     return SubspacePlan(classes, angle_classes, order, False, groups, notes)
 
 

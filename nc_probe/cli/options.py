@@ -35,9 +35,9 @@ FLAGS = {
     "save_features": "--save-features", "fmt": "--format", "out": "--out",
     "min_class_count": "--min-class-count", "angle_classes": "--angle-classes",
     "angle_precision": "--angle-precision", "matrices": "--matrices", "layers": "--layers", "pool": "--pool",
-    "max_dim": "--max-dim", "linear_probe": "--linear-probe",
+    "max_dim": "--max-dim", "linear_probe": "--linear-probe", "nearest_subspace": "--nearest-subspace",
 }
-SWITCHES = {"trust_checkpoint", "linear_probe"}  # flags that take no value
+SWITCHES = {"trust_checkpoint", "linear_probe", "nearest_subspace"}  # flags that take no value
 
 
 def flag_name(param: str, value: str | None) -> str:
@@ -194,6 +194,9 @@ MaxDim = Annotated[int | None, _option(
 LinearProbe = Annotated[bool, switch(
     "--linear-probe", "Also compute acc_linear_probe: a closed-form ridge probe scored in the second pass [default: "
                       "off; always on in nc-probe layers].", METRICS)]
+NearestSubspace = Annotated[bool, switch(
+    "--nearest-subspace", "Also compute acc_nearest_subspace: the MCR^2 nearest-subspace rule, one more pass over "
+                          "the features (about 4x one float64 X^T X at C=100, d=512) [default: off].", METRICS)]
 SaveFeatures = Annotated[Path | None, _option(
     "--save-features", "Keep the extracted features here, so later runs need no model [default: not kept].",
     EXTRACTION)]

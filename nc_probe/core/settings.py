@@ -131,6 +131,8 @@ class MetricSettings:
     linear_probe: also compute ``acc_linear_probe`` (a closed-form ridge probe, scored in the second pass) and
     ``rank_numerical_total`` (on by default in layer analyses; at a 32k-way head the probe's scores cost as much as
     the classifier's).
+    nearest_subspace: also compute ``acc_nearest_subspace`` (the MCR^2 nearest-subspace rule: one more pass scoring
+    every row against up to 30 basis vectors per class, about 4x one float64 X^T X at C=100, d=512; off by default).
     """
 
     eps2: float = 0.5
@@ -145,6 +147,7 @@ class MetricSettings:
     angle_precision: str = "float64"
     matrices: str = "auto"
     linear_probe: bool = False
+    nearest_subspace: bool = False
 
     def __post_init__(self):
         _set(self, "classes", parse_ids(self.classes, "classes"))
@@ -173,6 +176,8 @@ class MetricSettings:
                f"{', '.join(MATRIX_MODES)}", "use {matrices=auto}")
         _check(isinstance(self.linear_probe, bool), f"{{linear_probe}} must be true or false, got "
                f"{self.linear_probe!r}", "use {linear_probe=true}")
+        _check(isinstance(self.nearest_subspace, bool), f"{{nearest_subspace}} must be true or false, got "
+               f"{self.nearest_subspace!r}", "use {nearest_subspace=true}")
 
 
 @dataclass(frozen=True)

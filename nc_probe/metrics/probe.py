@@ -125,6 +125,9 @@ class ProbeTally(AccuracyTally):
         self.Wt = torch.from_numpy(np.ascontiguousarray(W.T))
         self.b = torch.from_numpy(b)
 
+    def decide(self, h: torch.Tensor) -> torch.Tensor:
+        """The rule's position among the classes (not yet a label id) of float64 rows."""
+        return torch.argmax(h @ self.Wt + self.b, dim=1)
+
     def credit(self, h: torch.Tensor, y: torch.Tensor) -> float:
-        pred = self.ids[torch.argmax(h @ self.Wt + self.b, dim=1)]
-        return float((pred == y).sum())
+        return float((self.ids[self.decide(h)] == y).sum())

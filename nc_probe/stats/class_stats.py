@@ -43,9 +43,26 @@ def gram(x: torch.Tensor) -> torch.Tensor:
     return x.T @ x
 
 
+#: When the subspace statistics do not all fit ``memory_budget`` in pass 1 they are gathered a group of classes at a
+#: time, each group taking at most 1/GROUP_SHARE of the budget (the rest holds the pass's chunk, the bases kept for
+#: the angles and the other statistics). Set here only.
+GROUP_SHARE = 4
+
+
 def subspace_bytes(num_tracked: int, dim: int) -> int:
     """Memory held by the per-class ``d x d`` second-moment matrices."""
     return num_tracked * dim * dim * 8
+
+
+def moments_fit(num_tracked: int, dim: int, memory_budget: int) -> bool:
+    """Whether pass 1 keeps the d x d moments of ``num_tracked`` classes (they fit ``memory_budget``): the one
+    decision, taken by extraction from the class count and by the analysis from the classes with samples."""
+    return subspace_bytes(num_tracked, dim) <= memory_budget
+
+
+def group_bytes(memory_budget: int) -> int:
+    """The most one group of subspace statistics may take (see :data:`GROUP_SHARE`)."""
+    return memory_budget // GROUP_SHARE
 
 
 def _check_ids(ids, num_classes: int, what: str) -> list[int]:
@@ -440,6 +457,6 @@ def pass1_classes(num_classes: int, dim: int, settings) -> list[int] | None:
     (:mod:`nc_probe.analysis.subspace_report`)."""
     classes = settings.classes
     n = num_classes if classes is None else len(classes)
-    if subspace_bytes(n, dim) > settings.memory_budget:
+    if not moments_fit(n, dim, settings.memory_budget):
         return []
     return None if classes is None else [c for c in classes if c < num_classes]

@@ -20,10 +20,23 @@ def _gamma(d: int) -> float:
 def _row_norms(block: torch.Tensor, column_norm: float) -> torch.Tensor | None:
     """Upper bounds of the rows' norms, or None when float32 products could overflow (the block is then scored in
     float64)."""
-    hn = torch.sqrt(torch.einsum("ij,ij->i", block, block).double())
+    # vector_norm, not einsum("ij,ij->i"): 15x faster on the CPU (the einsum cost a quarter of an X^T X per screen)
+    hn = torch.linalg.vector_norm(block, dim=1).double()
     if not len(hn) or not float(hn.max()) * max(column_norm, 1.0) < 1e30:
         return None
-    return hn * 1.001  # the float32 sum of squares is within (d u) of the exact one
+    return hn * (1.001 + block.shape[1] * 2.0**-23)  # the float32 sum of squares is within (d u) of the exact one
+
+
+def _best_two(scores: torch.Tensor, largest: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(best value, its column, runner-up value)`` of each row; ``scores`` is overwritten. Two max passes: three
+    times faster than ``topk(2)`` on the CPU. Which of tied columns is "best" does not matter: a tie is within any
+    bound, so the row is unsure and scored in float64."""
+    pick = torch.max if largest else torch.min
+    v1, i1 = pick(scores, dim=1)
+    if scores.shape[1] < 2:
+        return v1, i1, torch.full_like(v1, -torch.inf if largest else torch.inf)
+    scores.scatter_(1, i1[:, None], -torch.inf if largest else torch.inf)
+    return v1, i1, pick(scores, dim=1).values
 
 
 class Float32Screen:
@@ -37,7 +50,7 @@ class Float32Screen:
     original computation is within ``(d+2) 2^-53 ||h|| ||c||`` of the exact one. The screen's own float32 arithmetic
     on the scores (rounding ``||mu_c||^2`` and ``b`` to float32, one subtraction or addition) adds at most ``2^-23``
     times the magnitudes involved. A row's decision is taken from the float32 scores only when the runner-up (found
-    with ``topk``, one pass over the scores on every core) trails the best by more than twice the sum of these
+    by two max passes over the scores, :func:`_best_two`) trails the best by more than twice the sum of these
     bounds (doubled again for safety); then the float64 computation makes the same decision. Other rows are
     returned as ``unsure``. Keeping the scores in float32 matters at a 32k-way head, where the block's score matrix
     dominates pass 2 (casting it to float64 and scanning it three times took longer than the product itself).
@@ -76,18 +89,16 @@ class Float32Screen:
         # nearest center: D_c = ||mu_c||^2 - 2 h.mu_c (in float32), smallest wins; unsure when the runner-up is
         # within twice the bound of the products plus the float32 rounding of ||mu_c||^2 and of the subtraction
         dist = s[:, :K].mul_(-2.0).add_(self.sq32)  # in place: at a 32k-way head the scores are the memory
-        top = torch.topk(dist, 2, dim=1, largest=False)
-        ncc = top.indices[:, 0]
+        best, ncc, second = _best_two(dist, largest=False)
         bound = 2 * (self.gamma * hn * self.mean_norm + tiny) + 2 * eps * (self.sq_max + 2 * hn * self.mean_norm)
-        unsure = (top.values[:, 1] - top.values[:, 0]).double() <= 2 * bound
+        unsure = (second - best).double() <= 2 * bound
         unsure |= tiny_rows
         model = None
         if self.has_w:
             logit = s[:, K:] if self.bias32 is None else s[:, K:].add_(self.bias32)
-            top = torch.topk(logit, 2, dim=1)
-            model = top.indices[:, 0]
+            best, model, second = _best_two(logit)
             bound = (self.gamma * hn * self.w_norm + tiny) + 2 * eps * (self.b_max + hn * self.w_norm)
-            unsure |= (top.values[:, 0] - top.values[:, 1]).double() <= 2 * bound
+            unsure |= (best - second).double() <= 2 * bound
         return ncc, model, torch.nonzero(unsure).flatten()
 
 
@@ -119,9 +130,8 @@ class ClassifierScreen:
             scores = block @ w.T
             if b is not None:
                 scores += b
-            top = torch.topk(scores, min(2, scores.shape[1]), dim=1)
-            v1, i1 = top.values[:, 0], top.indices[:, 0] + s
-            v2 = top.values[:, 1] if scores.shape[1] > 1 else torch.full_like(v1, -torch.inf)
+            v1, i1, v2 = _best_two(scores)
+            i1 = i1 + s
             take = v1 > best
             second = torch.where(take, torch.maximum(best, v2), torch.maximum(second, v1))
             arg = torch.where(take, i1, arg)

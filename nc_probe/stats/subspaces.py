@@ -25,6 +25,7 @@ import torch
 
 from nc_probe.core.errors import InputError
 from nc_probe.core.text import format_bytes
+from nc_probe.stats.class_stats import GROUP_SHARE
 
 F64 = torch.float64
 
@@ -55,8 +56,8 @@ def plan_groups(plans: list[ClassPlan], dim: int, group_bytes: int) -> list[list
         size = p.nbytes(dim)
         if size > group_bytes:
             raise InputError(f"the subspace statistics of class {p.cls} need {format_bytes(size)}, more than a group "
-                             f"may take ({format_bytes(group_bytes)}: a quarter of {{memory_budget}})",
-                             fix=f"raise {{memory_budget}} to at least {format_bytes(4 * size)}")
+                             f"may take ({format_bytes(group_bytes)}: 1/{GROUP_SHARE} of {{memory_budget}})",
+                             fix=f"raise {{memory_budget}} to at least {format_bytes(GROUP_SHARE * size)}")
         if used + size > group_bytes and groups[-1]:
             groups.append([])
             used = 0
