@@ -5,9 +5,10 @@ Three calls, usable anywhere below the CLI without passing anything down:
 
 - ``with shown(on):`` opens the display for the block (the CLI and the public entry points, whose ``progress``
   flag it is; :func:`shows_progress` does it for a function). Nothing is shown when ``on`` is false (``-q``), when
-  stderr is not a terminal (logs, pipes, CI), or on a torchrun rank other than 0. Inside an open display it does
-  nothing: the outer one serves; except inside the CLI's start-up display, which the first ``shown`` block of the
-  command takes over and closes (``handover``), so that no second of a run passes without a row.
+  stderr is not a terminal (logs, pipes, CI; a notebook gets rich's widget), or on a torchrun rank other than 0.
+  Inside an open display it does nothing: the outer one serves; except inside the CLI's start-up display, which
+  the first ``shown`` block of the command takes over and closes (``handover``), so that no second of a run passes
+  without a row.
 - ``with phase("loading the model"):`` a row while the block runs; phases nest (a row per level).
 - ``step("pass 2: predictions")``: the innermost row now does this (its clock restarts); one line, no block, for
   code whose structure should not change for the sake of progress.
@@ -148,8 +149,9 @@ def shown(on: bool = True, *, console: Console | None = None, handover: bool = F
         yield
         return
     console = console if console is not None else stderr_console()
-    # is_interactive is decided when the console is made (rich draws live displays only then): both must hold
-    if not (console.is_terminal and console.is_interactive) or console.is_dumb_terminal:
+    # is_interactive is decided when the console is made (rich draws live displays only then): both must hold; a
+    # notebook (progress=True from the Python API) gets rich's widget
+    if not (console.is_jupyter or console.is_terminal and console.is_interactive and not console.is_dumb_terminal):
         yield
         return
     display = _Display(console)
