@@ -18,6 +18,7 @@ Summaries (:class:`~nc_probe.metrics.pairs.PairSummary`) are kept for every pair
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -53,8 +54,8 @@ class AngleResult:
 def all_pair_angles(bases: list[np.ndarray], *, keep_matrices: bool = False, device="cpu",
                     precision: str = "float64", tile_columns: int | None = None) -> AngleResult:
     """``angle_min`` (degrees) and ``subspace_affinity`` of every pair of ``bases`` (d x k_c, orthonormal);
-    ``tile_columns`` (default :data:`TILE_COLUMNS`) bounds the stacked basis columns of a tile side. In float64 on
-    the CPU the list's arrays are replaced by views of the stacked matrix, so the bases are held once."""
+    ``tile_columns`` (default :data:`TILE_COLUMNS`) bounds the stacked basis columns of a tile side. The list's
+    arrays are replaced by views of one stacked float64 matrix, so the bases are held once."""
     K = len(bases)
     d = bases[0].shape[0] if K else 0
     result = AngleResult(PairSummary(bounds=(0.0, 90.0), extreme="smallest"),
@@ -62,83 +63,92 @@ def all_pair_angles(bases: list[np.ndarray], *, keep_matrices: bool = False, dev
                          np.zeros((K, K)) if keep_matrices else None, np.eye(K) if keep_matrices else None)
     if K < 2:
         return result
-    # Classes sorted by basis size, so that the blocks of a tile pad to nearly their own size.
+    # Classes sorted by basis size, so that the classes of a range pad to nearly their own size.
     k = np.array([b.shape[1] for b in bases])
     order = np.argsort(k, kind="stable")
+    ranges = _class_ranges(k[order], tile_columns or TILE_COLUMNS)
+    stacked, starts = _padded_stack(bases, order, ranges, d)
     dtype = torch.float32 if precision == "float32" else torch.float64
-    stacked = np.concatenate([bases[c] for c in order], axis=1)
     U = torch.from_numpy(stacked).to(torch.device(device), dtype)
-    ks = k[order]
-    offsets = np.concatenate([[0], np.cumsum(ks)])
-    if U.device.type == "cpu" and dtype == torch.float64:
-        for i, c in enumerate(order):
-            bases[c] = stacked[:, offsets[i]:offsets[i + 1]]
-    for (a0, a1), (b0, b1) in _class_tiles(ks, tile_columns or TILE_COLUMNS):
+    for (ra, (a0, a1)), (rb, (b0, b1)) in itertools.combinations_with_replacement(enumerate(ranges), 2):
+        ma, mb = int(k[order[a1 - 1]]), int(k[order[b1 - 1]])  # the ranges' widths: their largest k
         # the tile stays where U is (a GPU's batched eigensolver takes the pairs there); float64 from here on
-        P = (U[:, offsets[a0]:offsets[a1]].T @ U[:, offsets[b0]:offsets[b1]]).double()
-        cos2, ssq, pa, pb = _tile_gram_tops(P, ks, offsets, (a0, a1), (b0, b1))
-        _record(result, cos2, ssq, order[pa], order[pb], k, bases, d, EXACT_COS2[precision])
+        P = (U[:, starts[ra]:starts[ra + 1]].T @ U[:, starts[rb]:starts[rb + 1]]).double()
+        blocks = P.reshape(a1 - a0, ma, b1 - b0, mb)  # blocks[i, :, j, :] = U_i^T U_j, zero-padded: a view
+        cos2, ssq, pa, pb = _tile_gram_tops(blocks, same=ra == rb)
+        _record(result, cos2, ssq, order[pa + a0], order[pb + b0], k, bases, d, EXACT_COS2[precision])
     return result
 
 
-def _class_tiles(k: np.ndarray, tile_columns: int):
-    """Ranges of classes (sorted by ascending k) whose columns, padded to the range's largest k, fit a tile side,
-    and every upper-triangular pair of ranges. Counting the padding bounds the padded blocks of
-    :func:`_tile_gram_tops` (with Zipf-sized classes, k runs from 1 to ~90: unpadded ranges made 2 GB blocks)."""
+def _class_ranges(k: np.ndarray, tile_columns: int) -> list[tuple[int, int]]:
+    """Ranges of classes (sorted by ascending k) whose columns, padded to the range's largest k, fit a tile side.
+    Counting the padding bounds the tiles (with Zipf-sized classes, k runs from 1 to ~90: unpadded ranges made
+    2 GB blocks)."""
     ranges, start = [], 0
     for c, kc in enumerate(k):
         if c > start and (c - start + 1) * kc > tile_columns:
             ranges.append((start, c))
             start = c
     ranges.append((start, len(k)))
-    for i, a in enumerate(ranges):
-        for b in ranges[i:]:
-            yield a, b
+    return ranges
 
 
-def _tile_gram_tops(P: torch.Tensor, k: np.ndarray, offsets: np.ndarray, rows: tuple[int, int],
-                    cols: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per class pair of a tile: the top eigenvalue of the Gram of ``P_ab`` (cos^2 theta_1) and ``||P_ab||_F^2``.
+def _padded_stack(bases: list[np.ndarray], order: np.ndarray, ranges: list[tuple[int, int]],
+                  d: int) -> tuple[np.ndarray, np.ndarray]:
+    """The bases side by side (float64, d x columns), each zero-padded to its range's largest k, so that a tile's
+    product is already laid out as equal blocks: taking the pairs' blocks out of a tile by index gathers cost as
+    much as the product itself (measured, k ~ 80). Each ``bases[c]`` becomes a view of its columns. Returns the
+    stacked matrix and the first column of each range."""
+    widths = [int(bases[order[b - 1]].shape[1]) for _, b in ranges]
+    starts = np.concatenate([[0], np.cumsum([(b - a) * w for (a, b), w in zip(ranges, widths)])])
+    stacked = np.zeros((d, int(starts[-1])))
+    for r, ((a, b), w) in enumerate(zip(ranges, widths)):
+        for i, c in enumerate(order[a:b]):
+            col = int(starts[r]) + i * w
+            kc = bases[c].shape[1]
+            stacked[:, col:col + kc] = bases[c]
+            bases[c] = stacked[:, col:col + kc]
+    return stacked, starts
 
-    Every class's rows/columns are padded with zeros to the tile's largest k (zeros change neither), so that the
-    pairs' blocks form one batch: their Grams come from one batched product, their top eigenvalues from batched
-    eigensolvers on every core.
+
+def _tile_gram_tops(blocks: torch.Tensor, same: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per class pair of a tile (``blocks[i, :, j, :]``, zero-padded ``P_ij``): the top eigenvalue of the Gram of
+    ``P_ij`` (cos^2 theta_1) and ``||P_ij||_F^2``; ``same``: a diagonal tile (pairs i < j only).
+
+    Rows of the tile go to a batch together (about :data:`PAIR_BATCH` pairs each); a batch's blocks are copied
+    out once (a concatenation of strided views), their Grams come from one batched product and their top
+    eigenvalues from a batched eigensolver, batches on every core. Zero padding changes neither number.
     """
-    (a0, a1), (b0, b1) = rows, cols
-    ka, kb = k[a0:a1], k[b0:b1]
-    ma, mb = int(ka.max()), int(kb.max())
-    rpad = _padded_index(ka, offsets[a0:a1] - offsets[a0], ma).to(P.device)
-    cpad = _padded_index(kb, offsets[b0:b1] - offsets[b0], mb).to(P.device)
-    Pp = torch.nn.functional.pad(P, (0, 1, 0, 1))  # index -1 (the padding) reads the zero row/column
-    blocks = Pp[rpad.reshape(-1)][:, cpad.reshape(-1)].reshape(a1 - a0, ma, b1 - b0, mb).permute(0, 2, 1, 3)
-    if a0 == b0:
-        pa, pb = np.triu_indices(a1 - a0, 1)
-    else:
-        pa, pb = (x.ravel() for x in np.indices((a1 - a0, b1 - b0)))
-    cos2 = np.empty(len(pa))
-    ssq = np.empty(len(pa))
+    na, ma, nb, mb = blocks.shape
+    rows = [(i, i + 1 if same else 0) for i in range(na)]
+    rows = [(i, j0) for i, j0 in rows if j0 < nb]
+    pa = np.concatenate([np.full(nb - j0, i) for i, j0 in rows]) if rows else np.zeros(0, dtype=np.int64)
+    pb = np.concatenate([np.arange(j0, nb) for _, j0 in rows]) if rows else np.zeros(0, dtype=np.int64)
+    cos2, ssq = np.empty(len(pa)), np.empty(len(pa))
+    batches, start, size, current = [], 0, 0, []  # (first pair, rows) of each batch
+    for i, j0 in rows:
+        current.append((i, j0))
+        size += nb - j0
+        if size >= PAIR_BATCH:
+            batches.append((start, current))
+            start, size, current = start + size, 0, []
+    if current:
+        batches.append((start, current))
 
-    def batch(sel: np.ndarray) -> None:
-        B = blocks[torch.from_numpy(pa[sel]).to(P.device), torch.from_numpy(pb[sel]).to(P.device)]
+    def batch(job) -> None:
+        s, part = job
+        B = torch.cat([blocks[i, :, j0:, :].permute(1, 0, 2) for i, j0 in part])
         G = B @ B.transpose(1, 2) if ma <= mb else B.transpose(1, 2) @ B
-        cos2[sel] = torch.linalg.eigvalsh(G)[:, -1].cpu().numpy()
-        ssq[sel] = torch.diagonal(G, dim1=1, dim2=2).sum(1).cpu().numpy()
+        e = s + len(B)
+        cos2[s:e] = torch.linalg.eigvalsh(G)[:, -1].cpu().numpy()
+        ssq[s:e] = torch.diagonal(G, dim1=1, dim2=2).sum(1).cpu().numpy()
 
-    batches = [np.arange(s, min(s + PAIR_BATCH, len(pa))) for s in range(0, len(pa), PAIR_BATCH)]
-    if P.device.type == "cpu":
+    if blocks.device.type == "cpu":
         parallel_map(batch, batches)  # single-threaded LAPACK per thread: every core busy on small problems
     else:
-        for sel in batches:
-            batch(sel)
-    return cos2, ssq, pa + a0, pb + b0
-
-
-def _padded_index(k: np.ndarray, starts: np.ndarray, width: int) -> torch.Tensor:
-    """Row indices of each class's block, padded to ``width`` with -1."""
-    idx = np.full((len(k), width), -1, dtype=np.int64)
-    for i, (s, n) in enumerate(zip(starts, k)):
-        idx[i, :n] = np.arange(s, s + n)
-    return torch.from_numpy(idx)
+        for job in batches:
+            batch(job)
+    return cos2, ssq, pa, pb
 
 
 def _record(result: AngleResult, cos2, ssq, pa, pb, k, bases, d: int, exact_cos2: float) -> None:
