@@ -95,3 +95,13 @@ def test_a_file_that_is_neither_still_names_what_is_missing(tmp_path):
     np.savez(tmp_path / "odd.npz", y=np.arange(4))
     with pytest.raises(nc_probe.InputError, match="no features array"):
         nc_probe.analyze_file(tmp_path / "odd.npz")
+
+
+def test_a_pt_file_of_features_alone_is_features_not_weights(tmp_path):
+    Z, alpha, expected_rankme, _ = known_spectrum(seed=4)
+    torch.save({"features": torch.from_numpy(Z)}, tmp_path / "ssl.pt")
+    proc = analyze_cli(tmp_path / "ssl.pt", "--json", tmp_path / "r.json", "-q")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((tmp_path / "r.json").read_text())["metrics"]
+    assert metrics["rankme"] == pytest.approx(expected_rankme, rel=1e-6)
+    assert metrics["alpha_req"] == pytest.approx(alpha, rel=1e-6)

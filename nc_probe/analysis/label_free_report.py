@@ -17,14 +17,12 @@ import torch
 
 from nc_probe._version import __version__
 from nc_probe.core.errors import InputError
-from nc_probe.core.feature_checks import ALIASES
+from nc_probe.core.feature_checks import ALIASES, SOURCE_NAMES
 from nc_probe.metrics import label_free
 from nc_probe.reports.report import Report
 from nc_probe.stats.class_stats import ClassStats
 
 LABEL_FREE_KEYS = ("rankme", "alpha_req", "rank_effective_total", "lidar")
-#: array names that say which source sample a row is a view of (lidar's surrogate classes)
-SOURCE_NAMES = ("source", "views")
 #: bound on source ids: the statistics keep rows for the sources seen only, so this is a range check, not a size
 MAX_SOURCES = 1 << 62
 

@@ -36,25 +36,18 @@ def _natural(name: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-def report_trajectory(folder, settings: dict | None = None):
-    """The :class:`~nc_probe.analysis.trajectory.Trajectory` of a folder of per-epoch reports."""
-    from nc_probe.analysis.trajectory import Point, Trajectory, epoch_of
-
+def read_reports(folder) -> list[tuple[Path, Report, dict]]:
+    """``(path, report, {"epoch": ...})`` of every report in ``folder`` in name order; the epoch from
+    ``inputs.epoch``, else the metadata's (the trajectory falls back to the file name, then the order)."""
     files = report_files(folder)
     if not files:
         raise InputError("holds no report JSONs", path=str(folder),
                          fix="point at the folder a training callback wrote (epoch_*.json)")
-    points = []
+    out = []
     for path in files:
         report = Report.load(path)
-        meta = {"epoch": report.inputs.get("epoch")}
-        if meta["epoch"] is None and isinstance(report.inputs.get("metadata"), dict):
-            meta["epoch"] = report.inputs["metadata"].get("epoch")
-        epoch, source = epoch_of(meta, str(path))
-        split = str(report.inputs.get("split") or "data")
-        points.append(Point(path.stem, str(path), epoch, source, {split: report}, reused=True))
-    if all(p.epoch is not None for p in points):
-        points.sort(key=lambda p: p.epoch or 0.0)  # stable: equal epochs keep the file order
-    first = points[0].reports[next(iter(points[0].reports))]
-    record = {"eps2": first.settings.get("eps2"), "splits": [], "data": str(folder), **(settings or {})}
-    return Trajectory(points, record)
+        epoch = report.inputs.get("epoch")
+        if epoch is None and isinstance(report.inputs.get("metadata"), dict):
+            epoch = report.inputs["metadata"].get("epoch")
+        out.append((path, report, {"epoch": epoch}))
+    return out

@@ -243,9 +243,7 @@ def run_trajectory(inputs: Sequence[str], settings: Settings | None = None, *, s
     s = checkpoint_settings(settings, **shortcuts)
     paths = expand_inputs(inputs)
     if len(paths) == 1 and _holds_reports(paths[0]):
-        from nc_probe.analysis.report_series import report_trajectory
-
-        return report_trajectory(paths[0])
+        return _report_trajectory(paths[0])
     taken: set[str] = set()
     labels = [label_of(path, taken) for path in paths]  # in the order given, whatever the order of analysis
     folder = Path(reports_dir) if reports_dir is not None else None
@@ -289,6 +287,21 @@ def run_trajectory(inputs: Sequence[str], settings: Settings | None = None, *, s
         done.sort(key=lambda kp: kp[0])
     return Trajectory([p for _, p in done], {"eps2": s.metrics.eps2, "splits": list(splits or []),
                                              "data": s.data.data}, notes)
+
+
+def _report_trajectory(folder: str) -> Trajectory:
+    """A folder of per-epoch reports (a training callback's) as a trajectory: read back, no model run."""
+    from nc_probe.analysis.report_series import read_reports
+
+    points = []
+    for path, report, meta in read_reports(folder):
+        epoch, source = epoch_of(meta, str(path))
+        points.append(Point(path.stem, str(path), epoch, source, {str(report.inputs.get("split") or "data"): report},
+                            reused=True))
+    if all(p.epoch is not None for p in points):
+        points.sort(key=lambda p: p.epoch or 0.0)  # stable: equal epochs keep the file order
+    first = next(iter(points[0].reports.values()))
+    return Trajectory(points, {"eps2": first.settings.get("eps2"), "splits": [], "data": str(folder)})
 
 
 def _analysis_order(paths: list[str]) -> list[int]:

@@ -24,10 +24,18 @@ WANTED = {"features": "float32 or float64 features", "labels": "integer class in
 MAX_LABEL = 2**62
 
 
+#: arrays an unlabelled feature file may hold beside its features: each row's source sample (lidar's views)
+SOURCE_NAMES = ("source", "views")
+
+
 def holds_features(names) -> bool:
-    """True when the array names include a features and a labels array, in any spelling nc-probe accepts."""
+    """True when the array names include a features and a labels array, in any spelling nc-probe accepts; or a
+    features array and nothing but a source/views array (unlabelled features: the label-free measures)."""
     kinds = {ALIASES.get(n) for n in names}
-    return "features" in kinds and "labels" in kinds
+    if "features" in kinds and "labels" in kinds:
+        return True
+    names = list(names)
+    return "features" in kinds and all(ALIASES.get(n) == "features" or n in SOURCE_NAMES for n in names)
 
 
 def canonical_names(names: list[str], path: str) -> dict[str, str]:
