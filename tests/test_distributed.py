@@ -1,5 +1,5 @@
-"""Scale-out: torchrun with gloo on the CPU gives the single-process report, a failing rank fails the run, and
-features larger than the memory budget go to disk without changing the report."""
+"""Scale-out: torchrun with gloo on the CPU gives the single-process report, and a failing rank fails the run.
+(Features over the spill threshold going to disk: test_store.py.)"""
 
 from __future__ import annotations
 
@@ -87,19 +87,6 @@ def test_gate_under_torchrun_exits_like_a_single_process(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = torchrun("gate", CE, "--device", "cpu", "--rule", "nc1<=0.0001")
     assert proc.returncode != 0
-
-
-def test_features_over_the_spill_threshold_go_to_disk_and_give_the_same_report(tmp_path, monkeypatch):
-    import tempfile
-
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    threshold = 340_000  # 1347 x 64 float32 features (345 kB) and their labels do not fit
-    spilled = nc_probe.analyze_checkpoint(CE, device="cpu", spill_threshold=threshold)
-    held = nc_probe.analyze_checkpoint(CE, device="cpu")
-    assert any("kept on disk" in w for w in spilled.warnings)
-    assert not any("kept on disk" in w for w in held.warnings)
-    assert_same_report(held, spilled, rel=1e-12)
-    assert list(tmp_path.iterdir()) == []  # the spilled file is removed after the analysis
 
 
 def test_compare_under_torchrun_matches_the_single_process_reports(tmp_path):

@@ -1,10 +1,9 @@
 """The HTML report (self-contained, every metric key, every plot embedded; checked in headless Chromium when it is
-installed), the terminal summary's expectation column, and the --format exports."""
+installed) and the terminal summary's expectation column. The tables and their --format exports: test_exports.py."""
 
 from __future__ import annotations
 
 import base64
-import json
 import os
 import re
 import subprocess
@@ -17,8 +16,7 @@ from typer.testing import CliRunner
 
 import nc_probe
 from nc_probe.cli.app import app
-from nc_probe.core.errors import InputError
-from nc_probe.render import exports, html, plots
+from nc_probe.render import html, plots
 from nc_probe.render.terminal import render_report
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -118,57 +116,3 @@ def test_summary_has_expectation_column_and_fits_100_columns(report):
     assert max(len(line) for line in text.splitlines()) <= 100
     assert re.search(r"nc1 .*0 / large", text)
     assert re.search(r"angle_min_mean .*~71 / ~90", text)  # arccos(1/3) for C=4
-
-
-# ------------------------------------------------------------------------- exports
-@pytest.mark.parametrize("fmt", ["csv", "json", "markdown"])
-def test_text_exports_hold_every_metric(report, fmt, tmp_path):
-    text = exports.report_text(report, fmt)
-    for key in report.metrics:
-        assert key in text
-    written = exports.write_exports(report, tmp_path, fmt)
-    suffix = exports.SUFFIX[fmt]
-    assert sorted(p.name for p in written) == sorted(["report.json", f"metrics.{suffix}", f"per_class.{suffix}",
-                                                      f"angles.{suffix}", f"pairs.{suffix}"])
-    if fmt == "json":
-        rows = json.loads((tmp_path / "metrics.json").read_text())
-        assert {r["metric"]: r["value"] for r in rows}["nc1"] == pytest.approx(report.metrics["nc1"])
-        assert all("nc2_etf_W" != r["metric"] or r["value"] is not None for r in rows)
-
-
-def test_markdown_without_tabulate(report, monkeypatch):
-    real = exports.importlib.util.find_spec
-    monkeypatch.setattr(exports.importlib.util, "find_spec", lambda n: None if n == "tabulate" else real(n))
-    table = exports.markdown_table(exports.frames(report)["per_class"])
-    lines = table.splitlines()
-    assert lines[0].startswith("| class_id") and re.fullmatch(r"\|[-:|]+\|", lines[1])
-    assert len(lines) == 2 + 4 and len({line.count("|") - line.count("\\|") for line in lines}) == 1
-    assert "a\\|b" in table  # a '|' in a class name does not break the table
-
-
-def test_parquet_needs_pyarrow(report, feature_file, tmp_path, monkeypatch):
-    real = exports.importlib.util.find_spec
-    monkeypatch.setattr(exports.importlib.util, "find_spec", lambda n: None if n == "pyarrow" else real(n))
-    with pytest.raises(InputError, match="pyarrow"):
-        exports.write_exports(report, tmp_path, "parquet")
-    res = CliRunner().invoke(app, ["analyze", str(feature_file), "--format", "parquet", "--out", str(tmp_path)])
-    assert res.exit_code == 2 and "pyarrow" in res.output
-
-
-def test_parquet_round_trip(report, tmp_path):
-    pytest.importorskip("pyarrow")
-    import pandas as pd
-
-    exports.write_exports(report, tmp_path, "parquet")
-    df = pd.read_parquet(tmp_path / "per_class.parquet")
-    assert df["n"].tolist() == report.per_class["n"]
-
-
-def test_cli_format_prints_tables_and_rejects_unknown(feature_file):
-    runner = CliRunner()
-    res = runner.invoke(app, ["analyze", str(feature_file), "--format", "markdown"])
-    assert res.exit_code == 0 and "## metrics" in res.output and "| nc1 " in res.output
-    res = runner.invoke(app, ["analyze", str(feature_file), "--format", "xml"])
-    assert res.exit_code == 2 and "--format" in res.output
-    res = runner.invoke(app, ["analyze", str(feature_file), "--format", "parquet"])  # binary: needs --out
-    assert res.exit_code == 2

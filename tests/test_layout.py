@@ -5,6 +5,7 @@ stage whose job it does, and this test says when it reaches upward."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,14 @@ def test_the_checker_accepts_a_downward_import(tmp_path):
     planted = tmp_path / "planted.py"
     planted.write_text("from nc_probe.core.errors import InputError\nfrom nc_probe.metrics import collapse\n")
     assert violations(planted, "nc_probe.stats.planted") == []
+
+
+def test_the_readme_layout_lists_every_stage_in_this_order():
+    """The README's "Layout" section is the floor plan a newcomer reads: every stage, as ``name/``, in STAGES order,
+    and nothing more; it names this test as what keeps the order."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    section = readme[readme.index("### Layout"):]
+    section = section[:section.index("\n#", 1)] if "\n#" in section[1:] else section
+    listed = re.findall(r"^\s*\d+\. `(\w+)/`", section, re.M)
+    assert listed == list(STAGES), listed
+    assert "tests/test_layout.py" in section

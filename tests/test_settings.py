@@ -4,6 +4,7 @@ the same error spelled as a parameter for Python and as a flag for the command l
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -102,3 +103,63 @@ def test_api_takes_the_typed_objects():
     a = nc_probe.analyze_features(H, y, settings=MetricSettings(eps2=1.0, subspace_dim=2))
     b = nc_probe.analyze_features(H, y, eps2=1.0, subspace_dim=2)
     assert a.metrics == b.metrics and a.settings["eps2"] == 1.0
+
+
+# ------------------------------------------------------------------------------- typed settings read back
+def _features(seed=0, C=3, d=6, n=120):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % C
+    return 3 * rng.normal(size=(C, d))[y] + rng.normal(size=(n, d)), y
+
+
+def test_a_report_gives_back_the_settings_it_was_made_with(tmp_path):
+    H, y = _features()
+    asked = dict(eps2=0.25, rank_tol=1e-5, classes=[2, 0], angle_classes=2, min_class_count=2, linear_probe=True,
+                 subspace_dim=3, memory_budget="1GiB")
+    r = nc_probe.analyze_features(H, y, **asked)
+    r.save(tmp_path / "r.json")
+    for report in (r, nc_probe.Report.load(tmp_path / "r.json")):
+        m = report.settings_typed.metrics
+        assert (m.eps2, m.rank_tol, m.classes, m.angle_classes, m.min_class_count, m.linear_probe, m.subspace_dim,
+                m.memory_budget) == (0.25, 1e-5, (0, 2), 2, 2, True, 3, GiB)
+        assert report.settings_typed.extraction.device == "cpu"  # where the statistics ran
+
+
+def test_settings_read_back_tolerate_old_and_unknown_keys():
+    notes: list[str] = []
+    # a record from before most settings existed reads as the defaults it was made with
+    assert Settings.from_dict({"eps2": 0.5}, notes=notes) == Settings() and notes == []
+    s = Settings.from_dict({"eps2": 2.0, "frequent_classes": {"pairs": 10}, "splits": ["train"], "knob": 1,
+                            "batch_size": None, "amp": "bf16", "data": "sample:digits"}, notes=notes)
+    assert s.metrics.eps2 == 2.0 and s.extraction.amp == "bf16" and s.data.data == "sample:digits"
+    assert s.extraction.batch_size == 256  # null: not recorded, the default
+    # what the run did (the work plan's classes, a trajectory's splits) is no setting and no surprise either
+    assert notes == ["settings.knob is not a setting this nc-probe knows; it was left out"]
+    with pytest.raises(InputError, match="amp"):
+        Settings.from_dict({"amp": "fp8"})
+
+
+@pytest.mark.parametrize("key,value", [("eps2", 0), ("amp", "fp8"), ("subspace_dim", 0), ("batch_size", 0)])
+def test_a_report_with_settings_nc_probe_never_writes_is_refused_on_reading(tmp_path, key, value):
+    H, y = _features()
+    data = nc_probe.analyze_features(H, y).to_dict()
+    data["settings"][key] = value
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError, match=rf"r\.json: settings are not settings nc-probe writes: {key}"):
+        nc_probe.Report.load(path)
+
+
+def test_gate_and_compare_read_the_settings_typed(tmp_path):
+    from nc_probe.reports import gate
+    from nc_probe.reports.compare import compare_reports
+
+    H, y = _features()
+    a, b = nc_probe.analyze_features(H, y), nc_probe.analyze_features(H, y, eps2=1, subspace_dim=2)
+    warnings = gate.baseline_warnings(b, gate.make_baseline(a))
+    assert warnings == ["eps2 is 1 here but 0.5 in the baseline", "subspace_dim is 2 here but None in the baseline"]
+    # a baseline written before subspace_dim was recorded was made with its default: the same warning
+    old = gate.Baseline(metrics=a.metrics, settings={"eps2": 0.5})
+    assert gate.baseline_warnings(b, old) == warnings
+    assert any("different eps2 (0.5 vs 1)" in w for w in compare_reports({"a": a, "b": b}).warnings)
+    assert gate.baseline_warnings(a, gate.make_baseline(a)) == []

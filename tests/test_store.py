@@ -1,5 +1,6 @@
 """FeatureStore files (write/open round trip, chunked reads, safetensors compatibility, npz/pt inputs), the input
-errors (InputError naming the file), the memory budget, and the Report JSON round trip."""
+errors (InputError naming the file), the memory budget, extracted features over the spill threshold kept on disk,
+and the Report JSON round trip."""
 
 from __future__ import annotations
 
@@ -267,6 +268,20 @@ def test_a_small_memory_budget_costs_passes_not_metrics(blobs):
     with pytest.raises(InputError, match="memory_budget") as err:
         nc_probe.analyze_features(H, y, W, b, memory_budget=100)  # not even one class's statistics fit
     assert "Raise memory_budget to at least 1.12 KiB" in str(err.value)
+
+
+def test_features_over_the_spill_threshold_go_to_disk_and_give_the_same_report(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    threshold = 340_000  # sample:ce, 1347 x 64 float32 features (345 kB) and their labels do not fit
+    spilled = nc_probe.analyze_checkpoint("sample:ce", device="cpu", spill_threshold=threshold)
+    held = nc_probe.analyze_checkpoint("sample:ce", device="cpu")
+    assert any("kept on disk" in w for w in spilled.warnings)
+    assert not any("kept on disk" in w for w in held.warnings)
+    same_metrics(held, spilled, rel=1e-12)
+    np.testing.assert_allclose(spilled.angles["angle_min"], held.angles["angle_min"], rtol=1e-12, atol=1e-12)
+    assert list(tmp_path.iterdir()) == []  # the spilled file is removed after the analysis
 
 
 def test_chosen_classes(blobs):

@@ -60,6 +60,9 @@ class Point:
 
 @dataclass
 class Trajectory:
+    """Reports of a series of checkpoints, in epoch order: ``points`` (one :class:`Point` each), ``settings`` (the
+    record: eps2, splits, data; typed: :attr:`settings_typed`), ``notes``; :meth:`tidy` is the long table."""
+
     points: list[Point]
     settings: dict
     notes: list[str] = field(default_factory=list)  # e.g. why kept reports were not reused
@@ -67,6 +70,12 @@ class Trajectory:
     @property
     def splits(self) -> list[str]:
         return list(self.points[0].reports) if self.points else []
+
+    @property
+    def settings_typed(self) -> Settings:
+        """:attr:`settings` (eps2, splits, data) as the typed :class:`~nc_probe.core.settings.Settings` (the splits
+        are not a setting; see :meth:`Settings.from_dict`)."""
+        return Settings.from_dict(self.settings)
 
     def tidy(self) -> pd.DataFrame:
         """Long format: one row per (checkpoint, epoch, split, metric, value) for every scalar metric."""

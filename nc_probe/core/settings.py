@@ -291,12 +291,41 @@ class Settings:
         return dataclasses.replace(self, **{g: dataclasses.replace(getattr(self, g), **kw)
                                             for g, kw in changes.items()})
 
+    @classmethod
+    def from_dict(cls, record: Mapping, notes: list | None = None) -> Settings:
+        """The typed settings of a settings record: a report's, a layer report's, a baseline's or a trajectory's
+        ``settings`` (flat: ``{"eps2": 0.5, "subspace_classes": [0, 3], "device": "cpu", ...}``), each value
+        validated as the settings validate it (InputError naming the setting).
+
+        Names are the fields' own (``subspace_classes`` is the record's name of ``classes``); a key absent or null
+        takes the default, as a record made before the setting existed was made with it. What an analysis did with
+        its settings (:data:`RECORD_ONLY`) is not a setting and is skipped; any other key (a newer nc-probe's, a
+        hand-made record's) is left out, and ``notes`` (a list, when given) gets a line naming it.
+        """
+        changes: dict[str, dict] = {}
+        for key, value in record.items():
+            name = RECORD_NAMES.get(key, key)
+            group = FIELD_GROUP.get(name)
+            if group is None:
+                if key not in RECORD_ONLY and notes is not None:
+                    notes.append(f"settings.{key} is not a setting this nc-probe knows; it was left out")
+                continue
+            if value is not None:
+                changes.setdefault(group, {})[name] = value
+        return cls(**{g: GROUPS[g](**kw) for g, kw in changes.items()})
+
 
 def _field_names(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
 FIELD_GROUP = {name: group for group, cls in GROUPS.items() for name in _field_names(cls)}
+#: A settings record's name for a field whose own name would be ambiguous there (the subspace classes, beside the
+#: data's classes).
+RECORD_NAMES = {"subspace_classes": "classes"}
+#: Keys of a settings record that are what a run did, not what it was asked: the classes the work plan kept
+#: (``frequent_classes``) and a trajectory's splits.
+RECORD_ONLY = frozenset({"frequent_classes", "splits"})
 
 
 def group_of(key: str, allowed=tuple(GROUPS)) -> str:

@@ -296,7 +296,7 @@ def report_html(report: Report, figures: dict | None = None, spell=parameter_nam
         from nc_probe.render.plots import report_figures
 
         figures = report_figures(report)
-    i, m = report.inputs, report.metrics
+    i, m, eps2 = report.inputs, report.metrics, report.settings_typed.metrics.eps2
     source = str(i.get("source"))
     cards = html_cards([("samples N", str(i.get("num_samples"))), ("classes C", str(i.get("num_classes"))),
                     ("dimension d", str(i.get("dim"))), ("nc1", fmt(m.get("nc1"))),
@@ -304,7 +304,7 @@ def report_html(report: Report, figures: dict | None = None, spell=parameter_nam
                     ("angle_min_mean (deg)", fmt(m.get("angle_min_mean"))), ("acc_ncc", fmt(m.get("acc_ncc")))])
     body = f"""<h1>nc-probe report</h1>
 <p class="sub"><code>{escape(source)}</code> &middot; sha256 <code>{escape(str(i.get('sha256') or '-'))}</code>
-&middot; layer {escape(str(i.get('layer') or '-'))} &middot; eps^2 = {escape(str(report.settings.get('eps2')))}</p>
+&middot; layer {escape(str(i.get('layer') or '-'))} &middot; eps^2 = {escape(str(eps2))}</p>
 {cards}
 {warnings_html(report.warnings, spell)}
 <h2 id="summary">Metrics</h2>
@@ -366,8 +366,8 @@ def comparison_html(comparison, figures: dict | None = None, spell=parameter_nam
         i = rep.inputs
         inputs.append([f"<td>{escape(lab)}</td>", f'<td class="wrap"><code>{escape(str(i.get("source")))}</code></td>',
                        f'<td class="wrap"><code>{escape(str(i.get("sha256") or "-"))}</code></td>',
-                       _num_cell(i.get("num_samples")),
-                       _num_cell(i.get("num_classes")), _num_cell(i.get("dim")), _num_cell(rep.settings.get("eps2"))])
+                       _num_cell(i.get("num_samples")), _num_cell(i.get("num_classes")), _num_cell(i.get("dim")),
+                       _num_cell(rep.settings_typed.metrics.eps2)])
     details = "".join(f"<details><summary>{escape(lab)}: inputs and settings</summary>{kv_table(rep.inputs)}"
                       f"{kv_table(rep.settings)}</details>" for lab, rep in comparison.reports.items())
     body = f"""<h1>nc-probe comparison</h1>

@@ -153,7 +153,7 @@ def metric_overview(report: Report) -> Figure:
         ax_rate.legend(fontsize=7, loc="upper right")
     ax_rate.set_ylabel("nats")
     ax_rate.set_xlabel("MCR^2 coding rate")
-    ax_rate.set_title("Coding rates (eps^2={})".format(report.settings.get("eps2")))
+    ax_rate.set_title(f"Coding rates (eps^2={report.settings_typed.metrics.eps2})")
 
     akeys = [k for k in ANGLE_KEYS if m.get(k) is not None]
     ax_ang.bar(range(len(akeys)), [metric_value(m[k]) for k in akeys], color="tab:cyan")
@@ -355,7 +355,7 @@ def coding_rate_plot(report: Report) -> Figure:
         outside_legend(ax)
     ax.set_ylabel("R_c (nats)")
     ax.set_ylim(0, max([v for v in vals if np.isfinite(v)] + [m.get("coding_rate") or 0, 1e-9]) * 1.15)
-    ax.set_title(f"MCR^2 coding rate per class (eps^2={report.settings.get('eps2')})"
+    ax.set_title(f"MCR^2 coding rate per class (eps^2={report.settings_typed.metrics.eps2})"
                  + (f"\n{len(ids):,} classes, sorted" if many else ""))
     return fig
 
@@ -390,9 +390,37 @@ def pca_plot(report: Report) -> Figure:
     return fig
 
 
+def label_free_overview(report: Report) -> Figure:
+    """The label-free measures of unlabelled features: the effective ranks against d, and alpha_req."""
+    m = report.metrics
+    fig = new_figure(8, 3.4)
+    ax_rank, ax_alpha = fig.subplots(1, 2, width_ratios=[2, 1])
+    keys = [k for k in ("rankme", "rank_effective_total", "lidar") if m.get(k) is not None]
+    ax_rank.bar(range(len(keys)), [metric_value(m[k]) for k in keys], color="tab:blue")
+    ax_rank.set_xticks(range(len(keys)), keys, fontsize=8)
+    _bar_labels(ax_rank)
+    d = report.inputs.get("dim")
+    if isinstance(d, int):
+        ax_rank.axhline(d, color="0.3", ls="--", lw=1, label=f"d = {d}")
+        ax_rank.legend(fontsize=7, loc="upper right")
+    ax_rank.set_ylabel("dimensions")
+    ax_rank.set_title("Effective ranks (lower = more collapsed)")
+    if m.get("alpha_req") is not None:
+        ax_alpha.bar([0], [metric_value(m["alpha_req"])], color="tab:orange")
+        _bar_labels(ax_alpha)
+    ax_alpha.set_xticks([0] if m.get("alpha_req") is not None else [], ["alpha_req"] if m.get("alpha_req")
+                        is not None else [])
+    ax_alpha.set_ylabel("higher = more collapsed", fontsize=8)
+    ax_alpha.set_title("Spectral decay")
+    fig.suptitle(f"Label-free measures: {_source(report)}", fontsize=11)
+    return fig
+
+
 def report_figures(report: Report) -> dict[str, Figure]:
     """Every view the report has data for, by name (the file stem of :func:`save_figures`)."""
     pc = report.per_class
+    if report.inputs.get("labels") is False:  # features without labels: their label-free measures only
+        return {"label_free": label_free_overview(report)}
     figs = {"metrics": metric_overview(report)}
     if pdata.has_rows(pc.get("spectrum")):
         figs["spectra"] = spectra_plot(report)

@@ -50,12 +50,12 @@ def expected(key: str, num_classes: int | None = None) -> str:
 
 
 def header(report: Report) -> Text:
-    i, s = report.inputs, report.settings
+    i, s = report.inputs, report.settings_typed
     text = Text()
     text.append("nc-probe ", style="bold")
     text.append(f"{i.get('source')}\n")
     text.append(f"N={i.get('num_samples')}  C={i.get('num_classes')}  d={i.get('dim')}  "
-                f"eps^2={s.get('eps2')}  layer={i.get('layer') or '-'}", style="dim")
+                f"eps^2={s.metrics.eps2}  layer={i.get('layer') or '-'}", style="dim")
     return text
 
 

@@ -158,7 +158,7 @@ def trajectory_html(traj: Trajectory, figures: dict, spell=None) -> str:
         rows.append([f"<td>{escape(c)}</td>" for c in cells])
     parts = [f"<h1>nc-probe trajectory: {len(traj.points)} checkpoints</h1>",
              f'<p class="sub">splits: {escape(", ".join(splits))} &middot; eps^2 = '
-             f'{escape(str(traj.settings.get("eps2")))}</p>',
+             f'{escape(str(traj.settings_typed.metrics.eps2))}</p>',
              warnings_html(trajectory_warnings(traj), spell or parameter_name), "<h2 id=plots>Plots</h2>",
              figures_html(figures, captions), "<h2 id=table>Checkpoints</h2>", html_table(heads, rows),
              f'<p class="legend">{escape(caption(traj))}</p>']

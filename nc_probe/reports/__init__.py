@@ -1,4 +1,5 @@
 """Reports: the typed results and their files - Report (metrics, per-class table, settings, warnings; JSON save/load
-with validation), LayerReport, the comparison of two reports, and the regression gate's rules over reports. A new
-report field goes here (and into its validation).
+with validation: report_checks; its pandas tables: frames), LayerReport, the comparison of reports, and the
+regression gate's rules over reports. Each gives back the settings it was made with as typed Settings
+(``settings_typed``). A new report field goes here (and into its validation).
 """

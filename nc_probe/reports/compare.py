@@ -186,7 +186,7 @@ def check_class_sets(reports: Mapping[str, Report]) -> list[str]:
             warnings.append(f"{base} and {lab} computed subspace metrics for different classes ({{classes}}); "
                             "ranks, coding rates and angles are not comparable")
         for key in ("eps2", "rank_tol", "subspace_dim"):
-            a, b = reports[base].settings.get(key), rep.settings.get(key)
+            a, b = getattr(reports[base].settings_typed.metrics, key), getattr(rep.settings_typed.metrics, key)
             if a != b:
                 warnings.append(f"{base} and {lab} use different {key} ({a} vs {b}); metrics that depend on it "
                                 "are not comparable")

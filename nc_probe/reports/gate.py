@@ -37,11 +37,12 @@ from pathlib import Path
 from nc_probe._version import __version__
 from nc_probe.core.errors import InputError
 from nc_probe.core.files import MAX_TOML_BYTES, atomic_write_text, json_safe, read_input, read_json
-from nc_probe.core.json_checks import check_baseline
+from nc_probe.core.json_checks import Fields, check_baseline
+from nc_probe.core.settings import Settings
 from nc_probe.core.text import distinct_pair, format_number, quoted
 from nc_probe.metrics import PER_CLASS_KEYS, SCALAR_KEYS
 from nc_probe.reports.report import SCHEMA_VERSION, Report
-from nc_probe.reports.report_checks import check_report
+from nc_probe.reports.report_checks import check_report, check_typed_settings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -281,15 +282,17 @@ def load_baseline(path) -> Baseline:
         return Baseline(metrics=report["metrics"], inputs=report["inputs"], settings=report["settings"],
                         source=str(path))
     data = check_baseline(data, path, fix, BASELINE_FORMAT)
+    check_typed_settings(Fields(path, fix), data["settings"])  # baseline_warnings reads them typed
     return Baseline(metrics=data["metrics"], inputs=data["inputs"], settings=data["settings"], source=str(path))
 
 
 def baseline_warnings(report: Report, baseline: Baseline) -> list[str]:
     """Differences that make a comparison with the baseline questionable (settings, classes, dimension)."""
     out = []
+    here, there = report.settings_typed.metrics, Settings.from_dict(baseline.settings).metrics
     for key in ("eps2", "rank_tol", "subspace_dim"):
-        if key in baseline.settings and key in report.settings and baseline.settings[key] != report.settings[key]:
-            out.append(f"{key} is {report.settings[key]} here but {baseline.settings[key]} in the baseline")
+        if getattr(here, key) != getattr(there, key):
+            out.append(f"{key} is {getattr(here, key)} here but {getattr(there, key)} in the baseline")
     for key, name in (("num_classes", "classes"), ("dim", "feature dimension")):
         if key in baseline.inputs and key in report.inputs and baseline.inputs[key] != report.inputs[key]:
             out.append(f"{name}: {report.inputs[key]} here but {baseline.inputs[key]} in the baseline")
@@ -361,7 +364,7 @@ def absent_reason(report, metric: str) -> str:
     """Why a report holds null for ``metric``, in words the user can act on."""
     if not isinstance(report, Report):
         return "it is null or missing"
-    inputs, settings = report.inputs, report.settings
+    inputs = report.inputs
     if metric == "acc_linear_probe" and metric not in report.metrics:
         return "it is computed only when asked; gate with {linear_probe}"
     if metric.endswith(("_test", "_test_ratio")) and metric not in report.metrics:
@@ -376,7 +379,7 @@ def absent_reason(report, metric: str) -> str:
         return f"it needs the final linear classifier W, and the input has none; {fix}"
     if metric in ("nc4", "acc_model") and no_classifier and not inputs.get("has_logits", False):
         return f"it needs the classifier W (or stored logits), and the input has neither; {fix}"
-    if metric in ("coding_rate_within", "rate_reduction") and settings.get("subspace_classes") is not None:
+    if metric in ("coding_rate_within", "rate_reduction") and report.settings_typed.metrics.classes is not None:
         return ("it needs the subspace statistics of every class, and they were kept for only some ({classes} or "
                 "{memory_budget}); gate without {classes} or with a larger {memory_budget}")
     if metric in ("angle_min_mean", "angle_min_min"):

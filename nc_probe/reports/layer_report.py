@@ -15,10 +15,12 @@ import pandas as pd
 
 from nc_probe.core.errors import InputError, spell
 from nc_probe.core.files import atomic_write_text, json_safe, read_json
-from nc_probe.core.json_checks import Fields, check_inputs, check_settings, check_timings, kind_of
+from nc_probe.core.json_checks import Fields, check_inputs, check_timings, kind_of
+from nc_probe.core.settings import Settings
 from nc_probe.core.text import quoted
 from nc_probe.metrics import depth
 from nc_probe.reports.report import Report
+from nc_probe.reports.report_checks import check_typed_settings
 
 LAYER_SCHEMA_VERSION = "layers-1.0"
 LAYER_FIX = "write it with nc-probe layers --json"
@@ -60,6 +62,11 @@ class LayerReport:
         out = cls(inputs=inputs, settings=settings, layers=layers)
         out.laws = out.fit_laws()
         return out
+
+    @property
+    def settings_typed(self) -> Settings:
+        """:attr:`settings` as the typed :class:`~nc_probe.core.settings.Settings` (see :meth:`Settings.from_dict`)."""
+        return Settings.from_dict(self.settings)
 
     def fit_laws(self) -> dict:
         depths = [layer["depth"] for layer in self.layers]
@@ -197,7 +204,7 @@ def check_layer_report(data, path=None) -> dict:
                          path=path, fix="analyze the model again with this version of nc-probe layers")
     out = dict(data)
     out["inputs"] = check_inputs(f, data.get("inputs", {}))
-    out["settings"] = check_settings(f, data.get("settings", {}))
+    out["settings"] = check_typed_settings(f, data.get("settings", {}))
     out["timings"] = check_timings(f, data.get("timings", {}))
     out["warnings"] = f.texts(data.get("warnings", []), "warnings", null=False)
     out["layers"] = [_layer(f, layer, f"layers[{i}]") for i, layer in enumerate(data["layers"])]

@@ -16,14 +16,19 @@ import json
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from nc_probe.core.errors import InputError, spell
 from nc_probe.core.files import atomic_write_text, json_safe, open_regular, read_json
 from nc_probe.core.json_checks import Fields
+from nc_probe.core.settings import Settings
 from nc_probe.core.text import quoted
 from nc_probe.reports.report_checks import check_report
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCHEMA_VERSION = "1.1"
 REPORT_FIX = "write it with nc-probe analyze --json"
@@ -45,6 +50,10 @@ class Report:
     - ``angles``: ``angle_min`` and ``subspace_affinity`` matrices over ``angles["class_ids"]``.
     - ``pairs``: summaries of each class-pair quantity (mean, std, quantiles, the most extreme pairs by name).
     - ``timings``: seconds per stage. ``warnings``: things the user should know.
+
+    Tables: :meth:`tidy` (one row per scalar metric, with its unit and direction), :meth:`frame` (one row, one column
+    per metric: concatenate several) and :meth:`per_class_frame`; the settings as typed objects:
+    :attr:`settings_typed`.
     """
 
     inputs: dict
@@ -57,6 +66,31 @@ class Report:
     pairs: dict = field(default_factory=dict)
     matrices_file: str | None = None
     schema_version: str = SCHEMA_VERSION
+
+    @property
+    def settings_typed(self) -> Settings:
+        """The settings this report was made with, as the :class:`~nc_probe.core.settings.Settings` that made it
+        (``report.settings_typed.metrics.eps2``): :meth:`Settings.from_dict` of :attr:`settings`, validated; keys
+        this version does not know are left out (``Settings.from_dict(report.settings, notes=[])`` names them)."""
+        return Settings.from_dict(self.settings)
+
+    def tidy(self) -> pd.DataFrame:
+        """One row per scalar metric: metric, value (NaN for null), unit, direction, word, meaning."""
+        from nc_probe.reports.frames import tidy_frame
+
+        return tidy_frame(self)
+
+    def frame(self) -> pd.DataFrame:
+        """One row: source, layer, num_samples, num_classes, dim and one column per scalar metric."""
+        from nc_probe.reports.frames import wide_frame
+
+        return wide_frame(self)
+
+    def per_class_frame(self) -> pd.DataFrame:
+        """One row per class: class_id, class_name, n, the per-class metrics (NaN where not computed)."""
+        from nc_probe.reports.frames import per_class_frame
+
+        return per_class_frame(self)
 
     def to_dict(self) -> dict:
         """Plain JSON data; warnings name settings by parameter (``classes``, not a placeholder). Matrices too

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from nc_probe.core.errors import InputError
+from nc_probe.core.errors import InputError, spell
 from nc_probe.core.json_checks import (
     NAME,
     Fields,
@@ -19,6 +19,7 @@ from nc_probe.core.json_checks import (
     label_check,
     number_check,
 )
+from nc_probe.core.settings import Settings
 from nc_probe.core.text import quoted
 
 REPORT_SCHEMA = re.compile(r"1\.\d{1,4}")  # 1.0 (the first reports) and 1.1 (pairs, side files) read alike
@@ -58,7 +59,7 @@ def check_report(data: Any, path: object | None = None, fix: str = "write it wit
                          fix="analyze the input again with this version of nc-probe, or upgrade nc-probe")
     out = dict(data)
     out["inputs"] = check_inputs(f, data.get("inputs", {}))
-    out["settings"] = check_settings(f, data.get("settings", {}))
+    out["settings"] = check_typed_settings(f, data.get("settings", {}))
     f.metrics(data["metrics"])
     out["per_class"] = _per_class(f, data.get("per_class", {}), out["inputs"].get("dim"))
     out["angles"] = _angles(f, data.get("angles", {}))
@@ -67,6 +68,18 @@ def check_report(data: Any, path: object | None = None, fix: str = "write it wit
     out["warnings"] = f.texts(data.get("warnings", []), "warnings", null=False)
     out["matrices_file"] = side_file_name(f, data.get("matrices_file"))
     return out
+
+
+def check_typed_settings(f: Fields, settings: Any) -> dict:
+    """``settings``: each value of the type nc-probe writes, and together settings that
+    :meth:`~nc_probe.core.settings.Settings.from_dict` accepts (eps2 positive, a known amp, ...), so that
+    ``report.settings_typed`` of a report read back cannot fail. Keys this version does not know are kept."""
+    checked = check_settings(f, settings)
+    try:
+        Settings.from_dict(checked)
+    except InputError as e:
+        f.fail("settings", f"are not settings nc-probe writes: {spell(e.message)}")
+    return checked
 
 
 def side_file_name(f: Fields, name: Any) -> str | None:
