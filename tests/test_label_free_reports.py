@@ -105,3 +105,12 @@ def test_a_pt_file_of_features_alone_is_features_not_weights(tmp_path):
     metrics = json.loads((tmp_path / "r.json").read_text())["metrics"]
     assert metrics["rankme"] == pytest.approx(expected_rankme, rel=1e-6)
     assert metrics["alpha_req"] == pytest.approx(alpha, rel=1e-6)
+
+
+def test_unlabelled_report_renders_html_and_plots(tmp_path):
+    Z, *_ = known_spectrum(seed=5)
+    np.savez(tmp_path / "ssl.npz", features=Z)
+    proc = analyze_cli(tmp_path / "ssl.npz", "-q", "--html", tmp_path / "r.html", "--plots", tmp_path / "plots")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "rankme" in (tmp_path / "r.html").read_text()
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["label_free.png", "label_free.svg"]
