@@ -301,3 +301,97 @@ def test_hf_trainer_callback_logs_writes_and_puts_the_model_back(tmp_path):
     assert_close_reports(last, reference, rel=1e-6)
     logged = [h for h in trainer.state.log_history if "nc/nc1" in h]
     assert len(logged) == 2 and logged[-1]["nc/nc1"] == pytest.approx(last.metrics["nc1"], rel=1e-6)
+
+
+DDP_LOOPS = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    import torch, torch.distributed as dist
+    from torch import nn
+    from nc_probe.training.loop import CollapseMonitor
+
+    out = Path(sys.argv[1])
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(243) % 3
+    x = (torch.randn(3, 10, generator=g) * 2)[y] + torch.randn(243, 10, generator=g)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(10, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    net.train()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=20)  # 13 batches, unsharded
+    monitor = CollapseMonitor(3, out_dir=out / "plain")
+    report = monitor.measure(net, loader, epoch=0)["@penultimate"]
+    result = {"plain": report.metrics, "n": report.inputs["num_samples"], "training": net.training}
+    try:
+        import accelerate  # noqa: F401
+        from transformers import Trainer, TrainingArguments
+    except ImportError:
+        Trainer = None
+    if Trainer is not None:
+        class DictSet(torch.utils.data.Dataset):
+            def __init__(self, a, b):
+                self.a, self.b = a, b
+            def __len__(self):
+                return len(self.b)
+            def __getitem__(self, i):
+                return {"x": self.a[i], "labels": self.b[i]}
+
+        class Wrapped(nn.Module):
+            def __init__(self, net):
+                super().__init__()
+                self.net = net
+            def forward(self, x, labels=None):
+                logits = self.net(x)
+                return {"logits": logits, **({} if labels is None else
+                                            {"loss": nn.functional.cross_entropy(logits, labels)})}
+
+        from nc_probe.training.hf_trainer import attach
+        model = Wrapped(net)
+        args = TrainingArguments(output_dir=str(out / "hf"), num_train_epochs=1, per_device_train_batch_size=16,
+                                 per_device_eval_batch_size=20, report_to=[], use_cpu=True, ddp_backend="gloo",
+                                 save_strategy="no", disable_tqdm=True, learning_rate=0.05)
+        trainer = Trainer(model=model, args=args, train_dataset=DictSet(x[:160], y[:160]),
+                          eval_dataset=DictSet(x[160:240], y[160:240]))
+        callback = attach(trainer, 3, out_dir=out / "hf_nc")
+        trainer.train()
+        result["hf"] = callback.history[-1]["@penultimate"].metrics
+        result["hf_n"] = callback.history[-1]["@penultimate"].inputs["num_samples"]
+        if rank == 0:
+            torch.save(net.state_dict(), out / "hf_net.pt")
+    json.dump(result, open(out / f"loops{rank}.json", "w"))
+    dist.destroy_process_group()
+""")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="torchrun with gloo")
+def test_plain_monitor_and_hf_callback_under_torchrun(tmp_path):
+    script = tmp_path / "ddp_loops.py"
+    script.write_text(DDP_LOOPS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), str(tmp_path)], capture_output=True, text=True, timeout=400, env=env,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    x, y = blob_data(243)
+    g = torch.Generator().manual_seed(0)
+    yy = torch.arange(243) % 3
+    xx = (torch.randn(3, 10, generator=g) * 2)[yy] + torch.randn(243, 10, generator=g)
+    net = mlp()
+    W, b = (net[-1].weight.detach().double().numpy(), net[-1].bias.detach().double().numpy())
+    reference = nc_probe.analyze_features(penultimate(net, xx), yy.numpy(), W, b)
+    results = [json.loads((tmp_path / f"loops{r}.json").read_text()) for r in range(2)]
+    for got in results:  # every batch once over the two ranks (unsharded loader split by batch)
+        assert got["n"] == 243 and got["training"]
+        for key, value in reference.metrics.items():
+            if key != "acc_nearest_subspace" and value is not None:
+                assert got["plain"][key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    assert (tmp_path / "plain" / "epoch_0000.json").exists()
+    if "hf" in results[0]:
+        net.load_state_dict(torch.load(tmp_path / "hf_net.pt"))
+        W, b = (net[-1].weight.detach().double().numpy(), net[-1].bias.detach().double().numpy())
+        ref = nc_probe.analyze_features(penultimate(net, xx[160:240]), yy[160:240].numpy(), W, b)
+        for got in results:
+            assert got["hf_n"] == 80  # the eval set once: accelerate's loader already gave each rank its share
+            for key in ("nc1", "nc1_cdnv", "nc3", "nc4", "acc_ncc", "rankme"):
+                assert got["hf"][key] == pytest.approx(ref.metrics[key], rel=1e-6), key

@@ -9,7 +9,9 @@ callbacks are thin wrappers around it; a plain PyTorch loop calls it itself::
         train_one_epoch(model, ...)
         monitor.measure(model, val_loader, epoch=epoch)   # eval mode, no grad; the model is put back as it was
 
-Under torchrun every rank calls ``measure`` (the statistics are combined, never the rows); rank 0 writes. A loader
+Under torchrun every rank calls ``measure`` (the statistics are combined, never the rows); rank 0 writes. Every
+rank measures with rank 0's buffers (BatchNorm running statistics, which DDP syncs only at its next training
+forward), so all shares see one model; each rank's own are put back. A loader
 whose sampler is a ``DistributedSampler`` already gives each rank its share; any other loader is split by batch
 (rank r takes batches r, r + W, ...), so every batch counts once. A ``DistributedSampler`` pads the last share
 with repeated samples (``drop_last=False``): a few rows count twice; give the monitor a loader without padding
@@ -18,6 +20,7 @@ for the exact numbers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -90,6 +93,28 @@ def rank_batches(loader: Iterable, shard: bool | str = "auto") -> Iterator:
             yield batch
 
 
+@contextlib.contextmanager
+def rank0_buffers(model: nn.Module) -> Iterator[None]:
+    """Under torchrun, measure every rank's share with rank 0's buffers (BatchNorm running statistics): DDP syncs
+    them only at its next training forward, so after the last step each rank's differ and the ranks would measure
+    different models. Each rank's own buffers are put back afterwards."""
+    if not distributed.active():
+        yield
+        return
+    import torch.distributed as dist
+
+    kept = [(b, b.detach().clone()) for b in model.buffers() if b is not None and b.is_floating_point()]
+    for b, _ in kept:
+        t = b.detach().to(distributed.comm_device())
+        dist.broadcast(t, src=0)
+        b.data.copy_(t.to(b.device))
+    try:
+        yield
+    finally:
+        for b, own in kept:
+            b.data.copy_(own)
+
+
 def model_device(model: nn.Module) -> torch.device:
     p = next(iter(model.parameters()), None)
     return p.device if p is not None else torch.device("cpu")
@@ -141,7 +166,7 @@ class CollapseMonitor:
                 write: bool = True) -> dict[str, Report]:
         """Reports by layer name of ``model`` on ``loader`` (every rank's batches together). The model runs in eval
         mode without gradients and is put back as it was (mode, device, dtype, memory format)."""
-        with preserved(model), torch.no_grad():
+        with preserved(model), torch.no_grad(), rank0_buffers(model):
             model.eval()
             reports = self._run(model, loader)
         for name, r in reports.items():
