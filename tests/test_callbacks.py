@@ -373,7 +373,6 @@ def test_plain_monitor_and_hf_callback_under_torchrun(tmp_path):
                            str(script), str(tmp_path)], capture_output=True, text=True, timeout=400, env=env,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    x, y = blob_data(243)
     g = torch.Generator().manual_seed(0)
     yy = torch.arange(243) % 3
     xx = (torch.randn(3, 10, generator=g) * 2)[yy] + torch.randn(243, 10, generator=g)

@@ -15,7 +15,8 @@ nc4 and the accuracies compare each row's classifier output with its nearest cla
 means before the rows are scored: ``compute(W, b, second_pass=loader)`` reads the rows again (an exact second pass,
 as ``analyze`` does). Without it they are None. A one-pass variant would score each batch against the means so far
 (early batches against noisy means) or against the previous epoch's means (a lag of one epoch): both approximate
-the report of the epoch's own means, and nc-probe does not offer them.
+the report of the epoch's own means, and nc-probe does not offer them. ``acc_nearest_subspace`` (its bases come
+from a pass of ``analyze``'s own) stays None here; every other key is the number ``analyze_features`` gives.
 """
 
 from __future__ import annotations
