@@ -5,6 +5,7 @@
     python scripts/train_samples.py --out /tmp/samples  # somewhere else
     python scripts/train_samples.py --digits-csv PATH   # first rebuild nc_probe/data/digits.npz from
                                                         # scikit-learn's sklearn/datasets/data/digits.csv.gz
+    python scripts/train_samples.py --out /tmp/s --reports /tmp/s/nc   # and the CE run's report of every epoch
 
 Both checkpoints use the same backbone, ``nc_probe.load.samples.digits_net``: an MLP 64 -> 128 -> 128 -> 64 features
 (Linear-BatchNorm-ReLU blocks) -> Linear head 64 -> 10; only its last feature layer differs (``normalize`` kwarg).
@@ -150,12 +151,21 @@ def sgd_metadata(config: dict) -> dict:
             "weight_decay": config["weight_decay"], "batch_size": config["batch_size"], "lr_schedule": "constant"}
 
 
-def train_ce(x, y, out: Path, log=print) -> None:
+def train_ce(x, y, out: Path, log=print, reports: Path | None = None) -> None:
     torch.manual_seed(SEED)
     model = samples.digits_net(**samples.CE_KWARGS)
     extra = sgd_metadata(CE)
     first_perfect = None
+    monitor = None
+    if reports is not None:  # every epoch's report on the training rows, as nc-probe trajectory reads them
+        from nc_probe.training.loop import CollapseMonitor
+
+        monitor = CollapseMonitor(10, out_dir=reports)
+        # batches as a list, not a DataLoader, whose iterator draws from the global RNG: the checkpoints stay the same
+        batches = [(x[i:i + 512], y[i:i + 512]) for i in range(0, len(y), 512)]
     for epoch, loss in sgd_epochs(model, x, y, CE):
+        if monitor is not None:
+            monitor.measure(model, batches, epoch=epoch)  # eval mode, no gradients; the model is put back as it was
         acc = train_accuracy(model, x, y)
         if acc == 1.0 and first_perfect is None:
             first_perfect = epoch
@@ -214,14 +224,14 @@ def train_mcr2(x, y, out: Path, log=print) -> None:
     log(f"  mcr2 head fitted: train acc {acc:.4f}  -> mcr2.pt")
 
 
-def train_all(out: Path, threads: int = 1, log=print) -> float:
+def train_all(out: Path, threads: int = 1, log=print, reports: Path | None = None) -> float:
     """Train both samples into ``out``; returns the seconds taken."""
     t0 = time.perf_counter()
     setup(threads)
     out.mkdir(parents=True, exist_ok=True)
     xa, ya = samples.digits_arrays("train")
     x, y = torch.from_numpy(xa), torch.from_numpy(ya)
-    train_ce(x, y, out, log)
+    train_ce(x, y, out, log, reports)
     train_mcr2(x, y, out, log)
     train_deep(x, y, out, log)
     return time.perf_counter() - t0
@@ -233,10 +243,12 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 for bit-reproducible output)")
     ap.add_argument("--digits-csv", type=Path, help="rebuild nc_probe/data/digits.npz from scikit-learn's "
                                                     "sklearn/datasets/data/digits.csv.gz first")
+    ap.add_argument("--reports", type=Path, help="also write the CE run's report of every epoch here (nc-probe "
+                                                 "trajectory DIR plots them; the checkpoints do not change)")
     args = ap.parse_args(argv)
     if args.digits_csv:
         build_digits_npz(args.digits_csv)
-    seconds = train_all(args.out, args.threads)
+    seconds = train_all(args.out, args.threads, reports=args.reports)
     for p in sorted(args.out.glob("*.pt")):
         print(f"  {p.name:16s} {p.stat().st_size / 1024:7.1f} KiB")
     print(f"trained in {seconds:.1f} s on {args.threads} thread(s)")
