@@ -310,7 +310,7 @@ def _report_trajectory(folder: str) -> Trajectory:
     if all(p.epoch is not None for p in points):
         points.sort(key=lambda p: p.epoch or 0.0)  # stable: equal epochs keep the file order
     first = next(iter(points[0].reports.values()))
-    return Trajectory(points, {"eps2": first.settings.get("eps2"), "splits": [], "data": str(folder)})
+    return Trajectory(points, {"eps2": first.settings_typed.metrics.eps2, "splits": [], "data": str(folder)})
 
 
 def _analysis_order(paths: list[str]) -> list[int]:
