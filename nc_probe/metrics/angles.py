@@ -1,8 +1,9 @@
 """Principal angles between every pair of class subspaces, tile by tile: ``angle_min`` and ``subspace_affinity``.
 
 Every pair needs ``P = U_a^T U_b`` (``k_a x k_b``; its top singular value is cos theta_1), so all pairs together cost
-one product of the stacked bases with themselves, ``(sum k)^2 d / 2`` multiply-adds: the dominant cost at C=1000.
-The product is taken in tiles of class blocks, in float64 (default) or float32 (``precision``: twice the speed on
+one product of the stacked bases with themselves, ``(sum k)^2 d / 2`` multiply-adds, and one ``k x k`` Gram and
+eigensolve per pair (at C=1000, k~80 the eigensolves cost about as much as the product). The product is taken per
+class against a range of classes (a tile side), in float64 (default) or float32 (``precision``: twice the speed on
 CPUs, more on GPUs); the decision per pair is always made in float64:
 
 - ``cos^2 theta_1`` is the top eigenvalue of the smaller Gram matrix of ``P`` (float64), from a batched eigensolver
@@ -31,7 +32,6 @@ from nc_probe.metrics.subspace import SINE_BRANCH_COS2, parallel_map, smallest_a
 FLOAT32_EXACT_BELOW_DEGREES = 18.5  # float32 products: below it (cos^2 > 0.9) a pair is recomputed in float64
 EXACT_COS2 = {"float64": SINE_BRANCH_COS2, "float32": math.cos(math.radians(FLOAT32_EXACT_BELOW_DEGREES)) ** 2}
 TILE_COLUMNS = 4096  # stacked basis columns per tile side: a 4096 x 4096 float32 product is 64 MiB
-PAIR_BATCH = 1024  # pairs per batched eigensolve (a thread's share of a tile)
 
 
 @dataclass
@@ -71,11 +71,9 @@ def all_pair_angles(bases: list[np.ndarray], *, keep_matrices: bool = False, dev
     dtype = torch.float32 if precision == "float32" else torch.float64
     U = torch.from_numpy(stacked).to(torch.device(device), dtype)
     for (ra, (a0, a1)), (rb, (b0, b1)) in itertools.combinations_with_replacement(enumerate(ranges), 2):
-        ma, mb = int(k[order[a1 - 1]]), int(k[order[b1 - 1]])  # the ranges' widths: their largest k
-        # the tile stays where U is (a GPU's batched eigensolver takes the pairs there); float64 from here on
-        P = (U[:, starts[ra]:starts[ra + 1]].T @ U[:, starts[rb]:starts[rb + 1]]).double()
-        blocks = P.reshape(a1 - a0, ma, b1 - b0, mb)  # blocks[i, :, j, :] = U_i^T U_j, zero-padded: a view
-        cos2, ssq, pa, pb = _tile_gram_tops(blocks, same=ra == rb)
+        widths = int(k[order[a1 - 1]]), int(k[order[b1 - 1]])  # the ranges' widths: their largest k
+        rows = U[:, starts[ra]:starts[ra + 1]], U[:, starts[rb]:starts[rb + 1]]
+        cos2, ssq, pa, pb = _tile_gram_tops(rows, widths, same=ra == rb)
         _record(result, cos2, ssq, order[pa + a0], order[pb + b0], k, bases, d, EXACT_COS2[precision])
     return result
 
@@ -111,44 +109,37 @@ def _padded_stack(bases: list[np.ndarray], order: np.ndarray, ranges: list[tuple
     return stacked, starts
 
 
-def _tile_gram_tops(blocks: torch.Tensor, same: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per class pair of a tile (``blocks[i, :, j, :]``, zero-padded ``P_ij``): the top eigenvalue of the Gram of
-    ``P_ij`` (cos^2 theta_1) and ``||P_ij||_F^2``; ``same``: a diagonal tile (pairs i < j only).
+def _tile_gram_tops(stacks: tuple[torch.Tensor, torch.Tensor], widths: tuple[int, int],
+                    same: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per class pair of a tile (two ranges' padded stacks, ``widths`` columns per class; ``same``: one range, pairs
+    i < j only): the top eigenvalue of the Gram of ``P_ij = U_i^T U_j`` (cos^2 theta_1) and ``||P_ij||_F^2``.
 
-    Rows of the tile go to a batch together (about :data:`PAIR_BATCH` pairs each); a batch's blocks are copied
-    out once (a concatenation of strided views), their Grams come from one batched product and their top
-    eigenvalues from a batched eigensolver, batches on every core. Zero padding changes neither number.
+    One job per class i of the first range: ``U_B^T U_i`` is one product whose output is already the batch of
+    blocks ``P_ij^T`` (contiguous, ``mb x ma`` each); their Grams come from one batched product and their top
+    eigenvalues from a batched eigensolver, jobs on every core. Taking blocks out of a whole tile's product instead
+    (index gathers, or copies of strided views) cost as much as the product itself (measured, k ~ 80). The zero
+    padding changes neither number.
     """
-    na, ma, nb, mb = blocks.shape
-    rows = [(i, i + 1 if same else 0) for i in range(na)]
-    rows = [(i, j0) for i, j0 in rows if j0 < nb]
-    pa = np.concatenate([np.full(nb - j0, i) for i, j0 in rows]) if rows else np.zeros(0, dtype=np.int64)
-    pb = np.concatenate([np.arange(j0, nb) for _, j0 in rows]) if rows else np.zeros(0, dtype=np.int64)
-    cos2, ssq = np.empty(len(pa)), np.empty(len(pa))
-    batches, start, size, current = [], 0, 0, []  # (first pair, rows) of each batch
-    for i, j0 in rows:
-        current.append((i, j0))
-        size += nb - j0
-        if size >= PAIR_BATCH:
-            batches.append((start, current))
-            start, size, current = start + size, 0, []
-    if current:
-        batches.append((start, current))
+    (UA, UB), (ma, mb) = stacks, widths
+    na, nb = UA.shape[1] // ma, UB.shape[1] // mb
+    jobs = [(i, i + 1 if same else 0) for i in range(na)]
+    jobs = [(i, j0) for i, j0 in jobs if j0 < nb]
 
-    def batch(job) -> None:
-        s, part = job
-        B = torch.cat([blocks[i, :, j0:, :].permute(1, 0, 2) for i, j0 in part])
-        G = B @ B.transpose(1, 2) if ma <= mb else B.transpose(1, 2) @ B
-        e = s + len(B)
-        cos2[s:e] = torch.linalg.eigvalsh(G)[:, -1].cpu().numpy()
-        ssq[s:e] = torch.diagonal(G, dim1=1, dim2=2).sum(1).cpu().numpy()
+    def row(job: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        i, j0 = job
+        # float64 from here on; the blocks stay where U is (a GPU's batched eigensolver takes them there)
+        Q = (UB[:, j0 * mb:].T @ UA[:, i * ma:(i + 1) * ma]).double().reshape(nb - j0, mb, ma)
+        G = Q.transpose(1, 2) @ Q if ma <= mb else Q @ Q.transpose(1, 2)
+        return (torch.linalg.eigvalsh(G)[:, -1].cpu().numpy(),
+                torch.diagonal(G, dim1=1, dim2=2).sum(1).cpu().numpy())
 
-    if blocks.device.type == "cpu":
-        parallel_map(batch, batches)  # single-threaded LAPACK per thread: every core busy on small problems
-    else:
-        for job in batches:
-            batch(job)
-    return cos2, ssq, pa, pb
+    # single-threaded BLAS and LAPACK per thread: every core busy on small problems
+    done = parallel_map(row, jobs) if UA.device.type == "cpu" else [row(job) for job in jobs]
+    if not jobs:
+        return np.empty(0), np.empty(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    pa = np.concatenate([np.full(nb - j0, i) for i, j0 in jobs])
+    pb = np.concatenate([np.arange(j0, nb) for _, j0 in jobs])
+    return np.concatenate([c for c, _ in done]), np.concatenate([s for _, s in done]), pa, pb
 
 
 def _record(result: AngleResult, cos2, ssq, pa, pb, k, bases, d: int, exact_cos2: float) -> None:
