@@ -61,22 +61,8 @@ def analyze_layers(path, settings: Settings | None = None, *, progress: bool = F
     if s.extraction.layers is None:
         notes = []  # the default selection: the user asked for no @penultimate, so its merging is no news to them
     t_extract = next(iter(exts.values())).seconds if exts else 0.0
-    reports = []
     t1 = time.perf_counter()
-    try:
-        with phase("CKA between layers"):
-            cka, cka_note = _layer_cka(exts, s.metrics.memory_budget)
-        for i, name in enumerate(list(exts)):
-            ext = exts[name]
-            store = rank_share(ext.store)
-            with phase(f"layer {i + 1}/{len(exts)}: {name}"):
-                report = analyze_store(store, s.metrics, device=str(stats_device(dev)), layer=name, sha256=digest)
-            report.warnings[:0] = ext.warnings
-            reports.append((infos[name], report))
-            ext.cleanup()
-    finally:
-        for ext in exts.values():
-            ext.cleanup()
+    reports, cka, cka_note = _layer_reports(exts, infos, s, str(stats_device(dev)), digest)
     first = reports[0][1] if reports else None
     inputs = {"source": loaded.source, "sha256": digest, "data": source.spec, "split": source.split,
               "arch": loaded.arch, "format": loaded.format, "layers": s.extraction.layers or DEFAULT_LAYERS,
@@ -94,6 +80,27 @@ def analyze_layers(path, settings: Settings | None = None, *, progress: bool = F
     out.timings = {"load_model": t_load, "extraction": t_extract, "analysis": time.perf_counter() - t1,
                    "total": time.perf_counter() - t0}
     return out
+
+
+def _layer_reports(exts: dict[str, Extraction], infos: dict, s: Settings, device: str, digest: str | None
+                   ) -> tuple[list, dict | None, str | None]:
+    """The CKA between layers, then each layer's (info, report), one layer at a time so that each gets the whole
+    memory budget; every layer's store is removed, whatever happens."""
+    reports = []
+    try:
+        with phase("CKA between layers"):
+            cka, cka_note = _layer_cka(exts, s.metrics.memory_budget)
+        for i, name in enumerate(list(exts)):
+            ext = exts[name]
+            with phase(f"layer {i + 1}/{len(exts)}: {name}"):
+                report = analyze_store(rank_share(ext.store), s.metrics, device=device, layer=name, sha256=digest)
+            report.warnings[:0] = ext.warnings
+            reports.append((infos[name], report))
+            ext.cleanup()
+    finally:
+        for ext in exts.values():
+            ext.cleanup()
+    return reports, cka, cka_note
 
 
 def _layer_cka(exts: dict[str, Extraction], memory_budget: int) -> tuple[dict | None, str | None]:
