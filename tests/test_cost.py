@@ -102,3 +102,17 @@ def test_stats_without_subspace_moments_serve_the_analysis(blobs):
         if value is not None:
             assert got == pytest.approx(value, rel=1e-9, abs=1e-12), key
     assert report.per_class["rank_energy95"] == reference.per_class["rank_energy95"]
+
+
+def test_collapse_metrics_alone_accumulate_no_unit_feature_product(blobs):
+    """classes=[]: no subspace metric, and no d x d product of unit features (coding_rate is then null); every
+    collapse metric as in the full run."""
+    H, y, W, b = blobs(4, {0: 70, 1: 50, 2: 60}, 6)
+    full = nc_probe.analyze_features(H, y, W, b)
+    alone = nc_probe.analyze_features(H, y, W, b, classes=[])
+    assert alone.metrics["coding_rate"] is None and alone.metrics["coding_rate_max"] == full.metrics["coding_rate_max"]
+    for key in ("nc1", "nc1_cdnv", "nc2_etf_M", "nc2_etf_W", "nc3", "nc4", "acc_ncc", "acc_ncc_mahalanobis"):
+        assert alone.metrics[key] == pytest.approx(full.metrics[key], rel=1e-12, abs=1e-15), key
+    stats = nc_probe.ClassStats(3, 6, subspace_classes=[], total_moments=False).update(H, y)
+    assert stats.zz_total is None and stats.second_moment_total() is None
+    assert nc_probe.ClassStats(3, 6, subspace_classes=[]).update(H, y).second_moment_total() is not None

@@ -118,7 +118,7 @@ class _Analysis:
             t = time.perf_counter()
             if stats is None:
                 stats = ClassStats(self.num_classes, store.dim, subspace_classes=splan.tracked, device=self.device,
-                                   backend=s.backend, classes=self.present)
+                                   backend=s.backend, classes=self.present, total_moments=s.classes != ())
                 step("pass 1: class statistics")
                 _pass1(store, stats, self.rows, self.keep)
             stats.all_reduce()  # under torchrun each rank holds its shard's statistics (given or just accumulated)

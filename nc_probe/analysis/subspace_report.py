@@ -153,7 +153,9 @@ def finish(stats: ClassStats, count: np.ndarray, splan: SubspacePlan, results: S
     """``(scalar metrics, per-class lists, angles, pair summaries, warnings)`` of the subspace metrics."""
     d, N = stats.dim, int(count.sum())
     out: dict[str, float | None] = {"coding_rate_max": subspace.coding_rate_max(d, settings.eps2)}
-    out["coding_rate"] = subspace.coding_rate_of_matrix(stats.second_moment_total().cpu().numpy() / N, settings.eps2)
+    total = stats.second_moment_total()  # None: not kept, for the collapse metrics alone (classes=[])
+    out["coding_rate"] = None if total is None else subspace.coding_rate_of_matrix(total.cpu().numpy() / N,
+                                                                                    settings.eps2)
     tracked = [c for c in splan.classes if c in results.spectra]
     per: dict[str, list] = {k: [results.spectra[c].metrics[k] for c in tracked] for k in
                             ("rank_energy95", "rank_energy99", "rank_effective", "rank_numerical",

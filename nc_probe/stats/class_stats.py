@@ -31,16 +31,21 @@ from nc_probe.stats.class_rows import ClassRows, host_labels, host_rows
 
 F64 = torch.float64
 GROUP_ROWS = 2048  # CPU update: rows of consecutive classes processed together (a few MiB of float64, in cache)
-STAGE_ROWS = 8192  # CPU update: centered rows per pooled-scatter syrk
+STAGE_ROWS = 8192  # CPU update: centered rows per pooled-scatter Gram product
 SYNC_BYTES = 64 << 20  # all_reduce: class means summed across ranks this many bytes at a time
 
 
 def gram(x: torch.Tensor) -> torch.Tensor:
-    """``x^T x`` in float64. On CPU numpy's matmul recognises ``a.T @ a`` and calls BLAS syrk (half the flops)."""
-    if x.device.type == "cpu":
-        a = x.numpy()
-        return torch.from_numpy(a.T @ a)
-    return x.T @ x
+    """``x^T x`` in float64, exactly symmetric. On the CPU torch's matmul (MKL in the CPU wheel) beats numpy's syrk
+    (OpenBLAS) although syrk does half the flops: 2-3x in wall time and 2x in CPU time for the row blocks of pass 1 on
+    the 2-core Intel Xeon (shared; bench/metrics.py), where OpenBLAS's threads spin against the other work."""
+    g = x.T @ x
+    return (g + g.T) * 0.5  # a gemm need not sum (i, j) and (j, i) alike; averaging changes a symmetric g not at all
+
+
+def host_gram(a: np.ndarray) -> np.ndarray:
+    """:func:`gram` of a float64 numpy array (shared, not copied)."""
+    return gram(torch.from_numpy(a)).numpy()
 
 
 #: When the subspace statistics do not all fit ``memory_budget`` in pass 1 they are gathered a group of classes at a
@@ -91,10 +96,13 @@ class ClassStats:
     classes:
         The classes that will have samples, when known up front (e.g. from the labels): their rows are allocated
         once, in order. Others are added as they arrive either way.
+    total_moments:
+        When some classes only are tracked, also keep ``zz_total`` (the total coding rate needs it). False: not
+        even that, for the collapse metrics alone (``classes=[]``), which need no unit-feature product at all.
     """
 
     def __init__(self, num_classes: int, dim: int, *, subspace_classes=None, device="cpu", backend: str = "auto",
-                 classes=None):
+                 classes=None, total_moments: bool = True):
         self.num_classes = int(num_classes)
         self.dim = int(dim)
         self.device = torch.device(device)
@@ -112,7 +120,8 @@ class ClassStats:
         self._rows = ClassRows(d, dev, known, moments=self.all_tracked)
         self.scatter = torch.zeros(d, d, dtype=F64, device=dev)
         self._zz = None if tracked is None else torch.zeros(len(tracked), d, d, dtype=F64, device=dev)
-        self.zz_total = None if tracked is None else torch.zeros(d, d, dtype=F64, device=dev)
+        keep_total = tracked is not None and (total_moments or len(tracked) > 0)
+        self.zz_total = torch.zeros(d, d, dtype=F64, device=dev) if keep_total else None
 
     # ------------------------------------------------------------------ the classes seen, in class order
     @property
@@ -240,8 +249,8 @@ class ClassStats:
 
         Rows are sorted by class and taken in groups of consecutive classes of about ``GROUP_ROWS`` rows, so each
         group is gathered, cast to float64, centered and normalized while it sits in cache (no batch-sized float64
-        copies); the centered rows are staged for one large BLAS syrk per ``STAGE_ROWS`` rows, and each tracked
-        class's unit rows go to one syrk. Same formulas as the torch path, only the summation order differs.
+        copies); the centered rows are staged for one large Gram product per ``STAGE_ROWS`` rows, and each tracked
+        class's unit rows go to one Gram product. Same formulas as the torch path, only the summation order differs.
         """
         # long: one loop over cache-sized groups of classes does every statistic while the group is in cache;
         # splitting it into functions per statistic would gather and cast each group's rows several times.
@@ -267,6 +276,7 @@ class ClassStats:
         bscatter = np.zeros((d, d))
         zero_norm = np.zeros(kb, dtype=np.int64)
         zz_total = None if self.zz_total is None else self.zz_total.numpy()
+        units = zz_total is not None or bool((slots >= 0).any())  # anything to do with the unit rows
         stage = np.empty((min(len(a), STAGE_ROWS), d))
         fill = 0
         i = 0
@@ -278,7 +288,7 @@ class ClassStats:
             if m > len(stage) - fill:
                 if fill:
                     st = stage[:fill]
-                    bscatter += st.T @ st
+                    bscatter += host_gram(st)
                     fill = 0
             x = stage[fill : fill + m] if m <= len(stage) else np.empty((m, d))
             spans = list(zip(range(i, j), (starts[i:j] - s0).tolist(), (ends[i:j] - s0).tolist()))
@@ -290,24 +300,24 @@ class ClassStats:
             if m <= len(stage):
                 fill += m
             else:
-                bscatter += x.T @ x
+                bscatter += host_gram(x)
             del x
             norms = np.sqrt(np.einsum("ij,ij->i", h, h))
             zero = norms == 0
             if zero.any():
                 zero_norm += np.bincount(np.repeat(np.arange(i, j), bcount[i:j])[zero], minlength=kb)
                 norms[zero] = 1.0
-            h /= norms[:, None]
+            if units:
+                h /= norms[:, None]
             if zz_total is not None:
-                zz_total += h.T @ h
+                zz_total += host_gram(h)
             for p, l0, l1 in spans:
                 if slots[p] >= 0:
-                    z = h[l0:l1]
-                    zz[slots[p]] += z.T @ z
+                    zz[slots[p]] += host_gram(h[l0:l1])
             i = j
         if fill:
             st = stage[:fill]
-            bscatter += st.T @ st
+            bscatter += host_gram(st)
         self._merge_moments(rows, torch.from_numpy(bcount), torch.from_numpy(bmean), torch.from_numpy(bm2),
                             torch.from_numpy(bscatter))
         self._rows.zero_norm[torch.from_numpy(rows)] += torch.from_numpy(zero_norm)
@@ -415,7 +425,7 @@ class ClassStats:
         sel = np.flatnonzero(ids < C)
         tracked = None if self._tracked is None else [int(c) for c in self._tracked if c < C]
         out = ClassStats(C, self.dim, subspace_classes=tracked, device=self.device, backend=self.backend,
-                         classes=ids[sel])
+                         classes=ids[sel], total_moments=self.zz_total is not None or self.all_tracked)
         s = torch.from_numpy(sel).to(self.device)
         for name in ("count", "mean", "m2", "zero_norm"):
             out._rows.tensors()[name].copy_(self._rows.tensors()[name][s])
@@ -426,8 +436,9 @@ class ClassStats:
             m = self.moments_of(c)
             if m is not None:
                 store[slot].copy_(m)
-        if out.zz_total is not None:
-            out.zz_total.copy_(self.second_moment_total())
+        total = self.second_moment_total()
+        if out.zz_total is not None and total is not None:
+            out.zz_total.copy_(total)
         return out
 
     # ------------------------------------------------------------------ views used by the metrics
@@ -435,10 +446,12 @@ class ClassStats:
     def total(self) -> int:
         return int(self._rows.count[: self._rows.k].sum())
 
-    def second_moment_total(self) -> torch.Tensor:
-        """``sum_i z_i z_i^T`` over all samples."""
+    def second_moment_total(self) -> torch.Tensor | None:
+        """``sum_i z_i z_i^T`` over all samples (None when not kept: ``total_moments=False``)."""
         if self.zz_total is not None:
             return self.zz_total
+        if not self.all_tracked:
+            return None
         return self._rows.zz[: self._rows.k].sum(0)
 
     def state_dict(self) -> dict:
