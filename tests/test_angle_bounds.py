@@ -126,3 +126,16 @@ def test_one_pass_of_ranges_of_different_widths_matches_one_tile():
         tiled = all_pair_angles([b.copy() for b in bases], keep_matrices=True, tile_columns=tile)
         np.testing.assert_allclose(tiled.angle_matrix, whole.angle_matrix, rtol=0, atol=1e-10)
         np.testing.assert_allclose(tiled.affinity_matrix, whole.affinity_matrix, rtol=1e-12, atol=1e-15)
+
+
+def test_an_empty_basis_leaves_the_other_pairs_exact():
+    """A class whose basis has no column (k = 0) shares no direction with any other; the other pairs are unaffected."""
+    rng = np.random.default_rng(9)
+    d = 12
+    bases = [np.zeros((d, 0))] + [np.linalg.qr(rng.normal(size=(d, k)))[0] for k in (2, 3, 1)]
+    with np.errstate(invalid="ignore"):  # its affinity, ||P||_F^2 / min(k_a, k_b), is 0/0: nan, as before
+        r = all_pair_angles(bases, keep_matrices=True, tile_columns=4)
+    assert list(r.angle_matrix[0, 1:]) == [90.0, 90.0, 90.0]
+    assert np.isnan(r.affinity_matrix[0, 1:]).all()
+    for i, j in itertools.combinations(range(1, 4), 2):
+        assert abs(r.angle_matrix[i, j] - reference_angle(bases[i], bases[j])[0]) <= ATOL_DEGREES

@@ -73,7 +73,7 @@ def all_pair_angles(bases: list[np.ndarray], *, keep_matrices: bool = False, dev
     for (ra, (a0, a1)), (rb, (b0, b1)) in itertools.combinations_with_replacement(enumerate(ranges), 2):
         widths = int(k[order[a1 - 1]]), int(k[order[b1 - 1]])  # the ranges' widths: their largest k
         rows = U[:, starts[ra]:starts[ra + 1]], U[:, starts[rb]:starts[rb + 1]]
-        cos2, ssq, pa, pb = _tile_gram_tops(rows, widths, same=ra == rb)
+        cos2, ssq, pa, pb = _tile_gram_tops(rows, widths, (a1 - a0, b1 - b0), same=ra == rb)
         _record(result, cos2, ssq, order[pa + a0], order[pb + b0], k, bases, d, EXACT_COS2[precision])
     return result
 
@@ -109,10 +109,11 @@ def _padded_stack(bases: list[np.ndarray], order: np.ndarray, ranges: list[tuple
     return stacked, starts
 
 
-def _tile_gram_tops(stacks: tuple[torch.Tensor, torch.Tensor], widths: tuple[int, int],
+def _tile_gram_tops(stacks: tuple[torch.Tensor, torch.Tensor], widths: tuple[int, int], counts: tuple[int, int],
                     same: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per class pair of a tile (two ranges' padded stacks, ``widths`` columns per class; ``same``: one range, pairs
-    i < j only): the top eigenvalue of the Gram of ``P_ij = U_i^T U_j`` (cos^2 theta_1) and ``||P_ij||_F^2``.
+    """Per class pair of a tile (two ranges' padded stacks of ``counts`` classes, ``widths`` columns per class;
+    ``same``: one range, pairs i < j only): the top eigenvalue of the Gram of ``P_ij = U_i^T U_j`` (cos^2 theta_1)
+    and ``||P_ij||_F^2``.
 
     One job per class i of the first range: ``U_B^T U_i`` is one product whose output is already the batch of
     blocks ``P_ij^T`` (contiguous, ``mb x ma`` each); their Grams come from one batched product and their top
@@ -120,13 +121,14 @@ def _tile_gram_tops(stacks: tuple[torch.Tensor, torch.Tensor], widths: tuple[int
     (index gathers, or copies of strided views) cost as much as the product itself (measured, k ~ 80). The zero
     padding changes neither number.
     """
-    (UA, UB), (ma, mb) = stacks, widths
-    na, nb = UA.shape[1] // ma, UB.shape[1] // mb
+    (UA, UB), (ma, mb), (na, nb) = stacks, widths, counts
     jobs = [(i, i + 1 if same else 0) for i in range(na)]
     jobs = [(i, j0) for i, j0 in jobs if j0 < nb]
 
     def row(job: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         i, j0 = job
+        if min(ma, mb) == 0:  # a range of empty bases: no direction to share
+            return np.zeros(nb - j0), np.zeros(nb - j0)
         # float64 from here on; the blocks stay where U is (a GPU's batched eigensolver takes them there)
         Q = (UB[:, j0 * mb:].T @ UA[:, i * ma:(i + 1) * ma]).double().reshape(nb - j0, mb, ma)
         G = Q.transpose(1, 2) @ Q if ma <= mb else Q @ Q.transpose(1, 2)
