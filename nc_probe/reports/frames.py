@@ -7,7 +7,7 @@ pandas is imported when a table is asked for, not when a report is read: the com
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -16,7 +16,14 @@ from nc_probe.metrics import METRIC_DOCS, PER_CLASS_KEYS, metric
 if TYPE_CHECKING:
     import pandas as pd
 
-    from nc_probe.reports.report import Report
+
+class Report(Protocol):
+    """What the tables read of a :class:`~nc_probe.reports.report.Report` (named by its fields, not imported: the
+    Report's methods import this module)."""
+
+    inputs: dict
+    metrics: dict
+    per_class: dict
 
 TIDY_COLUMNS = ["metric", "value", "unit", "direction", "word", "meaning"]
 CLASS_COLUMNS = ("acc_model", "acc_ncc", "within_class_variance", "mean_norm", "zero_features")
