@@ -111,6 +111,11 @@ def test_label_free_monitor_and_several_layers(tmp_path):
     model = mlp()
     reports = CollapseMonitor(None).measure(model, loader_of(x, y))
     (report,) = reports.values()
+    unlabelled = [x[i:i + 50] for i in range(0, len(x), 50)]  # batches of inputs alone (self-supervised data)
+    alone = CollapseMonitor(None).measure(model, unlabelled)["@penultimate"]
+    assert alone.metrics["rankme"] == pytest.approx(report.metrics["rankme"], rel=1e-9)
+    with pytest.raises(nc_probe.InputError, match="without labels"):
+        CollapseMonitor(3).measure(model, unlabelled)
     assert 1 < report.metrics["rankme"] <= 8 and "nc1" not in report.metrics  # label-free: no class measures
     layered = CollapseMonitor(3, layers=["1", "@penultimate"], out_dir=tmp_path / "nc").measure(model,
                                                                                                  loader_of(x, y),

@@ -49,7 +49,7 @@ LOG_KEYS = ("nc1", "nc1_cdnv", "nc2_etf_M", "nc2_etf_W", "nc3", "nc4", "acc_mode
 def default_split(batch) -> tuple[Any, Any]:
     """``(inputs, labels)`` of a batch: a (x, y, ...) tuple or list, or a dict with ``labels``/``label``/``y``
     (the rest, without it, is the model's keyword inputs; ``pixel_values``/``input_ids`` as Hugging Face names
-    them)."""
+    them); a tensor or a 1-tuple is inputs without labels (for the label-free mode)."""
     if isinstance(batch, dict):
         key = next((k for k in ("labels", "label", "y") if k in batch), None)
         if key is None:
@@ -58,6 +58,8 @@ def default_split(batch) -> tuple[Any, Any]:
         return {k: v for k, v in batch.items() if k != key}, batch[key]
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
         return batch[0], batch[1]
+    if isinstance(batch, torch.Tensor) or (isinstance(batch, (tuple, list)) and len(batch) == 1):
+        return (batch if isinstance(batch, torch.Tensor) else batch[0]), None  # inputs alone: label-free mode
     raise InputError(f"cannot split a {type(batch).__name__} batch into inputs and labels",
                      fix="give the monitor split_batch=lambda b: (inputs, labels)")
 
@@ -198,6 +200,9 @@ class CollapseMonitor:
                 for name, h in feats.items():
                     if name not in metrics:
                         metrics[name] = NeuralCollapse(self.num_classes, settings=self.settings)
+                    if self.num_classes is not None and y is None:
+                        raise InputError("a batch without labels and num_classes given",
+                                         fix="give labelled batches, or num_classes=None for the label-free measures")
                     metrics[name].update(h, y if self.num_classes is not None else None)
             names = self._names(tap, metrics)
             for name in names:  # a rank whose share was empty still takes part in every collective
