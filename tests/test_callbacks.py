@@ -116,6 +116,11 @@ def test_label_free_monitor_and_several_layers(tmp_path):
     assert alone.metrics["rankme"] == pytest.approx(report.metrics["rankme"], rel=1e-9)
     with pytest.raises(nc_probe.InputError, match="without labels"):
         CollapseMonitor(3).measure(model, unlabelled)
+    source = torch.arange(len(x)) // 4  # four views per source sample
+    with_views = CollapseMonitor(None, views=True).measure(model, loader_of(x, source))["@penultimate"]
+    direct = nc_probe.NeuralCollapse()
+    direct.update(torch.from_numpy(penultimate(model, x)).float(), source=source)
+    assert with_views.metrics["lidar"] == pytest.approx(direct.compute().metrics["lidar"], rel=1e-9)
     assert 1 < report.metrics["rankme"] <= 8 and "nc1" not in report.metrics  # label-free: no class measures
     layered = CollapseMonitor(3, layers=["1", "@penultimate"], out_dir=tmp_path / "nc").measure(model,
                                                                                                  loader_of(x, y),

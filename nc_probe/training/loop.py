@@ -145,12 +145,19 @@ class CollapseMonitor:
         ``batch -> (inputs, labels)``; default :func:`default_split`.
     shard:
         "auto" (see :func:`rank_batches`), True (always split by batch under torchrun) or False (never).
+    views:
+        Label-free mode with lidar: the second element of each batch (what would be the labels) is the source sample
+        id of each row, whose views form lidar's surrogate classes.
     """
 
     def __init__(self, num_classes: int | None = None, *, layers: list[str] | None = None, out_dir=None,
                  second_pass: bool = True, split_batch: Callable[[Any], tuple[Any, Any]] | None = None,
-                 shard: bool | str = "auto", log_keys: Iterable[str] = LOG_KEYS,
+                 shard: bool | str = "auto", log_keys: Iterable[str] = LOG_KEYS, views: bool = False,
                  settings: MetricSettings | None = None, **shortcuts):
+        if views and num_classes is not None:
+            raise InputError("views=True with num_classes: the views' source ids take the labels' place",
+                             fix="num_classes=None for the label-free measures with lidar")
+        self.views = views
         self.num_classes = num_classes
         self.layers = None if layers is None else list(layers)
         if self.layers is not None and not self.layers:
@@ -203,7 +210,10 @@ class CollapseMonitor:
                     if self.num_classes is not None and y is None:
                         raise InputError("a batch without labels and num_classes given",
                                          fix="give labelled batches, or num_classes=None for the label-free measures")
-                    metrics[name].update(h, y if self.num_classes is not None else None)
+                    if self.views:
+                        metrics[name].update(h, source=y)  # the batch's second element names each row's source
+                    else:
+                        metrics[name].update(h, y if self.num_classes is not None else None)
             names = self._names(tap, metrics)
             for name in names:  # a rank whose share was empty still takes part in every collective
                 metrics.setdefault(name, NeuralCollapse(self.num_classes, settings=self.settings))
