@@ -114,3 +114,16 @@ def test_unlabelled_report_renders_html_and_plots(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "rankme" in (tmp_path / "r.html").read_text()
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["label_free.png", "label_free.svg"]
+
+
+def test_a_safetensors_file_of_features_alone_reports_the_known_spectrum(tmp_path):
+    pytest.importorskip("safetensors")
+    from safetensors.numpy import save_file
+
+    Z, alpha, expected_rankme, _ = known_spectrum(seed=6)
+    save_file({"features": Z}, str(tmp_path / "ssl.safetensors"))
+    proc = analyze_cli(tmp_path / "ssl.safetensors", "--json", tmp_path / "r.json", "-q")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((tmp_path / "r.json").read_text())["metrics"]
+    assert metrics["rankme"] == pytest.approx(expected_rankme, rel=1e-6)
+    assert metrics["alpha_req"] == pytest.approx(alpha, rel=1e-6)

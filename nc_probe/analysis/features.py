@@ -54,7 +54,7 @@ def analyze_features(features, labels, W=None, b=None, *, logits=None, class_nam
 
 def analyze_file(path, settings: MetricSettings | None = None, *, device="cpu", **shortcuts) -> Report:
     """Analyze a feature file (nc-probe/safetensors, ``.npz`` or ``.pt``); settings as in :func:`analyze_store`. A
-    ``.npz`` without labels gets the label-free measures (:mod:`nc_probe.analysis.label_free_report`)."""
+    file of features without labels gets the label-free measures (:mod:`nc_probe.analysis.label_free_report`)."""
     try:
         store = open_store(path)
     except InputError:

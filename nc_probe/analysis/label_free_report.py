@@ -6,8 +6,9 @@ torchrun included); ``lidar`` from the statistics of the surrogate classes when 
 (``source`` or ``views``: the views of one sample form a class). Cost: two d x d eigendecompositions, three with
 views (:mod:`nc_probe.metrics.label_free`).
 
-A feature file without a labels array (``.npz`` or ``.pt``: ``features``/``H``, optionally ``source``/``views``)
-is read here by ``nc-probe analyze``; its features are read whole (a file is a matrix the reader holds anyway).
+A feature file without a labels array (``.npz``, ``.pt`` or ``.safetensors``: ``features``/``H``, optionally
+``source``/``views``) is read here by ``nc-probe analyze``; its features are read whole (a file is a matrix the
+reader holds anyway).
 """
 
 from __future__ import annotations
@@ -92,10 +93,11 @@ def unlabelled_arrays(path) -> dict | None:
             return []
         return [n for n in names if ALIASES.get(n) == "features" or n in SOURCE_NAMES]
 
-    if not str(path).endswith((".npz", ".pt", ".pth")):
-        return None
     try:
-        arrays = read_array_file(path, example="{'features': Z}", select=select)
+        if str(path).endswith((".npz", ".pt", ".pth")):
+            arrays = read_array_file(path, example="{'features': Z}", select=select)
+        else:
+            arrays = _safetensors_arrays(str(path), select)
     except InputError:
         return None  # the labelled reader reads it again and says what is wrong
     if not arrays:
@@ -106,6 +108,21 @@ def unlabelled_arrays(path) -> dict | None:
         raise InputError("both a source and a views array given", path=path, fix="keep one source id per row")
     if sources:
         out["source"] = np.asarray(arrays[sources[0]])
+    return out
+
+
+def _safetensors_arrays(path: str, select) -> dict:
+    """The selected arrays of a safetensors file (its header checked against the file before anything is read)."""
+    from nc_probe.core.safetensors_file import SafetensorsFile
+
+    try:
+        st = SafetensorsFile(path)
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for name in select(list(st.tensors)):
+        shape = st.shape(name)
+        out[name] = st.read_rows(name, 0, shape[0]) if shape else st.read_rows(name, 0, 1).reshape(())
     return out
 
 

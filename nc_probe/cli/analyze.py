@@ -19,7 +19,7 @@ METRICS_HELP = (
 
 Input = Annotated[Path | None, typer.Argument(
     help="Checkpoint (.pt/.pth/.ckpt/.safetensors/.pt2), feature file (.safetensors/.npz/.pt with features+labels; "
-         ".npz/.pt with features alone: the label-free measures), "
+         "or features alone: the label-free measures), "
          "report JSON, or a shipped sample: sample:ce, sample:mcr2, sample:ce_epoch20, ... Default: sample:ce.",
     show_default=False)]
 OutDir = Annotated[Path | None, o.option(
