@@ -111,6 +111,8 @@ def test_misuse_is_an_input_error():
         m.update(torch.zeros(2, 5), torch.tensor([0, 1]))
     with pytest.raises(nc_probe.InputError, match="label-free"):
         nc_probe.NeuralCollapse().update(torch.zeros(2, 4), torch.tensor([0, 1]))
+    with pytest.raises(nc_probe.InputError, match="dim=4"):
+        nc_probe.NeuralCollapse(3, 4).update(torch.zeros(2, 5), torch.tensor([0, 1]))
 
 
 def test_state_bytes_count_the_statistics():

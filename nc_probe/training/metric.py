@@ -48,6 +48,8 @@ class NeuralCollapse:
     num_classes:
         C, the classifier's outputs. None: label-free mode (``update(features)`` without labels; the report holds
         rankme, alpha_req, rank_effective_total, and lidar when ``source`` ids are given).
+    dim:
+        d, when known (checked against every batch); by default the first batch's.
     subspaces:
         Keep each class's d x d unit-feature moments for the subspace metrics (ranks, angles, coding rates):
         C d^2 float64, so by default only when they fit ``settings.memory_budget``.
@@ -57,13 +59,17 @@ class NeuralCollapse:
     The state lives on the device of the first batch's features (float64 whatever their dtype).
     """
 
-    def __init__(self, num_classes: int | None = None, *, subspaces: bool | None = None, class_names=None,
-                 settings: MetricSettings | None = None, **shortcuts):
+    def __init__(self, num_classes: int | None = None, dim: int | None = None, *, subspaces: bool | None = None,
+                 class_names=None, settings: MetricSettings | None = None, **shortcuts):
         if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
                                         or num_classes < 2):
             raise InputError(f"num_classes={num_classes!r}: the collapse metrics compare at least 2 classes",
                              fix="pass the classifier's number of outputs, or None for the label-free measures")
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
+            raise InputError(f"dim={dim!r}: the features' dimension is a positive int",
+                             fix="pass d, or leave dim out to take it from the first batch")
         self.num_classes = num_classes
+        self.dim = dim
         self.subspaces = subspaces
         self.class_names = class_names
         self.settings = metric_settings(settings, **shortcuts)
@@ -166,6 +172,9 @@ class NeuralCollapse:
 
     # ------------------------------------------------------------------ internals
     def _ensure(self, dim: int, device, views: bool) -> None:
+        if self.dim is not None and dim != self.dim:
+            raise InputError(f"features of dimension {dim} for a metric of dim={self.dim}",
+                             fix="feed the layer the metric was made for")
         if self._stats is None:
             self._stats = self._new_stats(dim, device)
             self._sources = source_stats(dim, device) if views else None
