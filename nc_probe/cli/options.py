@@ -196,7 +196,7 @@ LinearProbe = Annotated[bool, switch(
                       "off; always on in nc-probe layers].", METRICS)]
 NearestSubspace = Annotated[bool, switch(
     "--nearest-subspace", "Also compute acc_nearest_subspace: the MCR^2 nearest-subspace rule, one more pass over "
-                          "the features (about 4x one float64 X^T X at C=100, d=512) [default: off].", METRICS)]
+                          "the features (about 6x one float64 X^T X at N=1M, C=100, d=512) [default: off].", METRICS)]
 SaveFeatures = Annotated[Path | None, _option(
     "--save-features", "Keep the extracted features here, so later runs need no model [default: not kept].",
     EXTRACTION)]

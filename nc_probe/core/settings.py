@@ -132,7 +132,7 @@ class MetricSettings:
     ``rank_numerical_total`` (on by default in layer analyses; at a 32k-way head the probe's scores cost as much as
     the classifier's).
     nearest_subspace: also compute ``acc_nearest_subspace`` (the MCR^2 nearest-subspace rule: one more pass scoring
-    every row against up to 30 basis vectors per class, about 4x one float64 X^T X at C=100, d=512; off by default).
+    every row against up to 30 basis vectors per class, about 6x one float64 X^T X at C=100, d=512; off by default).
     """
 
     eps2: float = 0.5
