@@ -23,7 +23,7 @@ from nc_probe.analysis import from_stats as compute
 from nc_probe.analysis import subspace_report
 from nc_probe.metrics import blockwise
 from nc_probe.stats import predictions, workplan
-from nc_probe.stats.class_stats import subspace_bytes
+from nc_probe.stats.moment_plan import subspace_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 RTOL = 1e-9

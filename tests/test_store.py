@@ -16,7 +16,7 @@ from safetensors import safe_open
 
 import nc_probe
 from nc_probe import InputError, Report, StoreWriter, open_store, write_store
-from nc_probe.stats.class_stats import subspace_bytes
+from nc_probe.stats.moment_plan import subspace_bytes
 
 SPEC_PER_CLASS = ["class_ids", "n", "acc_model", "acc_ncc", "within_class_variance", "mean_norm", "zero_features",
                   "subspace_class_ids", "rank_energy95", "rank_energy99", "rank_effective", "rank_numerical",

@@ -20,7 +20,8 @@ from nc_probe.core.settings import MetricSettings
 from nc_probe.core.text import format_bytes
 from nc_probe.metrics import subspace
 from nc_probe.metrics.angles import AngleResult, all_pair_angles
-from nc_probe.stats.class_stats import GROUP_SHARE, ClassStats, group_bytes, moments_fit
+from nc_probe.stats.class_stats import ClassStats
+from nc_probe.stats.moment_plan import GROUP_SHARE, group_bytes, moments_fit
 from nc_probe.stats.subspaces import ClassPlan, SubspaceAccumulator, class_plans, plan_groups
 
 AUTO_ANGLE_CLASSES = 1000  # above this many classes, principal angles for the most frequent ones only

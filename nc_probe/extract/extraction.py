@@ -28,7 +28,8 @@ from nc_probe.core.errors import InputError
 from nc_probe.core.settings import ExtractionSettings, MetricSettings
 from nc_probe.core.text import first_line, format_bytes
 from nc_probe.extract.store import FeatureStore, StoreWriter, open_store
-from nc_probe.stats.class_stats import ClassStats, pass1_classes
+from nc_probe.stats.class_stats import ClassStats
+from nc_probe.stats.moment_plan import pass1_classes
 from nc_probe.taps import Tap
 
 

@@ -25,7 +25,7 @@ import torch
 
 from nc_probe.core.errors import InputError
 from nc_probe.core.text import format_bytes
-from nc_probe.stats.class_stats import GROUP_SHARE
+from nc_probe.stats.moment_plan import GROUP_SHARE
 
 F64 = torch.float64
 

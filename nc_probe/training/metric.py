@@ -34,7 +34,8 @@ from nc_probe.core.errors import InputError
 from nc_probe.core.settings import MetricSettings, metric_settings
 from nc_probe.metrics import probe
 from nc_probe.reports.report import Report
-from nc_probe.stats.class_stats import ClassStats, pass1_classes
+from nc_probe.stats.class_stats import ClassStats
+from nc_probe.stats.moment_plan import pass1_classes
 from nc_probe.stats.predictions import PredictionTally
 
 Batches = Iterable | Callable[[], Iterable]
