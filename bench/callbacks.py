@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -36,45 +35,26 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, _THREADS)
 
 import torch  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+sys.path.insert(0, str(REPO / "scripts"))
+
+from train_samples import CE, sgd_epochs  # noqa: E402  (the samples' recipe, not a copy of it)
+
+from bench.machine import cpu_name  # noqa: E402
 from nc_probe.load import samples  # noqa: E402
 from nc_probe.training.loop import CollapseMonitor  # noqa: E402
 from nc_probe.training.metric import NeuralCollapse  # noqa: E402
 
-CE = {"batch_size": 128, "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-3}  # scripts/train_samples.py's CE
-
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
+    return f"{cpu_name()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
 
 
 def loader(x, y, batch_size=256):
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch_size)
-
-
-def train_epoch(model, opt, x, y, gen) -> float:
-    t = time.perf_counter()
-    model.train()
-    perm = torch.randperm(len(y), generator=gen)
-    for start in range(0, len(y), CE["batch_size"]):
-        idx = perm[start:start + CE["batch_size"]]
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return time.perf_counter() - t
 
 
 def overhead(epochs: int) -> dict[str, list[float]]:
@@ -87,12 +67,14 @@ def overhead(epochs: int) -> dict[str, list[float]]:
     layer_names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.ReLU)][:4] + ["@penultimate"]
     monitors = {"penultimate": CollapseMonitor(10), "one pass": CollapseMonitor(10, second_pass=False),
                 "layers": CollapseMonitor(10, layers=layer_names)}
-    opt = torch.optim.SGD(model.parameters(), lr=CE["lr"], momentum=CE["momentum"], weight_decay=CE["weight_decay"])
-    gen = torch.Generator().manual_seed(0)
+    # the sample script's own training loop, one epoch per step of its generator (which leaves the model in eval)
+    training = sgd_epochs(model, x, y, {**CE, "epochs": epochs + 1})
     ratios: dict[str, list[float]] = {k: [] for k in monitors}
     seconds: dict[str, list[float]] = {k: [] for k in [*monitors, "train"]}
     for epoch in range(epochs + 1):
-        train_s = train_epoch(model, opt, x, y, gen)
+        t = time.perf_counter()
+        next(training)
+        train_s = time.perf_counter() - t
         for name, monitor in monitors.items():
             t = time.perf_counter()
             monitor.measure(model, val, epoch=epoch, write=False)

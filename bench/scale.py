@@ -81,6 +81,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.machine import cpu_info, cpu_name  # noqa: E402
 from bench.metrics import peak_rss_bytes, xtx_chunked  # noqa: E402
 
 GiB, MiB = 1 << 30, 1 << 20
@@ -590,19 +591,13 @@ def compare_rhubarbwu(path: Path, tmp: Path, expect: int, shape: Shape, args, ou
 
 # ---------------------------------------------------------------------------------------------- report
 def machine() -> dict:
-    info: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
+    info = cpu_info()
     mem = None
     try:
         mem = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0]) * 1024
     except (OSError, IndexError, ValueError):
         pass
-    return {"cpu": info.get("model name") or platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+    return {"cpu": cpu_name(info), "cpus": os.cpu_count(),
             "cores_per_socket": info.get("cpu cores"),
             "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
             "memory_bytes": mem, "torch": metadata.version("torch"), "numpy": np.__version__,

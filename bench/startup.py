@@ -16,11 +16,12 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench.machine import cpu_name
 
 GOAL = 0.3
 COMMANDS = ("analyze", "layers", "trajectory", "inspect", "gate", "baseline", "compare")
@@ -42,14 +43,8 @@ def best_of(cmd: list[str], repeats: int) -> float:
 
 
 def machine() -> str:
-    """The CPU's model name (lscpu's, else the platform's) and the core count."""
-    name = platform.processor() or platform.machine()
-    if shutil.which("lscpu"):
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                name = line.split(":", 1)[1].strip()
-    return f"{name}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
+    """The CPU's model name and the core count."""
+    return f"{cpu_name()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
 
 
 def main(argv=None) -> int:
