@@ -127,3 +127,34 @@ def test_a_safetensors_file_of_features_alone_reports_the_known_spectrum(tmp_pat
     metrics = json.loads((tmp_path / "r.json").read_text())["metrics"]
     assert metrics["rankme"] == pytest.approx(expected_rankme, rel=1e-6)
     assert metrics["alpha_req"] == pytest.approx(alpha, rel=1e-6)
+
+
+@pytest.mark.parametrize("source, said", [
+    (np.arange(40) % 4 + 0j, "dtype complex128"),
+    (np.array([str(i % 4) for i in range(40)]), "dtype string"),
+    (np.full(40, 2**62, dtype=np.int64), "source ids run from"),
+    ((np.arange(40) % 4).astype(np.uint64) + np.uint64(2**63), "source ids run from"),
+    (np.arange(40).reshape(20, 2), "shape (20, 2) for 40 rows"),
+    (-(np.arange(40) % 4), "source ids run from -3"),
+])
+@pytest.mark.parametrize("suffix", [".npz", ".pt"])
+def test_a_hostile_source_array_is_one_line_and_nothing_written(tmp_path, source, said, suffix):
+    # the views array of an unlabelled file is read like labels: its dtype and bound are checked before torch sees
+    # it (complex, string and uint64 ids were tracebacks), and a 2-D array is not flattened into "one id per row"
+    from typer.testing import CliRunner
+
+    from nc_probe.cli.app import app
+
+    Z = np.random.default_rng(0).normal(size=(40, 5))
+    path = tmp_path / f"views{suffix}"
+    if suffix == ".npz":
+        np.savez(path, features=Z, views=source)
+    elif source.dtype.kind == "U":
+        pytest.skip("torch has no string tensors")
+    else:
+        torch.save({"features": torch.from_numpy(Z), "views": torch.from_numpy(source)}, path)
+    result = CliRunner().invoke(app, ["analyze", str(path), "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(path) in lines[0] and said in lines[0], lines
+    assert not (tmp_path / "r.json").exists()

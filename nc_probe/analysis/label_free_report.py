@@ -18,7 +18,7 @@ import torch
 
 from nc_probe._version import __version__
 from nc_probe.core.errors import InputError
-from nc_probe.core.feature_checks import ALIASES, SOURCE_NAMES
+from nc_probe.core.feature_checks import ALIASES, MAX_LABEL, SOURCE_NAMES, check_dtypes
 from nc_probe.metrics import label_free
 from nc_probe.reports.report import Report
 from nc_probe.stats.class_stats import ClassStats
@@ -126,6 +126,19 @@ def _safetensors_arrays(path: str, select) -> dict:
     return out
 
 
+def _source_ids(source, rows: int, path: str) -> torch.Tensor:
+    """Each row's source sample id as int64, checked as the labels are (dtype kind, the same bound) before torch
+    sees them: a complex, string or uint64 array is one line, not a traceback."""
+    src = np.asarray(source.cpu() if isinstance(source, torch.Tensor) else source)
+    check_dtypes({"source": src.dtype}, path)
+    fix = "give one non-negative integer source sample id per row"
+    if src.shape != (rows,):
+        raise InputError(f"source has shape {src.shape} for {rows} rows", path=path, fix=fix)
+    if src.size and (int(src.min()) < 0 or int(src.max()) >= MAX_LABEL):
+        raise InputError(f"source ids run from {int(src.min())} to {int(src.max())}", path=path, fix=fix)
+    return torch.from_numpy(src.astype(np.int64))
+
+
 def analyze_unlabelled(features, source=None, *, path: str = "<features>", device="cpu",
                        chunk_rows: int = 65536) -> Report:
     """The label-free report of N x d ``features`` (``source``: each row's source sample id, for lidar)."""
@@ -140,15 +153,12 @@ def analyze_unlabelled(features, source=None, *, path: str = "<features>", devic
     stats = row_stats(h.shape[1], device)
     sources = None
     if source is not None:
-        ids = torch.as_tensor(np.asarray(source)).reshape(-1)
-        if len(ids) != len(h) or ids.is_floating_point() or (len(ids) and int(ids.min()) < 0):
-            raise InputError(f"source has {len(ids)} entries for {len(h)} rows", path=path,
-                             fix="give one non-negative integer source sample id per row")
+        ids = _source_ids(source, len(h), path)
         sources = source_stats(h.shape[1], device)
     for s in range(0, len(h), chunk_rows):
         stats.update(h[s:s + chunk_rows], torch.zeros(len(h[s:s + chunk_rows]), dtype=torch.long))
         if sources is not None:
-            sources.update(h[s:s + chunk_rows], ids[s:s + chunk_rows].long())
+            sources.update(h[s:s + chunk_rows], ids[s:s + chunk_rows])
     if stats.total == 0:
         raise InputError("the file holds no feature rows", path=path, fix="write the features again")
     return label_free_report(stats, sources, source=path)

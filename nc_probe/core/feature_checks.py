@@ -15,11 +15,13 @@ ALIASES = {"H": "features", "features": "features", "y": "labels", "labels": "la
            "predictions": "predictions",
            "W": "W", "b": "b", "class_names": "class_names"}
 #: The dtype kinds each array may have (numpy kind codes; BF16 counts as "f"), and what to store instead.
-KINDS = {"features": "fiu", "labels": "fiub", "logits": "fiu", "predictions": "iu", "W": "fiu", "b": "fiu"}
+KINDS = {"features": "fiu", "labels": "fiub", "logits": "fiu", "predictions": "iu", "W": "fiu", "b": "fiu",
+         "source": "iub"}
 WANTED = {"features": "float32 or float64 features", "labels": "integer class indices 0..C-1",
           "logits": "float logits (N, C), or leave them out",
           "predictions": "one predicted class index per row as integers, or leave them out",
-          "W": "the final linear layer's weight as floats", "b": "the bias as floats"}
+          "W": "the final linear layer's weight as floats", "b": "the bias as floats",
+          "source": "one integer id per row: the source sample it is a view of"}
 #: Labels at or above this cannot be class indices (int64 arithmetic on them overflows).
 MAX_LABEL = 2**62
 
@@ -94,7 +96,7 @@ def check_dtypes(dtypes: dict, path: str) -> None:
     for name, dtype in dtypes.items():
         kind = "f" if isinstance(dtype, str) else dtype.kind  # the one str dtype: BF16
         if kind not in KINDS[name]:
-            verb = "has" if name in ("W", "b") else "have"
+            verb = "has" if name in ("W", "b", "source") else "have"
             raise InputError(f"{name} {verb} dtype {dtype_name(dtype)}", path=path, fix=f"store {WANTED[name]}")
 
 
