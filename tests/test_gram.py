@@ -1,0 +1,33 @@
+"""The blocked Gram product of pass 1 (nc_probe.stats.class_stats.gram_into): equal to X^T X, exactly symmetric."""
+
+import numpy as np
+import pytest
+import torch
+
+from nc_probe.stats.class_stats import LEAF, gram, gram_into
+
+
+@pytest.mark.parametrize("dim", [1, 7, LEAF, LEAF + 1, 2 * LEAF + 3, 512, 777])
+@pytest.mark.parametrize("rows", [0, 1, 63, 64, 300])
+def test_gram_into_adds_xtx_and_stays_symmetric(dim, rows):
+    rng = np.random.default_rng(dim * 1000 + rows)
+    start = rng.standard_normal((dim, dim))
+    start = start + start.T  # a symmetric accumulator, as the statistics hold
+    x = rng.standard_normal((rows, dim)) * rng.uniform(0.1, 10.0, dim)  # columns of unequal scale
+    out = torch.from_numpy(start.copy())
+    gram_into(out, torch.from_numpy(x))
+    gram_into(out, torch.from_numpy(x[::-1].copy()))
+    want = start + 2 * (x.T @ x)
+    scale = np.abs(start).max() + 2 * (x * x).sum(0).max()
+    assert np.abs(out.numpy() - want).max() <= 1e-13 * scale * max(rows, 1)
+    assert torch.equal(out, out.T)
+
+
+def test_gram_of_float32_rows_cast_to_float64_matches_exact_products():
+    # float32 products are exact in float64: only the summation rounds
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2000, 512)).astype(np.float32).astype(np.float64)
+    g = gram(torch.from_numpy(x)).numpy()
+    want = np.einsum("ni,nj->ij", x, x)  # an independent summation order
+    assert np.abs(g - want).max() <= 1e-12 * np.abs(want).max()
+    assert np.array_equal(g, g.T)
