@@ -4,6 +4,7 @@ rows near a tie (exact ties included) are handed back to float64."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -46,3 +47,40 @@ def test_screen_decisions_are_the_float64_decisions(seed, n, d, C, offset, gap, 
         assert np.array_equal(model.numpy()[sure], exact_model.numpy()[sure])
     else:
         assert model is None
+
+
+def test_pass2_decisions_with_exact_ties_equal_an_exact_count():
+    """Small integers: every float64 score is exact, so ties are exact and both rules take the lowest class. The
+    float32 screens of pass 2 (the joint one of the means and W, and the separate ones) must hand every tie back to
+    float64 and count what exact arithmetic counts."""
+    import nc_probe
+
+    rng = np.random.default_rng(5)
+    C, d = 6, 8
+    # offset 2^11: float32 products round (so the screens must hand ties back), float64 ones stay exact
+    means = 2048.0 + rng.integers(-3, 4, size=(C, d)).astype(np.float64)
+    W = rng.integers(-2, 3, size=(C, d)).astype(np.float64)
+    W[:, -1] -= W.sum(1)  # rows summing to 0: the offset adds nothing to the scores, which keeps their ties
+    b = rng.integers(-2, 3, size=C).astype(np.float64)
+    # per class, 32 rows at the midpoint to another class's mean (exact ties of the nearest mean, unless a third
+    # mean is nearer) and their reflections through the class's own mean: the class means are exactly `means`
+    y = np.repeat(np.arange(C), 32)
+    mid = 0.5 * (means[y] + means[rng.integers(0, C, len(y))])
+    mid[::3] += rng.integers(-1, 2, size=(len(mid[::3]), d))
+    h = np.concatenate([mid, 2 * means[y] - mid])
+    y = np.concatenate([y, y])
+    perm = rng.permutation(len(y))
+    h, y = h[perm], y[perm]
+    mu = np.stack([h[y == k].mean(0) for k in range(C)])
+    assert np.array_equal(mu, means)
+    dist = ((h[:, None, :] - mu[None]) ** 2).sum(-1)
+    ncc = np.argmin(dist, 1)
+    scores = h @ W.T + b
+    model = np.argmax(scores, 1)
+    ties = lambda v: int(((v == v.max(1, keepdims=True)).sum(1) > 1).sum())  # noqa: E731
+    assert ties(-dist) > 50 and ties(scores) > 5  # the case has many exact ties of both rules
+    report = nc_probe.analyze_features(h.astype(np.float32), y, W, b, classes=[])
+    m = report.metrics
+    assert m["acc_ncc"] == pytest.approx(np.mean(ncc == y), abs=1e-12)
+    assert m["acc_model"] == pytest.approx(np.mean(model == y), abs=1e-12)
+    assert m["nc4"] == pytest.approx(np.mean(model != ncc), abs=1e-12)
