@@ -79,6 +79,20 @@ def test_settings_reach_the_report(feature_npz, tmp_path):
     assert r.metrics["rate_reduction"] is None  # needs every class
 
 
+def test_mahalanobis_switch_reaches_the_report(feature_npz, tmp_path):
+    """acc_ncc_mahalanobis is opt-in: null without --mahalanobis, the API's number with it, recorded either way."""
+    assert run("analyze", feature_npz, "-q", "--json", tmp_path / "off.json").exit_code == 0
+    result = run("analyze", feature_npz, "-q", "--json", tmp_path / "on.json", "--mahalanobis")
+    assert result.exit_code == 0, result.output
+    off, on = nc_probe.Report.load(tmp_path / "off.json"), nc_probe.Report.load(tmp_path / "on.json")
+    assert off.metrics["acc_ncc_mahalanobis"] is None and off.settings["mahalanobis"] is False
+    H, y, W, b = _data()
+    direct = nc_probe.analyze_features(H, y, W, b, mahalanobis=True).metrics["acc_ncc_mahalanobis"]
+    assert on.settings["mahalanobis"] is True and on.metrics["acc_ncc_mahalanobis"] == direct is not None
+    help_text = runner.invoke(app, ["analyze", "--help"], terminal_width=400).output
+    assert "--mahalanobis" in help_text and "0.5x one float64 X^T X" in help_text
+
+
 def test_version():
     result = run("--version")
     assert result.exit_code == 0 and result.output.strip() == f"nc-probe {nc_probe.__version__}"

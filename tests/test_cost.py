@@ -24,7 +24,8 @@ def _top_level(timings: dict) -> dict:
 def test_timings_cover_every_phase_and_add_up_to_the_run(blobs):
     H, y, W, b = blobs(0, {0: 80, 1: 60, 2: 70}, 6)
     t = time.perf_counter()
-    report = nc_probe.analyze_features(H.astype(np.float32), y, W, b, linear_probe=True, nearest_subspace=True)
+    report = nc_probe.analyze_features(H.astype(np.float32), y, W, b, linear_probe=True, nearest_subspace=True,
+                                       mahalanobis=True)
     wall = time.perf_counter() - t
     timings = report.timings
     assert set(_top_level(timings)) == {"plan", "pass1_stats", "collapse_metrics", "pass2_nc4", "subspace_spectra",
@@ -44,6 +45,7 @@ def test_subspace_groups_and_the_default_run_name_their_phases(blobs):
     assert "pass2_nc4/subspace_group" in small.timings and "subspace_spectra/thread" not in small.timings
     default = nc_probe.analyze_features(H, y, W, b)
     assert "nearest_subspace" not in default.timings and "pass2_nc4/linear_probe" not in default.timings
+    assert "pass2_nc4/mahalanobis" not in default.timings
     assert sum(_top_level(default.timings).values()) <= default.timings["total"]
 
 
@@ -57,6 +59,28 @@ def test_nearest_subspace_is_opt_in_and_recorded(blobs):
         {k: v for k, v in off.metrics.items() if k != "acc_nearest_subspace"}
     with pytest.raises(nc_probe.InputError, match="nearest_subspace"):
         nc_probe.MetricSettings(nearest_subspace="yes")
+
+
+def test_mahalanobis_is_opt_in_recorded_and_its_definition(blobs):
+    """acc_ncc_mahalanobis only with mahalanobis=True (a C-row rule of its own in pass 2), then argmin_c
+    (h - mu_c)^T Sigma_W^+ (h - mu_c) recomputed here; a report recorded before the setting existed loads with it
+    off."""
+    H, y, W, b = blobs(5, {0: 40, 1: 55, 2: 35}, 4, spread=2.0)
+    off = nc_probe.analyze_features(H, y, W, b)
+    on = nc_probe.analyze_features(H, y, W, b, mahalanobis=True)
+    assert off.metrics["acc_ncc_mahalanobis"] is None and off.settings["mahalanobis"] is False
+    assert on.settings["mahalanobis"] is True and on.settings_typed.metrics.mahalanobis is True
+    mus = np.stack([H[y == c].mean(0) for c in range(3)])
+    S = np.linalg.pinv((H - mus[y]).T @ (H - mus[y]) / len(y))
+    D = np.stack([np.einsum("nd,de,ne->n", H - mus[c], S, H - mus[c]) for c in range(3)], axis=1)
+    acc = float(np.mean(np.argmin(D, axis=1) == y))
+    assert 0.3 < acc < 1 and on.metrics["acc_ncc_mahalanobis"] == pytest.approx(acc, abs=1e-12)
+    assert {k: v for k, v in on.metrics.items() if k != "acc_ncc_mahalanobis"} == \
+        {k: v for k, v in off.metrics.items() if k != "acc_ncc_mahalanobis"}
+    with pytest.raises(nc_probe.InputError, match="mahalanobis"):
+        nc_probe.MetricSettings(mahalanobis=1)
+    record = {k: v for k, v in on.to_dict()["settings"].items() if k != "mahalanobis"}
+    assert nc_probe.Settings.from_dict(record).metrics.mahalanobis is False
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -108,8 +132,8 @@ def test_collapse_metrics_alone_accumulate_no_unit_feature_product(blobs):
     """classes=[]: no subspace metric, and no d x d product of unit features (coding_rate is then null); every
     collapse metric as in the full run."""
     H, y, W, b = blobs(4, {0: 70, 1: 50, 2: 60}, 6)
-    full = nc_probe.analyze_features(H, y, W, b)
-    alone = nc_probe.analyze_features(H, y, W, b, classes=[])
+    full = nc_probe.analyze_features(H, y, W, b, mahalanobis=True)
+    alone = nc_probe.analyze_features(H, y, W, b, classes=[], mahalanobis=True)
     assert alone.metrics["coding_rate"] is None and alone.metrics["coding_rate_max"] == full.metrics["coding_rate_max"]
     for key in ("nc1", "nc1_cdnv", "nc2_etf_M", "nc2_etf_W", "nc3", "nc4", "acc_ncc", "acc_ncc_mahalanobis"):
         assert alone.metrics[key] == pytest.approx(full.metrics[key], rel=1e-12, abs=1e-15), key

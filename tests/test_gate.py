@@ -209,6 +209,17 @@ def test_missing_metric_is_exit_2_naming_why(files, tmp_path):
     assert root.get("errors") == "1" and cases[0].find("error") is not None and cases[1].find("error") is None
 
 
+def test_mahalanobis_is_gated_only_when_asked(files):
+    """acc_ncc_mahalanobis is opt-in: a rule on it without --mahalanobis says how to ask for it (exit 2)."""
+    result = run("gate", files["good"], "-r", "acc_ncc_mahalanobis>=0.5")
+    assert result.exit_code == 2, result.output
+    assert "computed only when asked; gate with --mahalanobis" in result.stderr
+    result = run("gate", files["good"], "-r", "acc_ncc_mahalanobis>=0.5", "--mahalanobis")
+    assert result.exit_code == 0, result.output
+    assert "computed only when asked; gate with {mahalanobis}" in g.absent_reason(files["good_report"],
+                                                                                   "acc_ncc_mahalanobis")
+
+
 @pytest.mark.parametrize("rule, words", [
     ("nc5<=1", "unknown metric 'nc5'"),
     ("nc1=1", "is not METRIC OP LIMIT"),

@@ -143,7 +143,7 @@ def test_mahalanobis_ncc_matches_its_definition_and_differs_from_euclidean(seed)
     y = rng.integers(0, C, n)
     A = np.diag([6.0, 3.0, 1.0, 0.3, 0.2, 0.1]) @ np.linalg.qr(rng.normal(size=(d, d)))[0]
     H = rng.normal(size=(C, d))[y] + rng.normal(size=(n, d)) @ A  # strongly anisotropic within-class spread
-    r = nc_probe.analyze_features(H, y)
+    r = nc_probe.analyze_features(H, y, mahalanobis=True)
     mus = np.stack([H[y == c].mean(0) for c in range(C)])
     R = H - mus[y]
     S = np.linalg.pinv(R.T @ R / n)
@@ -156,7 +156,7 @@ def test_mahalanobis_ncc_matches_its_definition_and_differs_from_euclidean(seed)
 def test_mahalanobis_is_skipped_above_its_work_limit():
     H, y, W, b = _data(4)
     with mock.patch("nc_probe.metrics.probe.MAHALANOBIS_MAX_WORK", 10):
-        assert nc_probe.analyze_features(H, y, W, b).metrics["acc_ncc_mahalanobis"] is None
+        assert nc_probe.analyze_features(H, y, W, b, mahalanobis=True).metrics["acc_ncc_mahalanobis"] is None
 
 
 def _nearest_subspace_reference(H, y, rank_tol=1e-6):

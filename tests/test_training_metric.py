@@ -46,12 +46,12 @@ def assert_matches(report, reference, rel=1e-9):
 
 def test_batches_give_the_report_of_analyze_features_with_the_exact_second_pass():
     H, y, W, b = blobs(1, {0: 50, 1: 31, 2: 77, 4: 20}, 8)  # class 3 absent
-    metric = nc_probe.NeuralCollapse(5, eps2=1.0)
+    metric = nc_probe.NeuralCollapse(5, eps2=1.0, mahalanobis=True)
     batches = [(H[s:s + 13], y[s:s + 13]) for s in range(0, len(y), 13)]
     for h, labels in batches:
         metric.update(torch.from_numpy(h), torch.from_numpy(labels))
     report = metric.compute(W, b, second_pass=batches)
-    reference = nc_probe.analyze_features(H, y, W, b, eps2=1.0)
+    reference = nc_probe.analyze_features(H, y, W, b, eps2=1.0, mahalanobis=True)
     assert_matches(report, reference)
     assert report.metrics["acc_ncc_mahalanobis"] is not None and report.metrics["nc4"] is not None
     again = metric.compute(W, b, second_pass=lambda: iter(batches))  # a callable works, and nothing doubles
@@ -61,6 +61,17 @@ def test_batches_give_the_report_of_analyze_features_with_the_exact_second_pass(
     assert one_pass.metrics["nc4"] is None and one_pass.metrics["acc_ncc"] is None
     assert one_pass.metrics["nc1"] == pytest.approx(reference.metrics["nc1"], rel=1e-9)
 
+
+def test_mahalanobis_is_scored_in_the_second_pass_only_when_the_settings_ask():
+    H, y, W, b = blobs(3, {0: 30, 1: 40, 2: 35}, 5)
+    batches = [(H, y)]
+    metric = nc_probe.NeuralCollapse(3)
+    metric.update(torch.from_numpy(H), torch.from_numpy(y))
+    scorer = metric.second_pass(W, b)
+    assert scorer.maha is None
+    report = metric.compute(W, b, second_pass=batches)
+    assert report.metrics["acc_ncc_mahalanobis"] is None and report.metrics["acc_ncc"] is not None
+    assert report.settings["mahalanobis"] is False
 
 def test_reset_forgets_and_float32_features_keep_float64_state():
     H, y, W, _ = blobs(2, {0: 40, 1: 40, 2: 40}, 6)

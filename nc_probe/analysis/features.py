@@ -155,7 +155,7 @@ class _Analysis:
         self.pca = PCASample(stats, self.c.ids, store, total=total)
         first = _group_feeder(splan, 0, stats)
         self.layer_metrics, self.probe = _layer_metrics(stats, self.c.ids, self.keep, s, total, self.plan)
-        self.mahalanobis = _mahalanobis_tally(stats, self.c.ids, self.keep)
+        self.mahalanobis = _mahalanobis_tally(stats, self.c.ids, self.keep) if s.mahalanobis else None
         riders = {"pca_sample": self.pca, "subspace_group": first,
                   "linear_probe": None if self.probe is None else ScreenedRule(self.probe),
                   "mahalanobis": None if self.mahalanobis is None else ScreenedRule(self.mahalanobis)}

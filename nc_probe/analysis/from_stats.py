@@ -316,4 +316,5 @@ def settings_record(settings: MetricSettings, stats: ClassStats, rows: int | Non
             "device": str(stats.device), "min_class_count": settings.min_class_count,
             "angle_classes": settings.angle_classes, "angle_precision": settings.angle_precision,
             "linear_probe": settings.linear_probe, "nearest_subspace": settings.nearest_subspace,
+            "mahalanobis": settings.mahalanobis,
             "frequent_classes": None if plan is None else plan.setting()}

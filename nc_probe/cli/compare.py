@@ -24,6 +24,7 @@ def compare(
     memory_budget: o.MemoryBudget = None, min_class_count: o.MinClassCount = None,
     angle_classes: o.AngleClasses = None, angle_precision: o.AnglePrecision = None, matrices: o.Matrices = None,
     linear_probe: o.LinearProbe = False, nearest_subspace: o.NearestSubspace = False,
+    mahalanobis: o.Mahalanobis = False,
     arch: o.Arch = None, arch_kwargs: o.ArchKwargs = None, strip_prefix: o.StripPrefix = None,
     trust_checkpoint: o.TrustCheckpoint = False,
     data: o.Data = None, split: o.Split = None, limit: o.Limit = None, data_classes: o.DataClasses = None,

@@ -32,7 +32,7 @@ def layers(
     eps2: o.Eps2 = None, subspace_dim: o.SubspaceDim = None, rank_tol: o.RankTol = None, classes: o.Classes = None,
     memory_budget: o.MemoryBudget = None, min_class_count: o.MinClassCount = None,
     angle_classes: o.AngleClasses = None, angle_precision: o.AnglePrecision = None, matrices: o.Matrices = None,
-    nearest_subspace: o.NearestSubspace = False,
+    nearest_subspace: o.NearestSubspace = False, mahalanobis: o.Mahalanobis = False,
     arch: o.Arch = None, arch_kwargs: o.ArchKwargs = None, strip_prefix: o.StripPrefix = None,
     trust_checkpoint: o.TrustCheckpoint = False,
     data: o.Data = None, split: o.Split = None, limit: o.Limit = None, data_classes: o.DataClasses = None,

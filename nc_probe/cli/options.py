@@ -36,8 +36,9 @@ FLAGS = {
     "min_class_count": "--min-class-count", "angle_classes": "--angle-classes",
     "angle_precision": "--angle-precision", "matrices": "--matrices", "layers": "--layers", "pool": "--pool",
     "max_dim": "--max-dim", "linear_probe": "--linear-probe", "nearest_subspace": "--nearest-subspace",
+    "mahalanobis": "--mahalanobis",
 }
-SWITCHES = {"trust_checkpoint", "linear_probe", "nearest_subspace"}  # flags that take no value
+SWITCHES = {"trust_checkpoint", "linear_probe", "nearest_subspace", "mahalanobis"}  # flags that take no value
 
 
 def flag_name(param: str, value: str | None) -> str:
@@ -197,6 +198,10 @@ LinearProbe = Annotated[bool, switch(
 NearestSubspace = Annotated[bool, switch(
     "--nearest-subspace", "Also compute acc_nearest_subspace: the MCR^2 nearest-subspace rule, one more pass over "
                           "the features (about 6x one float64 X^T X at N=1M, C=100, d=512) [default: off].", METRICS)]
+Mahalanobis = Annotated[bool, switch(
+    "--mahalanobis", "Also compute acc_ncc_mahalanobis: the nearest class mean under the shared within-class "
+                     "covariance, one more C-row rule scored in the second pass (about 0.5x one float64 X^T X at "
+                     "N=1M, d=512, C=100) [default: off].", METRICS)]
 SaveFeatures = Annotated[Path | None, _option(
     "--save-features", "Keep the extracted features here, so later runs need no model [default: not kept].",
     EXTRACTION)]

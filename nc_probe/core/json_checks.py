@@ -276,7 +276,7 @@ SETTINGS = {
                      "batch_size", "workers"), _count),
     **dict.fromkeys(("device", "angle_precision", "amp"), label_check),
     "eps2": number_check, "rank_tol": number_check, "subspace_classes": _ids, "linear_probe": _flag,
-    "nearest_subspace": _flag,
+    "nearest_subspace": _flag, "mahalanobis": _flag,
 }
 
 

@@ -133,6 +133,9 @@ class MetricSettings:
     the classifier's).
     nearest_subspace: also compute ``acc_nearest_subspace`` (the MCR^2 nearest-subspace rule: one more pass scoring
     every row against up to 30 basis vectors per class, about 6x one float64 X^T X at C=100, d=512; off by default).
+    mahalanobis: also compute ``acc_ncc_mahalanobis`` (the nearest class mean under the shared within-class
+    covariance: one more C-row rule scored in the second pass, about 0.5x one float64 X^T X at N=1M, d=512, C=100;
+    off by default).
     """
 
     eps2: float = 0.5
@@ -148,6 +151,7 @@ class MetricSettings:
     matrices: str = "auto"
     linear_probe: bool = False
     nearest_subspace: bool = False
+    mahalanobis: bool = False
 
     def __post_init__(self):
         _set(self, "classes", parse_ids(self.classes, "classes"))
@@ -178,6 +182,8 @@ class MetricSettings:
                f"{self.linear_probe!r}", "use {linear_probe=true}")
         _check(isinstance(self.nearest_subspace, bool), f"{{nearest_subspace}} must be true or false, got "
                f"{self.nearest_subspace!r}", "use {nearest_subspace=true}")
+        _check(isinstance(self.mahalanobis, bool), f"{{mahalanobis}} must be true or false, got "
+               f"{self.mahalanobis!r}", "use {mahalanobis=true}")
 
 
 @dataclass(frozen=True)

@@ -109,8 +109,8 @@ CATALOG: dict[str, Metric] = {m.key: m for m in [
     _m("angle_min_min", "smallest principal angle of any class pair, degrees", unit="degrees",
        direction="higher", word=SEPARATED),
     _m("acc_ncc_mahalanobis", "accuracy of the nearest class mean under the shared within-class covariance, "
-       "argmin (h - mu_c)^T Sigma_W^+ (h - mu_c) (Lee et al. 2018)", unit="fraction", direction="higher",
-       word=ACCURATE),
+       "argmin (h - mu_c)^T Sigma_W^+ (h - mu_c) (Lee et al. 2018; --mahalanobis)", unit="fraction",
+       direction="higher", word=ACCURATE),
     _m("acc_nearest_subspace", "accuracy of the MCR^2 papers' nearest-subspace rule: unit feature to the class whose "
        "top min(30, rank_numerical) eigenvectors of S_c leave the smallest residual (Yu et al. 2020)",
        unit="fraction", direction="higher", word=ACCURATE),

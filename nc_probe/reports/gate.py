@@ -367,6 +367,8 @@ def absent_reason(report, metric: str) -> str:
     inputs = report.inputs
     if metric == "acc_linear_probe" and metric not in report.metrics:
         return "it is computed only when asked; gate with {linear_probe}"
+    if metric == "acc_ncc_mahalanobis" and report.settings.get("mahalanobis") is False:
+        return "it is computed only when asked; gate with {mahalanobis}"
     if metric.endswith(("_test", "_test_ratio")) and metric not in report.metrics:
         return ("it compares a test split with a train split, which nc-probe analyze --split train,test does; the "
                 "gate analyses one split")

@@ -139,8 +139,9 @@ class CollapseMonitor:
     out_dir:
         Where the per-epoch reports go (``epoch_0003.json``; other layers in ``<out_dir>/<layer>/``).
     second_pass:
-        Run the loader a second time for nc4, acc_model, acc_ncc, acc_ncc_mahalanobis against the epoch's final
-        class means (exact; doubles the forward passes of the measurement). False: those keys are null.
+        Run the loader a second time for nc4, acc_model, acc_ncc (and acc_ncc_mahalanobis with the setting
+        ``mahalanobis=True``) against the epoch's final class means (exact; doubles the forward passes of the
+        measurement). False: those keys are null.
     split_batch:
         ``batch -> (inputs, labels)``; default :func:`default_split`.
     shard:

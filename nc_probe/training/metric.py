@@ -121,8 +121,8 @@ class NeuralCollapse:
 
         ``W`` (C, d), ``b`` (C,): the classifier (nc2_*_W, nc3). ``second_pass``: the same rows again, an iterable of
         ``(features, labels)`` batches or a function returning one (e.g. the validation loader through the model),
-        or a :meth:`second_pass` scorer already fed: gives nc4, acc_model (with W), acc_ncc and acc_ncc_mahalanobis
-        against the final means."""
+        or a :meth:`second_pass` scorer already fed: gives nc4, acc_model (with W), acc_ncc and (with the setting
+        ``mahalanobis=True``) acc_ncc_mahalanobis against the final means."""
         if isinstance(second_pass, SecondPass):
             if second_pass.metric is not self:
                 raise InputError("a SecondPass of another metric", fix="use this metric's second_pass()")
@@ -229,15 +229,16 @@ class NeuralCollapse:
 
 
 class SecondPass:
-    """nc4 and the accuracies: every rank scores its rows against the combined class means (and the Mahalanobis
-    rule built from the combined statistics); :meth:`finish` sums the counts over the ranks."""
+    """nc4 and the accuracies: every rank scores its rows against the combined class means (and, when the metric's
+    settings ask, the Mahalanobis rule built from the combined statistics); :meth:`finish` sums the counts over the
+    ranks."""
 
     def __init__(self, metric: NeuralCollapse, stats: ClassStats, sources: ClassStats | None, W, b):
         self.metric, self.stats, self.sources = metric, stats, sources
         self.tally = PredictionTally.for_stats(stats, W, b)
         ids = stats.class_ids[stats.class_count.cpu().numpy() > 0]
-        self.maha = None
-        if stats.dim * len(ids) <= probe.MAHALANOBIS_MAX_WORK:
+        self.maha = None  # acc_ncc_mahalanobis: only when the metric's settings ask (``mahalanobis=True``)
+        if metric.settings.mahalanobis and stats.dim * len(ids) <= probe.MAHALANOBIS_MAX_WORK:
             self.maha = probe.ProbeTally(*probe.mahalanobis_classifier(*from_stats.class_moments(stats, ids)), ids)
 
     def update(self, features, labels) -> None:
