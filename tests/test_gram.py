@@ -1,10 +1,10 @@
-"""The blocked Gram product of pass 1 (nc_probe.stats.class_stats.gram_into): equal to X^T X, exactly symmetric."""
+"""The blocked Gram product of pass 1 (nc_probe.stats.gram.gram_into): equal to X^T X, exactly symmetric."""
 
 import numpy as np
 import pytest
 import torch
 
-from nc_probe.stats.class_stats import LEAF, gram, gram_into
+from nc_probe.stats.gram import LEAF, gram, gram_into
 
 
 @pytest.mark.parametrize("dim", [1, 7, LEAF, LEAF + 1, 2 * LEAF + 3, 512, 777])

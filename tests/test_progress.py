@@ -22,9 +22,10 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 # The phases an analysis of sample:ce goes through. Its statistics come from the extraction (no pass 1), and it
 # writes outputs only from the CLI.
+# On the CPU the spectra of pass 1's moments come before pass 2 (not on a thread beside it).
 CHECKPOINT_PHASES = ["loading the model", "opening the data", "extracting: ce.pt on sample:digits", "metrics",
-                     "metrics: collapse metrics", "metrics: PCA, probes", "metrics: pass 2: predictions, NC4",
-                     "metrics: subspace spectra and angles"]
+                     "metrics: collapse metrics", "metrics: subspace spectra", "metrics: PCA, probes",
+                     "metrics: pass 2: predictions, NC4"]
 
 
 def terminal() -> tuple[Console, io.StringIO]:

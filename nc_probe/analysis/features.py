@@ -138,46 +138,24 @@ class _Analysis:
         timings["total"] = time.perf_counter() - self.t_start
 
     def _passes(self, pool: ThreadPoolExecutor) -> None:
-        """Pass 2, the subspace spectra (on the pool's thread meanwhile, when pass 1 gathered them) or the group
-        passes, then the coding rates and angles."""
+        """The subspace spectra (before pass 2 on the CPU; on the pool's thread beside it elsewhere) when pass 1
+        gathered them, pass 2, else the group passes; then the coding rates and angles."""
         store, s, splan, stats, timings = self.store, self.s, self.splan, self.stats, self.timings
         analysed = self.c.ids  # the classes with samples that min_class_count keeps
         results = subspace_report.results_for(
             splan, s, keep_ns=s.nearest_subspace and set(analysed.tolist()) <= set(splan.classes)
             and nearest_subspace.wanted(len(analysed), stats.dim))
-        job = None
-        if splan.in_pass1:
-            acc = subspace_report.pass1_accumulator(stats, splan.classes)
-            job = pool.submit(_timed, results.add_group, acc, s, set(splan.angle_classes))
-        t = time.perf_counter()
-        step("PCA, probes")
-        total = total_covariance(stats, self.c.ids)
-        self.pca = PCASample(stats, self.c.ids, store, total=total)
+        job = self._pass1_spectra(pool, results) if splan.in_pass1 else None
         first = _group_feeder(splan, 0, stats)
-        self.layer_metrics, self.probe = _layer_metrics(stats, self.c.ids, self.keep, s, total, self.plan)
-        self.mahalanobis = _mahalanobis_tally(stats, self.c.ids, self.keep) if s.mahalanobis else None
-        riders = {"pca_sample": self.pca, "subspace_group": first,
-                  "linear_probe": None if self.probe is None else ScreenedRule(self.probe),
-                  "mahalanobis": None if self.mahalanobis is None else ScreenedRule(self.mahalanobis)}
-        clocked = {k: _Clocked(o) for k, o in riders.items() if o is not None}
-        step("pass 2: predictions, NC4")
-        self.tally = second_pass(store, stats, self.c.ids, self.W, self.rows, keep=self.keep,
-                                 observers=list(clocked.values()), ncc_ids=self.plan.ncc_ids)
-        if self.probe is not None:
-            distributed.sync(self.probe)
-            self.layer_metrics["acc_linear_probe"] = self.probe.accuracy
-        if self.mahalanobis is not None:
-            distributed.sync(self.mahalanobis)
-        self.layer_metrics["acc_ncc_mahalanobis"] = None if self.mahalanobis is None else self.mahalanobis.accuracy
-        timings["pass2_nc4"] = time.perf_counter() - t
-        timings.update({f"pass2_nc4/{k}": o.seconds for k, o in clocked.items()})
-        t = time.perf_counter()
-        step("subspace spectra and angles")
-        if job is not None:
-            _, timings["subspace_spectra/thread"] = job.result()  # beside pass 2; the wait for it follows
-        else:
-            _subspace_groups(store, stats, splan, results, s, self.rows, first)
-        timings["subspace_spectra"] = time.perf_counter() - t
+        self._second_pass(first)
+        if "subspace_spectra" not in timings:
+            t = time.perf_counter()
+            step("subspace spectra and angles")
+            if job is not None:
+                _, timings["subspace_spectra/thread"] = job.result()  # beside pass 2; the wait for it follows
+            else:
+                _subspace_groups(store, stats, splan, results, s, self.rows, first)
+            timings["subspace_spectra"] = time.perf_counter() - t
         t = time.perf_counter()
         count = np.where(self.keep, stats.count.cpu().numpy(), 0)
         self.subspace = subspace_report.finish(stats, count, splan, results, s)
@@ -187,6 +165,45 @@ class _Analysis:
                                                                        self.rows)
         if results.keep_ns:
             timings["nearest_subspace"] = time.perf_counter() - t
+
+    def _pass1_spectra(self, pool: ThreadPoolExecutor, results):
+        """The spectra of the moments pass 1 gathered: now on the CPU (None), else a job beside pass 2."""
+        acc = subspace_report.pass1_accumulator(self.stats, self.splan.classes)
+        angle_classes = set(self.splan.angle_classes)
+        if torch.device(self.device).type != "cpu":
+            return pool.submit(_timed, results.add_group, acc, self.s, angle_classes)
+        # not beside pass 2 on the CPU: both use every core and the two thread pools thrash (N=200k, d=512, C=100,
+        # 2-core Xeon: spectra 1.2 s then pass 2 0.8 s, against 3.2 s for the two side by side)
+        t = time.perf_counter()
+        step("subspace spectra")
+        results.add_group(acc, self.s, angle_classes)
+        self.timings["subspace_spectra"] = time.perf_counter() - t
+        return None
+
+    def _second_pass(self, first) -> None:
+        """Pass 2 and the rules riding it (PCA sample, a subspace group, the probe, the Mahalanobis rule)."""
+        stats, s, timings = self.stats, self.s, self.timings
+        t = time.perf_counter()
+        step("PCA, probes")
+        total = total_covariance(stats, self.c.ids)
+        self.pca = PCASample(stats, self.c.ids, self.store, total=total)
+        self.layer_metrics, self.probe = _layer_metrics(stats, self.c.ids, self.keep, s, total, self.plan)
+        self.mahalanobis = _mahalanobis_tally(stats, self.c.ids, self.keep) if s.mahalanobis else None
+        riders = {"pca_sample": self.pca, "subspace_group": first,
+                  "linear_probe": None if self.probe is None else ScreenedRule(self.probe),
+                  "mahalanobis": None if self.mahalanobis is None else ScreenedRule(self.mahalanobis)}
+        clocked = {k: _Clocked(o) for k, o in riders.items() if o is not None}
+        step("pass 2: predictions, NC4")
+        self.tally = second_pass(self.store, stats, self.c.ids, self.W, self.rows, keep=self.keep,
+                                 observers=list(clocked.values()), ncc_ids=self.plan.ncc_ids)
+        if self.probe is not None:
+            distributed.sync(self.probe)
+            self.layer_metrics["acc_linear_probe"] = self.probe.accuracy
+        if self.mahalanobis is not None:
+            distributed.sync(self.mahalanobis)
+        self.layer_metrics["acc_ncc_mahalanobis"] = None if self.mahalanobis is None else self.mahalanobis.accuracy
+        timings["pass2_nc4"] = time.perf_counter() - t
+        timings.update({f"pass2_nc4/{k}": o.seconds for k, o in clocked.items()})
 
     def report(self, layer, inputs) -> Report:
         c, stats, s = self.c, self.stats, self.s
