@@ -31,3 +31,30 @@ def test_gram_of_float32_rows_cast_to_float64_matches_exact_products():
     want = np.einsum("ni,nj->ij", x, x)  # an independent summation order
     assert np.abs(g - want).max() <= 1e-12 * np.abs(want).max()
     assert np.array_equal(g, g.T)
+
+
+@pytest.mark.parametrize("tracked", [None, [0, 2]])
+def test_class_moments_are_symmetric_whatever_reads_them(tracked):
+    """The CPU update accumulates upper halves and settles them when read: every reader sees the full symmetric
+    moments, also after more batches, a merge, and a truncation."""
+    from nc_probe.stats.class_stats import ClassStats
+
+    rng = np.random.default_rng(0)
+    d, C = 400, 3
+    h = rng.standard_normal((900, d)).astype(np.float32)
+    y = rng.integers(0, C, 900)
+    a = ClassStats(C, d, subspace_classes=tracked).update(h[:500], y[:500])
+    first = a.moments_of(0).clone()
+    assert torch.equal(first, first.T)
+    a.update(h[500:700], y[500:700])  # more products after a read
+    b = ClassStats(C, d, subspace_classes=tracked).update(h[700:], y[700:])
+    a.merge(b)
+    z = h.astype(np.float64) / np.linalg.norm(h.astype(np.float64), axis=1, keepdims=True)
+    for c in (0, 2):
+        m = a.moments_of(c)
+        assert torch.equal(m, m.T)
+        want = z[y == c].T @ z[y == c]
+        assert np.abs(m.numpy() - want).max() <= 1e-12 * np.abs(want).max()
+    total = a.second_moment_total()
+    assert torch.equal(total, total.T) and np.abs(total.numpy() - z.T @ z).max() <= 1e-12 * len(z)
+    assert torch.equal(a.truncated(C).zz, a.zz)

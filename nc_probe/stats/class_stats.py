@@ -28,7 +28,7 @@ import torch
 
 from nc_probe.core.errors import InputError
 from nc_probe.stats.class_rows import ClassRows, host_labels, host_rows
-from nc_probe.stats.gram import gram, gram_into
+from nc_probe.stats.gram import gram, gram_into, gram_upper_into, settle
 
 F64 = torch.float64
 GROUP_ROWS = 2048  # CPU update: rows of consecutive classes processed together (a few MiB of float64, in cache)
@@ -86,6 +86,7 @@ class ClassStats:
         self._zz = None if tracked is None else torch.zeros(len(tracked), d, d, dtype=F64, device=dev)
         keep_total = tracked is not None and (total_moments or len(tracked) > 0)
         self.zz_total = torch.zeros(d, d, dtype=F64, device=dev) if keep_total else None
+        self._unsettled = False  # the CPU update accumulates the upper halves of zz and zz_total: see _settle
 
     # ------------------------------------------------------------------ the classes seen, in class order
     @property
@@ -135,6 +136,7 @@ class ClassStats:
     @property
     def zz(self) -> torch.Tensor:
         """The tracked classes' moments, in ``subspace_classes`` order (all C classes when all are tracked)."""
+        self._settle()
         if self._zz is not None:
             return self._zz
         return self._rows.dense("zz", self.num_classes)
@@ -145,6 +147,7 @@ class ClassStats:
 
     def moments_of(self, c: int) -> torch.Tensor | None:
         """``zz`` of class ``c`` (a view; zeros for a tracked class without samples), None when not tracked."""
+        self._settle()
         if self._tracked is None:
             row = int(self._rows.find(np.array([c]))[0])
             return self._rows.zz[row] if row >= 0 else torch.zeros(self.dim, self.dim, dtype=F64, device=self.device)
@@ -166,6 +169,16 @@ class ClassStats:
 
     def _moment_store(self) -> torch.Tensor:
         return self._rows.zz if self._zz is None else self._zz
+
+    def _settle(self) -> None:
+        """Complete the symmetric moments the CPU update left as upper halves (:func:`~nc_probe.stats.gram.settle`,
+        once for every class, before anything reads them: settling after each product cost what it saved)."""
+        if self._unsettled:
+            for t in (self._moment_store(), self.zz_total):
+                if t is not None:
+                    with torch.inference_mode(t.is_inference()):  # made during an extraction's inference mode
+                        settle(t)
+            self._unsettled = False
 
     # ------------------------------------------------------------------ accumulation
     def update(self, features, labels) -> ClassStats:
@@ -255,7 +268,7 @@ class ClassStats:
             mean = torch.zeros(j - i, d, dtype=F64).index_add_(0, inv, h).div_(count_t[i:j].to(F64)[:, None])
             bmean[i:j] = mean
             if m > len(stage) - fill and fill:
-                gram_into(bscatter, stage[:fill])
+                gram_upper_into(bscatter, stage[:fill])
                 fill = 0
             x = stage[fill : fill + m] if m <= len(stage) else torch.empty(m, d, dtype=F64)
             torch.sub(h, mean.index_select(0, inv), out=x)
@@ -263,7 +276,7 @@ class ClassStats:
             if m <= len(stage):
                 fill += m
             else:
-                gram_into(bscatter, x)
+                gram_upper_into(bscatter, x)
             del x
             norms = torch.linalg.vector_norm(h, dim=1)
             zero = norms == 0
@@ -273,13 +286,15 @@ class ClassStats:
             if units:
                 h.div_(norms[:, None])
             if self.zz_total is not None:
-                gram_into(self.zz_total, h)
+                gram_upper_into(self.zz_total, h)
             for p, l0, l1 in zip(range(i, j), (starts[i:j] - s0).tolist(), (ends[i:j] - s0).tolist()):
                 if slots[p] >= 0:
-                    gram_into(zz[slots[p]], h[l0:l1])
+                    gram_upper_into(zz[slots[p]], h[l0:l1])
+            self._unsettled |= units
             i = j
         if fill:
-            gram_into(bscatter, stage[:fill])
+            gram_upper_into(bscatter, stage[:fill])
+        settle(bscatter)
         self._merge_moments(rows, count_t, bmean, bm2, bscatter)
         self._rows.zero_norm[torch.from_numpy(rows)] += zero_norm
         return self
@@ -305,6 +320,8 @@ class ClassStats:
                 or (self._tracked is not None and other._tracked is not None
                     and np.array_equal(self._tracked, other._tracked))):
             raise ValueError("can only merge ClassStats with the same classes, dimension and tracked classes")
+        self._settle()
+        other._settle()
         dev = self.device
         ids = other.class_ids
         rows = self._rows.rows_for(ids)
@@ -355,6 +372,7 @@ class ClassStats:
         are not sums: each rank learns the global class means (from summed counts and sums, a block of classes at
         a time), re-centres its scatter and traces on them (exact, no loss of accuracy near collapse), then
         everything is summed."""
+        self._settle()
         parts = yield "gather", self._rows.index_ids.copy()
         self._rows.rows_for(np.unique(np.concatenate(parts)))
         self._rows.compact()
@@ -409,6 +427,7 @@ class ClassStats:
 
     def second_moment_total(self) -> torch.Tensor | None:
         """``sum_i z_i z_i^T`` over all samples (None when not kept: ``total_moments=False``)."""
+        self._settle()
         if self.zz_total is not None:
             return self.zz_total
         if not self.all_tracked:
@@ -418,6 +437,7 @@ class ClassStats:
     def state_dict(self) -> dict:
         """Plain tensors, e.g. to save with ``torch.save`` or send between processes (dense over the C classes:
         for small C)."""
+        self._settle()
         return {"num_classes": self.num_classes, "dim": self.dim, "subspace_classes": list(self.subspace_classes),
                 **{k: getattr(self, k) for k in ("count", "mean", "m2", "scatter", "zero_norm", "zz", "zz_total")}}
 
