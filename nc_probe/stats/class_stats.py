@@ -257,13 +257,20 @@ class ClassStats:
         stage = torch.empty(min(len(a), STAGE_ROWS), d, dtype=F64)
         order_t = torch.from_numpy(order)
         count_t = torch.from_numpy(bcount)
+        # reused buffers: a fresh float64 tensor per group cost as much again in page faults as the copy into it
+        gathered = torch.empty(min(len(a), GROUP_ROWS), d, dtype=a.dtype)
+        rows64 = gathered if a.dtype == F64 else torch.empty(len(gathered), d, dtype=F64)
         fill = 0
         i = 0
         while i < kb:
             j = i + 1 + int(np.searchsorted(ends[i + 1:], starts[i] + GROUP_ROWS, side="right"))
             s0, s1 = int(starts[i]), int(ends[j - 1])
             m = s1 - s0
-            h = a.index_select(0, order_t[s0:s1]).to(F64)  # a new tensor either way: ours to scale in place
+            if m <= len(gathered):  # ours to scale in place
+                h = rows64[:m]
+                h.copy_(torch.index_select(a, 0, order_t[s0:s1], out=gathered[:m]))
+            else:  # one class larger than a group
+                h = a.index_select(0, order_t[s0:s1]).to(F64)
             inv = torch.repeat_interleave(torch.arange(j - i), count_t[i:j])
             mean = torch.zeros(j - i, d, dtype=F64).index_add_(0, inv, h).div_(count_t[i:j].to(F64)[:, None])
             bmean[i:j] = mean
@@ -271,7 +278,8 @@ class ClassStats:
                 gram_upper_into(bscatter, stage[:fill])
                 fill = 0
             x = stage[fill : fill + m] if m <= len(stage) else torch.empty(m, d, dtype=F64)
-            torch.sub(h, mean.index_select(0, inv), out=x)
+            for p, l0, l1 in zip(range(j - i), (starts[i:j] - s0).tolist(), (ends[i:j] - s0).tolist()):
+                torch.sub(h[l0:l1], mean[p], out=x[l0:l1])  # broadcast: no group-sized copy of the means
             bm2[i:j] = torch.zeros(j - i, dtype=F64).index_add_(0, inv, torch.linalg.vector_norm(x, dim=1).square_())
             if m <= len(stage):
                 fill += m
