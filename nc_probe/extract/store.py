@@ -244,10 +244,11 @@ def _all_finite(a: np.ndarray) -> bool:
     """``np.all(np.isfinite(a))``, fast: a NaN or Inf makes the BLAS dot product of ``a`` with itself non-finite
     (products of finite numbers are >= 0, so nothing cancels); only when it is (or it overflowed) is ``a`` scanned."""
     if a.dtype in (np.float32, np.float64) and a.flags.c_contiguous and a.size:
-        flat = a.reshape(-1)
-        with np.errstate(over="ignore", invalid="ignore"):
-            if np.isfinite(np.dot(flat, flat)):
-                return True
+        import torch  # here: the module is read without torch (start-up)
+
+        flat = torch.from_numpy(a.reshape(-1))  # torch's dot: every core (numpy's took twice as long per chunk)
+        if bool(torch.isfinite(torch.dot(flat, flat))):
+            return True
     return bool(np.all(np.isfinite(a)))
 
 
