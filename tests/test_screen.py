@@ -29,14 +29,18 @@ def _case(seed: int, n: int, d: int, C: int, offset: float, gap: float):
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**31), n=st.integers(1, 300), d=st.integers(2, 40), C=st.integers(2, 30),
        offset=st.sampled_from([0.0, 10.0, 1e3]), gap=st.sampled_from([0.0, 1e-9, 1e-6, 1e-3]),
-       with_w=st.booleans())
-def test_screen_decisions_are_the_float64_decisions(seed, n, d, C, offset, gap, with_w):
+       with_w=st.booleans(), rounded=st.booleans())
+def test_screen_decisions_are_the_float64_decisions(seed, n, d, C, offset, gap, with_w, rounded):
     h32, means, W, b = _case(seed, n, d, C, offset, gap)
+    h = h32.astype(np.float64)
+    if rounded:  # float64 rows that float32 cannot hold: the screen scores them rounded
+        h *= 1 + 1e-8 * np.random.default_rng(seed).standard_normal(h.shape)
+        h32 = h.astype(np.float32)
     mu = torch.from_numpy(means)
     predictor = Predictor(mu, torch.arange(C), torch.from_numpy(W) if with_w else None,
                           torch.from_numpy(b) if with_w else None)
-    exact_ncc, exact_model = predictor.positions(torch.from_numpy(h32).double())
-    screen = Float32Screen(predictor.cols, predictor.sq, predictor.K, predictor.b)
+    exact_ncc, exact_model = predictor.positions(torch.from_numpy(h))
+    screen = Float32Screen(predictor.cols, predictor.sq, predictor.K, predictor.b, rounded_input=rounded)
     out = screen(torch.from_numpy(h32))
     assert out is not None
     ncc, model, unsure = out
@@ -49,7 +53,8 @@ def test_screen_decisions_are_the_float64_decisions(seed, n, d, C, offset, gap, 
         assert model is None
 
 
-def test_pass2_decisions_with_exact_ties_equal_an_exact_count():
+@pytest.mark.parametrize("dtype, offset", [(np.float32, 2.0**11), (np.float64, 2.0**24)])
+def test_pass2_decisions_with_exact_ties_equal_an_exact_count(dtype, offset):
     """Small integers: every float64 score is exact, so ties are exact and both rules take the lowest class. The
     float32 screens of pass 2 (the joint one of the means and W, and the separate ones) must hand every tie back to
     float64 and count what exact arithmetic counts."""
@@ -57,8 +62,9 @@ def test_pass2_decisions_with_exact_ties_equal_an_exact_count():
 
     rng = np.random.default_rng(5)
     C, d = 6, 8
-    # offset 2^11: float32 products round (so the screens must hand ties back), float64 ones stay exact
-    means = 2048.0 + rng.integers(-3, 4, size=(C, d)).astype(np.float64)
+    # float32 rows, offset 2^11: float32 products round (so the screens must hand ties back), float64 ones stay
+    # exact. Float64 rows, offset 2^24: the halves do not even fit a float32 (the screen rounds the rows first)
+    means = offset + rng.integers(-3, 4, size=(C, d)).astype(np.float64)
     W = rng.integers(-2, 3, size=(C, d)).astype(np.float64)
     W[:, -1] -= W.sum(1)  # rows summing to 0: the offset adds nothing to the scores, which keeps their ties
     b = rng.integers(-2, 3, size=C).astype(np.float64)
@@ -79,7 +85,8 @@ def test_pass2_decisions_with_exact_ties_equal_an_exact_count():
     model = np.argmax(scores, 1)
     ties = lambda v: int(((v == v.max(1, keepdims=True)).sum(1) > 1).sum())  # noqa: E731
     assert ties(-dist) > 50 and ties(scores) > 5  # the case has many exact ties of both rules
-    report = nc_probe.analyze_features(h.astype(np.float32), y, W, b, classes=[])
+    assert np.array_equal(h.astype(dtype), h)  # the case is what the analysis reads
+    report = nc_probe.analyze_features(h.astype(dtype), y, W, b, classes=[])
     m = report.metrics
     assert m["acc_ncc"] == pytest.approx(np.mean(ncc == y), abs=1e-12)
     assert m["acc_model"] == pytest.approx(np.mean(model == y), abs=1e-12)

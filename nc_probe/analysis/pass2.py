@@ -21,7 +21,7 @@ from nc_probe.extract.store import FeatureStore
 from nc_probe.metrics.probe import ProbeTally
 from nc_probe.stats.class_stats import ClassStats
 from nc_probe.stats.predictions import WHOLE_BYTES, Classifier, PredictionTally, Predictor, logits_argmax
-from nc_probe.stats.screen import ClassifierScreen, Float32Screen
+from nc_probe.stats.screen import ClassifierScreen, Float32Screen, screened_rows
 
 PASS2_BLOCK = 4096  # CPU pass 2: rows cast to float64 and scored at a time (a cache-sized block)
 PASS2_READ_ROWS = 16384  # CPU pass 2: rows per read
@@ -126,8 +126,9 @@ def _second_pass_host(store, predictor: Predictor, tally: PredictionTally, rows,
     # one product of each block with the means and W together when W is held whole and the NCC scores every row:
     # one row-norm pass and a wider product (300 columns run at 1.3x the flop rate of 100 on the 2-core Xeon)
     joint = c is not None and c.W64 is not None and member is None
+    # float64 rows are rounded to float32 for the screen, whose bound then counts that rounding too
     ncc_screen = Float32Screen(predictor.cols if joint else predictor.means.T, predictor.sq, predictor.K,
-                               predictor.b if joint else None)
+                               predictor.b if joint else None, rounded_input=first.dtype == np.float64)
     w_screen = None if c is None else ClassifierScreen(c, c.V if whole else SCORE_BYTES // (4 * block_rows))
     buf = torch.empty(min(block_rows, store.num_samples), store.dim, dtype=torch.float64)
     rows = min(rows, PASS2_READ_ROWS)  # pass 2 needs no large chunks: less memory beside the subspace metrics
@@ -163,7 +164,8 @@ def _second_pass_host(store, predictor: Predictor, tally: PredictionTally, rows,
 
 def _decide(block: torch.Tensor, screen, exact, buf: torch.Tensor) -> torch.Tensor:
     """One rule's decisions of a block of rows: from the float32 screen where it is sure, else ``exact`` (float64)."""
-    screened = screen(block) if block.dtype == torch.float32 and len(block) else None
+    rows32 = screened_rows(block, getattr(screen, "rounded_input", False))
+    screened = None if rows32 is None else screen(rows32)
     if screened is None:
         h = buf[: len(block)]
         h.copy_(block)
@@ -177,7 +179,8 @@ def _decide(block: torch.Tensor, screen, exact, buf: torch.Tensor) -> torch.Tens
 def _decide_joint(block: torch.Tensor, screen: Float32Screen, exact, buf: torch.Tensor):
     """Both rules' decisions of a block (the nearest mean's position, the classifier's class) from one joint
     screen; a row either rule is unsure of gets both float64 decisions."""
-    screened = screen(block) if block.dtype == torch.float32 and len(block) else None
+    rows32 = screened_rows(block, screen.rounded_input)
+    screened = None if rows32 is None else screen(rows32)
     if screened is None:
         h = buf[: len(block)]
         h.copy_(block)

@@ -12,9 +12,22 @@ from nc_probe.stats.predictions import Classifier
 U32 = 2.0**-24
 
 
-def _gamma(d: int) -> float:
-    """Twice the relative bound of a float32 product of d terms plus the float64 one (see :class:`Float32Screen`)."""
-    return 2.0 * ((d + 2) * U32 / (1 - (d + 2) * U32) + (d + 2) * 2.0**-53)
+def _gamma(d: int, rounded_input: bool = False) -> float:
+    """Twice the relative bound of a float32 product of d terms plus the float64 one (see :class:`Float32Screen`);
+    ``rounded_input``: the rows were float64, rounded to float32 for the screen, which adds one more unit
+    (``|h - fl32(h)| <= u |h|`` elementwise)."""
+    k = d + 2 + int(rounded_input)
+    return 2.0 * (k * U32 / (1 - k * U32) + (d + 2) * 2.0**-53)
+
+
+def screened_rows(block: torch.Tensor, rounded_input: bool) -> torch.Tensor | None:
+    """The float32 rows a screen scores: float32 rows as they are; float64 rows rounded to float32 when the screen
+    was built for that (``rounded_input``); None otherwise (scored in float64)."""
+    if not len(block):
+        return None
+    if block.dtype == torch.float32:
+        return block
+    return block.to(torch.float32) if rounded_input and block.dtype == torch.float64 else None
 
 
 def _row_norms(block: torch.Tensor, column_norm: float) -> torch.Tensor | None:
@@ -56,14 +69,19 @@ class Float32Screen:
     dominates pass 2 (casting it to float64 and scanning it three times took longer than the product itself).
     """
 
-    def __init__(self, cols: torch.Tensor, sq: torch.Tensor, K: int, bias: torch.Tensor | None):
+    def __init__(self, cols: torch.Tensor, sq: torch.Tensor, K: int, bias: torch.Tensor | None, *,
+                 rounded_input: bool = False):
         self.K = K
         d = cols.shape[0]
-        self.gamma = _gamma(d)
-        self.tiny = 2.0 * d * 2.0**-149  # underflowing products and sums
+        self.rounded_input = rounded_input
+        self.gamma = _gamma(d, rounded_input)
+        norms = torch.linalg.vector_norm(cols, dim=0)
+        # underflowing products and sums; float64 rows rounded to float32 subnormals move a product by at most
+        # sqrt(d) 2^-150 ||c|| more
+        self.tiny = 2.0 * d * 2.0**-149 + (math.sqrt(d) * 2.0**-149 * float(norms.max()) if rounded_input and
+                                           len(norms) else 0.0)
         self.tiny_h = 2.0 * math.sqrt(d) * 2.0**-149  # times ||h||: columns that round to float32 subnormals
         self.cols32 = cols.to(torch.float32)
-        norms = torch.linalg.vector_norm(cols, dim=0)
         self.usable = bool(torch.isfinite(self.cols32).all()) and bool(torch.isfinite(norms).all())
         self.sq32 = sq.to(torch.float32)
         self.mean_norm = float(norms[:K].max()) if K else 0.0
