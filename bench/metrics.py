@@ -150,11 +150,12 @@ def xtx_chunked(path: Path, rows: int = BASELINE_ROWS, engine: str = "numpy") ->
 
 
 def analyze(path: Path, chunk_rows: int | None = None, extras: bool = False) -> dict:
-    """One ``analyze_file`` of the default metrics, or with ``extras`` the opt-in rules too (the linear probe and the
-    nearest-subspace rule: their phases in ``timings`` give each one's price)."""
+    """One ``analyze_file`` of the default metrics, or with ``extras`` the opt-in rules too (the linear probe, the
+    Mahalanobis nearest class mean and the nearest-subspace rule: their phases in ``timings`` give each one's
+    price)."""
     from nc_probe import analyze_file
 
-    more = {"linear_probe": True, "nearest_subspace": True} if extras else {}
+    more = {"linear_probe": True, "mahalanobis": True, "nearest_subspace": True} if extras else {}
     t0, c0 = time.perf_counter(), time.process_time()
     report = analyze_file(path, chunk_rows=chunk_rows, **more)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -233,7 +234,7 @@ def main(argv=None) -> int:
                          "exported with: git archive REV nc_probe | tar -x -C FOLDER)")
     ap.add_argument("--extras", action="store_true",
                     help="after the timed runs, one more analysis with the opt-in rules (--linear-probe, "
-                         "--nearest-subspace): each rule's price as a multiple of X^T X")
+                         "--mahalanobis, --nearest-subspace): each rule's price as a multiple of X^T X")
     ap.add_argument("--child", choices=("rss", "time"), help=argparse.SUPPRESS)
     ap.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -327,6 +328,7 @@ def main(argv=None) -> int:
         figures["extras_run"] = extra
         et = extra["timings"]
         parts = {"linear probe (pass 2 share)": et.get("pass2_nc4/linear_probe"),
+                 "Mahalanobis (pass 2 share)": et.get("pass2_nc4/mahalanobis"),
                  "nearest subspace (its own pass)": et.get("nearest_subspace")}
         print(f"  with the opt-in rules: {et['total']:.2f}s = {et['total'] / xtx_torch:.2f} x X^T X (torch, best)")
         for name, v in parts.items():
