@@ -90,7 +90,7 @@ def test_mahalanobis_switch_reaches_the_report(feature_npz, tmp_path):
     direct = nc_probe.analyze_features(H, y, W, b, mahalanobis=True).metrics["acc_ncc_mahalanobis"]
     assert on.settings["mahalanobis"] is True and on.metrics["acc_ncc_mahalanobis"] == direct is not None
     help_text = runner.invoke(app, ["analyze", "--help"], terminal_width=400).output
-    assert "--mahalanobis" in help_text and "0.5x one float64 X^T X" in help_text
+    assert "--mahalanobis" in help_text and "0.2x one float64 X^T X" in help_text
 
 
 def test_version():
@@ -107,21 +107,27 @@ def test_help_explains_every_metric():
 
 def _bad_inputs(tmp_path):
     H, y, W, b = _data()
+    Hn = H.copy()
+    Hn[5, 2] = np.nan
+    arrays = {"mismatch": (dict(H=H, y=y[:-3]), "labels"),
+              "oneclass": (dict(H=H, y=np.zeros(len(y), int)), "at least 2 classes"),
+              "nan": (dict(H=Hn, y=y), "NaN"),
+              "inf": (dict(H=Hn * 0 + np.inf, y=y), "NaN or Inf"),
+              "wshape": (dict(H=H, y=y, W=W[:, :5]), "W has shape"),
+              "wrows": (dict(H=H, y=y, W=W[:2]), "W has 2 rows"),
+              "unknown": (dict(feats=H, y=y), "unknown array name")}
     cases = {}
-    np.savez(p := tmp_path / "mismatch.npz", H=H, y=y[:-3]); cases[p] = "labels"
-    np.savez(p := tmp_path / "oneclass.npz", H=H, y=np.zeros(len(y), int)); cases[p] = "at least 2 classes"
-    Hn = H.copy(); Hn[5, 2] = np.nan
-    np.savez(p := tmp_path / "nan.npz", H=Hn, y=y); cases[p] = "NaN"
-    np.savez(p := tmp_path / "inf.npz", H=Hn * 0 + np.inf, y=y); cases[p] = "NaN or Inf"
-    np.savez(p := tmp_path / "wshape.npz", H=H, y=y, W=W[:, :5]); cases[p] = "W has shape"
-    np.savez(p := tmp_path / "wrows.npz", H=H, y=y, W=W[:2]); cases[p] = "W has 2 rows"
-    np.savez(p := tmp_path / "unknown.npz", feats=H, y=y); cases[p] = "unknown array name"
-    (p := tmp_path / "empty.safetensors").write_bytes(b""); cases[p] = "empty"
+    for name, (content, message) in arrays.items():
+        np.savez(tmp_path / f"{name}.npz", **content)
+        cases[tmp_path / f"{name}.npz"] = message
     good = nc_probe.write_store(tmp_path / "good.safetensors", H, y, W=W, b=b)
-    (p := tmp_path / "truncated.safetensors").write_bytes(good.read_bytes()[:-100]); cases[p] = "truncated"
-    (p := tmp_path / "garbage.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all"); \
-        cases[p] = "not valid JSON"
-    (p := tmp_path / "truncated.npz").write_bytes((tmp_path / "mismatch.npz").read_bytes()[:50]); cases[p] = "npz"
+    raw = {"empty.safetensors": (b"", "empty"),
+           "truncated.safetensors": (good.read_bytes()[:-100], "truncated"),
+           "garbage.safetensors": (b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all", "not valid JSON"),
+           "truncated.npz": ((tmp_path / "mismatch.npz").read_bytes()[:50], "npz")}
+    for name, (content, message) in raw.items():
+        (tmp_path / name).write_bytes(content)
+        cases[tmp_path / name] = message
     return cases
 
 

@@ -119,7 +119,7 @@ def test_stats_without_subspace_moments_serve_the_analysis(blobs):
     reference = nc_probe.analyze_features(H, y, W, b)
     stats = nc_probe.ClassStats(4, 7, subspace_classes=[]).update(H, y)
     store = FeatureStore.from_arrays(H, y, W=W, b=b)
-    with mock.patch("nc_probe.analysis.features._pass1", side_effect=AssertionError("pass 1 read again")):
+    with mock.patch("nc_probe.analysis.row_passes.pass1", side_effect=AssertionError("pass 1 read again")):
         report = nc_probe.analyze_store(store, stats=stats)
     for key, value in reference.metrics.items():
         got = report.metrics[key]

@@ -1,6 +1,6 @@
-"""The model's own image preprocessing (nc_probe.data.preprocessing): Hugging Face preprocessor configs read as JSON only,
-checkpoint metadata, the default and its warning, flags over all of it, the report's record (checked on reading) and
-compare's warning; with torchvision and timm installed, their eval transforms reproduced pixel for pixel and the
+"""The model's own image preprocessing (nc_probe.data.preprocessing): Hugging Face preprocessor configs read as JSON
+only, checkpoint metadata, the default and its warning, flags over all of it, the report's record (checked on reading)
+and compare's warning; with torchvision and timm installed, their eval transforms reproduced pixel for pixel and the
 held-out check: a torchvision resnet18 on an image folder gives the same nc1 with no flags as with ImageNet's
 mean/std typed, and another one unnormalised."""
 

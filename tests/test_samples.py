@@ -63,7 +63,7 @@ def analyze(path):
     return analyze_checkpoint(path, device="cpu")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def report(name: str):
     return analyze(samples.sample_path(name))
 

@@ -158,7 +158,8 @@ def test_top_level_arch_string_and_safetensors_and_torchscript_metadata(sandbox)
     save_file(state, str(tmp / "w.safetensors"),
               metadata={"nc_probe": json.dumps({"arch": "nc_probe.load.checkpoint:os.system",
                                                 "arch_kwargs": {"command": f"touch {MARKER}"}})})
-    _refused(runner.invoke(app, ["analyze", "w.safetensors", "--data", "sample:digits"]), "nc_probe.load.checkpoint:os.system")
+    _refused(runner.invoke(app, ["analyze", "w.safetensors", "--data", "sample:digits"]),
+             "nc_probe.load.checkpoint:os.system")
 
     scripted = torch.jit.script(samples.digits_net().eval())
     torch.jit.save(scripted, str(tmp / "ts.pt"), _extra_files={"nc_probe.json": json.dumps({"data": "evil.py:f"})})

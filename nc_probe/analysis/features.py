@@ -3,8 +3,9 @@
 Pass 1 accumulates :class:`~nc_probe.stats.class_stats.ClassStats`; the collapse metrics come from them
 (:mod:`nc_probe.analysis.from_stats`); pass 2 (:mod:`nc_probe.analysis.pass2`) counts NC4 and the accuracies against
 the final class means. The subspace metrics (:mod:`nc_probe.analysis.subspace_report`) use d x d moments gathered in
-pass 1 when every class fits the memory budget that way (then they run on a thread while pass 2 reads the features
-again), else per-class statistics gathered in groups: the first during pass 2, each further one in a pass of its own.
+pass 1 when every class fits the memory budget that way (then their spectra come between the passes on the CPU, on
+a thread beside pass 2 on a GPU), else per-class statistics gathered in groups: the first during pass 2, each further
+one in a pass of its own (:mod:`nc_probe.analysis.row_passes`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from nc_probe._version import __version__
 from nc_probe.analysis import from_stats as compute
-from nc_probe.analysis import subspace_report
+from nc_probe.analysis import row_passes, subspace_report
 from nc_probe.analysis.pass2 import ScreenedRule, second_pass
 from nc_probe.analysis.pca import PCASample, total_covariance
 from nc_probe.core import distributed
@@ -29,7 +30,6 @@ from nc_probe.metrics import nearest_subspace, probe
 from nc_probe.reports.report import Report
 from nc_probe.stats import workplan
 from nc_probe.stats.class_stats import ClassStats
-from nc_probe.stats.subspaces import SubspaceAccumulator, unit_rows
 
 
 def auto_chunk_rows(dim: int) -> int:
@@ -120,7 +120,7 @@ class _Analysis:
                 stats = ClassStats(self.num_classes, store.dim, subspace_classes=splan.tracked, device=self.device,
                                    backend=s.backend, classes=self.present, total_moments=s.classes != ())
                 step("pass 1: class statistics")
-                _pass1(store, stats, self.rows, self.keep, digest)
+                row_passes.pass1(store, stats, self.rows, self.keep, digest)
             stats.all_reduce()  # under torchrun each rank holds its shard's statistics (given or just accumulated)
             self.stats = stats
             timings["pass1_stats"] = time.perf_counter() - t
@@ -146,7 +146,7 @@ class _Analysis:
             splan, s, keep_ns=s.nearest_subspace and set(analysed.tolist()) <= set(splan.classes)
             and nearest_subspace.wanted(len(analysed), stats.dim))
         job = self._pass1_spectra(pool, results) if splan.in_pass1 else None
-        first = _group_feeder(splan, 0, stats)
+        first = row_passes.group_feeder(splan, 0, stats)
         self._second_pass(first)
         if "subspace_spectra" not in timings:
             t = time.perf_counter()
@@ -154,15 +154,15 @@ class _Analysis:
             if job is not None:
                 _, timings["subspace_spectra/thread"] = job.result()  # beside pass 2; the wait for it follows
             else:
-                _subspace_groups(store, stats, splan, results, s, self.rows, first)
+                row_passes.subspace_groups(store, stats, splan, results, s, self.rows, first)
             timings["subspace_spectra"] = time.perf_counter() - t
         t = time.perf_counter()
         count = np.where(self.keep, stats.count.cpu().numpy(), 0)
         self.subspace = subspace_report.finish(stats, count, splan, results, s)
         timings["subspace_angles"] = time.perf_counter() - t
         t = time.perf_counter()
-        self.layer_metrics["acc_nearest_subspace"] = _nearest_subspace(store, results, analysed, self.keep,
-                                                                       self.rows)
+        self.layer_metrics["acc_nearest_subspace"] = row_passes.nearest_subspace_accuracy(
+            store, results, analysed, self.keep, self.rows)
         if results.keep_ns:
             timings["nearest_subspace"] = time.perf_counter() - t
 
@@ -171,7 +171,7 @@ class _Analysis:
         acc = subspace_report.pass1_accumulator(self.stats, self.splan.classes)
         angle_classes = set(self.splan.angle_classes)
         if torch.device(self.device).type != "cpu":
-            return pool.submit(_timed, results.add_group, acc, self.s, angle_classes)
+            return pool.submit(row_passes.timed, results.add_group, acc, self.s, angle_classes)
         # not beside pass 2 on the CPU: both use every core and the two thread pools thrash (N=200k, d=512, C=100,
         # 2-core Xeon: spectra 1.2 s then pass 2 0.8 s, against 3.2 s for the two side by side)
         t = time.perf_counter()
@@ -192,7 +192,7 @@ class _Analysis:
         riders = {"pca_sample": self.pca, "subspace_group": first,
                   "linear_probe": None if self.probe is None else ScreenedRule(self.probe),
                   "mahalanobis": None if self.mahalanobis is None else ScreenedRule(self.mahalanobis)}
-        clocked = {k: _Clocked(o) for k, o in riders.items() if o is not None}
+        clocked = {k: row_passes.Clocked(o) for k, o in riders.items() if o is not None}
         step("pass 2: predictions, NC4")
         self.tally = second_pass(self.store, stats, self.c.ids, self.W, self.rows, keep=self.keep,
                                  observers=list(clocked.values()), ncc_ids=self.plan.ncc_ids)
@@ -237,21 +237,6 @@ def _layer_metrics(stats: ClassStats, ids: np.ndarray, keep: np.ndarray, s: Metr
     return metrics, probe.ProbeTally(W, b, ids, None if keep.all() else keep)
 
 
-def _nearest_subspace(store: FeatureStore, results, ids: np.ndarray, keep: np.ndarray, rows: int) -> float | None:
-    """``acc_nearest_subspace``: one more pass, scoring every row against the classes' nearest-subspace bases
-    (which exist only after the spectra; None when they were not kept, see ``nearest_subspace.wanted``)."""
-    if not results.keep_ns:
-        return None
-    step("nearest-subspace pass")
-    tally = nearest_subspace.NearestSubspaceTally([results.spectra[c].ns_basis for c in ids], ids,
-                                                  None if keep.all() else keep)
-    for chunk in store.iter_chunks(rows, reuse=True):
-        tally.add(chunk.start, torch.from_numpy(np.asarray(chunk.features)), torch.from_numpy(chunk.labels))
-        del chunk
-    distributed.sync(tally)
-    return tally.accuracy
-
-
 def _mahalanobis_tally(stats: ClassStats, ids: np.ndarray, keep: np.ndarray) -> probe.ProbeTally | None:
     """The pass-2 observer of ``acc_ncc_mahalanobis``, when its product is small enough (see
     :data:`~nc_probe.metrics.probe.MAHALANOBIS_MAX_WORK`)."""
@@ -280,65 +265,6 @@ def _usable(stats, s: MetricSettings, shape: tuple[int, int]) -> ClassStats | No
 
 def _keep_cosines(num_classes: int, s: MetricSettings) -> bool:
     return s.matrices == "always" or (s.matrices == "auto" and num_classes <= subspace_report.KEEP_MATRIX_CLASSES)
-
-
-def _pass1(store: FeatureStore, stats: ClassStats, rows: int, keep: np.ndarray, digest=None) -> None:
-    """Accumulate ``stats`` over the rows of the kept classes. While ``digest`` (the file's sha256, on the pool's
-    thread) runs, torch's CPU kernels use one thread fewer: hashing takes a core (2.1 s for a 2 GB file on the 2-core
-    Xeon), and MKL's threads, each waiting for the slowest, ran pass 1 at 1M rows 2-3 s slower beside it."""
-    drop = not bool(keep.all())
-    threads = torch.get_num_threads()
-    try:
-        for chunk in store.iter_chunks(rows, reuse=True):
-            busy = stats.host_kernels and digest is not None and not digest.done() and threads > 1
-            if torch.get_num_threads() != threads - busy:
-                torch.set_num_threads(threads - busy)
-            h, y = np.asarray(chunk.features), chunk.labels
-            if drop:
-                sel = keep[y]
-                h, y = h[sel], y[sel]
-            stats.update(torch.from_numpy(h), torch.from_numpy(y))
-            del chunk  # before the next read: one chunk in memory at a time
-    finally:
-        torch.set_num_threads(threads)
-
-
-class _GroupFeeder:
-    """Feeds one group's accumulator from rows read by a pass (pass 2, or a subspace pass of its own)."""
-
-    def __init__(self, acc: SubspaceAccumulator):
-        self.acc = acc
-
-    def add(self, start: int, h: torch.Tensor, y: torch.Tensor) -> None:
-        inside = self.acc.members(y)  # only the group's rows are normalized (a few classes of many)
-        if inside is not None:
-            h, y = h[inside.to(h.device)], y[inside]
-        if len(y):
-            z, _ = unit_rows(h)
-            self.acc.update(z, y)
-
-
-def _group_feeder(splan, index: int, stats: ClassStats) -> _GroupFeeder | None:
-    if splan.in_pass1 or index >= len(splan.groups):
-        return None
-    return _GroupFeeder(SubspaceAccumulator(splan.groups[index], stats.dim, stats.device))
-
-
-def _subspace_groups(store: FeatureStore, stats: ClassStats, splan, results, s: MetricSettings, rows: int,
-                     first: _GroupFeeder | None) -> None:
-    """Every group's spectra: the first was fed by pass 2; each further group is read in a pass of its own."""
-    angle_set = set(splan.angle_classes)
-    for index in range(len(splan.groups)):
-        feeder = first if index == 0 else _group_feeder(splan, index, stats)
-        assert feeder is not None
-        if index > 0:
-            for chunk in store.iter_chunks(rows, reuse=True):
-                feeder.add(chunk.start, torch.from_numpy(np.asarray(chunk.features)),
-                           torch.from_numpy(chunk.labels))
-                del chunk
-        distributed.sync(feeder.acc)
-        results.add_group(feeder.acc, s, angle_set)
-        feeder.acc = None  # type: ignore[assignment]  # a group's rows are freed before the next group is read
 
 
 def _inputs(store: FeatureStore, stats: ClassStats, c: compute.Collapse, sha, num_classes: int, layer, empty,
@@ -378,25 +304,6 @@ def _work_warnings(store: FeatureStore, plan: workplan.WorkPlan, s: MetricSettin
         out.append(f"acc_model and nc4 score every row against all {len(store.W):,} rows of W ({work:.2g} "
                    "multiply-adds); store the model's predictions (a predictions column) to skip that")
     return out
-
-
-class _Clocked:
-    """A pass observer whose time is summed, so that ``report.timings`` names each rule's share of the pass it
-    rides."""
-
-    def __init__(self, observer):
-        self.observer = observer
-        self.seconds = 0.0
-
-    def add(self, start: int, h: torch.Tensor, y: torch.Tensor) -> None:
-        t = time.perf_counter()
-        self.observer.add(start, h, y)
-        self.seconds += time.perf_counter() - t
-
-
-def _timed(fn, *args):
-    t = time.perf_counter()
-    return fn(*args), time.perf_counter() - t
 
 
 #: Without a classifier W, the class count comes from the labels (or the logits' columns, or the metadata's

@@ -222,14 +222,11 @@ class ClassStats:
         return self
 
     def _update_host(self, features, labels) -> ClassStats:
-        """``update`` on the CPU: the same statistics, computed class group by class group with torch's kernels
-        (both cores; numpy's elementwise ones use one).
-
-        Rows are sorted by class and taken in groups of consecutive classes of about ``GROUP_ROWS`` rows, so each
-        group is gathered, cast to float64, centered and normalized while it sits in cache (no batch-sized float64
-        copies); the centered rows are staged for one large Gram product per ``STAGE_ROWS`` rows, and each tracked
-        class's unit rows go to one Gram product. Same formulas as the torch path, only the summation order differs.
-        """
+        """``update`` on the CPU with torch's kernels (every core; numpy's elementwise ones use one). Rows are
+        sorted by class and taken in groups of consecutive classes of about ``GROUP_ROWS`` rows, each gathered, cast,
+        centred and normalised while in cache; the centred rows are staged for one Gram product per ``STAGE_ROWS``
+        rows, each tracked class's unit rows go to one (upper halves: see :meth:`_settle`). Same formulas as the
+        torch path, only the summation order differs."""
         # long: one loop over cache-sized groups of classes does every statistic while the group is in cache;
         # splitting it into functions per statistic would gather and cast each group's rows several times.
         a = torch.from_numpy(host_rows(features, self.dim))
