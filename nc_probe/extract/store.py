@@ -87,6 +87,7 @@ class FeatureStore:
     _row0: int = field(default=0, repr=False)
     #: Under torchrun, where this rank's rows sit among all ranks' rows (None: the store is all of the data).
     share: RowShare | None = None
+    _buffers: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # read_buffer's
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -173,11 +174,19 @@ class FeatureStore:
         return rows
 
     def read_buffer(self, name: str, rows: int) -> bytearray | None:
-        """A buffer for :meth:`read` ``(..., out=)`` of up to ``rows`` rows of ``name`` (None: nothing to reuse)."""
+        """A buffer for :meth:`read` ``(..., out=)`` of up to ``rows`` rows of ``name`` (None: nothing to reuse).
+        One per array, kept and handed to every pass that asks (one pass at a time reads with it): fresh memory is
+        paid for in page faults on first touch, 0.65 s for pass 1's 128 MiB on the 2-core Xeon VM."""
         if self._file is None:
             return None
         nbytes = self._file.row_nbytes(name)
-        return None if nbytes is None else bytearray(min(rows, self.num_samples) * nbytes)
+        if nbytes is None:
+            return None
+        size = min(rows, self.num_samples) * nbytes
+        buf = self._buffers.get(name)
+        if buf is None or len(buf) < size:
+            buf = self._buffers[name] = bytearray(size)
+        return buf
 
     @property
     def is_shard(self) -> bool:

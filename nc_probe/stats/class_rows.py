@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from nc_probe.core.errors import InputError
+
 F64 = torch.float64
 GROWTH = 1.5
 
@@ -124,3 +126,13 @@ def host_labels(labels) -> np.ndarray:
     if isinstance(labels, torch.Tensor):
         labels = labels.detach().cpu().numpy()
     return np.asarray(labels).astype(np.int64, copy=False).reshape(-1)
+
+
+def check_ids(ids, num_classes: int, what: str) -> list[int]:
+    """The sorted distinct class ids of ``ids``, each checked to lie in ``[0, num_classes)``."""
+    ids = sorted({int(c) for c in ids})
+    bad = [c for c in ids if not 0 <= c < num_classes]
+    if bad:
+        raise InputError(f"{what} names {bad[:5]} but the labels only go from 0 to {num_classes - 1}",
+                         fix="pick class indices in that range")
+    return ids
