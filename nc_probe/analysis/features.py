@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from nc_probe._version import __version__
-from nc_probe.analysis import early_pass2, row_passes, subspace_report
 from nc_probe.analysis import from_stats as compute
+from nc_probe.analysis import row_passes, subspace_report
 from nc_probe.analysis.pass2 import ScreenedRule, second_pass
-from nc_probe.analysis.pca import PCASample, sample_rows, total_covariance
+from nc_probe.analysis.pca import PCASample, total_covariance
 from nc_probe.core import distributed
 from nc_probe.core.errors import InputError
 from nc_probe.core.progress import step
@@ -110,7 +110,6 @@ class _Analysis:
         # seconds per phase: the keys without "/" follow one another and add up to the run ("total"); "a/b" is a
         # part of phase a (a rule riding its pass) or work beside it on another thread
         self.timings: dict[str, float] = {"plan": time.perf_counter() - self.t_start}
-        self.early: early_pass2.EarlyDecisions | None = None
 
     def execute(self, sha256: str | None) -> None:
         store, s, splan, timings, stats = self.store, self.s, self.splan, self.timings, self.given
@@ -121,8 +120,7 @@ class _Analysis:
                 stats = ClassStats(self.num_classes, store.dim, subspace_classes=splan.tracked, device=self.device,
                                    backend=s.backend, classes=self.present, total_moments=s.classes != ())
                 step("pass 1: class statistics")
-                self.early = self._early_decisions(stats)
-                row_passes.pass1(store, stats, self.rows, self.keep, digest, self.early)
+                row_passes.pass1(store, stats, self.rows, self.keep, digest)
             stats.all_reduce()  # under torchrun each rank holds its shard's statistics (given or just accumulated)
             self.stats = stats
             timings["pass1_stats"] = time.perf_counter() - t
@@ -182,14 +180,6 @@ class _Analysis:
         self.timings["subspace_spectra"] = time.perf_counter() - t
         return None
 
-    def _early_decisions(self, stats: ClassStats) -> early_pass2.EarlyDecisions | None:
-        """Pass 2's decisions taken in pass 1, when nothing else needs pass 2 (:mod:`nc_probe.analysis.early_pass2`)."""
-        s, splan = self.s, self.splan
-        others = s.linear_probe or s.mahalanobis or not splan.in_pass1 or len(self.plan.ncc_ids) < len(self.present)
-        if not early_pass2.usable(self.store, stats, self.present, s.memory_budget, others=others):
-            return None
-        return early_pass2.EarlyDecisions(self.store, stats, self.present, self.keep, sample_rows(self.store)[1])
-
     def _second_pass(self, first) -> None:
         """Pass 2 and the rules riding it (PCA sample, a subspace group, the probe, the Mahalanobis rule)."""
         stats, s, timings = self.stats, self.s, self.timings
@@ -204,13 +194,8 @@ class _Analysis:
                   "mahalanobis": None if self.mahalanobis is None else ScreenedRule(self.mahalanobis)}
         clocked = {k: row_passes.Clocked(o) for k, o in riders.items() if o is not None}
         step("pass 2: predictions, NC4")
-        if self.early is not None and np.array_equal(self.early.ids, self.c.ids):
-            self.tally = self.early.tally(stats, self.pca)  # decided in pass 1: only the rows near a tie are read
-            clocked = {}
-        else:
-            self.tally = second_pass(self.store, stats, self.c.ids, self.W, self.rows, keep=self.keep,
-                                     observers=list(clocked.values()), ncc_ids=self.plan.ncc_ids)
-        self.early = None
+        self.tally = second_pass(self.store, stats, self.c.ids, self.W, self.rows, keep=self.keep,
+                                 observers=list(clocked.values()), ncc_ids=self.plan.ncc_ids)
         if self.probe is not None:
             distributed.sync(self.probe)
             self.layer_metrics["acc_linear_probe"] = self.probe.accuracy

@@ -38,14 +38,6 @@ def total_covariance(stats: ClassStats, ids, block_bytes: int = 64 << 20) -> tup
     return cov, center
 
 
-def sample_rows(store: FeatureStore, limit: int = PCA_POINTS) -> tuple[np.ndarray, np.ndarray]:
-    """The sample's rows: their numbers among all ranks' rows and among this store's, both ascending."""
-    share = store.share or RowShare(0, 1, store.num_samples)
-    rng = np.random.default_rng(0)
-    chosen = np.sort(rng.choice(share.total, size=min(limit, share.total), replace=False))
-    return share.local(chosen, store.num_samples)
-
-
 class PCASample:
     """The 2-D PCA of the features, kept for a deterministic subsample of at most ``PCA_POINTS`` rows.
 
@@ -66,7 +58,10 @@ class PCASample:
         spread = float(lam.sum())
         self.ratio = [float(v) / spread if spread > 0 else 0.0 for v in lam[:2].tolist()]
         self.ratio += [0.0] * (2 - len(self.ratio))
-        self.global_rows, self.rows = sample_rows(store, limit)
+        share = store.share or RowShare(0, 1, store.num_samples)
+        rng = np.random.default_rng(0)
+        chosen = np.sort(rng.choice(share.total, size=min(limit, share.total), replace=False))
+        self.global_rows, self.rows = share.local(chosen, store.num_samples)  # both ascending
         self.points: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
         self.taken: list[np.ndarray] = []

@@ -93,28 +93,6 @@ class SafetensorsFile:
         return np.frombuffer(buf, dtype=dtype).reshape((stop - start,) + shape[1:])
 
 
-def read_rows_at(file: SafetensorsFile, name: str, rows: np.ndarray) -> np.ndarray:
-    """Rows ``rows`` (ascending indices) of ``name``, the file opened once and each run of consecutive rows read
-    with one call (a few scattered rows of a large file without reading the rest)."""
-    dtype, shape, begin, _ = file.tensors[file.alias.get(name, name)]
-    if isinstance(dtype, str):  # BF16: converted on reading, row by row runs
-        return np.concatenate([file.read_rows(name, int(r), int(r) + 1) for r in rows]) if len(rows) else \
-            np.zeros((0,) + shape[1:], dtype=np.float32)
-    row_bytes = math.prod(shape[1:]) * dtype.itemsize
-    out = np.empty((len(rows),) + shape[1:], dtype=dtype)
-    flat = out.reshape(len(rows), -1).view(np.uint8)
-    cuts = np.flatnonzero(np.diff(rows) != 1) + 1
-    with open(file.path, "rb", buffering=0) as f:
-        for lo, hi in zip(np.concatenate([[0], cuts]).tolist(), np.concatenate([cuts, [len(rows)]]).tolist()):
-            if hi <= lo:
-                continue
-            f.seek(file.data_start + begin + int(rows[lo]) * row_bytes)
-            got = f.readinto(flat[lo:hi].data.cast("B"))
-            if got != (hi - lo) * row_bytes:
-                raise InputError(f"the file is truncated inside tensor {quoted(name)}", path=file.path, fix=REWRITE)
-    return out
-
-
 def _read_header(path: str, size: int) -> tuple[dict, int]:
     """The header as a dict, and where the data starts."""
     with open(path, "rb") as f:

@@ -36,7 +36,7 @@ from nc_probe.core.feature_checks import (
 )
 from nc_probe.core.feature_checks import holds_features as holds_features
 from nc_probe.core.files import file_sha256
-from nc_probe.core.safetensors_file import DTYPES, SafetensorsFile, read_rows_at
+from nc_probe.core.safetensors_file import DTYPES, SafetensorsFile
 from nc_probe.data.array_files import read_array_file, string_list
 
 FORMAT = "nc-probe-features"
@@ -172,14 +172,6 @@ class FeatureStore:
             raise InputError(f"logits contain NaN or Inf (first at row {bad})", path=self.source,
                              fix="store the logits of a model whose outputs are finite, or leave them out")
         return rows
-
-    def read_at(self, name: str, rows: np.ndarray) -> np.ndarray:
-        """Rows ``rows`` (ascending local indices) of array ``name``, reading only those from a file."""
-        rows = np.asarray(rows, dtype=np.int64)
-        if self._arrays is not None:
-            return np.asarray(self._arrays[name][rows + self._row0])
-        assert self._file is not None
-        return read_rows_at(self._file, name, rows + self._row0)
 
     def read_buffer(self, name: str, rows: int) -> bytearray | None:
         """A buffer for :meth:`read` ``(..., out=)`` of up to ``rows`` rows of ``name`` (None: nothing to reuse).

@@ -92,19 +92,6 @@ class Float32Screen:
         self.has_w = cols.shape[1] > K
 
     def __call__(self, block: torch.Tensor):
-        """``(nearest-center positions, classifier classes or None, unsure rows)``, or None when the block must be
-        scored in float64."""
-        found = self.margins(block)
-        if found is None:
-            return None
-        ncc, slack, model, model_unsure, _ = found
-        return ncc, model, torch.nonzero((slack <= 0) | model_unsure).flatten()
-
-    def margins(self, block: torch.Tensor):
-        """``(ncc, slack, model, model_unsure, hn)``, or None when the block must be scored in float64: ``slack`` (per
-        row, float64) is a lower bound on the exact ``D_c - D_ncc`` for every other class c, ``D_c = ||mu_c||^2 - 2
-        h.mu_c``, less the float64 computation's own rounding (so ``slack > 0``: the float64 rule picks ``ncc``;
-        -inf for rows too small to screen); ``hn`` upper bounds of the rows' norms."""
         # long: one block's scores, both decisions and their bounds, kept together so that the bound of each
         # decision sits next to the arithmetic it bounds.
         if not self.usable or self.K < 2 or (self.has_w and self.cols32.shape[1] - self.K < 2):
@@ -122,16 +109,15 @@ class Float32Screen:
         dist = s[:, :K].mul_(-2.0).add_(self.sq32)  # in place: at a 32k-way head the scores are the memory
         best, ncc, second = _best_two(dist, largest=False)
         bound = 2 * (self.gamma * hn * self.mean_norm + tiny) + 2 * eps * (self.sq_max + 2 * hn * self.mean_norm)
-        slack = (second - best).double() - 2 * bound
-        slack[tiny_rows] = -torch.inf
+        unsure = (second - best).double() <= 2 * bound
+        unsure |= tiny_rows
         model = None
-        model_unsure = torch.zeros_like(tiny_rows)
         if self.has_w:
             logit = s[:, K:] if self.bias32 is None else s[:, K:].add_(self.bias32)
             best, model, second = _best_two(logit)
             bound = (self.gamma * hn * self.w_norm + tiny) + 2 * eps * (self.b_max + hn * self.w_norm)
-            model_unsure = ((best - second).double() <= 2 * bound) | tiny_rows
-        return ncc, slack, model, model_unsure, hn
+            unsure |= (best - second).double() <= 2 * bound
+        return ncc, model, torch.nonzero(unsure).flatten()
 
 
 class ClassifierScreen:
