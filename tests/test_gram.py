@@ -58,3 +58,23 @@ def test_class_moments_are_symmetric_whatever_reads_them(tracked):
     total = a.second_moment_total()
     assert torch.equal(total, total.T) and np.abs(total.numpy() - z.T @ z).max() <= 1e-12 * len(z)
     assert torch.equal(a.truncated(C).zz, a.zz)
+
+
+def test_update_buffers_kept_between_batches_change_nothing():
+    """The CPU update reuses its work buffers from batch to batch: batches of other sizes and dtypes after a large
+    one (buffers larger than needed, float32 then float64 rows) give the statistics of one update of all rows."""
+    from nc_probe.stats.class_stats import ClassStats
+
+    rng = np.random.default_rng(1)
+    d, C = 300, 4
+    h = rng.standard_normal((9000, d)) + 3 * rng.standard_normal((C, d))[rng.integers(0, C, 9000)]
+    y = rng.integers(0, C, 9000)
+    h32 = h.astype(np.float32)
+    parts = ClassStats(C, d)
+    parts.update(h32[:8500], y[:8500])  # larger than a stage: every buffer at its largest
+    parts.update(h32[8500:8510].astype(np.float64), y[8500:8510])  # a few float64 rows: float64 buffers
+    parts.update(h32[8510:], y[8510:])  # float32 again, fewer rows than the buffers hold
+    whole = ClassStats(C, d).update(h32.astype(np.float64), y)
+    for name in ("count", "mean", "m2", "scatter", "zz"):
+        a, b = getattr(parts, name), getattr(whole, name)
+        assert torch.allclose(a.double(), b.double(), rtol=1e-10, atol=1e-10 * float(b.abs().max())), name
