@@ -275,8 +275,9 @@ class _Rows:
 
 # ---------------------------------------------------------------------------------------------- children
 # null by design in a default run of these shapes: the opt-in rules, lidar (no views: each row's source sample) and
-# minority_cosine_mean (defined when the class counts differ)
-NOT_ASKED = {"acc_ncc_mahalanobis", "acc_nearest_subspace", "acc_linear_probe", "lidar", "minority_cosine_mean"}
+# the minority measures (defined when the class counts differ)
+NOT_ASKED = {"acc_ncc_mahalanobis", "acc_nearest_subspace", "acc_linear_probe", "lidar", "minority_cosine_mean",
+             "minority_norm_spearman"}
 
 
 def completeness(report, expect: int, needs: str) -> dict:
@@ -642,7 +643,7 @@ def print_tables(figures: dict) -> None:
             print(f"  {tag:<16}{n:>10,}{ck['expected_classes']:>10,}{r['analysis_s']:9.2f}{xtx}  {ratio:<22}"
                   f"{rss:<26}{js:<20}{r['side_bytes'] / MiB:9.2f}{cover:>14}  {done}")
             stages.append((tag, r["timings"], r["save_s"]))
-    print("  stages (report.timings, s; pass 2 and the subspace spectra overlap when pass 1 gathered them):")
+    print("  stages (report.timings, s; the subspace spectra between the passes on the CPU, beside pass 2 on a GPU):")
     for tag, t, save in stages:
         print(f"    {tag:<16}" + "  ".join(f"{k}={v:.2f}" for k, v in t.items()) + f"  save={save:.2f}")
     for s in figures["shapes"].values():
