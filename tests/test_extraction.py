@@ -359,3 +359,19 @@ def test_inspect_rows(saved, tmp_path, blobs):
     conv_rows = inspect_checkpoint(conv())
     assert [r["name"] for r in conv_rows if r["default_tap"]] == ["fc"]
     assert {r["name"]: r["output_shape"] for r in conv_rows}["body.2"] == [8, 32, 32]
+
+
+def test_a_float64_model_takes_float32_data_and_stays_float64():
+    """Float inputs are cast to the model's own dtype (a float64 live model failed on its first layer with the
+    float32 sample data); the model is left as it was, and the features are those of the float32 model to float32
+    rounding."""
+    from nc_probe.load import samples
+
+    m32 = samples.digits_net()
+    m64 = samples.digits_net().double()
+    m64.load_state_dict({k: v.double() for k, v in m32.state_dict().items()})
+    a = analyze_checkpoint(m32, data="sample:digits", device="cpu")
+    b = analyze_checkpoint(m64, data="sample:digits", device="cpu")
+    assert next(m64.parameters()).dtype == torch.float64
+    assert b.metrics["nc1"] == pytest.approx(a.metrics["nc1"], rel=1e-5)
+    assert b.metrics["acc_model"] == pytest.approx(a.metrics["acc_model"], abs=2 / a.inputs["num_samples"])

@@ -41,11 +41,36 @@ class Tap:
 
 
 def call_model(model, x) -> Any:
+    """``model(x)`` (``x`` a tensor, a tuple of positional inputs or a dict of keyword inputs). Floating inputs are
+    cast to the dtype of the model's first floating parameter when they differ (float32 data into a float64 or
+    float16 model failed on its first layer); integer inputs (token ids) are left as they are."""
+    dtype = _float_dtype(model)
+    if dtype is not None:
+        x = _cast_floats(x, dtype)
     if isinstance(x, dict):
         return model(**x)
     if isinstance(x, (tuple, list)):
         return model(*x)
     return model(x)
+
+
+def _float_dtype(model) -> torch.dtype | None:
+    if not isinstance(model, torch.nn.Module):
+        return None
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return None
+
+
+def _cast_floats(x, dtype: torch.dtype):
+    if isinstance(x, torch.Tensor):
+        return x.to(dtype) if x.is_floating_point() and x.dtype != dtype else x
+    if isinstance(x, (tuple, list)):
+        return type(x)(_cast_floats(v, dtype) for v in x)
+    if isinstance(x, dict):
+        return {k: _cast_floats(v, dtype) for k, v in x.items()}
+    return x
 
 
 def flatten_rows(t, where: str) -> torch.Tensor:
