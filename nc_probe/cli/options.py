@@ -197,7 +197,7 @@ LinearProbe = Annotated[bool, switch(
                       "off; always on in nc-probe layers].", METRICS)]
 NearestSubspace = Annotated[bool, switch(
     "--nearest-subspace", "Also compute acc_nearest_subspace: the MCR^2 nearest-subspace rule, one more pass over "
-                          "the features (about 10x one float64 X^T X at N=1M, C=100, d=512) [default: off].", METRICS)]
+                          "the features (about 6x one float64 X^T X at N=1M, C=100, d=512) [default: off].", METRICS)]
 Mahalanobis = Annotated[bool, switch(
     "--mahalanobis", "Also compute acc_ncc_mahalanobis: the nearest class mean under the shared within-class "
                      "covariance, one more C-row rule scored in the second pass (about 0.2x one float64 X^T X at "

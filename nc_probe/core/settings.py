@@ -132,7 +132,7 @@ class MetricSettings:
     ``rank_numerical_total`` (on by default in layer analyses; at a 32k-way head the probe's scores cost as much as
     the classifier's).
     nearest_subspace: also compute ``acc_nearest_subspace`` (the MCR^2 nearest-subspace rule: one more pass scoring
-    every row against up to 30 basis vectors per class, about 10x one float64 X^T X at C=100, d=512; off by default).
+    every row against up to 30 basis vectors per class, about 6x one float64 X^T X at C=100, d=512; off by default).
     mahalanobis: also compute ``acc_ncc_mahalanobis`` (the nearest class mean under the shared within-class
     covariance: one more C-row rule scored in the second pass, about 0.2x one float64 X^T X at N=1M, d=512, C=100;
     off by default).
