@@ -40,6 +40,16 @@ def _row_norms(block: torch.Tensor, column_norm: float) -> torch.Tensor | None:
     return hn * (1.001 + block.shape[1] * 2.0**-23)  # the float32 sum of squares is within (d u) of the exact one
 
 
+def _scratch(owner, rows: int, cols: int, device) -> torch.Tensor:
+    """A float32 score matrix kept by ``owner`` from block to block: at a 32k-way head a block's scores are a few
+    hundred MiB, and fresh memory is paid for in page faults on first touch (~5 ms/MiB on the 2-core Xeon VM).
+    Nothing a screen returns is a view of it."""
+    buf = getattr(owner, "_scores", None)
+    if buf is None or buf.numel() < rows * cols or buf.device != torch.device(device):
+        buf = owner._scores = torch.empty(rows * cols, dtype=torch.float32, device=device)
+    return buf[: rows * cols].view(rows, cols)
+
+
 def _best_two(scores: torch.Tensor, largest: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(best value, its column, runner-up value)`` of each row; ``scores`` is overwritten. Two max passes: three
     times faster than ``topk(2)`` on the CPU. Which of tied columns is "best" does not matter: a tie is within any
@@ -100,7 +110,7 @@ class Float32Screen:
         if hn is None:
             return None  # float32 products could overflow (or a norm did): score this block in float64
         tiny_rows = hn < 1.001e-15  # float32 squares may have underflowed: these rows are scored in float64
-        s = block @ self.cols32
+        s = torch.matmul(block, self.cols32, out=_scratch(self, len(block), self.cols32.shape[1], block.device))
         eps = 2.0**-23  # float32 arithmetic on the scores: each operation rounds by at most this, relative
         K = self.K
         tiny = self.tiny + self.tiny_h * hn
@@ -145,7 +155,7 @@ class ClassifierScreen:
         second = best.clone()
         arg = torch.zeros(len(block), dtype=torch.long, device=block.device)
         for s, w, b in c.blocks32(self.rows):
-            scores = block @ w.T
+            scores = torch.matmul(block, w.T, out=_scratch(self, len(block), len(w), block.device))
             if b is not None:
                 scores += b
             v1, i1, v2 = _best_two(scores)
