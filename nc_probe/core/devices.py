@@ -11,6 +11,18 @@ from nc_probe.core.errors import InputError
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def map_tensors(x, fn):
+    """``fn`` applied to every tensor of an input batch: a tensor, a tuple/list or a dict of them (nested); anything
+    else is returned as it is."""
+    if isinstance(x, torch.Tensor):
+        return fn(x)
+    if isinstance(x, (tuple, list)):
+        return type(x)(map_tensors(v, fn) for v in x)
+    if isinstance(x, dict):
+        return {k: map_tensors(v, fn) for k, v in x.items()}
+    return x
+
+
 def resolve_device(device="auto") -> torch.device:
     """``auto`` -> cuda, then mps, then cpu; an explicit device that is not available is an InputError."""
     name = str(device or "auto").lower()

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from nc_probe.core import distributed
+from nc_probe.core.devices import map_tensors
 from nc_probe.core.errors import InputError
 from nc_probe.data.datasets import X_NAMES, Y_NAMES, DataSource, collate
 
@@ -121,10 +122,4 @@ def split_batch(batch, where=None) -> tuple[Any, torch.Tensor]:
 
 def index_inputs(x: Any, index) -> Any:
     """Select rows of an input batch: a tensor, a tuple/list of tensors or a dict of tensors."""
-    if isinstance(x, torch.Tensor):
-        return x[index]
-    if isinstance(x, (tuple, list)):
-        return type(x)(index_inputs(v, index) for v in x)
-    if isinstance(x, dict):
-        return {k: index_inputs(v, index) for k, v in x.items()}
-    return x
+    return map_tensors(x, lambda t: t[index])

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from nc_probe.core.devices import amp_context, stats_device
+from nc_probe.core.devices import amp_context, map_tensors, stats_device
 from nc_probe.core.errors import InputError
 from nc_probe.core.settings import ExtractionSettings, MetricSettings
 from nc_probe.core.text import first_line, format_bytes
@@ -373,13 +373,7 @@ class _StatsFeeder:
 
 
 def _to_device(x, device, non_blocking):
-    if isinstance(x, torch.Tensor):
-        return x.to(device, non_blocking=non_blocking)
-    if isinstance(x, (tuple, list)):
-        return type(x)(_to_device(v, device, non_blocking) for v in x)
-    if isinstance(x, dict):
-        return {k: _to_device(v, device, non_blocking) for k, v in x.items()}
-    return x
+    return map_tensors(x, lambda t: t.to(device, non_blocking=non_blocking))
 
 
 def fit_stats(stats: ClassStats | None, num_classes: int) -> ClassStats | None:

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nc_probe.core.devices import map_tensors
 from nc_probe.core.errors import InputError
 
 
@@ -46,7 +47,7 @@ def call_model(model, x) -> Any:
     float16 model failed on its first layer); integer inputs (token ids) are left as they are."""
     dtype = _float_dtype(model)
     if dtype is not None:
-        x = _cast_floats(x, dtype)
+        x = map_tensors(x, lambda t: t.to(dtype) if t.is_floating_point() and t.dtype != dtype else t)
     if isinstance(x, dict):
         return model(**x)
     if isinstance(x, (tuple, list)):
@@ -61,16 +62,6 @@ def _float_dtype(model) -> torch.dtype | None:
         if p.is_floating_point():
             return p.dtype
     return None
-
-
-def _cast_floats(x, dtype: torch.dtype):
-    if isinstance(x, torch.Tensor):
-        return x.to(dtype) if x.is_floating_point() and x.dtype != dtype else x
-    if isinstance(x, (tuple, list)):
-        return type(x)(_cast_floats(v, dtype) for v in x)
-    if isinstance(x, dict):
-        return {k: _cast_floats(v, dtype) for k, v in x.items()}
-    return x
 
 
 def flatten_rows(t, where: str) -> torch.Tensor:

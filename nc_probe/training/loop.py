@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from nc_probe.core import distributed
+from nc_probe.core.devices import map_tensors
 from nc_probe.core.errors import InputError
 from nc_probe.core.files import atomic_write_text
 from nc_probe.core.settings import MetricSettings, metric_settings
@@ -65,13 +66,7 @@ def default_split(batch) -> tuple[Any, Any]:
 
 
 def to_device(x, device: torch.device):
-    if isinstance(x, torch.Tensor):
-        return x.to(device, non_blocking=True)
-    if isinstance(x, dict):
-        return {k: to_device(v, device) for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return type(x)(to_device(v, device) for v in x)
-    return x
+    return map_tensors(x, lambda t: t.to(device, non_blocking=True))
 
 
 def rank_batches(loader: Iterable, shard: bool | str = "auto") -> Iterator:
