@@ -163,8 +163,7 @@ class ClassStats:
         return self._rows.zz if self._zz is None else self._zz
 
     def _settle(self) -> None:
-        """Complete the symmetric moments the CPU update left as upper halves (:func:`~nc_probe.stats.gram.settle`,
-        once for every class, before anything reads them: settling after each product cost what it saved)."""
+        """Complete the upper halves the CPU update left (:func:`~nc_probe.stats.gram.settle`), once, before a read."""
         if self._unsettled:
             for t in (self._moment_store(), self.zz_total):
                 if t is not None:
@@ -257,19 +256,21 @@ class ClassStats:
             m = s1 - s0
             if m <= len(gathered):  # ours to scale in place
                 h = rows64[:m]
-                h.copy_(torch.index_select(a, 0, order_t[s0:s1], out=gathered[:m]))
+                torch.index_select(a, 0, order_t[s0:s1], out=gathered[:m])
+                if rows64 is not gathered:  # float32 rows, cast (float64 ones were gathered in place)
+                    h.copy_(gathered[:m])
             else:  # one class larger than a group
                 h = a.index_select(0, order_t[s0:s1]).to(F64)
             inv = torch.repeat_interleave(torch.arange(j - i), count_t[i:j])
-            mean = torch.zeros(j - i, d, dtype=F64).index_add_(0, inv, h).div_(count_t[i:j].to(F64)[:, None])
-            bmean[i:j] = mean
+            mean = bmean[i:j].index_add_(0, inv, h).div_(count_t[i:j].to(F64)[:, None])  # bmean starts at zeros
             if m > len(stage) - fill and fill:
                 gram_upper_into(bscatter, stage[:fill])
                 fill = 0
             x = stage[fill : fill + m] if m <= len(stage) else torch.empty(m, d, dtype=F64)
-            for p, l0, l1 in zip(range(j - i), (starts[i:j] - s0).tolist(), (ends[i:j] - s0).tolist()):
-                torch.sub(h[l0:l1], mean[p], out=x[l0:l1])  # broadcast: no group-sized copy of the means
-            bm2[i:j] = torch.zeros(j - i, dtype=F64).index_add_(0, inv, torch.linalg.vector_norm(x, dim=1).square_())
+            spans = list(zip(range(i, j), (starts[i:j] - s0).tolist(), (ends[i:j] - s0).tolist()))
+            for p, l0, l1 in spans:
+                torch.sub(h[l0:l1], mean[p - i], out=x[l0:l1])  # broadcast: no group-sized copy of the means
+            bm2[i:j].index_add_(0, inv, torch.linalg.vector_norm(x, dim=1).square_())
             if m <= len(stage):
                 fill += m
             else:
@@ -284,7 +285,7 @@ class ClassStats:
                 h.div_(norms[:, None])
             if self.zz_total is not None:
                 gram_upper_into(self.zz_total, h)
-            for p, l0, l1 in zip(range(i, j), (starts[i:j] - s0).tolist(), (ends[i:j] - s0).tolist()):
+            for p, l0, l1 in spans:
                 if slots[p] >= 0:
                     gram_upper_into(zz[slots[p]], h[l0:l1])
             self._unsettled |= units
@@ -297,8 +298,7 @@ class ClassStats:
         return self
 
     def _buffer(self, name: str, rows: int, dtype: torch.dtype) -> torch.Tensor:
-        """A ``rows x d`` work buffer kept between batches (a fresh 32 MiB stage per batch cost 2.5 s of page
-        faults at N = 1M on the 2-core Xeon VM)."""
+        """A ``rows x d`` work buffer kept between batches (fresh ones cost 2.5 s of page faults at N = 1M)."""
         buf = self._work.get((name, dtype))
         if buf is None or len(buf) < rows:
             buf = self._work[(name, dtype)] = torch.empty(rows, self.dim, dtype=dtype)
