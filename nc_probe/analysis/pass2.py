@@ -150,7 +150,7 @@ def _second_pass_host(store, predictor: Predictor, tally: PredictionTally, rows,
             block, y = feats[s:e], labels[s:e]
             scored = None if member is None else torch.from_numpy(member[y.numpy()])
             if joint:
-                ncc, model = _decide_joint(block, ncc_screen, predictor.positions, buf)
+                ncc, model = _decide(block, ncc_screen, predictor.positions, buf)
                 tally.add(y, predictor.ids[ncc], model, None)
                 continue
             ncc = _decide(block if scored is None else block[scored], ncc_screen, predictor.nearest, buf)
@@ -162,33 +162,23 @@ def _second_pass_host(store, predictor: Predictor, tally: PredictionTally, rows,
         del feats, labels, logits  # before the next read: one chunk in memory at a time
 
 
-def _decide(block: torch.Tensor, screen, exact, buf: torch.Tensor) -> torch.Tensor:
-    """One rule's decisions of a block of rows: from the float32 screen where it is sure, else ``exact`` (float64)."""
+def _decide(block: torch.Tensor, screen, exact, buf: torch.Tensor):
+    """A block's decisions from the float32 screen where it is sure, else from ``exact`` (float64): one rule's
+    (a tensor), or both of a joint screen's (the nearest mean's position, the classifier's class; ``exact``
+    returns both, and a row either is unsure of gets both float64 decisions)."""
     rows32 = screened_rows(block, getattr(screen, "rounded_input", False))
     screened = None if rows32 is None else screen(rows32)
     if screened is None:
         h = buf[: len(block)]
         h.copy_(block)
         return exact(h)
-    out, unsure = screened[0], screened[-1]
+    decided = [d for d in screened[:-1] if d is not None]  # a means-only screen has no classifier decision
+    unsure = screened[-1]
     if len(unsure):
-        out[unsure] = exact(block[unsure].to(torch.float64))
-    return out
-
-
-def _decide_joint(block: torch.Tensor, screen: Float32Screen, exact, buf: torch.Tensor):
-    """Both rules' decisions of a block (the nearest mean's position, the classifier's class) from one joint
-    screen; a row either rule is unsure of gets both float64 decisions."""
-    rows32 = screened_rows(block, screen.rounded_input)
-    screened = None if rows32 is None else screen(rows32)
-    if screened is None:
-        h = buf[: len(block)]
-        h.copy_(block)
-        return exact(h)
-    ncc, model, unsure = screened
-    if len(unsure):
-        ncc[unsure], model[unsure] = exact(block[unsure].to(torch.float64))
-    return ncc, model
+        again = exact(block[unsure].to(torch.float64))
+        for d, e in zip(decided, again if isinstance(again, tuple) else (again,)):
+            d[unsure] = e
+    return tuple(decided) if len(decided) > 1 else decided[0]
 
 
 class ScreenedRule:
