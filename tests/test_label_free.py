@@ -240,6 +240,11 @@ def test_moments_path_equals_rows_path(n, d, seed, chunks):
         acc = merge(acc, p)
     got = label_free_from_moments(*acc)
     assert set(got) == {"rankme", "alpha_req", "rank_effective_total"}
+    # the scatter's eigenvalues handed in (any order), as the analysis shares them with the PCA: same values
+    lam_scatter = torch.linalg.eigvalsh((acc[2] + acc[2].T) / 2)
+    given = label_free_from_moments(*acc, scatter_eigenvalues=lam_scatter[torch.randperm(d)])
+    for key, value in given.items():
+        assert (math.isnan(value) and math.isnan(got[key])) or value == pytest.approx(got[key], rel=1e-12, abs=1e-15)
     assert got["rankme"] == pytest.approx(rankme_rows(z), rel=1e-9)
     lam = torch.linalg.eigvalsh(torch.cov(z.T, correction=0).reshape(d, d))
     assert got["rank_effective_total"] == pytest.approx(rank_effective_total(lam, n_rows=n), rel=1e-9)
@@ -282,6 +287,10 @@ def test_moments_edge_cases():
     (lambda: label_free_from_moments(3, torch.zeros(3), torch.eye(2)), "mean"),
     (lambda: label_free_from_moments(3, torch.zeros(2), torch.ones(2, 3)), "scatter"),
     (lambda: label_free_from_moments(3, torch.zeros(2), torch.tensor([[1.0, 1.0], [0.0, 1.0]])), "scatter"),
+    (lambda: label_free_from_moments(3, torch.zeros(2), torch.eye(2), scatter_eigenvalues=torch.ones(3)),
+     "scatter_eigenvalues"),
+    (lambda: label_free_from_moments(3, torch.zeros(2), torch.eye(2), scatter_eigenvalues=torch.tensor([1.0, -1.0])),
+     "scatter.*positive semi-definite"),
 ])
 def test_errors_name_the_parameter(call, name):
     with pytest.raises(ValueError, match=name):

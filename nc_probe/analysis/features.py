@@ -22,6 +22,7 @@ from nc_probe.analysis import row_passes, subspace_report
 from nc_probe.analysis.pass2 import ScreenedRule, second_pass
 from nc_probe.analysis.pca import PCASample, total_covariance
 from nc_probe.core import distributed
+from nc_probe.core.blas_threads import numpy_blas_single_threaded
 from nc_probe.core.errors import InputError
 from nc_probe.core.progress import step
 from nc_probe.core.settings import MetricSettings, metric_settings
@@ -83,9 +84,10 @@ def analyze_store(store: FeatureStore, settings: MetricSettings | None = None, *
                          fix=f"pick k between 1 and {store.dim}")
     if distributed.active() and not store.is_shard:
         store = store.shard(*distributed.row_range(store.num_samples))
-    run = _Analysis(store, s, device, stats)
-    run.execute(sha256)
-    return run.report(layer, inputs)
+    with numpy_blas_single_threaded():  # its spinning threads took the cores torch's kernels need
+        run = _Analysis(store, s, device, stats)
+        run.execute(sha256)
+        return run.report(layer, inputs)
 
 
 class _Analysis:

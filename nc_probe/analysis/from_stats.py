@@ -17,12 +17,12 @@ import numpy as np
 
 from nc_probe._version import __version__
 from nc_probe.analysis import subspace_report
-from nc_probe.analysis.pca import total_covariance
+from nc_probe.analysis.pca import TotalCovariance, total_covariance
 from nc_probe.analysis.sample_size import sample_size_warnings
 from nc_probe.core import distributed
 from nc_probe.core.errors import InputError
 from nc_probe.core.settings import MetricSettings, metric_settings
-from nc_probe.metrics import blockwise, collapse, label_free, literature, probe
+from nc_probe.metrics import blockwise, collapse, label_free, literature, subspace
 from nc_probe.metrics.pairs import PairSummary
 from nc_probe.reports.report import Report
 from nc_probe.stats import workplan
@@ -141,26 +141,29 @@ def class_moments(stats: ClassStats, ids: np.ndarray) -> tuple[np.ndarray, np.nd
             stats.scatter.cpu().numpy())
 
 
-def total_metrics(stats: ClassStats, ids: np.ndarray, rank_tol: float, total=None) -> dict:
+def total_metrics(stats: ClassStats, ids: np.ndarray, rank_tol: float, total: TotalCovariance | None = None) -> dict:
     """``rank_numerical_total`` (numerical rank of the total covariance of the features: a layer's rank, as the
-    tunnel-effect papers measure it). ``acc_linear_probe`` is added by pass 2 only when asked: an absent key, not a
-    ``None``, so reports without it compare and gate exactly as before. ``total``: the total covariance and mean
-    (:func:`nc_probe.analysis.pca.total_covariance`), when computed already."""
-    sigma, center = total if total is not None else total_covariance(stats, ids)
-    return {"rank_numerical_total": probe.numerical_rank(sigma.cpu().numpy(), rank_tol),
-            **label_free_metrics(stats, ids, (sigma, center))}
+    tunnel-effect papers measure it) and the label-free measures. ``acc_linear_probe`` is added by pass 2 only when
+    asked: an absent key, not a ``None``, so reports without it compare and gate exactly as before. ``total``: the
+    total covariance (:func:`nc_probe.analysis.pca.total_covariance`), when computed already; its one
+    eigendecomposition serves both."""
+    total = total if total is not None else total_covariance(stats, ids)
+    lam = total.spectrum()[0].cpu()
+    return {"rank_numerical_total": subspace.numerical_rank(lam.numpy(), rank_tol),
+            **label_free_metrics(stats, ids, total)}
 
 
-def label_free_metrics(stats: ClassStats, ids: np.ndarray, total=None) -> dict:
+def label_free_metrics(stats: ClassStats, ids: np.ndarray, total: TotalCovariance | None = None) -> dict:
     """``rankme``, ``alpha_req`` and ``rank_effective_total`` of the rows of classes ``ids`` (their total statistics,
     no rows: ``N Sigma_T`` is the total scatter about the rows' own mean), and ``lidar`` as None (it needs views of a
-    source sample, :mod:`nc_probe.training.metric`). Cost: two d x d eigendecompositions (the uncentred Gram for
-    rankme, the covariance for the other two)."""
-    sigma, center = total if total is not None else total_covariance(stats, ids)
+    source sample, :mod:`nc_probe.training.metric`). Cost: the uncentred Gram's eigenvalues for rankme; the
+    covariance's are ``total``'s."""
+    total = total if total is not None else total_covariance(stats, ids)
     n = int(stats.class_count[np.searchsorted(stats.class_ids, ids)].sum())
     if n == 0:
         return {"rankme": None, "alpha_req": None, "rank_effective_total": None, "lidar": None}
-    found = label_free.label_free_from_moments(n, center.cpu(), sigma.cpu() * n)
+    found = label_free.label_free_from_moments(n, total.center.cpu(), total.sigma.cpu() * n,
+                                               scatter_eigenvalues=total.spectrum()[0].cpu() * n)
     return {**{k: (None if v != v else v) for k, v in found.items()}, "lidar": None}  # NaN (one row): no value
 
 

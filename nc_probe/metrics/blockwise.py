@@ -25,6 +25,7 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
+import torch
 
 from nc_probe.metrics.literature import MINORITY_FRACTION, bias_collapse, nc3_etf_from_products, spearman
 
@@ -48,8 +49,10 @@ class RowMoments:
         norms = np.sqrt(np.einsum("ij,ij->i", v, v))
         self.norms[start:start + len(v)] = norms
         u = v / np.where(norms > 0, norms, 1.0)[:, None]
-        self.gram += v.T @ v
-        self.unit_gram += u.T @ u
+        # torch's products (every core): numpy's BLAS is kept to one thread during an analysis (core.blas_threads)
+        tv, tu = torch.from_numpy(np.ascontiguousarray(v)), torch.from_numpy(np.ascontiguousarray(u))
+        self.gram += (tv.T @ tv).numpy()
+        self.unit_gram += (tu.T @ tu).numpy()
         self.unit_sum += u.sum(0)
         self.total += v.sum(0)
         return u

@@ -50,7 +50,11 @@ def _matrix(name: str, value, d: int | None = None) -> torch.Tensor:
 
 def _psd_eigenvalues(name: str, a: torch.Tensor) -> torch.Tensor:
     """Eigenvalues of a symmetric PSD matrix, descending, roundoff negatives clipped to 0."""
-    lam = torch.linalg.eigvalsh(a).flip(0)
+    return _psd_checked(name, torch.linalg.eigvalsh(a).flip(0))
+
+
+def _psd_checked(name: str, lam: torch.Tensor) -> torch.Tensor:
+    """A PSD matrix's eigenvalues ``lam`` (descending), checked and with roundoff negatives clipped to 0."""
     if lam[-1] < -_PSD_RTOL * lam.abs().max():
         raise ValueError(f"{name} has eigenvalue {lam[-1].item():.6g} (largest {lam[0].item():.6g}); it must be "
                          "positive semi-definite. Pass Z^T Z or a covariance accumulated in float64.")
@@ -176,14 +180,16 @@ def lidar(sigma_w: torch.Tensor, sigma_b: torch.Tensor) -> float:
     return _entropy_rank(_zero_below_tol(lam, None, d))
 
 
-def label_free_from_moments(n: int, mean: torch.Tensor, scatter: torch.Tensor) -> dict[str, float]:
+def label_free_from_moments(n: int, mean: torch.Tensor, scatter: torch.Tensor, *,
+                            scatter_eigenvalues: torch.Tensor | None = None) -> dict[str, float]:
     """``rankme``, ``alpha_req``, ``rank_effective_total`` of N rows from their count, mean and centred scatter.
 
     ``scatter = sum_i (z_i - mean)(z_i - mean)^T`` (as a ClassStats-style accumulator keeps it, Chan merges).
     ``Z^T Z = scatter + n mean mean^T`` for rankme; the centred covariance is ``scatter / n``, about the rows' own
     mean (with labels and unequal classes that differs from ``Sigma_W + Sigma_B`` about the class-balanced mean).
     The uncentred Gram squares the conditioning: rankme agrees with the rows to ~1e-13 centred, ~1e-10 at ||mean|| 1e3
-    x spread, ~1e-8 at 1e5 (relative).
+    x spread, ~1e-8 at 1e5 (relative). ``scatter_eigenvalues``: the scatter's eigenvalues when the caller has them
+    (any order), which saves one eigensolve.
     """
     checked = _check_n("n", n, allow_none=False)
     assert checked is not None  # allow_none=False
@@ -195,7 +201,14 @@ def label_free_from_moments(n: int, mean: torch.Tensor, scatter: torch.Tensor) -
                          f"{tuple(mu.shape)}.")
     if not torch.isfinite(mu).all():
         raise ValueError("mean contains NaN or inf.")
-    lam = _psd_eigenvalues("scatter", s) / n
+    if scatter_eigenvalues is None:
+        lam = _psd_eigenvalues("scatter", s) / n
+    else:
+        given = torch.as_tensor(scatter_eigenvalues, dtype=torch.float64)
+        if given.shape != (s.shape[0],):
+            raise ValueError(f"scatter_eigenvalues must be the d = {s.shape[0]} eigenvalues of the scatter; got "
+                             f"shape {tuple(given.shape)}.")
+        lam = _psd_checked("scatter", given.sort(descending=True).values) / n
     return {
         "rankme": rankme(s + n * torch.outer(mu, mu), n_rows=n),
         "alpha_req": alpha_req(lam, n_rows=n),

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 EXACT_QUANTILE_PAIRS = 1 << 22  # up to 4M pairs (32 MB) the values are kept and quantiles are exact
@@ -214,6 +215,8 @@ class MatrixSink:
 def sweep(vectors: np.ndarray, visit: Callable[[Tile, np.ndarray], object], tile_rows: int | None = None) -> None:
     """Call ``visit(tile, G_block)`` for every upper tile of the Gram ``vectors @ vectors.T`` (rows of ``vectors``
     are the classes)."""
+    rows = torch.from_numpy(np.ascontiguousarray(vectors))
     for i0, i1, j0, j1 in tiles(len(vectors), tile_rows or TILE_ROWS):
-        block = vectors[i0:i1] @ vectors[j0:j1].T
+        # torch's product (every core); numpy's BLAS is kept to one thread during an analysis (core.blas_threads)
+        block = (rows[i0:i1] @ rows[j0:j1].T).numpy()
         visit(Tile(i0, j0, block.shape), block)

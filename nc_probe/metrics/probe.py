@@ -1,5 +1,5 @@
 """Linear classifiers from sufficient statistics, without a training loop: the ridge probe, the Mahalanobis
-nearest class mean; and the numerical rank of a layer (``docs/metrics.md``, "Layers" and "More collapse measures").
+nearest class mean (``docs/metrics.md``, "More collapse measures").
 
 ``acc_linear_probe``: ridge regression of one-hot labels on centred features, ``beta = (Sigma + lambda I)^-1
 X_c^T Y_c / N`` with ``Sigma`` the total covariance and ``lambda = 1e-3 Tr(Sigma) / d``; the prediction is the
@@ -75,12 +75,6 @@ def nearest_mean_rule(means: np.ndarray, S: np.ndarray | None = None) -> tuple[n
     Sm = m if S is None else m @ S  # C x d
     W = 2 * Sm
     return W, -np.einsum("cd,cd->c", Sm, m) - W @ mu_G
-
-
-def numerical_rank(sigma: np.ndarray, rank_tol: float) -> int:
-    """Eigenvalues of ``sigma`` above ``rank_tol`` times the largest (the layer's numerical rank)."""
-    lam = np.linalg.eigvalsh(sigma)
-    return int(np.sum(lam > rank_tol * lam[-1])) if len(lam) and lam[-1] > 0 else 0
 
 
 class AccuracyTally:
