@@ -119,11 +119,29 @@ def test_save_features_is_staged_and_recorded_at_its_final_path(tmp_path):
     assert feats.is_file() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def _wait_for_torch_loading(proc, timeout: float = 60.0) -> None:
+    """Until the child maps torch's library (it is importing torch: nc-probe's handler is in place by then). A fixed
+    0.3 s sleep sent the signal before the interpreter had started on a loaded machine (a KeyboardInterrupt in
+    Python's own start-up, which no program can turn into one line). Without /proc: the fixed sleep."""
+    maps = Path(f"/proc/{proc.pid}/maps")
+    if not maps.exists():
+        time.sleep(0.3)
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if "libtorch" in maps.read_text():
+                return
+        except OSError:
+            return
+        time.sleep(0.005)
+
+
 def test_ctrl_c_during_start_up_is_one_line(tmp_path):
     """A real SIGINT a moment after start (while torch is being imported): exit 130, no traceback."""
     proc = subprocess.Popen([sys.executable, "-m", "nc_probe", "analyze", "sample:ce", "--json",
                              str(tmp_path / "r.json")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.3)
+    _wait_for_torch_loading(proc)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (out, err)
