@@ -41,3 +41,18 @@ def test_other_libraries_left_alone():
         pytest.skip("this numpy does not bundle OpenBLAS")
     for info in selected.info():
         assert info["internal_api"] == "openblas" and "numpy" in info["filepath"]
+
+
+def test_overlapping_blocks_restore_once_at_the_last_exit():
+    """Analyses on two threads: the first to end must not give numpy its threads back under the other, and the
+    last must restore the count numpy had before (not the 1 the other saw)."""
+    before = _numpy_openblas_threads()
+    if not before:
+        pytest.skip("this numpy does not bundle OpenBLAS")
+    a, b = blas_threads.numpy_blas_single_threaded(), blas_threads.numpy_blas_single_threaded()
+    a.__enter__()
+    b.__enter__()
+    a.__exit__(None, None, None)
+    assert _numpy_openblas_threads() == [1] * len(before)
+    b.__exit__(None, None, None)
+    assert _numpy_openblas_threads() == before

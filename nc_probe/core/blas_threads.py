@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
 from collections.abc import Iterator
 
 
@@ -37,12 +38,29 @@ def _numpy_openblas():
     return controller.select(filepath=paths) if paths else None
 
 
+_lock = threading.Lock()
+_holders = 0  # analyses inside the block now (threads of one process): the first limits, the last restores
+_limiter = None
+
+
 @contextlib.contextmanager
 def numpy_blas_single_threaded() -> Iterator[None]:
-    """Within the block, numpy's bundled OpenBLAS uses one thread (restored after)."""
+    """Within the block, numpy's bundled OpenBLAS uses one thread; its own count is restored when the last of
+    overlapping blocks (analyses on several threads) ends, not by each: a nested restore would leave it at 1."""
+    global _holders, _limiter
     selected = _numpy_openblas()
     if selected is None:
         yield
         return
-    with selected.limit(limits=1):
+    with _lock:
+        if _holders == 0:
+            _limiter = selected.limit(limits=1)
+        _holders += 1
+    try:
         yield
+    finally:
+        with _lock:
+            _holders -= 1
+            if _holders == 0 and _limiter is not None:
+                _limiter.restore_original_limits()
+                _limiter = None
