@@ -176,9 +176,11 @@ def _planted(rng, d: int, degrees: float) -> tuple[np.ndarray, np.ndarray]:
     return Ua, Ub
 
 
+@pytest.mark.parametrize("group_columns", [1, 7, 320])  # one class per product, a few, every class of a range
 @pytest.mark.parametrize("precision", ["float64", "float32"])
 @pytest.mark.parametrize("tile_columns", [1, 5, 13, 4096])
-def test_tiled_angles_match_the_definition(tile_columns, precision):
+def test_tiled_angles_match_the_definition(tile_columns, precision, group_columns, monkeypatch):
+    monkeypatch.setattr(angles, "GROUP_COLUMNS", group_columns)
     rng = np.random.default_rng(tile_columns)
     d = 24
     ks = [1, 3, 2, 6, 4, 1, 5, 2, 3]

@@ -32,6 +32,7 @@ from nc_probe.metrics.subspace import SINE_BRANCH_COS2, parallel_map, smallest_a
 FLOAT32_EXACT_BELOW_DEGREES = 18.5  # float32 products: below it (cos^2 > 0.9) a pair is recomputed in float64
 EXACT_COS2 = {"float64": SINE_BRANCH_COS2, "float32": math.cos(math.radians(FLOAT32_EXACT_BELOW_DEGREES)) ** 2}
 TILE_COLUMNS = 4096  # stacked basis columns per tile side: a 4096 x 4096 float32 product is 64 MiB
+GROUP_COLUMNS = 320  # basis columns of the first side per product (a group of classes: narrower runs at half speed)
 
 
 @dataclass
@@ -115,32 +116,43 @@ def _tile_gram_tops(stacks: tuple[torch.Tensor, torch.Tensor], widths: tuple[int
     ``same``: one range, pairs i < j only): the top eigenvalue of the Gram of ``P_ij = U_i^T U_j`` (cos^2 theta_1)
     and ``||P_ij||_F^2``.
 
-    One job per class i of the first range: ``U_B^T U_i`` is one product whose output is already the batch of
-    blocks ``P_ij^T`` (contiguous, ``mb x ma`` each); their Grams come from one batched product and their top
-    eigenvalues from a batched eigensolver, jobs on every core. Taking blocks out of a whole tile's product instead
-    (index gathers, or copies of strided views) cost as much as the product itself (measured, k ~ 80). The zero
-    padding changes neither number.
+    One job per group of consecutive classes i of the first range (about ``GROUP_COLUMNS`` basis columns):
+    ``U_B^T [U_i ...]`` is one product, and each class's columns of it, viewed as a batch, are already the blocks
+    ``P_ij^T`` (``mb x ma`` each, rows ``mb`` apart); their Grams come from one batched product and their top
+    eigenvalues from a batched eigensolver, jobs on every core. One class per product ran at half the flop rate
+    (79 columns: 31 GFLOP/s on one core of the 2-core Xeon, 316 columns: 63). Taking blocks out of a whole tile's
+    product instead (index gathers, or copies of strided views) cost as much as the product itself (measured,
+    k ~ 80). The zero padding changes neither number.
     """
     (UA, UB), (ma, mb), (na, nb) = stacks, widths, counts
-    jobs = [(i, i + 1 if same else 0) for i in range(na)]
-    jobs = [(i, j0) for i, j0 in jobs if j0 < nb]
+    per_job = max(1, GROUP_COLUMNS // max(ma, 1))
+    first = [i + 1 if same else 0 for i in range(na)]  # each class's first partner in the second range
+    jobs = [(i0, min(i0 + per_job, na)) for i0 in range(0, na, per_job) if first[i0] < nb]
 
-    def row(job: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        i, j0 = job
+    def group(job: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        i0, i1 = job
+        j0 = first[i0]  # the group's product covers every class's partners (and a few pairs inside the group)
         if min(ma, mb) == 0:  # a range of empty bases: no direction to share
-            return np.zeros(nb - j0), np.zeros(nb - j0)
+            return [(np.zeros(nb - first[i]), np.zeros(nb - first[i])) for i in range(i0, i1) if first[i] < nb]
         # float64 from here on; the blocks stay where U is (a GPU's batched eigensolver takes them there)
-        Q = (UB[:, j0 * mb:].T @ UA[:, i * ma:(i + 1) * ma]).double().reshape(nb - j0, mb, ma)
-        G = Q.transpose(1, 2) @ Q if ma <= mb else Q @ Q.transpose(1, 2)
-        return (torch.linalg.eigvalsh(G)[:, -1].cpu().numpy(),
-                torch.diagonal(G, dim1=1, dim2=2).sum(1).cpu().numpy())
+        P = (UB[:, j0 * mb:].T @ UA[:, i0 * ma:i1 * ma]).double()
+        out = []
+        for i in range(i0, i1):
+            if first[i] >= nb:
+                continue
+            Q = P[(first[i] - j0) * mb:, (i - i0) * ma:(i - i0 + 1) * ma].reshape(nb - first[i], mb, ma)
+            G = Q.transpose(1, 2) @ Q if ma <= mb else Q @ Q.transpose(1, 2)
+            out.append((torch.linalg.eigvalsh(G)[:, -1].cpu().numpy(),
+                        torch.diagonal(G, dim1=1, dim2=2).sum(1).cpu().numpy()))
+        return out
 
     # single-threaded BLAS and LAPACK per thread: every core busy on small problems
-    done = parallel_map(row, jobs) if UA.device.type == "cpu" else [row(job) for job in jobs]
-    if not jobs:
+    done = [r for rows in (parallel_map(group, jobs) if UA.device.type == "cpu" else map(group, jobs)) for r in rows]
+    rows = [i for i in range(na) if first[i] < nb]
+    if not rows:
         return np.empty(0), np.empty(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    pa = np.concatenate([np.full(nb - j0, i) for i, j0 in jobs])
-    pb = np.concatenate([np.arange(j0, nb) for _, j0 in jobs])
+    pa = np.concatenate([np.full(nb - first[i], i) for i in rows])
+    pb = np.concatenate([np.arange(first[i], nb) for i in rows])
     return np.concatenate([c for c, _ in done]), np.concatenate([s for _, s in done]), pa, pb
 
 
