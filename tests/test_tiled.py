@@ -14,12 +14,13 @@ from unittest import mock
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_reference import _nc2, assert_matches_reference, reference
 
 import nc_probe
-from nc_probe.analysis import subspace_report
+from nc_probe.analysis import spectra, subspace_report
 from nc_probe.metrics import angles, pairs
 from nc_probe.metrics.angles import all_pair_angles
 from nc_probe.metrics.collapse import mean_pair_metrics, row_pair_metrics
@@ -352,3 +353,36 @@ def test_predictions_column_decides_acc_model_and_nc4():
     assert r.metrics["nc4"] == with_w.metrics["nc4"]
     assert r.per_class["acc_model"] == with_w.per_class["acc_model"]
     assert 0 < r.metrics["acc_model"] < 1
+
+
+def test_pass1_moments_of_small_classes_solved_on_their_range_match_the_reference(monkeypatch):
+    """Pass 1's d x d moments of classes with n_c <= d/3 rows are eigendecomposed on their range (rank <= n_c):
+    the same report as the independent reference, and the route is really taken."""
+    H, y, W, b = _grouped_case(seed=3)
+    counts = np.bincount(y)
+    assert ((counts > 0) & (counts * spectra.RANGE_ROUTE_FRACTION <= H.shape[1])).any()
+    splan = subspace_report.plan(np.bincount(y), H.shape[1], nc_probe.MetricSettings())
+    assert splan.in_pass1
+    calls = []
+    real = spectra._range_eigh_desc
+    monkeypatch.setattr(spectra, "_range_eigh_desc", lambda S, rank: calls.append(rank) or real(S, rank))
+    r = nc_probe.analyze_features(H, y, W, b)
+    assert calls and max(calls) * spectra.RANGE_ROUTE_FRACTION <= H.shape[1]
+    assert_matches_reference(r, reference(H, y, W, b), has_W=True, rtol=1e-9)
+
+
+def test_range_route_spectrum_and_completed_basis():
+    """Eigenvalues of a rank-n PSD matrix from its range equal a full solve's; a basis asked wider than the rank is
+    completed to orthonormal columns that keep the range."""
+    rng = np.random.default_rng(5)
+    d, n = 40, 9
+    Z = torch.from_numpy(rng.normal(size=(n, d)) * np.linspace(3.0, 0.1, d))
+    S = Z.T @ Z / n
+    lam, vec = spectra._range_eigh_desc(S, n)
+    full, _ = spectra._eigh_desc(S)
+    assert lam.shape == (d,) and torch.all(lam[n:] == 0)
+    torch.testing.assert_close(lam, full.clamp_min(0), rtol=0, atol=1e-13 * float(full[0]))
+    torch.testing.assert_close(S @ vec, vec * lam[:n], rtol=0, atol=1e-12 * float(full[0]))
+    wide = spectra._completed(vec, n + 7)
+    torch.testing.assert_close(wide.T @ wide, torch.eye(n + 7, dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(wide[:, :n], vec, rtol=0, atol=1e-12)
