@@ -162,13 +162,16 @@ def _second_pass_host(store, predictor: Predictor, tally: PredictionTally, rows,
         del feats, labels, logits  # before the next read: one chunk in memory at a time
 
 
-def _decide(block: torch.Tensor, screen, exact, buf: torch.Tensor):
+def _decide(block: torch.Tensor, screen, exact, buf: torch.Tensor | None = None):
     """A block's decisions from the float32 screen where it is sure, else from ``exact`` (float64): one rule's
     (a tensor), or both of a joint screen's (the nearest mean's position, the classifier's class; ``exact``
-    returns both, and a row either is unsure of gets both float64 decisions)."""
-    rows32 = screened_rows(block, getattr(screen, "rounded_input", False))
+    returns both, and a row either is unsure of gets both float64 decisions). ``buf``: where a block the screen
+    cannot take is cast to float64 (a fresh tensor without one)."""
+    rows32 = screened_rows(block, screen.rounded_input)
     screened = None if rows32 is None else screen(rows32)
     if screened is None:
+        if buf is None:
+            return exact(block.to(torch.float64))
         h = buf[: len(block)]
         h.copy_(block)
         return exact(h)
@@ -204,14 +207,7 @@ class ScreenedRule:
             h, y = h[sel], y[sel]
         correct = 0
         for s in range(0, len(y), self.block_rows):
-            block = h[s:s + self.block_rows]
-            screened = self.screen(block)
-            if screened is None:
-                pred = t.decide(block.to(torch.float64))
-            else:
-                pred, unsure = screened
-                if len(unsure):
-                    pred[unsure] = t.decide(block[unsure].to(torch.float64))
+            pred = _decide(h[s:s + self.block_rows], self.screen, t.decide)
             correct += int((t.ids[pred] == y[s:s + self.block_rows]).sum())
         t.correct += correct
         t.total += len(y)

@@ -135,6 +135,8 @@ class ClassifierScreen:
     at a time: the best and the runner-up of each block are merged into the running pair (the earlier row wins a
     tie), and a row is unsure, as in :class:`Float32Screen`, when the runner-up is within twice the bound."""
 
+    rounded_input = False  # it scores float32 rows only (pass 2's _decide asks every screen)
+
     def __init__(self, classifier: Classifier, rows: int):
         self.classifier = classifier
         self.rows = max(1, rows)
