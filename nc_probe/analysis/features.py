@@ -150,7 +150,7 @@ class _Analysis:
         job = self._pass1_spectra(pool, results) if splan.in_pass1 else None
         first = row_passes.group_feeder(splan, 0, stats)
         self._second_pass(first)
-        if "subspace_spectra" not in timings:
+        if not splan.in_pass1 or job is not None:  # else the spectra were taken before pass 2
             t = time.perf_counter()
             step("subspace spectra and angles")
             if job is not None:
