@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from nc_probe.stats.gram import LEAF, gram, gram_into
+from nc_probe.stats.gram import LEAF, ROW_BLOCKS_UP_TO, gram, gram_into, leaves
 
 
-@pytest.mark.parametrize("dim", [1, 7, LEAF, LEAF + 1, 2 * LEAF + 3, 512, 777])
+# one product, leaf rows (2 to 8 leaves), and wide enough to be halved first (ragged halves, then leaf rows)
+@pytest.mark.parametrize("dim", [1, 7, LEAF, LEAF + 1, 2 * LEAF + 3, 512, 777, ROW_BLOCKS_UP_TO + 1, 2101])
 @pytest.mark.parametrize("rows", [0, 1, 63, 64, 300])
 def test_gram_into_adds_xtx_and_stays_symmetric(dim, rows):
     rng = np.random.default_rng(dim * 1000 + rows)
@@ -21,6 +22,16 @@ def test_gram_into_adds_xtx_and_stays_symmetric(dim, rows):
     scale = np.abs(start).max() + 2 * (x * x).sum(0).max()
     assert np.abs(out.numpy() - want).max() <= 1e-13 * scale * max(rows, 1)
     assert torch.equal(out, out.T)
+
+
+@pytest.mark.parametrize("dim", [1, LEAF, LEAF + 1, 512, 777, ROW_BLOCKS_UP_TO, ROW_BLOCKS_UP_TO + 1, 4099])
+def test_leaves_tile_the_diagonal(dim):
+    """settle mirrors what lies above the leaves and averages the leaves: they must cover the diagonal, in order,
+    without gaps or overlaps, none wider than a product the scheme takes in one piece."""
+    cuts = leaves(dim)
+    assert cuts[0][0] == 0 and cuts[-1][1] == dim
+    assert all(b0 == a1 for (_, b0), (a1, _) in zip(cuts, cuts[1:]))
+    assert all(0 < b - a <= LEAF for a, b in cuts)
 
 
 def test_gram_of_float32_rows_cast_to_float64_matches_exact_products():
@@ -78,3 +89,4 @@ def test_update_buffers_kept_between_batches_change_nothing():
     for name in ("count", "mean", "m2", "scatter", "zz"):
         a, b = getattr(parts, name), getattr(whole, name)
         assert torch.allclose(a.double(), b.double(), rtol=1e-10, atol=1e-10 * float(b.abs().max())), name
+
