@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from nc_probe.metrics.probe import AccuracyTally
+from nc_probe.metrics.unit_rows import unit_rows
 
 NS_DIM = 30  # the MCR^2 code's default number of components per class
 #: scored when NS_DIM * C * d is at most this (a pass of N x NS_DIM*C x d products): the samples and CIFAR-sized
@@ -40,8 +41,7 @@ class NearestSubspaceTally(AccuracyTally):
         return sum(self._credit(h[i:i + step], y[i:i + step]) for i in range(0, len(y), step))
 
     def _credit(self, h: torch.Tensor, y: torch.Tensor) -> float:
-        norms = torch.linalg.vector_norm(h, dim=1, keepdim=True)
-        z = h / torch.where(norms > 0, norms, torch.ones_like(norms))
+        z, _ = unit_rows(h)
         energy = (z @ self.B) ** 2
         scores = torch.zeros(len(y), len(self.ids), dtype=torch.float64).index_add_(1, self.owner, energy)
         best = scores.max(dim=1, keepdim=True).values

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from nc_probe.core.errors import InputError
+from nc_probe.metrics.unit_rows import normalize_rows_, unit_rows, zero_rows_centred
 from nc_probe.stats.class_rows import ClassRows, check_ids, host_labels, host_rows
 from nc_probe.stats.gram import gram, gram_into, gram_upper_into, settle
 
@@ -34,6 +35,8 @@ F64 = torch.float64
 GROUP_ROWS = 2048  # CPU update: rows of consecutive classes processed together (a few MiB of float64, in cache)
 STAGE_ROWS = 8192  # CPU update: centered rows per pooled-scatter Gram product
 SYNC_BYTES = 64 << 20  # all_reduce: class means summed across ranks this many bytes at a time
+
+
 class ClassStats:
     """Float64 sufficient statistics of labelled features; see the module docstring.
 
@@ -196,12 +199,10 @@ class ClassStats:
         self._merge_moments(rows, counts, bmean, bm2, gram(centered))
         del centered
 
-        norms = torch.linalg.vector_norm(h, dim=1)
-        zero = norms == 0
+        z, zero = unit_rows(h)
         r = torch.from_numpy(rows).to(dev)
         if bool(zero.any()):
             self._rows.zero_norm.index_add_(0, r[inv[zero]], torch.ones_like(y[zero]))
-        z = h / torch.where(zero, torch.ones_like(norms), norms)[:, None]
         del h
         if self.zz_total is not None:
             gram_into(self.zz_total, z)
@@ -245,6 +246,7 @@ class ClassStats:
         stage = self._buffer("stage", min(len(a), STAGE_ROWS), F64)
         order_t = torch.from_numpy(order)
         count_t = torch.from_numpy(bcount)
+        span = torch.from_numpy(np.repeat(np.arange(kb), bcount))  # each sorted row's class, as a batch position
         # reused buffers: a fresh float64 tensor per group cost as much again in page faults as the copy into it
         gathered = self._buffer("gathered", min(len(a), GROUP_ROWS), a.dtype)
         rows64 = gathered if a.dtype == F64 else self._buffer("rows64", len(gathered), F64)
@@ -261,7 +263,7 @@ class ClassStats:
                     h.copy_(gathered[:m])
             else:  # one class larger than a group
                 h = a.index_select(0, order_t[s0:s1]).to(F64)
-            inv = torch.repeat_interleave(torch.arange(j - i), count_t[i:j])
+            inv = span[s0:s1] - i  # the rows' classes within the group
             mean = bmean[i:j].index_add_(0, inv, h).div_(count_t[i:j].to(F64)[:, None])  # bmean starts at zeros
             if m > len(stage) - fill and fill:
                 gram_upper_into(bscatter, stage[:fill])
@@ -270,19 +272,15 @@ class ClassStats:
             spans = list(zip(range(i, j), (starts[i:j] - s0).tolist(), (ends[i:j] - s0).tolist()))
             for p, l0, l1 in spans:
                 torch.sub(h[l0:l1], mean[p - i], out=x[l0:l1])  # broadcast: no group-sized copy of the means
-            bm2[i:j].index_add_(0, inv, torch.linalg.vector_norm(x, dim=1).square_())
+            bm2[i:j].index_add_(0, inv, sq := torch.linalg.vector_norm(x, dim=1).square_())
+            zero = normalize_rows_(h) if units else zero_rows_centred(h, sq, mean, inv)
             if m <= len(stage):
                 fill += m
             else:
                 gram_upper_into(bscatter, x)
             del x
-            norms = torch.linalg.vector_norm(h, dim=1)
-            zero = norms == 0
             if bool(zero.any()):
                 zero_norm[i:j] += torch.bincount(inv[zero], minlength=j - i)
-                norms[zero] = 1.0
-            if units:
-                h.div_(norms[:, None])
             if self.zz_total is not None:
                 gram_upper_into(self.zz_total, h)
             for p, l0, l1 in spans:

@@ -127,11 +127,3 @@ class SubspaceAccumulator:
             parts = yield "gather", local
             for c in self.rows:
                 self.rows[c] = [torch.from_numpy(np.concatenate([p[c] for p in parts])).to(self.device)]
-
-
-def unit_rows(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``h`` normalized to unit rows in float64 (zero rows stay zero), and the mask of zero rows."""
-    h = h.to(F64)
-    norms = torch.linalg.vector_norm(h, dim=1)
-    zero = norms == 0
-    return h / torch.where(zero, torch.ones_like(norms), norms)[:, None], zero
