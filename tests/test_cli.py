@@ -113,6 +113,7 @@ def _bad_inputs(tmp_path):
               "oneclass": (dict(H=H, y=np.zeros(len(y), int)), "at least 2 classes"),
               "nan": (dict(H=Hn, y=y), "NaN"),
               "inf": (dict(H=Hn * 0 + np.inf, y=y), "NaN or Inf"),
+              "huge": (dict(H=H * 1e200, y=y), "too large for float64"),
               "wshape": (dict(H=H, y=y, W=W[:, :5]), "W has shape"),
               "wrows": (dict(H=H, y=y, W=W[:2]), "W has 2 rows"),
               "unknown": (dict(feats=H, y=y), "unknown array name")}

@@ -335,3 +335,32 @@ def test_report_load_rejects_other_json(tmp_path):
     p.write_text("{not json")
     with pytest.raises(InputError, match=re.escape(str(p))):
         Report.load(p)
+
+
+@pytest.mark.parametrize("row, value", [(0, np.nan), (37, np.inf), (130, -np.inf), (199, np.nan), (150, np.nan)])
+@pytest.mark.parametrize("min_class_count", [1, 30])
+def test_first_non_finite_feature_is_named_by_row(tmp_path, row, value, min_class_count):
+    """Pass 1 finds NaN and Inf from its statistics instead of scanning every chunk: the error still names the
+    first bad row, in any chunk, in a class of one row (row 150), and in a class left out for having few rows
+    (min_class_count=30 drops class 4: its rows are scanned, because pass 2 still reads them)."""
+    rng = np.random.default_rng(row)
+    y = np.repeat([0, 1, 2, 3], 50)
+    y[150] = 4
+    H = rng.standard_normal((200, 12)) + 5.0
+    H[row, 3] = value
+    H[row + 1:, 5] = np.where(rng.random(199 - row) < 0.05, np.nan, 0.0) if row < 199 else H[row + 1:, 5]
+    path = tmp_path / "f.npz"
+    np.savez(path, H=H, y=y)
+    with pytest.raises(InputError, match=rf"NaN or Inf \(first at row {row}\)"):
+        nc_probe.analyze_file(str(path), chunk_rows=64, min_class_count=min_class_count)
+
+
+def test_finite_rows_whose_squares_overflow_are_an_input_error():
+    """Rows of 1e200 make the statistics infinite though every entry is finite: one InputError saying so (it was a
+    LinAlgError traceback from the eigensolver), not a NaN error naming a row."""
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 40)
+    H = rng.standard_normal((120, 6))
+    H[50] = 1e200
+    with pytest.raises(InputError, match=r"too large for float64 statistics: squares of entries up to 1e\+200"):
+        nc_probe.analyze_features(H, y, chunk_rows=32)

@@ -224,20 +224,26 @@ class FeatureStore:
                              fix="store class indices 0..C-1")
         return y
 
-    def iter_chunks(self, rows: int, reuse: bool = False) -> Iterator[Chunk]:
+    def iter_chunks(self, rows: int, reuse: bool = False, check_finite: bool = True) -> Iterator[Chunk]:
         """Chunks of ``rows`` rows. ``reuse``: successive chunks' features share one buffer, so a chunk is valid only
-        until the next one is requested (faster: no fresh allocation per chunk)."""
+        until the next one is requested (faster: no fresh allocation per chunk). ``check_finite=False``: the caller
+        checks the features itself (:meth:`check_finite`), e.g. from statistics a NaN or Inf would poison anyway."""
         buf = self.read_buffer("features", rows) if reuse else None
         for start in range(0, self.num_samples, rows):
             stop = min(start + rows, self.num_samples)
             feats = self.read("features", start, stop, out=buf)
-            if not _all_finite(feats):
-                bad = self._row0 + start + int(np.argwhere(~np.isfinite(feats))[0][0])
-                raise InputError(f"features contain NaN or Inf (first at row {bad})", path=self.source,
-                                 fix="check the model for overflow (try {amp=off}) or drop those samples")
+            if check_finite:
+                self.check_finite(feats, start)
             yield Chunk(feats, self.labels_chunk(start, stop), self.read("logits", start, stop)
                         if self.has_logits else None, start)
             del feats  # a consumer that drops its chunk keeps one chunk in memory, not two
+
+    def check_finite(self, feats: np.ndarray, start: int) -> None:
+        """Raise an InputError naming the first row of ``feats`` (rows from ``start``) with a NaN or Inf."""
+        if not _all_finite(feats):
+            bad = self._row0 + start + int(np.argwhere(~np.isfinite(feats))[0][0])
+            raise InputError(f"features contain NaN or Inf (first at row {bad})", path=self.source,
+                             fix="check the model for overflow (try {amp=off}) or drop those samples")
 
     def labels_chunk(self, start: int, stop: int) -> np.ndarray:
         return self.read("labels", start, stop).astype(np.int64)
