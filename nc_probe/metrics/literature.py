@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 
+from nc_probe.metrics.linalg import eigh
 from nc_probe.metrics.pairs import PairSummary, Tile, sweep
 
 EPS64 = np.finfo(np.float64).eps
@@ -157,7 +158,7 @@ def vci(scatter: np.ndarray, total: int, M: np.ndarray) -> float | None:
     ``||L^-1 M||_F^2 / C`` through the eigenvectors, so no d x d inverse is formed."""
     d, C = M.shape
     sigma_t = scatter / total + M @ M.T / C
-    lam, V = np.linalg.eigh(sigma_t)
+    lam, V = eigh(sigma_t)
     if lam[-1] <= 0:
         return None
     keep = lam > max(d, C) * EPS64 * lam[-1]
