@@ -114,3 +114,22 @@ def test_two_processes_give_the_single_process_layer_report(tmp_path):
     for key in ("rho", "a", "r2"):
         assert multi.laws["D_l"][key] == pytest.approx(single.laws["D_l"][key], rel=1e-9)
     assert multi.laws["plateau_acc_linear_probe"] == single.laws["plateau_acc_linear_probe"]
+
+
+def test_leave_destroys_only_a_group_this_process_started():
+    """The CLI leaves the process group it started (barrier, then destroy: ranks tear down together) and leaves
+    alone one that the caller had started before it."""
+    import torch.distributed as dist
+
+    from nc_probe.core import distributed
+
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        distributed.leave(started=False)
+        assert distributed.initialized()
+        distributed.leave(started=True)
+        assert not distributed.initialized()
+        distributed.leave(started=True)  # nothing left to leave: no error
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

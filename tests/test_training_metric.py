@@ -164,6 +164,7 @@ DDP_SCRIPT = textwrap.dedent("""
                       "local": len(mine)}
         metric.reset()
     json.dump(out, open(sys.argv[1] + f".{rank}.json", "w"))
+    dist.barrier()  # both ranks tear down together (gloo can abort a rank that exits first: test_callbacks.py)
     dist.destroy_process_group()
 """)
 

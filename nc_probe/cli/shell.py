@@ -89,10 +89,20 @@ def _run(fn: Callable, args, kwargs):
             from nc_probe.core import distributed  # torch: only once a command runs, never for --help or --version
 
             step("starting")
-            if distributed.init_from_env(kwargs.get("device") or "auto") and not distributed.is_main():
-                with _quiet_worker(kwargs) as worker_kwargs:
-                    return fn(*args, **worker_kwargs)
-            return fn(*args, **kwargs)
+            joined = distributed.initialized()
+            worker = distributed.init_from_env(kwargs.get("device") or "auto") and not distributed.is_main()
+            started = not joined and distributed.initialized()
+            try:
+                if worker:
+                    with _quiet_worker(kwargs) as worker_kwargs:
+                        result = fn(*args, **worker_kwargs)
+                else:
+                    result = fn(*args, **kwargs)
+            except typer.Exit:  # a verdict (the gate's exit code): every rank reaches the same one
+                distributed.leave(started)
+                raise
+            distributed.leave(started)
+            return result
     except InputError as e:
         error(e.render(flag_name))
         raise typer.Exit(USER_ERROR) from None

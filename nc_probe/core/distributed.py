@@ -58,6 +58,20 @@ def init_from_env(device: str = "auto") -> bool:
     return True
 
 
+def initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def leave(started: bool) -> None:
+    """Leave the process group this process ``started`` (after a run that succeeded on every rank): a barrier, then
+    ``destroy_process_group``, so the ranks tear down together. A rank that exited while its peer was still tearing
+    down was aborted by gloo ("terminate called without an active exception") in 3 of 20 two-rank runs of a Hugging
+    Face Trainer; after a failure nothing is awaited (the peer may be gone: a barrier would hang)."""
+    if started and initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def comm_device() -> torch.device:
     """Where tensors must live for collectives of the current backend."""
     if active() and dist.get_backend() == "nccl":
