@@ -27,8 +27,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from nc_probe.metrics.linalg import eigh
 from nc_probe.metrics.literature import MINORITY_FRACTION, bias_collapse, nc3_etf_from_products, spearman
+from nc_probe.metrics.subspace import spectrum
 
 BLOCK_ROWS = 4096
 EPS64 = np.finfo(np.float64).eps
@@ -97,9 +97,8 @@ def nc1_from_gram(scatter: np.ndarray, total: int, gram: np.ndarray, C: int) -> 
     """``nc1`` from ``M M^T`` (d x d) instead of M: its eigenvalues are the squared singular values of M and its
     eigenvectors the left singular vectors; the same cut-off as :func:`~nc_probe.metrics.collapse.nc1`."""
     d = len(gram)
-    lam, U = eigh(gram)
-    lam, U = lam[::-1], U[:, ::-1]
-    sb = np.maximum(lam, 0) / C
+    lam, U = spectrum(gram)
+    sb = lam / C
     if sb.size == 0 or sb[0] == 0:
         return float("inf")
     keep = sb > max(d, C) * EPS64 * sb[0]
@@ -112,10 +111,10 @@ def vci_from_gram(scatter: np.ndarray, total: int, gram: np.ndarray, C: int) -> 
     """``vci`` with ``||L^-1/2 V^T M||_F^2 = sum_j v_j^T (M M^T) v_j / lambda_j`` (see
     :func:`~nc_probe.metrics.literature.vci`)."""
     d = len(gram)
-    lam, V = eigh(scatter / total + gram / C)
-    if lam[-1] <= 0:
+    lam, V = spectrum(scatter / total + gram / C)
+    if lam[0] <= 0:
         return None
-    keep = lam > max(d, C) * EPS64 * lam[-1]
+    keep = lam > max(d, C) * EPS64 * lam[0]
     Vk = V[:, keep]
     t = float(np.einsum("ij,ij->j", Vk, gram @ Vk) @ (1.0 / lam[keep])) / C
     return 1.0 - t / min(d, C - 1)

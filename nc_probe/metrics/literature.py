@@ -19,8 +19,8 @@ import math
 
 import numpy as np
 
-from nc_probe.metrics.linalg import eigh
 from nc_probe.metrics.pairs import PairSummary, Tile, sweep
+from nc_probe.metrics.subspace import spectrum
 
 EPS64 = np.finfo(np.float64).eps
 
@@ -158,10 +158,10 @@ def vci(scatter: np.ndarray, total: int, M: np.ndarray) -> float | None:
     ``||L^-1 M||_F^2 / C`` through the eigenvectors, so no d x d inverse is formed."""
     d, C = M.shape
     sigma_t = scatter / total + M @ M.T / C
-    lam, V = eigh(sigma_t)
-    if lam[-1] <= 0:
+    lam, V = spectrum(sigma_t)
+    if lam[0] <= 0:
         return None
-    keep = lam > max(d, C) * EPS64 * lam[-1]
+    keep = lam > max(d, C) * EPS64 * lam[0]
     P = V[:, keep].T @ M  # the means in Sigma_T's eigenbasis
     t = float(np.sum(P * P / lam[keep, None])) / C
     return 1.0 - t / min(d, C - 1)
