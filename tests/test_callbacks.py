@@ -314,7 +314,7 @@ def test_hf_trainer_callback_logs_writes_and_puts_the_model_back(tmp_path):
 
 
 DDP_LOOPS = textwrap.dedent("""
-    import json, sys
+    import json, os, sys
     from pathlib import Path
     import torch, torch.distributed as dist
     from torch import nn
@@ -369,11 +369,13 @@ DDP_LOOPS = textwrap.dedent("""
         result["hf_n"] = callback.history[-1]["@penultimate"].inputs["num_samples"]
         if rank == 0:
             torch.save(net.state_dict(), out / "hf_net.pt")
-    json.dump(result, open(out / f"loops{rank}.json", "w"))
-    # both ranks tear down together: without the barrier gloo aborted one rank at exit ("terminate called without
-    # an active exception") in 3 of 20 runs of the HF Trainer alone, no nc-probe code in the loop; 0 of 20 with it
+    (out / f"loops{rank}.json").write_text(json.dumps(result))
+    # Both ranks leave together, then without the interpreter's teardown: at exit gloo aborted one rank ("terminate
+    # called without an active exception", SIGABRT) after the HF Trainer, no nc-probe code involved, in 3 of 20 runs
+    # with no barrier, and still in 1 of ~5 CI runs with a barrier and destroy_process_group (0 of 86 here, quiet or
+    # loaded); the results are on disk by then, so the test checks them, not torch's shutdown.
     dist.barrier()
-    dist.destroy_process_group()
+    os._exit(0)
 """)
 
 
