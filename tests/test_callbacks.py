@@ -372,8 +372,9 @@ DDP_LOOPS = textwrap.dedent("""
     (out / f"loops{rank}.json").write_text(json.dumps(result))
     # Both ranks leave together, then without the interpreter's teardown: at exit gloo aborted one rank ("terminate
     # called without an active exception", SIGABRT) after the HF Trainer, no nc-probe code involved, in 3 of 20 runs
-    # with no barrier, and still in 1 of ~5 CI runs with a barrier and destroy_process_group (0 of 86 here, quiet or
-    # loaded); the results are on disk by then, so the test checks them, not torch's shutdown.
+    # with no barrier, and still in 1 of 6 fresh-clone .ci/run runs with a barrier and destroy_process_group (0 of
+    # 86 runs of the script alone, quiet or loaded); the results are on disk by then, so the test checks them, not
+    # torch's shutdown.
     dist.barrier()
     os._exit(0)
 """)

@@ -66,7 +66,9 @@ def leave(started: bool) -> None:
     """Leave the process group this process ``started`` (after a run that succeeded on every rank): a barrier, then
     ``destroy_process_group``, so the ranks tear down together. A rank that exited while its peer was still tearing
     down was aborted by gloo ("terminate called without an active exception") in 3 of 20 two-rank runs of a Hugging
-    Face Trainer; after a failure nothing is awaited (the peer may be gone: a barrier would hang)."""
+    Face Trainer (with the barrier, still 1 of 6 runs of a test after the Trainer: rarer, not gone; the abort is at
+    interpreter exit, after the run's outputs are written); after a failure nothing is awaited (the peer may be
+    gone: a barrier would hang)."""
     if started and initialized():
         dist.barrier()
         dist.destroy_process_group()
